@@ -1,0 +1,317 @@
+"""The one place peerd talks to etcd.
+
+aetcd supplies etcd's v3 gRPC API (generated stubs in ``aetcd.rpc``) and its watch multiplexer
+(``aetcd.watcher.Watcher``). We build the gRPC channel ourselves so that several endpoints can be
+given: with more than one endpoint the channel target is ``ipv4:A:P1,B:P2,...`` and gRPC's
+``pick_first`` policy fails over to the next endpoint when the connected one goes away.
+
+Every etcd error is translated here: UNAVAILABLE, DEADLINE_EXCEEDED, a broken or refused
+connection and a watch stream that ends all become :class:`peerd.errors.Unavailable`; anything
+else becomes :class:`peerd.errors.PeerdError`. No other module imports aetcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import exceptions as aetcd_exceptions
+from aetcd import rpc
+from aetcd.watcher import Watcher
+
+from peerd.errors import PeerdError, Unavailable
+
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+}
+
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class KV:
+    """One key-value as read from etcd. Revisions are etcd's int64 revisions."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """A watch event: ``kind`` is ``"put"`` or ``"delete"``; ``revision`` is the event's mod
+    revision."""
+
+    kind: str
+    kv: KV
+    revision: int
+
+
+class Compacted(PeerdError):
+    """The watch's start revision has been compacted: re-list, then watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted at {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that makes ``[prefix, range_end)`` cover every key with ``prefix``."""
+    b = bytearray(prefix)
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\0"
+
+
+def _kv(m: Any) -> KV:
+    return KV(m.key, m.value, m.create_revision, m.mod_revision, m.lease)
+
+
+def _target(endpoints: Sequence[str]) -> str:
+    if len(endpoints) == 1:
+        return endpoints[0]
+    resolved = []
+    for ep in endpoints:
+        host, _, port = ep.rpartition(":")
+        host = host.strip("[]")
+        try:
+            addr = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        except OSError as exc:
+            raise Unavailable(f"cannot resolve etcd endpoint {ep}: {exc}") from exc
+        resolved.append(f"{addr}:{port}")
+    return "ipv4:" + ",".join(resolved)
+
+
+def _map_error(exc: BaseException) -> PeerdError:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() in _UNAVAILABLE:
+            return Unavailable(f"etcd unavailable: {exc.code().name}: {exc.details()}")
+        return PeerdError(f"etcd error: {exc.code().name}: {exc.details()}")
+    if isinstance(exc, aetcd_exceptions.RevisionCompactedError):
+        return Compacted(exc.compacted_revision)
+    if isinstance(exc, aetcd_exceptions.ClientError | OSError | asyncio.TimeoutError):
+        return Unavailable(f"etcd unavailable: {exc}")
+    return PeerdError(f"etcd error: {exc!r}")
+
+
+class Etcd:
+    """An etcd client over one gRPC channel.
+
+    Args:
+        endpoints: ``HOST:PORT`` strings.
+        timeout_s: deadline in seconds for each unary call (not for watches).
+
+    All methods raise :class:`peerd.errors.Unavailable` when etcd cannot be reached in time and
+    :class:`peerd.errors.PeerdError` for other etcd errors.
+    """
+
+    def __init__(self, endpoints: Sequence[str], timeout_s: float = 5.0) -> None:
+        self.endpoints = tuple(endpoints)
+        self.timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._kv: Any = None
+        self._lease: Any = None
+        self._watcher: Watcher | None = None
+
+    async def connect(self) -> None:
+        """Open the channel (lazy: no round trip). Raises Unavailable if a name cannot resolve."""
+        if self._channel is not None:
+            return
+        self._channel = grpc.aio.insecure_channel(_target(self.endpoints), options=CHANNEL_OPTIONS)
+        self._kv = rpc.KVStub(self._channel)
+        self._lease = rpc.LeaseStub(self._channel)
+        self._watcher = Watcher(rpc.WatchStub(self._channel))
+
+    async def close(self) -> None:
+        """Close watches and the channel."""
+        if self._watcher is not None:
+            await self._watcher.shutdown()
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = None
+
+    # -- KV ------------------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> KV | None:
+        """The key's current value, or None if absent."""
+        kvs, _, _ = await self.range(key)
+        return kvs[0] if kvs else None
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        descending: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+    ) -> tuple[list[KV], int, int]:
+        """Read ``[key, range_end)`` (just ``key`` when ``range_end`` is empty), sorted by key.
+
+        Returns:
+            ``(kvs, count, revision)``: at most ``limit`` key-values (0 = no limit), the total
+            number of keys in the range, and the store revision the read was served at.
+        """
+        req = rpc.RangeRequest(
+            key=key,
+            range_end=range_end,
+            limit=limit,
+            sort_order=rpc.RangeRequest.DESCEND if descending else rpc.RangeRequest.ASCEND,
+            sort_target=rpc.RangeRequest.KEY,
+            keys_only=keys_only,
+            count_only=count_only,
+        )
+        resp = await self._call(self._kv.Range, req)
+        return [_kv(m) for m in resp.kvs], resp.count, resp.header.revision
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        """Write ``key``; returns the revision of the write."""
+        resp = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
+        return int(resp.header.revision)
+
+    async def txn(self, req: Any) -> Any:
+        """Run a prepared ``rpc.TxnRequest`` (see :func:`txn_request`); returns the TxnResponse."""
+        return await self._call(self._kv.Txn, req)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl_s: int) -> int:
+        """Grant a lease of ``ttl_s`` seconds; returns its id."""
+        resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
+        return int(resp.ID)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once. Returns the new TTL in seconds; 0 or less means it has expired."""
+        try:
+            stream = self._lease.LeaseKeepAlive(
+                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self.timeout_s
+            )
+            async for reply in stream:
+                return int(reply.TTL)
+        except Exception as exc:
+            raise _map_error(exc) from exc
+        raise Unavailable("etcd closed the keepalive stream")
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting every key attached to it."""
+        await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[Event]:
+        """Yield events for keys under ``prefix`` from ``start_revision`` (inclusive).
+
+        Raises:
+            Compacted: ``start_revision`` is older than the last compaction.
+            Unavailable: the stream broke (etcd went away); the caller re-lists and re-watches.
+        """
+        assert self._watcher is not None, "connect() first"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def callback(item: Any) -> None:
+            await queue.put(item)
+
+        try:
+            cb = await asyncio.wait_for(
+                self._watcher.add_callback(
+                    prefix, callback, range_end=prefix_end(prefix), start_revision=start_revision
+                ),
+                self.timeout_s,
+            )
+        except Exception as exc:
+            raise _map_error(exc) from exc
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    raise Unavailable("etcd watch stream closed")
+                if isinstance(item, BaseException):
+                    raise _map_error(item)
+                kind = "put" if item.kind == "PUT" else "delete"
+                yield Event(kind, _kv(item.kv), item.kv.mod_revision)
+        finally:
+            if cb.watch_id is not None:
+                try:
+                    await self._watcher.cancel(cb.watch_id)
+                except Exception:  # the stream may be gone already
+                    pass
+
+    async def _call(self, method: Any, req: Any) -> Any:
+        if self._channel is None:
+            await self.connect()
+        try:
+            return await method(req, timeout=self.timeout_s)
+        except Exception as exc:
+            raise _map_error(exc) from exc
+
+
+# -- transaction building (pure) ---------------------------------------------------------------
+
+
+def cmp_create_revision(key: bytes, revision: int) -> Any:
+    """Compare: ``create_revision(key) == revision`` (0 = the key does not exist)."""
+    return rpc.Compare(
+        key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=revision
+    )
+
+
+def cmp_mod_revision(key: bytes, revision: int) -> Any:
+    """Compare: ``mod_revision(key) == revision``."""
+    return rpc.Compare(
+        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
+    )
+
+
+def cmp_lease(key: bytes, lease_id: int) -> Any:
+    """Compare: ``key`` exists and is attached to ``lease_id``."""
+    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease_id)
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
+    """A put operation for a transaction."""
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def op_delete(key: bytes, range_end: bytes = b"") -> Any:
+    """A delete operation for a transaction (a range when ``range_end`` is given)."""
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
+
+
+def op_get(key: bytes, range_end: bytes = b"") -> Any:
+    """A range read inside a transaction (shows what made a compare fail)."""
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=range_end))
+
+
+def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
+    """A nested transaction as an operation of an outer transaction (etcd >= 3.3)."""
+    return rpc.RequestOp(request_txn=txn_request(compare, success, failure))
+
+
+def txn_request(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
+    """Build an ``rpc.TxnRequest``."""
+    return rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+
+
+def range_kvs(response_op: Any) -> list[KV]:
+    """The key-values of a ``response_range`` inside a TxnResponse."""
+    return [_kv(m) for m in response_op.response_range.kvs]

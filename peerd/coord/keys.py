@@ -1,0 +1,59 @@
+"""The etcd keyspace of one cluster (see docs/architecture.md):
+
+=================================  ==========================  ==============================
+key                                value                       lifetime
+=================================  ==========================  ==============================
+``<prefix>members/<node_id>``      ``pb.Member``               on the node's lease
+``<prefix>tasks/<task_id>``        ``pb.TaskSpec``             durable
+``<prefix>runs/<task_id>/<ms>``    ``pb.RunRecord``            durable, last K kept per task
+=================================  ==========================  ==============================
+
+``<ms>`` is the slot's epoch milliseconds zero-padded to 13 digits, so keys sort by time and the
+last claimed slot is one descending range read with limit 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SLOT_DIGITS = 13
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builders under ``prefix`` (e.g. ``/peerd/default/``)."""
+
+    prefix: str
+
+    @property
+    def members(self) -> bytes:
+        return f"{self.prefix}members/".encode()
+
+    @property
+    def tasks(self) -> bytes:
+        return f"{self.prefix}tasks/".encode()
+
+    @property
+    def runs_root(self) -> bytes:
+        return f"{self.prefix}runs/".encode()
+
+    def member(self, node_id: str) -> bytes:
+        return self.members + node_id.encode()
+
+    def task(self, task_id: str) -> bytes:
+        return self.tasks + task_id.encode()
+
+    def runs(self, task_id: str) -> bytes:
+        """Prefix of one task's run records (ends with ``/``)."""
+        return self.runs_root + task_id.encode() + b"/"
+
+    def run(self, task_id: str, slot_ms: int) -> bytes:
+        return self.runs(task_id) + f"{slot_ms:0{SLOT_DIGITS}d}".encode()
+
+    def slot_of(self, run_key: bytes) -> int:
+        """Epoch ms of a run key."""
+        return int(run_key.rsplit(b"/", 1)[1])
+
+    def id_of(self, key: bytes, collection: bytes) -> str:
+        """The last path segment of ``key`` under ``collection`` (a member or task id)."""
+        return key[len(collection) :].decode()

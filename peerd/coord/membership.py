@@ -1,0 +1,244 @@
+"""Cluster membership: this node's leased key, its keepalive, and a watched view of all members.
+
+Protocol:
+
+1. Grant a lease (TTL ``ttl_s``) and create ``members/<node_id>`` on it, only if the key does not
+   exist (``create_revision == 0``). If it exists and its holder answers a health probe, this is
+   a duplicate node id: :class:`DuplicateNode`. If the holder does not answer (a crashed previous
+   run of this node), wait for its lease to expire, then register.
+2. Keep the lease alive every TTL/3. On the first failed keepalive the node stops claiming at once
+   (:attr:`Membership.claim_ready` is cleared); a later successful keepalive re-enables it. If the
+   lease has expired (TTL <= 0) or the member key is deleted, the node re-registers with a new
+   lease.
+3. List ``members/`` at revision R, then watch from R+1; after a compaction or a broken watch,
+   re-list and watch again. The view is ``{node_id: pb.Member}`` plus its revision.
+
+Claims are fenced on ``members/<node_id>`` being attached to :attr:`lease_id` (see
+:mod:`peerd.coord.ledger`), so a node whose lease expired cannot claim even if its local view
+still says it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from peerd.clock import Clock
+from peerd.coord.etcd import (
+    Compacted,
+    Etcd,
+    cmp_create_revision,
+    op_get,
+    op_put,
+    prefix_end,
+    txn_request,
+)
+from peerd.coord.keys import Keys
+from peerd.errors import DuplicateNode, PeerdError, Unavailable
+from peerd.v1 import scheduler_pb2 as pb
+
+log = structlog.get_logger("peerd.membership")
+
+Probe = Callable[[str], Awaitable[bool]]
+"""``probe(address) -> True`` when a peerd node answers at ``address``."""
+
+
+class Membership:
+    """This node's registration and its view of the cluster.
+
+    Args:
+        etcd: the etcd client.
+        keys: the cluster keyspace.
+        me: this node's Member record (node_id, address, started_at, version).
+        ttl_s: lease TTL in seconds (>= 2).
+        probe: health probe used to tell a live duplicate from a crashed previous run.
+        clock: time source.
+    """
+
+    def __init__(
+        self, etcd: Etcd, keys: Keys, me: pb.Member, ttl_s: int, probe: Probe, clock: Clock
+    ) -> None:
+        self.etcd = etcd
+        self.keys = keys
+        self.me = me
+        self.ttl_s = ttl_s
+        self.probe = probe
+        self.clock = clock
+        self.lease_id = 0
+        self.view: dict[str, pb.Member] = {}
+        self.view_revision = 0
+        self.claim_ready = asyncio.Event()
+        self.registered_once = asyncio.Event()
+        self.view_ready = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._log = log.bind(node_id=me.node_id)
+
+    @property
+    def member_key(self) -> bytes:
+        return self.keys.member(self.me.node_id)
+
+    def on_change(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every change of the member view."""
+        self._listeners.append(fn)
+
+    def members(self) -> list[str]:
+        """Node ids in the current view."""
+        return sorted(self.view)
+
+    def lease_lost(self) -> None:
+        """Report that a fenced write failed on the lease check: stop claiming and re-register."""
+        self.claim_ready.clear()
+        self._lost.set()
+
+    # -- registration --------------------------------------------------------------------------
+
+    async def register(self, first: bool) -> None:
+        """Create the member key on a new lease.
+
+        Raises:
+            DuplicateNode: another live node holds this node id.
+            Unavailable: etcd cannot be reached.
+        """
+        deadline = self.clock.monotonic() + self.ttl_s + 10
+        probed = False
+        while True:
+            lease_id = await self.etcd.lease_grant(self.ttl_s)
+            self.me.lease_id = lease_id
+            value = self.me.SerializeToString()
+            resp = await self.etcd.txn(
+                txn_request(
+                    [cmp_create_revision(self.member_key, 0)],
+                    [op_put(self.member_key, value, lease_id)],
+                    [op_get(self.member_key)],
+                )
+            )
+            if resp.succeeded:
+                old, self.lease_id = self.lease_id, lease_id
+                if old:
+                    with contextlib.suppress(PeerdError):
+                        await self.etcd.lease_revoke(old)
+                self._lost.clear()
+                self.claim_ready.set()
+                self.registered_once.set()
+                self._log.info("member_registered", lease_id=lease_id, ttl_s=self.ttl_s)
+                return
+            await self.etcd.lease_revoke(lease_id)
+            kvs = resp.responses[0].response_range.kvs
+            holder = pb.Member.FromString(kvs[0].value) if kvs else None
+            holder_lease = kvs[0].lease if kvs else 0
+            if holder_lease and holder_lease == self.lease_id:
+                # Our own previous key, still on our old lease: replace it.
+                with contextlib.suppress(PeerdError):
+                    await self.etcd.lease_revoke(holder_lease)
+                continue
+            if holder is not None and not probed:
+                probed = True
+                if await self.probe(holder.address):
+                    raise DuplicateNode(
+                        f"node id {self.me.node_id!r} is already registered by a live node at "
+                        f"{holder.address} (started {holder.started_at.ToJsonString()}); "
+                        "choose another --node-id"
+                    )
+                self._log.warning(
+                    "member_key_held_by_dead_holder_waiting",
+                    holder_address=holder.address,
+                    ttl_s=self.ttl_s,
+                )
+            if self.clock.monotonic() > deadline:
+                raise DuplicateNode(
+                    f"node id {self.me.node_id!r} stayed registered for more than the lease TTL; "
+                    "another node may be using it"
+                )
+            if not first and holder is not None and await self.probe(holder.address):
+                raise DuplicateNode(f"node id {self.me.node_id!r} was taken by {holder.address}")
+            await asyncio.sleep(0.5)
+
+    async def revoke(self) -> None:
+        """Revoke the lease (deletes the member key): used on clean shutdown."""
+        self._closing = True
+        self.claim_ready.clear()
+        if self.lease_id:
+            with contextlib.suppress(PeerdError):
+                await self.etcd.lease_revoke(self.lease_id)
+            self._log.info("member_lease_revoked", lease_id=self.lease_id)
+
+    # -- loops ---------------------------------------------------------------------------------
+
+    async def keepalive_loop(self) -> None:
+        """Refresh the lease every TTL/3; re-register after expiry. Runs until cancelled."""
+        interval = self.ttl_s / 3
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._lost.wait(), interval)
+            except TimeoutError:
+                pass
+            if self._closing:
+                return
+            try:
+                if not self._lost.is_set():
+                    ttl = await self.etcd.lease_keepalive(self.lease_id)
+                    if ttl > 0:
+                        if not self.claim_ready.is_set():
+                            self._log.info("keepalive_recovered", ttl_s=ttl)
+                        self.claim_ready.set()
+                        continue
+                    self._log.warning("lease_expired", lease_id=self.lease_id)
+                self.claim_ready.clear()
+                await self.register(first=False)
+                self._notify()
+            except Unavailable as exc:
+                if self.claim_ready.is_set():
+                    self._log.warning("keepalive_failed_claims_paused", error=str(exc))
+                self.claim_ready.clear()
+            except DuplicateNode:
+                raise
+            except PeerdError as exc:
+                self.claim_ready.clear()
+                self._log.error("keepalive_error", error=str(exc))
+
+    async def watch_loop(self) -> None:
+        """Keep :attr:`view` current: list, then watch from the list's revision + 1."""
+        backoff = 0.2
+        while not self._closing:
+            try:
+                kvs, _, revision = await self.etcd.range(
+                    self.keys.members, prefix_end(self.keys.members)
+                )
+                self.view = {
+                    self.keys.id_of(kv.key, self.keys.members): pb.Member.FromString(kv.value)
+                    for kv in kvs
+                }
+                self.view_revision = revision
+                self.view_ready.set()
+                self._notify()
+                backoff = 0.2
+                async for ev in self.etcd.watch_prefix(self.keys.members, revision + 1):
+                    node_id = self.keys.id_of(ev.kv.key, self.keys.members)
+                    if ev.kind == "put":
+                        self.view[node_id] = pb.Member.FromString(ev.kv.value)
+                    else:
+                        self.view.pop(node_id, None)
+                        if node_id == self.me.node_id and not self._closing:
+                            self._log.warning("own_member_key_deleted")
+                            self.lease_lost()
+                    self.view_revision = ev.revision
+                    self._notify()
+            except Compacted:
+                self._log.info("members_watch_compacted_relisting")
+            except PeerdError as exc:
+                self._log.warning("members_watch_broken", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _notify(self) -> None:
+        for fn in self._listeners:
+            try:
+                fn()
+            except Exception:  # a listener bug must not kill membership
+                self._log.exception("membership_listener_failed")
+

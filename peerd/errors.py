@@ -1,0 +1,50 @@
+"""The peerd error hierarchy.
+
+Every error peerd raises on purpose derives from :class:`PeerdError`. The gRPC layer maps these
+classes to status codes in one place (:mod:`peerd.rpc.errors`); the CLI maps status codes to exit
+codes (:mod:`peerd.cli`).
+"""
+
+from __future__ import annotations
+
+
+class PeerdError(Exception):
+    """Root of all peerd errors."""
+
+
+class InvalidArgument(PeerdError):
+    """A request or configuration value is invalid.
+
+    Attributes:
+        field: dotted name of the offending field, e.g. ``"task.schedule.cron"``.
+        reason: human-readable reason, e.g. ``"minute 61 is out of range 0-59"``.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(PeerdError):
+    """The named object does not exist."""
+
+
+class AlreadyExists(PeerdError):
+    """An object with that identity already exists."""
+
+
+class PermissionDenied(PeerdError):
+    """The node's configuration forbids the request (e.g. a shell command not allow-listed)."""
+
+
+class Unavailable(PeerdError):
+    """etcd (or another dependency) cannot be reached; nothing was written."""
+
+
+class LeaseLost(PeerdError):
+    """This node's membership lease is gone; it must not claim until it has re-registered."""
+
+
+class DuplicateNode(PeerdError):
+    """Another live node already registered the same node_id."""

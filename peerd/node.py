@@ -1,0 +1,182 @@
+"""One peerd node: wires etcd, membership, the task cache, the engine and the gRPC server.
+
+Start-up order matters:
+
+1. bind the gRPC port (fails fast if it is taken) but do not serve yet;
+2. register ``members/<node_id>`` on a lease, retrying while etcd is unreachable (a duplicate
+   live node id is fatal);
+3. start serving (health NOT_SERVING), watch members and tasks, start the engine;
+4. once both views are loaded, health turns SERVING.
+
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING, stop planning, let running executions finish up
+to the grace period, revoke the lease (the member key disappears at once, so survivors take over
+without waiting for the TTL), stop the server, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from peerd import __version__
+from peerd.clock import SystemClock
+from peerd.config import NodeConfig
+from peerd.coord.etcd import Etcd
+from peerd.coord.keys import Keys
+from peerd.coord.ledger import Ledger
+from peerd.coord.membership import Membership
+from peerd.coord.store import TaskCache, TaskStore
+from peerd.errors import DuplicateNode, Unavailable
+from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
+from peerd.rpc.service import SchedulerService
+from peerd.runner.engine import Engine
+from peerd.v1 import scheduler_pb2 as pb
+from peerd.v1 import scheduler_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("peerd.node")
+
+SHUTDOWN_GRACE_S = 30.0
+"""Seconds running executions get to finish on SIGTERM."""
+
+
+async def probe_health(address: str, timeout_s: float = 1.0) -> bool:
+    """True when a gRPC server at ``address`` answers grpc.health.v1 Check in time."""
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            return True
+    except grpc.aio.AioRpcError:
+        return False
+
+
+class Node:
+    """A running node. Construct, then ``await run()``; ``request_stop()`` ends it cleanly."""
+
+    def __init__(self, cfg: NodeConfig, clock: SystemClock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.etcd = Etcd(cfg.etcd)
+        self.keys = Keys(cfg.prefix)
+        me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
+        me.started_at.FromDatetime(self.clock.now())
+        self.membership = Membership(
+            self.etcd, self.keys, me, cfg.lease_ttl_s, probe_health, self.clock
+        )
+        self.store = TaskStore(self.etcd, self.keys)
+        self.cache = TaskCache(self.etcd, self.keys)
+        self.ledger = Ledger(self.etcd, self.keys)
+        self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
+        self.health = HealthServicer()
+        self._stop = asyncio.Event()
+        self._fatal_msg = ""
+        self._log = log.bind(node_id=cfg.node_id)
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (signal-handler safe when called from the loop)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_SchedulerServicer_to_server(SchedulerService(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                pb.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            server.add_insecure_port(self.cfg.listen)
+        except RuntimeError as exc:
+            return _fatal(f"cannot listen on {self.cfg.listen}: {exc}", EXIT_ERROR)
+        await self.etcd.connect()
+        if not await self._register():
+            return _fatal(self._fatal_msg, EXIT_ALREADY_EXISTS)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self._log.info("node_listening", listen=self.cfg.listen, address=self.cfg.address,
+                       etcd=",".join(self.cfg.etcd), cluster=self.cfg.cluster)
+        tasks = [
+            asyncio.create_task(self.membership.keepalive_loop(), name="keepalive"),
+            asyncio.create_task(self.membership.watch_loop(), name="members"),
+            asyncio.create_task(self.cache.run(), name="tasks"),
+            asyncio.create_task(self.engine.run(), name="engine"),
+        ]
+        stop_waiter = asyncio.create_task(self._stop.wait())
+        ready = asyncio.create_task(self._mark_ready())
+        done, _ = await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = EXIT_OK
+        for t in done:
+            failure = None if t is stop_waiter else t.exception()
+            if failure is not None:
+                code = EXIT_ALREADY_EXISTS if isinstance(failure, DuplicateNode) else EXIT_ERROR
+                self._log.error("node_task_failed", task=t.get_name(), error=str(failure))
+                print(f"peerd: error: {failure}", file=sys.stderr)
+        self._log.info("node_stopping")
+        ready.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.engine.stop(SHUTDOWN_GRACE_S)
+        await self.membership.revoke()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await server.stop(1.0)
+        await self.etcd.close()
+        self._log.info("node_stopped", exit_code=code)
+        return code
+
+    async def _register(self) -> bool:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                await self.membership.register(first=True)
+                return True
+            except DuplicateNode as exc:
+                self._fatal_msg = str(exc)
+                return False
+            except Unavailable as exc:
+                self._log.warning("waiting_for_etcd", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        self._fatal_msg = "stopped before registering"
+        return False
+
+    async def _mark_ready(self) -> None:
+        await self.membership.view_ready.wait()
+        await self.cache.ready.wait()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._log.info("node_ready", members=self.membership.members(),
+                       tasks=len(self.cache.tasks))
+
+
+def _fatal(message: str, code: int) -> int:
+    print(f"peerd: error: {message}", file=sys.stderr)
+    log.error("node_fatal", error=message)
+    return code
+
+
+def run_node(cfg: NodeConfig) -> int:
+    """Run a node in this process until SIGTERM/SIGINT; returns the exit code."""
+
+    async def main() -> int:
+        node = Node(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.request_stop)
+        return await node.run()
+
+    return asyncio.run(main())

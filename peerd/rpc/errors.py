@@ -1,0 +1,76 @@
+"""The one mapping from peerd errors to gRPC status codes (server side).
+
+==========================  ====================
+peerd error                 gRPC status
+==========================  ====================
+InvalidArgument             INVALID_ARGUMENT
+NotFound                    NOT_FOUND
+AlreadyExists               ALREADY_EXISTS
+PermissionDenied            PERMISSION_DENIED
+Unavailable, LeaseLost      UNAVAILABLE
+other PeerdError            INTERNAL
+==========================  ====================
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from peerd.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    LeaseLost,
+    NotFound,
+    PeerdError,
+    PermissionDenied,
+    Unavailable,
+)
+
+log = structlog.get_logger("peerd.rpc")
+
+_CODES: list[tuple[type[PeerdError], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (LeaseLost, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: PeerdError) -> grpc.StatusCode:
+    """The gRPC status code for a peerd error."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+R = TypeVar("R")
+
+
+def grpc_errors(
+    fn: Callable[..., Awaitable[R]],
+) -> Callable[..., Awaitable[R]]:
+    """Decorate an async servicer method: a raised PeerdError aborts the call with its status
+    code and message; any other exception is logged and aborts with INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await fn(self, request, context)
+        except PeerdError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("rpc_internal_error", method=fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return wrapper

@@ -1,0 +1,71 @@
+"""What an executor receives and returns. Executors never raise for a failed run: every failure
+(timeout, connection error, non-2xx, non-zero exit, a command not allow-listed) is an
+:class:`Outcome` with ``succeeded=False`` and a reason in ``error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+OUTPUT_TAIL_BYTES = 4096
+"""Output kept per run (the last bytes of stdout+stderr or of the HTTP response body)."""
+
+
+def slot_ms(slot: datetime) -> int:
+    """Epoch milliseconds of an aware datetime (the slot's identity)."""
+    return round(slot.timestamp() * 1000)
+
+
+def idempotency_key(task_id: str, scheduled_at: datetime) -> str:
+    """``<task_id>/<scheduled_at epoch ms>``: the same for every attempt of one slot."""
+    return f"{task_id}/{slot_ms(scheduled_at)}"
+
+
+def rfc3339(ts: datetime) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T06:00:01.000Z``."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of ``data`` decoded as UTF-8 (invalid bytes replaced)."""
+    return data[-limit:].decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One attempt of one slot, as handed to an executor.
+
+    Attributes:
+        task_id: the task.
+        scheduled_at: the slot (aware UTC).
+        attempt: 1 for the first attempt.
+        node_id: the executing node.
+        fencing_token: etcd revision of the claim; targets may reject smaller tokens.
+        timeout: per-attempt time limit.
+    """
+
+    task_id: str
+    scheduled_at: datetime
+    attempt: int
+    node_id: str
+    fencing_token: int
+    timeout: timedelta
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.task_id, self.scheduled_at)
+
+
+@dataclass
+class Outcome:
+    """Result of one attempt. ``started_at``/``finished_at`` are aware UTC."""
+
+    succeeded: bool
+    started_at: datetime
+    finished_at: datetime
+    http_status: int = 0
+    exit_code: int | None = None
+    output_tail: str = ""
+    error: str = ""
+    extra: dict[str, str] = field(default_factory=dict)

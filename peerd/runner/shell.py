@@ -1,0 +1,405 @@
+"""Shell executor: run a task's argv as a child process (no shell involved).
+
+Shell execution is off on a node unless the node allow-lists command lines with
+``--allow-shell PATTERN``. Each run gets its own session/process group so a timeout or a
+cancellation can kill the command together with everything it spawned. Run failures never
+raise; they are reported in the returned :class:`~peerd.runner.base.Outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import os
+import pwd
+import shlex
+import signal
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from peerd.clock import Clock, SystemClock
+from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome, rfc3339, tail
+from peerd.v1 import scheduler_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+KILL_GRACE_SECONDS = 2.0
+"""Seconds between SIGTERM and SIGKILL when a process group is killed."""
+
+DRAIN_GRACE_SECONDS = 1.0
+"""Seconds to keep reading output after the command exited, while a background process it
+left behind still holds the output pipe open. After that the pipe is closed (the leftover
+process is not killed)."""
+
+_READ_CHUNK = 64 * 1024
+_POLL_SECONDS = 0.05
+_EXIT_POLL_SECONDS = 0.1
+
+
+class ShellAllowList:
+    """Which command lines a node may run.
+
+    Each pattern is matched with :func:`fnmatch.fnmatchcase` against ``shlex.join(argv)``, e.g.
+    ``"/usr/bin/backup *"`` or ``"/bin/sh -c *"``. Note that ``*`` also matches spaces, so a
+    pattern constrains the whole command line, arguments included. An empty list allows
+    nothing (shell execution disabled).
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._patterns = tuple(patterns)
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The configured patterns, in order."""
+        return self._patterns
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one pattern is configured."""
+        return bool(self._patterns)
+
+    def allows(self, argv: Sequence[str]) -> bool:
+        """Whether ``argv`` matches any pattern. An empty ``argv`` is never allowed."""
+        if not argv:
+            return False
+        line = shlex.join(argv)
+        return any(fnmatch.fnmatchcase(line, pattern) for pattern in self._patterns)
+
+    def __str__(self) -> str:
+        if not self._patterns:
+            return "shell disabled"
+        return ", ".join(repr(p) for p in self._patterns)
+
+    def __repr__(self) -> str:
+        return f"ShellAllowList({list(self._patterns)!r})"
+
+
+class _Tail:
+    """Keeps only the last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self._buf += chunk[-self._limit :]
+        if len(self._buf) > self._limit:
+            del self._buf[: -self._limit]
+
+    def text(self) -> str:
+        return tail(bytes(self._buf), self._limit)
+
+
+class _Refused(Exception):
+    """A run refused before anything was started; the message is the Outcome error."""
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a live (non-zombie) member.
+
+    Zombies count as dead: without a reaping init (e.g. a container whose PID 1 is not an init)
+    orphaned members stay zombies forever, yet ``killpg(pgid, 0)`` still succeeds for them.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # members exist but run as a user we cannot signal
+        pass
+    return _live_members_in_proc(pgid)
+
+
+def _live_members_in_proc(pgid: int) -> bool:
+    """Scan ``/proc`` for a non-zombie process in group ``pgid`` (True if ``/proc`` is absent)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _signal_group(proc: asyncio.subprocess.Process, signum: int) -> None:
+    """Send ``signum`` to the process group led by ``proc`` (and to ``proc`` itself, in case it
+    left the group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+
+class ShellExecutor:
+    """Runs :class:`pb.ShellTarget` tasks as child processes.
+
+    Args:
+        allow: the node's allow-list; commands not matching it are refused without running.
+        clock: source of ``started_at``/``finished_at`` (default :class:`SystemClock`).
+            Timeouts are enforced by the event loop, not by this clock.
+        base_env: environment every command starts from; defaults to a copy of
+            ``os.environ`` taken at construction.
+    """
+
+    def __init__(
+        self,
+        allow: ShellAllowList,
+        clock: Clock | None = None,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._allow = allow
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._base_env = dict(base_env if base_env is not None else os.environ)
+
+    @property
+    def allow_list(self) -> ShellAllowList:
+        """The allow-list this executor enforces."""
+        return self._allow
+
+    async def run(self, target: pb.ShellTarget, execution: Execution) -> Outcome:
+        """Run ``target.argv`` for ``execution`` and report how it went.
+
+        The command runs without a shell, in a new session (its own process group), with stdin
+        from ``/dev/null`` and stdout+stderr merged; only the last :data:`OUTPUT_TAIL_BYTES` of
+        output are kept. Environment: ``base_env``, then ``target.env``, then the ``PEERD_*``
+        variables (``PEERD_IDEMPOTENCY_KEY``, ``PEERD_FENCING_TOKEN``, ``PEERD_TASK_ID``,
+        ``PEERD_SCHEDULED_AT`` (RFC 3339), ``PEERD_ATTEMPT``, ``PEERD_NODE_ID``), which the
+        target cannot override. ``target.working_dir`` (if set) must exist.
+
+        ``target.run_as`` switches user (plus its primary and supplementary groups, and
+        ``HOME``/``USER``/``LOGNAME``) only when the node runs as root; otherwise such a run
+        fails. ``execution.timeout`` bounds the run: on expiry the process group gets SIGTERM,
+        then SIGKILL after :data:`KILL_GRACE_SECONDS`.
+
+        Success means exit code 0. Never raises for a failed run (not allow-listed, missing
+        binary or directory, unknown user, non-zero exit, signal, timeout): those are returned
+        as ``Outcome(succeeded=False, error=...)``. On ``asyncio.CancelledError`` the process
+        group is killed (same SIGTERM/SIGKILL sequence) before the cancellation propagates.
+        """
+        started = self._clock.now()
+        argv = list(target.argv)
+        try:
+            spawn_kwargs = self._prepare(target, execution, argv)
+        except _Refused as exc:
+            return self._outcome(started, error=str(exc))
+
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                **spawn_kwargs,
+            )
+        except OSError as exc:
+            return self._outcome(started, error=f"cannot execute {argv[0]}: {exc}")
+
+        log.info(
+            "shell.started", task_id=execution.task_id, attempt=execution.attempt, pid=proc.pid
+        )
+        return await self._supervise(proc, execution, started)
+
+    def _prepare(
+        self, target: pb.ShellTarget, execution: Execution, argv: list[str]
+    ) -> dict[str, Any]:
+        """Validate the target and build the keyword arguments for the spawn.
+
+        Raises:
+            _Refused: the run must not start; the message is the reason.
+        """
+        if not argv:
+            raise _Refused("shell target has an empty argv")
+        if not self._allow.allows(argv):
+            raise _Refused(
+                f"shell command not allowed on node {execution.node_id}: {shlex.join(argv)}; "
+                "start the node with --allow-shell PATTERN"
+            )
+        cwd = target.working_dir or None
+        if cwd is not None and not os.path.isdir(cwd):
+            raise _Refused(f"working directory {cwd!r} does not exist or is not a directory")
+
+        env = dict(self._base_env)
+        kwargs: dict[str, Any] = {"cwd": cwd}
+        if target.run_as:
+            kwargs.update(self._switch_user(target.run_as, env))
+        env.update(target.env)
+        env.update(
+            {
+                "PEERD_IDEMPOTENCY_KEY": execution.idempotency_key,
+                "PEERD_FENCING_TOKEN": str(execution.fencing_token),
+                "PEERD_TASK_ID": execution.task_id,
+                "PEERD_SCHEDULED_AT": rfc3339(execution.scheduled_at),
+                "PEERD_ATTEMPT": str(execution.attempt),
+                "PEERD_NODE_ID": execution.node_id,
+            }
+        )
+        kwargs["env"] = env
+        return kwargs
+
+    @staticmethod
+    def _switch_user(run_as: str, env: dict[str, str]) -> dict[str, Any]:
+        """Spawn kwargs to run as ``run_as`` (empty when it is already the current user).
+
+        Updates ``env`` with the user's ``HOME``/``USER``/``LOGNAME`` when switching.
+
+        Raises:
+            _Refused: unknown user, or a switch is needed and the node is not root.
+        """
+        try:
+            user = pwd.getpwnam(run_as)
+        except KeyError:
+            raise _Refused(f"cannot run as user {run_as}: no such user") from None
+        euid = os.geteuid()
+        if user.pw_uid == euid:
+            return {}
+        if euid != 0:
+            raise _Refused(
+                f"cannot run as user {run_as}: node runs as {_user_name(euid)} (not root)"
+            )
+        env.update({"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name})
+        return {
+            "user": user.pw_uid,
+            "group": user.pw_gid,
+            # Without this the child keeps root's supplementary groups.
+            "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid),
+        }
+
+    async def _supervise(
+        self, proc: asyncio.subprocess.Process, execution: Execution, started: datetime
+    ) -> Outcome:
+        """Wait for ``proc`` (bounded by ``execution.timeout``) while collecting its output."""
+        assert proc.stdout is not None
+        out = _Tail()
+        reader = asyncio.create_task(self._pump(proc.stdout, out))
+        seconds = execution.timeout.total_seconds()
+        timed_out = False
+        try:
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._wait_exit(proc, reader)
+            except TimeoutError:
+                timed_out = True
+                log.warning(
+                    "shell.timeout", task_id=execution.task_id, pid=proc.pid, seconds=seconds
+                )
+                await self._kill_group(proc)
+            await self._drain(reader, execution)
+        except BaseException:
+            # Cancellation (or anything unexpected): never leave the command running.
+            await self._kill_group(proc)
+            raise
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            # Close our end of the output pipe even if a leftover background process still
+            # holds the other end (asyncio.subprocess.Process has no public close()).
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+
+        code = proc.returncode
+        assert code is not None
+        if timed_out:
+            error = f"timeout after {seconds}s; process group killed"
+        elif code < 0:
+            error = f"killed by signal {_signal_name(-code)}"
+        elif code > 0:
+            error = f"exit code {code}"
+        else:
+            error = ""
+        return self._outcome(started, error=error, exit_code=code, output=out.text())
+
+    @staticmethod
+    async def _wait_exit(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
+        """Return once ``proc`` has exited.
+
+        ``Process.wait()`` only returns after the output pipe is closed, which a background
+        process left behind by the command can delay indefinitely; so while the pipe is open
+        this watches ``returncode`` instead.
+        """
+        while proc.returncode is None:
+            if reader.done():  # output closed: wait() now returns as soon as the process exits
+                await proc.wait()
+                return
+            await asyncio.wait({reader}, timeout=_EXIT_POLL_SECONDS)
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader, out: _Tail) -> None:
+        while chunk := await stream.read(_READ_CHUNK):
+            out.add(chunk)
+
+    @staticmethod
+    async def _drain(reader: asyncio.Task[None], execution: Execution) -> None:
+        """Let the reader reach end of output, for at most :data:`DRAIN_GRACE_SECONDS`."""
+        done, _ = await asyncio.wait({reader}, timeout=DRAIN_GRACE_SECONDS)
+        if not done:
+            log.warning("shell.output_pipe_held", task_id=execution.task_id)
+
+    @staticmethod
+    async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the process group, wait up to :data:`KILL_GRACE_SECONDS` for the leader to be
+        reaped and the group to empty, then SIGKILL whatever is left and wait for the leader.
+
+        SIGKILL is sent even if this coroutine is itself cancelled during the grace period.
+        """
+        pgid = proc.pid
+        _signal_group(proc, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KILL_GRACE_SECONDS
+        gone = False
+        try:
+            while loop.time() < deadline:
+                if proc.returncode is not None and not _group_alive(pgid):
+                    gone = True
+                    return
+                await asyncio.sleep(_POLL_SECONDS)
+        finally:
+            if not gone:
+                _signal_group(proc, signal.SIGKILL)
+        # Not proc.wait(): that also waits for the output pipe, which a process that escaped
+        # the group (setsid) may hold open.
+        while proc.returncode is None:
+            await asyncio.sleep(_POLL_SECONDS)
+
+    def _outcome(
+        self, started: datetime, *, error: str, exit_code: int | None = None, output: str = ""
+    ) -> Outcome:
+        return Outcome(
+            succeeded=not error,
+            started_at=started,
+            finished_at=self._clock.now(),
+            exit_code=exit_code,
+            output_tail=output,
+            error=error,
+        )

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what peerd needs on a fresh Debian/Ubuntu machine: the etcd server (Debian's
+# etcd-server package) when `etcd` is missing, and a virtualenv in .venv with peerd and its
+# development tools. Safe to run again. Sourced by demo.sh and test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=()
+command -v etcd >/dev/null 2>&1 || apt_packages+=(etcd-server)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+if [ "${PEERD_DEMO:-0}" = 1 ] && [ ! -f /etc/crontab ]; then
+  apt_packages+=(cron-daemon-common)   # Debian's /etc/crontab, imported by the demo
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "setup: installing ${apt_packages[*]} with apt-get"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+command -v etcd >/dev/null 2>&1 || { echo "setup: etcd is still missing" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "setup: $(etcd --version | head -1), $(.venv/bin/python --version), peerd installed in .venv"

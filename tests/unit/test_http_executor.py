@@ -1,0 +1,312 @@
+"""HttpExecutor against a real HTTP server on 127.0.0.1 (no HTTP mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from peerd import __version__
+from peerd.clock import FakeClock
+from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
+from peerd.runner.http import HttpExecutor
+from peerd.v1 import scheduler_pb2 as pb
+
+SLOT = datetime(2026, 11, 21, 6, 0, 1, tzinfo=UTC)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> list[str]:
+        return self.headers.get(name.lower(), [])
+
+
+@dataclass
+class Server:
+    """A local HTTP server that records requests and answers with a configurable response."""
+
+    url: str
+    status: int = 200
+    response_body: bytes = b"ok"
+    response_headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drip: int = 0  # when > 0: send the body in this many pieces, one every 0.2 s
+    requests: list[Recorded] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers: dict[str, list[str]] = {}
+            for name, value in self.headers.items():
+                headers.setdefault(name.lower(), []).append(value)
+            state.requests.append(Recorded(self.command, self.path, headers, body))
+            if state.delay:
+                state.release.wait(state.delay)
+            self.send_response(state.status)
+            for name, value in state.response_headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(state.response_body)))
+            self.end_headers()
+            try:
+                if state.drip:
+                    step = max(1, len(state.response_body) // state.drip)
+                    for i in range(0, len(state.response_body), step):
+                        self.wfile.write(state.response_body[i : i + step])
+                        self.wfile.flush()
+                        if state.release.wait(0.2):
+                            return
+                else:
+                    self.wfile.write(state.response_body)
+            except OSError:
+                pass  # client gave up (timeout tests)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server(url="")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def execution(timeout: float = 5.0, **kw: Any) -> Execution:
+    base: dict[str, Any] = {
+        "task_id": "nightly-report",
+        "scheduled_at": SLOT,
+        "attempt": 2,
+        "node_id": "node-a",
+        "fencing_token": 4711,
+        "timeout": timedelta(seconds=timeout),
+    }
+    base.update(kw)
+    return Execution(**base)
+
+
+def run(target: pb.HttpTarget, ex: Execution, **kw: Any) -> Outcome:
+    async def go() -> Outcome:
+        executor = HttpExecutor(**kw)
+        try:
+            return await executor.run(target, ex)
+        finally:
+            await executor.aclose()
+
+    return asyncio.run(go())
+
+
+def test_default_post_sends_peerd_headers_and_json_body(server: Server) -> None:
+    out = run(pb.HttpTarget(url=server.url + "/hook"), execution())
+
+    assert out.succeeded, out.error
+    assert out.http_status == 200
+    assert out.error == ""
+    assert out.output_tail == "ok"
+    assert out.started_at <= out.finished_at
+    [req] = server.requests
+    assert req.method == "POST"
+    assert req.path == "/hook"
+    expected_key = f"nightly-report/{int(SLOT.timestamp() * 1000)}"
+    assert req.header("Idempotency-Key") == [expected_key]
+    assert req.header("Peerd-Fencing-Token") == ["4711"]
+    assert req.header("User-Agent") == [f"peerd/{__version__}"]
+    assert req.header("Content-Type") == ["application/json"]
+    assert json.loads(req.body) == {
+        "task_id": "nightly-report",
+        "scheduled_at": "2026-11-21T06:00:01.000Z",
+        "attempt": 2,
+        "node_id": "node-a",
+        "fencing_token": 4711,
+    }
+
+
+def test_user_headers_sent_but_cannot_override_peerd_headers(server: Server) -> None:
+    target = pb.HttpTarget(
+        url=server.url,
+        headers={
+            "Authorization": "Bearer s3cret",
+            "X-Custom": "yes",
+            "idempotency-key": "forged",
+            "PEERD-FENCING-TOKEN": "999999",
+        },
+    )
+    out = run(target, execution())
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.header("Authorization") == ["Bearer s3cret"]
+    assert req.header("X-Custom") == ["yes"]
+    assert req.header("Idempotency-Key") == [execution().idempotency_key]
+    assert req.header("Peerd-Fencing-Token") == ["4711"]
+
+
+def test_custom_body_and_method_are_sent_as_given(server: Server) -> None:
+    target = pb.HttpTarget(
+        method="put",
+        url=server.url + "/x",
+        body="plain text, not JSON",
+        headers={"Content-Type": "text/plain"},
+    )
+    out = run(target, execution())
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.method == "PUT"
+    assert req.body == b"plain text, not JSON"
+    assert req.header("Content-Type") == ["text/plain"]
+    assert req.header("Idempotency-Key") == [execution().idempotency_key]
+
+
+def test_empty_custom_body_is_not_replaced_by_json(server: Server) -> None:
+    out = run(pb.HttpTarget(url=server.url, body=""), execution())
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.body == b""
+    assert req.header("Content-Type") != ["application/json"]
+
+
+def test_2xx_other_than_200_succeeds(server: Server) -> None:
+    server.status = 204
+    server.response_body = b""
+    out = run(pb.HttpTarget(url=server.url), execution())
+
+    assert out.succeeded, out.error
+    assert out.http_status == 204
+
+
+def test_500_fails_with_status_and_body_tail(server: Server) -> None:
+    server.status = 503
+    server.response_body = b"backend down"
+    out = run(pb.HttpTarget(url=server.url), execution())
+
+    assert not out.succeeded
+    assert out.http_status == 503
+    assert out.error == "HTTP 503"
+    assert out.output_tail == "backend down"
+
+
+def test_redirect_is_not_followed_and_fails(server: Server) -> None:
+    server.status = 302
+    server.response_headers = {"Location": "/elsewhere"}
+    server.response_body = b""
+    out = run(pb.HttpTarget(url=server.url), execution())
+
+    assert not out.succeeded
+    assert out.http_status == 302
+    assert out.error == "HTTP 302"
+    assert [r.path for r in server.requests] == ["/"]
+
+
+def test_redirect_not_followed_even_with_injected_following_client(server: Server) -> None:
+    server.status = 301
+    server.response_headers = {"Location": "/elsewhere"}
+    server.response_body = b""
+
+    async def go() -> Outcome:
+        async with httpx.AsyncClient(follow_redirects=True) as client:
+            out = await HttpExecutor(client=client).run(pb.HttpTarget(url=server.url), execution())
+            # The executor did not own (and so did not close) the injected client.
+            assert not client.is_closed
+            return out
+
+    out = asyncio.run(go())
+    assert out.http_status == 301
+    assert len(server.requests) == 1
+
+
+def test_output_tail_keeps_last_4kib_of_large_body(server: Server) -> None:
+    server.response_body = b"a" * 50_000 + b"b" * 100 + b"THE-END"
+    out = run(pb.HttpTarget(url=server.url), execution())
+
+    assert out.succeeded, out.error
+    assert len(out.output_tail.encode()) == OUTPUT_TAIL_BYTES
+    assert out.output_tail.endswith("b" * 100 + "THE-END")
+
+
+def test_timeout_bounds_whole_request(server: Server) -> None:
+    server.delay = 10.0
+    t0 = time.monotonic()
+    out = run(pb.HttpTarget(url=server.url), execution(timeout=0.5))
+    elapsed = time.monotonic() - t0
+
+    assert not out.succeeded
+    assert out.error == "timeout after 0.5s"
+    assert out.http_status == 0
+    assert elapsed < 3.0
+    assert len(server.requests) == 1
+
+
+def test_timeout_covers_slow_body_after_headers(server: Server) -> None:
+    # Each piece arrives well within the timeout; only a whole-request limit catches this.
+    server.response_body = b"x" * 30
+    server.drip = 30
+    t0 = time.monotonic()
+    out = run(pb.HttpTarget(url=server.url), execution(timeout=1.0))
+    elapsed = time.monotonic() - t0
+
+    assert not out.succeeded
+    assert out.error == "timeout after 1.0s"
+    assert out.http_status == 200  # the response had arrived
+    assert 0 < len(out.output_tail) < 30
+    assert elapsed < 3.0
+
+
+def test_connection_refused_is_a_failed_outcome() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run(pb.HttpTarget(url=f"http://127.0.0.1:{port}/"), execution())
+
+    assert not out.succeeded
+    assert out.http_status == 0
+    assert out.error.startswith("connect error: ")
+
+
+def test_invalid_url_is_a_failed_outcome() -> None:
+    out = run(pb.HttpTarget(url="ftp://example.invalid/x"), execution())
+
+    assert not out.succeeded
+    assert out.error.startswith("invalid url")
+
+
+def test_timestamps_come_from_injected_clock(server: Server) -> None:
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    out = run(pb.HttpTarget(url=server.url), execution(), clock=clock)
+
+    assert out.started_at == datetime(2030, 1, 1, tzinfo=UTC)
+    assert out.finished_at == datetime(2030, 1, 1, tzinfo=UTC)
