@@ -97,6 +97,9 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Without this, headers and body leave in separate segments and Nagle + delayed ACK add
+    # ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     timeout = 60.0  # idle keep-alive connections are closed after this many seconds
 
     def setup(self) -> None:

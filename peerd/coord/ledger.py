@@ -91,27 +91,28 @@ class Ledger:
             for r, op in zip(records, resp.responses, strict=True)
         ]
 
-    async def update(self, records: Sequence[pb.RunRecord]) -> list[bool]:
+    async def update(self, records: Sequence[pb.RunRecord]) -> int:
         """Write each record if its run key still has ``create_revision == fencing_token``.
 
+        Several records for the same run (e.g. RUNNING then SUCCEEDED) are coalesced: the last
+        one in ``records`` wins. (etcd rejects a transaction naming one key twice.)
+
         Returns:
-            Per record, whether it was written.
+            How many records were written (a record whose claim was trimmed or re-claimed is not).
         """
-        out: list[bool] = []
-        for start in range(0, len(records), MAX_NESTED):
-            chunk = records[start : start + MAX_NESTED]
-            ops = []
-            for r in chunk:
-                key = self.keys.run(r.task_id, _ms(r))
-                ops.append(
-                    op_txn(
-                        [cmp_create_revision(key, r.fencing_token)],
-                        [op_put(key, r.SerializeToString())],
-                    )
-                )
+        latest: dict[bytes, pb.RunRecord] = {}
+        for r in records:
+            latest[self.keys.run(r.task_id, _ms(r))] = r
+        items = list(latest.items())
+        written = 0
+        for start in range(0, len(items), MAX_NESTED):
+            ops = [
+                op_txn([cmp_create_revision(key, r.fencing_token)], [op_put(key, r.SerializeToString())])
+                for key, r in items[start : start + MAX_NESTED]
+            ]
             resp = await self.etcd.txn(txn_request([], ops))
-            out.extend(bool(op.response_txn.succeeded) for op in resp.responses)
-        return out
+            written += sum(bool(op.response_txn.succeeded) for op in resp.responses)
+        return written
 
     async def last_slot_ms(self, task_id: str) -> int | None:
         """The newest claimed slot of a task (epoch ms), or None: one range read, limit 1."""

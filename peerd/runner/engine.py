@@ -411,10 +411,13 @@ class Engine:
                         await self.ledger.trim(tid, self.cfg.runs_keep)
                     backoff = 0.1
                     break
-                except PeerdError as exc:
+                except Unavailable as exc:
                     self._log.warning("ledger_update_failed_retrying", error=str(exc), n=len(batch))
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
+                except PeerdError as exc:  # not transient: retrying the same batch cannot help
+                    self._log.error("ledger_update_dropped", error=str(exc), n=len(batch))
+                    break
             for _ in batch:
                 self._updates.task_done()
 

@@ -1,0 +1,82 @@
+"""Claim throughput of the ledger from one Python process, by batch size.
+
+Starts its own etcd (Debian's etcd-server) in a temp dir, registers one member, then claims
+distinct slots with :meth:`peerd.coord.ledger.Ledger.claim` (one outer transaction per batch,
+one nested transaction per slot) for a fixed time per batch size, and prints claims/s.
+
+    .venv/bin/python bench/claims.py [--seconds 3] [--batches 1,16,64,127] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from peerd.clock import SystemClock
+from peerd.coord.etcd import Etcd
+from peerd.coord.keys import Keys
+from peerd.coord.ledger import Ledger
+from peerd.coord.membership import Membership
+from peerd.etcd_server import EmbeddedEtcd
+from peerd.v1 import scheduler_pb2 as pb
+
+
+async def no_probe(address: str) -> bool:
+    return False
+
+
+async def run(endpoint: str, seconds: float, batches: list[int], concurrency: int) -> None:
+    etcd = Etcd([endpoint])
+    await etcd.connect()
+    keys = Keys("/peerd/bench/")
+    membership = Membership(etcd, keys, pb.Member(node_id="bench"), 10, no_probe, SystemClock())
+    await membership.register(first=True)
+    keepalive = asyncio.create_task(membership.keepalive_loop())
+    ledger = Ledger(etcd, keys)
+    slot = 0
+    print(f"{'batch':>6} {'concurrency':>11} {'claims/s':>10} {'txn p50 ms':>10}")
+    for batch in batches:
+        claimed = 0
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal slot, claimed
+            while time.perf_counter() < deadline:
+                records = []
+                for i in range(batch):
+                    slot += 1
+                    rec = pb.RunRecord(task_id=f"task-{i}", node_id="bench", attempt=1,
+                                       status=pb.CLAIMED)
+                    rec.scheduled_at.FromMilliseconds(slot)
+                    records.append(rec)
+                t0 = time.perf_counter()
+                results = await ledger.claim(membership.member_key, membership.lease_id, records)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                claimed += sum(r.claimed for r in results)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        latencies.sort()
+        print(f"{batch:>6} {concurrency:>11} {claimed / elapsed:>10.0f} "
+              f"{latencies[len(latencies) // 2]:>10.2f}")
+    keepalive.cancel()
+    await membership.revoke()
+    await etcd.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--batches", default="1,16,64,127")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    with EmbeddedEtcd() as etcd:
+        asyncio.run(run(etcd.endpoint, args.seconds, [int(b) for b in args.batches.split(",")],
+                        args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m peerd``: the same as the ``peerd`` console script."""
+
+from peerd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""Synchronous gRPC client for the peerd public API, used by the CLI.
+
+Every call carries a deadline (``timeout_s``). Failures surface as :class:`grpc.RpcError`;
+:func:`exit_code_for_status` and :func:`describe_rpc_error` turn one into the CLI's exit code and
+one-line message.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import grpc
+
+from peerd.exitcodes import (
+    EXIT_ALREADY_EXISTS,
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PERMISSION_DENIED,
+    EXIT_UNAVAILABLE,
+)
+from peerd.v1 import scheduler_pb2 as pb
+from peerd.v1 import scheduler_pb2_grpc as pb_grpc
+
+MAX_TASKS_PAGE = 1000
+"""Largest ``page_size`` the server accepts for ListTasks."""
+MAX_RUNS_PAGE = 1000
+"""Largest ``page_size`` asked for in one ListRuns call."""
+
+
+def exit_code_for_status(code: grpc.StatusCode | None) -> int:
+    """The CLI exit code for a gRPC status code (the one place this mapping lives).
+
+    INVALID_ARGUMENT/OUT_OF_RANGE -> 2, NOT_FOUND -> 3, UNAVAILABLE/DEADLINE_EXCEEDED -> 4,
+    ALREADY_EXISTS -> 5, PERMISSION_DENIED/UNAUTHENTICATED -> 6, OK -> 0, anything else -> 1.
+    """
+    mapping = {
+        grpc.StatusCode.OK: EXIT_OK,
+        grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+        grpc.StatusCode.OUT_OF_RANGE: EXIT_INVALID,
+        grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+        grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+        grpc.StatusCode.ALREADY_EXISTS: EXIT_ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED: EXIT_PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED: EXIT_PERMISSION_DENIED,
+    }
+    return mapping.get(code, EXIT_ERROR) if code is not None else EXIT_ERROR
+
+
+def rpc_status(err: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
+    """``(status code, details)`` of a failed call; ``(None, str(err))`` if it carries neither."""
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = err.details() if isinstance(err, grpc.Call) else None
+    return code, (details or str(err))
+
+
+def describe_rpc_error(err: grpc.RpcError, server: str, timeout_s: float) -> tuple[int, str]:
+    """``(exit code, one-line message)`` for a failed call to ``server``.
+
+    The message is the status details (which name the field and reason for INVALID_ARGUMENT),
+    prefixed with the server address for transport failures, squashed onto one line.
+    """
+    code, details = rpc_status(err)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"no answer from {server} within {timeout_s:g}s ({details})"
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        message = f"{server} unavailable: {details}"
+    else:
+        message = details
+    return exit_code_for_status(code), " ".join(message.split())
+
+
+class SchedulerClient:
+    """Blocking client for ``peerd.v1.Scheduler`` on one server.
+
+    Args:
+        server: gRPC target, ``HOST:PORT``.
+        timeout_s: deadline of each RPC, seconds.
+
+    All methods raise :class:`grpc.RpcError` when the call fails. Use as a context manager (or
+    call :meth:`close`) to release the channel.
+    """
+
+    def __init__(self, server: str, timeout_s: float = 10.0) -> None:
+        self.server = server
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(server)
+        self._stub = pb_grpc.SchedulerStub(self._channel)
+
+    def __enter__(self) -> SchedulerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until the channel is connected; ``False`` if it is not within ``timeout_s``."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def create_task(self, spec: pb.TaskSpec) -> pb.TaskSpec:
+        """Create one task; returns it as stored (id filled in when it was empty)."""
+        return self._stub.CreateTask(pb.CreateTaskRequest(task=spec), timeout=self.timeout_s)
+
+    def create_tasks(self, specs: list[pb.TaskSpec]) -> list[pb.TaskSpec]:
+        """Create up to 100 tasks atomically (all or none); returns them as stored."""
+        resp = self._stub.CreateTasks(pb.CreateTasksRequest(tasks=specs), timeout=self.timeout_s)
+        return list(resp.tasks)
+
+    def get_task(self, task_id: str) -> pb.TaskSpec:
+        """One task by id (NOT_FOUND if missing)."""
+        return self._stub.GetTask(pb.GetTaskRequest(id=task_id), timeout=self.timeout_s)
+
+    def list_tasks(self, limit: int | None = None) -> list[pb.TaskSpec]:
+        """All tasks (or the first ``limit``), paging through ListTasks until done."""
+        out: list[pb.TaskSpec] = []
+        token = ""
+        seen: set[str] = set()
+        while limit is None or len(out) < limit:
+            size = MAX_TASKS_PAGE if limit is None else min(MAX_TASKS_PAGE, limit - len(out))
+            resp = self._stub.ListTasks(
+                pb.ListTasksRequest(page_size=size, page_token=token), timeout=self.timeout_s
+            )
+            out.extend(resp.tasks)
+            token = resp.next_page_token
+            if not token or token in seen:
+                break
+            seen.add(token)
+        return out if limit is None else out[:limit]
+
+    def delete_task(self, task_id: str) -> None:
+        """Delete a task (NOT_FOUND if missing)."""
+        self._stub.DeleteTask(pb.DeleteTaskRequest(id=task_id), timeout=self.timeout_s)
+
+    def pause_task(self, task_id: str) -> pb.TaskSpec:
+        """Pause a task; returns it as stored."""
+        return self._stub.PauseTask(pb.PauseTaskRequest(id=task_id), timeout=self.timeout_s)
+
+    def resume_task(self, task_id: str) -> pb.TaskSpec:
+        """Resume a paused task; returns it as stored."""
+        return self._stub.ResumeTask(pb.ResumeTaskRequest(id=task_id), timeout=self.timeout_s)
+
+    def trigger_task(self, task_id: str) -> pb.RunRecord:
+        """Run a task once now on the answering node; returns the run record."""
+        return self._stub.TriggerTask(pb.TriggerTaskRequest(id=task_id), timeout=self.timeout_s)
+
+    def list_runs(self, task_id: str, limit: int) -> list[pb.RunRecord]:
+        """The newest ``limit`` runs of a task (newest first), paging through ListRuns."""
+        out: list[pb.RunRecord] = []
+        token = ""
+        seen: set[str] = set()
+        while len(out) < limit:
+            req = pb.ListRunsRequest(
+                task_id=task_id, page_size=min(MAX_RUNS_PAGE, limit - len(out)), page_token=token
+            )
+            resp = self._stub.ListRuns(req, timeout=self.timeout_s)
+            out.extend(resp.runs)
+            token = resp.next_page_token
+            if not token or token in seen:
+                break
+            seen.add(token)
+        return out[:limit]
+
+    def get_cluster(self) -> pb.GetClusterResponse:
+        """The answering node's view of the cluster."""
+        return self._stub.GetCluster(pb.GetClusterRequest(), timeout=self.timeout_s)
+
+
+__all__ = ["SchedulerClient", "describe_rpc_error", "exit_code_for_status", "rpc_status"]

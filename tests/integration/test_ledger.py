@@ -1,0 +1,129 @@
+"""The claim protocol and the run ledger on a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from peerd.clock import SystemClock
+from peerd.coord.etcd import Etcd
+from peerd.coord.keys import Keys
+from peerd.coord.ledger import Ledger
+from peerd.coord.membership import Membership
+from peerd.errors import DuplicateNode, LeaseLost
+from peerd.v1 import scheduler_pb2 as pb
+
+
+def record(task_id: str, slot_ms: int, node: str = "a", status: int = pb.CLAIMED) -> pb.RunRecord:
+    rec = pb.RunRecord(task_id=task_id, node_id=node, attempt=1, status=status)  # type: ignore[arg-type]
+    rec.scheduled_at.FromMilliseconds(slot_ms)
+    return rec
+
+
+async def never_alive(address: str) -> bool:
+    return False
+
+
+async def always_alive(address: str) -> bool:
+    return True
+
+
+def run(etcd_endpoint: str, cluster: str, body: Callable[[Etcd, Keys], Awaitable[None]]) -> None:
+    async def main() -> None:
+        etcd = Etcd([etcd_endpoint])
+        await etcd.connect()
+        try:
+            await body(etcd, Keys(f"/peerd/{cluster}/"))
+        finally:
+            await etcd.close()
+
+    asyncio.run(main())
+
+
+async def member(etcd: Etcd, keys: Keys, node_id: str, probe=never_alive) -> Membership:  # type: ignore[no-untyped-def]
+    m = Membership(etcd, keys, pb.Member(node_id=node_id, address="127.0.0.1:1"), 3, probe,
+                   SystemClock())
+    await m.register(first=True)
+    return m
+
+
+def test_each_slot_is_claimed_once_across_members(etcd_endpoint: str, cluster_name: str) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a, b = await member(etcd, keys, "a"), await member(etcd, keys, "b")
+        ledger = Ledger(etcd, keys)
+        slots = [record("t", 1000 * i) for i in range(1, 101)]
+        first = await ledger.claim(a.member_key, a.lease_id, slots[:60])
+        second = await ledger.claim(b.member_key, b.lease_id, slots[40:])
+        assert all(r.claimed for r in first)
+        assert [r.claimed for r in second] == [False] * 20 + [True] * 40
+        assert first[0].token < second[-1].token  # fencing tokens grow
+        stored = await ledger.get("t", 50_000)
+        assert stored is not None and stored.node_id == "a"
+        assert stored.fencing_token == first[0].token
+        assert await ledger.last_slot_ms("t") == 100_000
+
+    run(etcd_endpoint, cluster_name, body)
+
+
+def test_claim_without_live_lease_writes_nothing(etcd_endpoint: str, cluster_name: str) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        await etcd.lease_revoke(a.lease_id)
+        with pytest.raises(LeaseLost):
+            await ledger.claim(a.member_key, a.lease_id, [record("t", 5000)])
+        assert await ledger.last_slot_ms("t") is None
+        await a.register(first=False)  # a new lease: claims work again
+        (res,) = await ledger.claim(a.member_key, a.lease_id, [record("t", 5000)])
+        assert res.claimed
+
+    run(etcd_endpoint, cluster_name, body)
+
+
+def test_updates_coalesce_and_are_fenced(etcd_endpoint: str, cluster_name: str) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        (res,) = await ledger.claim(a.member_key, a.lease_id, [record("t", 7000)])
+        running = record("t", 7000, status=pb.RUNNING)
+        running.fencing_token = res.token
+        done = record("t", 7000, status=pb.SUCCEEDED)
+        done.fencing_token = res.token
+        stale = record("t", 7000, status=pb.FAILED)
+        stale.fencing_token = res.token - 1  # an older claimant's token
+        # RUNNING and SUCCEEDED of one run in one batch (the bug that wedged the writer)
+        assert await ledger.update([running, done]) == 1
+        assert await ledger.update([stale]) == 0
+        stored = await ledger.get("t", 7000)
+        assert stored is not None and stored.status == pb.SUCCEEDED
+
+    run(etcd_endpoint, cluster_name, body)
+
+
+def test_trim_and_paging(etcd_endpoint: str, cluster_name: str) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        await ledger.claim(a.member_key, a.lease_id, [record("t", 1000 * i) for i in range(1, 31)])
+        assert await ledger.trim("t", 10) == 20
+        assert await ledger.trim("t", 10) == 0
+        page1, token = await ledger.list("t", 4, "")
+        assert [r.scheduled_at.ToMilliseconds() for r in page1] == [30_000, 29_000, 28_000, 27_000]
+        seen = [r.scheduled_at.ToMilliseconds() for r in page1]
+        while token:
+            page, token = await ledger.list("t", 4, token)
+            seen += [r.scheduled_at.ToMilliseconds() for r in page]
+        assert seen == [1000 * i for i in range(30, 20, -1)]
+
+    run(etcd_endpoint, cluster_name, body)
+
+
+def test_duplicate_live_node_id_is_refused(etcd_endpoint: str, cluster_name: str) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        await member(etcd, keys, "a")
+        with pytest.raises(DuplicateNode, match="already registered by a live node"):
+            await member(etcd, keys, "a", probe=always_alive)
+
+    run(etcd_endpoint, cluster_name, body)

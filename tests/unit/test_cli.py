@@ -1,0 +1,453 @@
+"""CLI parsing, spec building, crontab conversion, output and exit codes (no real peerd node)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from peerd import cli
+from peerd.cli import build_task_spec, main, parse_args, parse_rfc3339, split_shell_argv
+from peerd.cli_crontab import build_crontab_specs, crontab_task_id, entry_script
+from peerd.cli_output import fmt_td, format_table
+from peerd.client import exit_code_for_status
+from peerd.dev import choose_ports, node_command
+from peerd.errors import InvalidArgument
+from peerd.v1 import scheduler_pb2 as pb
+from peerd.v1 import scheduler_pb2_grpc as pb_grpc
+
+
+def spec_of(*argv: str) -> pb.TaskSpec:
+    return build_task_spec(parse_args(["task", "create", *argv]))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str, **env: str) -> tuple[int, str, str]:
+    code = main(list(argv), env=env)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# --------------------------------------------------------------------------- task create → spec
+
+
+def test_every_becomes_duration() -> None:
+    spec = spec_of("t1", "--every", "1m30s", "--http-post", "https://example.com/hook")
+    assert spec.id == "t1"
+    assert spec.schedule.WhichOneof("kind") == "every"
+    assert spec.schedule.every.ToTimedelta() == timedelta(seconds=90)
+    assert spec.http.method == "POST"
+    assert spec.http.url == "https://example.com/hook"
+    assert not spec.http.HasField("body")
+
+
+def test_cron_text_passed_through_and_id_optional() -> None:
+    spec = spec_of("--cron", "@every 10s", "--tz", "Europe/Paris", "--http-post", "http://h/x")
+    assert spec.id == ""
+    assert spec.schedule.cron == "@every 10s"
+    assert spec.schedule.time_zone == "Europe/Paris"
+
+
+def test_at_accepts_z_and_offsets() -> None:
+    spec = spec_of("--at", "2030-01-02T03:04:05Z", "--http-post", "http://h/")
+    assert spec.schedule.at.ToDatetime(tzinfo=UTC) == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    spec = spec_of("--at", "2030-01-02T05:04:05.250+02:00", "--http-post", "http://h/")
+    expected = datetime(2030, 1, 2, 3, 4, 5, 250_000, tzinfo=UTC)
+    assert spec.schedule.at.ToDatetime(tzinfo=UTC) == expected
+
+
+def test_all_options() -> None:
+    spec = spec_of(
+        "full", "--cron", "*/5 * * * *", "--start", "2030-01-01T00:00:00Z",
+        "--end", "2031-01-01T00:00:00Z", "--max-runs", "7", "--paused",
+        "--description", "hello", "--http", "http://h/p", "--method", "put",
+        "--header", "X-A: 1", "--header", "Auth:b:c", "--body", "", "--timeout", "30s",
+    )  # fmt: skip
+    assert spec.paused and spec.description == "hello"
+    assert spec.schedule.max_runs == 7
+    assert spec.schedule.start_at.ToDatetime(tzinfo=UTC).year == 2030
+    assert spec.schedule.end_at.ToDatetime(tzinfo=UTC).year == 2031
+    assert spec.http.method == "PUT"
+    assert dict(spec.http.headers) == {"X-A": "1", "Auth": "b:c"}
+    assert spec.http.HasField("body") and spec.http.body == ""
+    assert spec.timeout.ToTimedelta() == timedelta(seconds=30)
+
+
+def test_shell_argv_keeps_flags_after_double_dash() -> None:
+    args = parse_args(
+        ["task", "create", "x", "--every", "1s", "--env", "A=1=2", "--workdir", "/tmp",
+         "--shell", "--", "/bin/echo", "--hello", "-o", "json", "--", "x"]
+    )  # fmt: skip
+    spec = build_task_spec(args)
+    assert list(spec.shell.argv) == ["/bin/echo", "--hello", "-o", "json", "--", "x"]
+    assert dict(spec.shell.env) == {"A": "1=2"}
+    assert spec.shell.working_dir == "/tmp"
+    assert args.output == "table"
+
+
+def test_split_shell_argv() -> None:
+    assert split_shell_argv(["a", "--", "b"]) == (["a", "--", "b"], None)
+    assert split_shell_argv(["--shell", "--", "b", "--c"]) == (["--shell"], ["b", "--c"])
+
+
+def test_global_options_before_and_after_subcommand() -> None:
+    args = parse_args(["-o", "json", "--timeout", "2.5", "task", "create", "--every", "1s",
+                       "--timeout", "5s", "--http-post", "http://h/"])  # fmt: skip
+    assert args.output == "json" and args.rpc_timeout == 2.5 and args.task_timeout == "5s"
+    args = parse_args(["task", "list", "-o", "json", "--server", "h:1"])
+    assert args.output == "json" and args.server == "h:1"
+    assert parse_args(["cluster"]).output == "table"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--every", "1s", "--http", "http://h/", "--header", "nocolon"], "--header"),
+        (["--every", "1s", "--http", "http://h/", "--header", ":v"], "--header"),
+        (["--at", "2030-01-01T00:00:00", "--http-post", "http://h/"], "--at"),
+        (["--at", "tomorrow", "--http-post", "http://h/"], "--at"),
+        (["--at", "2030-01-01", "--http-post", "http://h/"], "--at"),
+        (["--every", "banana", "--http-post", "http://h/"], "--every"),
+        (["--every", "0s", "--http-post", "http://h/"], "--every"),
+        (["--every", "1s", "--http-post", "ftp://h/"], "--http-post"),
+        (["--every", "1s", "--http", "http://h/", "--method", "TRACE"], "--method"),
+        (["--every", "1s", "--shell"], "--shell"),
+        (["--every", "1s", "--env", "NOEQ", "--shell", "--", "x"], "--env"),
+        (["--every", "1s", "--header", "a:b", "--shell", "--", "x"], "--header"),
+        (["--every", "1s", "--timeout", "soon", "--http-post", "http://h/"], "--timeout"),
+        (["Bad_Id", "--every", "1s", "--http-post", "http://h/"], "ID"),
+    ],
+)
+def test_bad_create_flags_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], flag: str
+) -> None:
+    code, out, err = run(capsys, "--server", f"127.0.0.1:{closed_port()}", "task", "create", *argv)
+    assert code == cli.EXIT_INVALID
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"peerd: error: {flag}: ")
+
+
+def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        [],
+        ["task"],
+        ["task", "create", "--every", "1s"],  # no target
+        ["task", "create", "--every", "1s", "--cron", "* * * * *", "--http-post", "http://h/"],
+        ["runs", "x", "--limit", "many"],
+        ["-o", "yaml", "cluster"],
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == cli.EXIT_INVALID, argv
+        assert out == ""
+        assert err.count("\n") == 1 and err.startswith("peerd: error: "), err
+
+
+def test_parse_rfc3339_rejects_naive() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        parse_rfc3339("2030-01-01 10:00:00", "--start")
+    assert exc.value.field == "--start"
+    assert parse_rfc3339("2030-01-01t10:00:00z", "--at").tzinfo is not None
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+def test_status_mapping() -> None:
+    assert exit_code_for_status(grpc.StatusCode.INVALID_ARGUMENT) == cli.EXIT_INVALID
+    assert exit_code_for_status(grpc.StatusCode.NOT_FOUND) == cli.EXIT_NOT_FOUND
+    assert exit_code_for_status(grpc.StatusCode.UNAVAILABLE) == cli.EXIT_UNAVAILABLE
+    assert exit_code_for_status(grpc.StatusCode.DEADLINE_EXCEEDED) == cli.EXIT_UNAVAILABLE
+    assert exit_code_for_status(grpc.StatusCode.ALREADY_EXISTS) == cli.EXIT_ALREADY_EXISTS
+    assert exit_code_for_status(grpc.StatusCode.PERMISSION_DENIED) == cli.EXIT_PERMISSION_DENIED
+    assert exit_code_for_status(grpc.StatusCode.INTERNAL) == cli.EXIT_ERROR
+    assert exit_code_for_status(None) == cli.EXIT_ERROR
+
+
+def test_missing_server_exits_4_quickly(capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    code, out, err = run(capsys, "--server", f"127.0.0.1:{closed_port()}", "--timeout", "1",
+                         "task", "get", "x")  # fmt: skip
+    assert code == cli.EXIT_UNAVAILABLE
+    assert time.monotonic() - started < 5
+    assert out == "" and err.count("\n") == 1 and err.startswith("peerd: error: 127.0.0.1:")
+
+
+def test_server_from_env(capsys: pytest.CaptureFixture[str]) -> None:
+    port = closed_port()
+    code, _, err = run(capsys, "--timeout", "1", "cluster", PEERD_SERVER=f"127.0.0.1:{port}")
+    assert code == cli.EXIT_UNAVAILABLE and f":{port}" in err
+
+
+def test_serve_bad_node_id_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "serve", "--node-id", "Bad!", "--etcd", "127.0.0.1:2379")
+    assert code == cli.EXIT_INVALID and out == ""
+    assert err.count("\n") == 1 and err.startswith("peerd: error: --node-id: ")
+
+
+def test_serve_bad_listen_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "serve", "--node-id", "n1", "--listen", "nope")
+    assert code == cli.EXIT_INVALID and err.startswith("peerd: error: --listen: ")
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+def test_format_table_aligns_without_trailing_spaces() -> None:
+    text = format_table(["ID", "X"], [["a", "1"], ["longer", ""]])
+    assert text.splitlines() == ["ID      X", "a       1", "longer"]
+
+
+def test_fmt_td() -> None:
+    assert fmt_td(timedelta(milliseconds=12)) == "12ms"
+    assert fmt_td(timedelta(milliseconds=1500)) == "1.5s"
+    assert fmt_td(timedelta(seconds=12)) == "12s"
+    assert fmt_td(timedelta(seconds=90)) == "1m30s"
+
+
+# --------------------------------------------------------------------------- crontab conversion
+
+
+@dataclass
+class FakeEntry:
+    line_no: int
+    schedule: str
+    command: str
+    user: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    time_zone: str | None = None
+    stdin: str | None = None
+
+
+@dataclass
+class FakeError:
+    line_no: int
+    line: str
+    reason: str
+
+
+def test_build_crontab_specs_pure(tmp_path: Path) -> None:
+    path = tmp_path / "My Cron.TAB"
+    text = "SHELL=/bin/bash\n*/5 * * * * root run-parts /etc/x\nbad line\n0 1 * * * echo hi%in\n"
+    entries = [
+        FakeEntry(2, "*/5 * * * *", "run-parts /etc/x", user="root",
+                  env={"SHELL": "/bin/bash", "CRON_TZ": "Asia/Tokyo"}, time_zone="Asia/Tokyo"),
+        FakeEntry(4, "0 1 * * *", "echo hi", stdin="in"),
+    ]  # fmt: skip
+    specs, problems = build_crontab_specs(
+        path, text, entries, [FakeError(3, "bad line", "expected 5 fields")],
+        prefix="imp.", default_tz="Europe/Berlin",
+    )  # fmt: skip
+    assert problems == ["line 3: expected 5 fields: bad line"]
+    a, b = specs
+    assert a.id == "imp.my-cron.tab-2"
+    assert a.schedule.cron == "*/5 * * * *" and a.schedule.time_zone == "Asia/Tokyo"
+    assert list(a.shell.argv) == ["/bin/bash", "-c", "run-parts /etc/x"]
+    assert dict(a.shell.env) == {"SHELL": "/bin/bash", "PATH": "/usr/bin:/bin"}
+    assert a.shell.run_as == "root"
+    assert a.source == f"crontab:{path}:2"
+    assert a.description == "*/5 * * * * root run-parts /etc/x"
+    assert b.id == "imp.my-cron.tab-4" and b.schedule.time_zone == "Europe/Berlin"
+    assert b.shell.argv[0] == "/bin/sh" and b.shell.run_as == ""
+
+
+def test_crontab_task_id_limits(tmp_path: Path) -> None:
+    assert crontab_task_id("", Path("/etc/.crontab"), 7) == "crontab-7"
+    long_id = crontab_task_id("p-", Path("x" * 300), 12)
+    assert len(long_id) == 128 and long_id.endswith("-12")
+    with pytest.raises(InvalidArgument) as exc:
+        crontab_task_id("Bad/", Path("c"), 1)
+    assert exc.value.field == "--id-prefix"
+
+
+def test_entry_script_feeds_stdin() -> None:
+    script = entry_script("tr a-z A-Z # trailing comment", "it's\nfine $HOME")
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout == "IT'S\nFINE $HOME\n"  # cron adds the missing final newline
+    script = entry_script("wc -c", "")
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    assert entry_script("true", None) == "true"
+
+
+def test_import_unreadable_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "import-crontab", str(tmp_path / "missing"), "--dry-run")
+    assert code == cli.EXIT_INVALID and out == ""
+    assert err.count("\n") == 1 and "cannot read" in err
+
+
+def test_import_dry_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("peerd.core.crontab")
+    f = tmp_path / "jobs"
+    f.write_text("MAILTO=\n*/5 * * * * /usr/bin/backup --fast\n@daily echo daily\n")
+    code, out, err = run(capsys, "--server", f"127.0.0.1:{closed_port()}", "import-crontab",
+                         str(f), "--user-format", "--dry-run", "--id-prefix", "x-")  # fmt: skip
+    assert code == cli.EXIT_OK, err
+    assert "x-jobs-2" in out and "x-jobs-3" in out and "/usr/bin/backup --fast" in out
+    assert "would be created" in out
+
+    code, out, _ = run(capsys, "-o", "json", "import-crontab", str(f), "--user-format",
+                       "--dry-run")  # fmt: skip
+    assert code == cli.EXIT_OK
+    tasks = json.loads(out)["tasks"]
+    assert [t["id"] for t in tasks] == ["jobs-2", "jobs-3"]
+    assert tasks[0]["shell"]["argv"] == ["/bin/sh", "-c", "/usr/bin/backup --fast"]
+    assert tasks[0]["schedule"]["time_zone"] == "UTC"
+
+
+def test_import_system_format(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("peerd.core.crontab")
+    f = tmp_path / "crontab"
+    f.write_text(
+        "CRON_TZ=Asia/Tokyo\n17 * * * * root cd / && run-parts --report /etc/cron.hourly\n"
+    )
+    code, out, err = run(capsys, "-o", "json", "import-crontab", str(f), "--system", "--dry-run",
+                         "--tz", "Europe/Paris")  # fmt: skip
+    assert code == cli.EXIT_OK, err
+    (task,) = json.loads(out)["tasks"]
+    assert task["id"] == "crontab-2"
+    assert task["shell"]["run_as"] == "root"
+    assert task["shell"]["argv"][2] == "cd / && run-parts --report /etc/cron.hourly"
+    assert task["schedule"]["time_zone"] == "Asia/Tokyo"
+    assert "CRON_TZ" not in task["shell"]["env"]
+    assert task["source"] == f"crontab:{f}:2"
+
+
+def test_import_bad_line_exits_2_creating_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("peerd.core.crontab")
+    f = tmp_path / "jobs"
+    f.write_text("*/5 * * * * echo ok\n61 * * * * echo bad minute\n")
+    # A closed port: reaching the server would be exit 4, so exit 2 proves no call was made.
+    server = f"127.0.0.1:{closed_port()}"
+    code, out, err = run(capsys, "--server", server, "import-crontab", str(f), "--user-format")
+    assert code == cli.EXIT_INVALID
+    assert out == ""
+    assert "line 2: " in err and "61 * * * * echo bad minute" in err
+    assert err.splitlines()[-1].startswith("peerd: error: ")
+
+    code, out, err = run(capsys, "--server", server, "import-crontab", str(f), "--user-format",
+                         "--skip-invalid", "--dry-run")  # fmt: skip
+    assert code == cli.EXIT_OK
+    assert "jobs-1" in out and "jobs-2" not in out and "line 2: " in err
+
+
+def test_import_more_than_100_entries_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("peerd.core.crontab")
+    f = tmp_path / "big"
+    f.write_text("".join(f"* * * * * echo {i}\n" for i in range(101)))
+    code, _, err = run(capsys, "import-crontab", str(f), "--user-format", "--dry-run")
+    assert code == cli.EXIT_INVALID and "split" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- against a fake server
+
+
+class FakeScheduler(pb_grpc.SchedulerServicer):
+    """Serves a fixed set of tasks in pages of 2 and rejects unknown ids."""
+
+    def __init__(self) -> None:
+        self.tasks = [
+            pb.TaskSpec(id=f"t{i}", schedule=pb.Schedule(cron="* * * * *")) for i in range(5)
+        ]
+        self.created: list[pb.TaskSpec] = []
+
+    def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> object:
+        start = int(request.page_token or 0)
+        end = start + min(request.page_size or 100, 2)
+        token = str(end) if end < len(self.tasks) else ""
+        return pb.ListTasksResponse(tasks=self.tasks[start:end], next_page_token=token)
+
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> object:
+        for t in self.tasks:
+            if t.id == request.id:
+                return t
+        context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.id!r} not found")
+        raise AssertionError("abort raises")
+
+    def CreateTask(self, request: pb.CreateTaskRequest, context: grpc.ServicerContext) -> object:
+        if request.task.http.url.endswith("/bad"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task.http.url: not\nallowed")
+        self.created.append(request.task)
+        return request.task
+
+
+@pytest.fixture
+def fake_server() -> Iterator[tuple[str, FakeScheduler]]:
+    servicer = FakeScheduler()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SchedulerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(0)
+
+
+def test_list_pages_and_json(
+    capsys: pytest.CaptureFixture[str], fake_server: tuple[str, FakeScheduler]
+) -> None:
+    address, _ = fake_server
+    code, out, _ = run(capsys, "--server", address, "task", "list", "-o", "json")
+    assert code == cli.EXIT_OK
+    assert [t["id"] for t in json.loads(out)["tasks"]] == ["t0", "t1", "t2", "t3", "t4"]
+    code, out, _ = run(capsys, "--server", address, "task", "list", "--limit", "3")
+    assert code == cli.EXIT_OK
+    assert out.splitlines()[0].split() == ["ID", "SCHEDULE", "STATE", "TARGET"]
+    assert len(out.splitlines()) == 4
+
+
+def test_rpc_errors_map_to_exit_codes(
+    capsys: pytest.CaptureFixture[str], fake_server: tuple[str, FakeScheduler]
+) -> None:
+    address, servicer = fake_server
+    code, _, err = run(capsys, "--server", address, "task", "get", "nope")
+    assert code == cli.EXIT_NOT_FOUND and err == "peerd: error: task 'nope' not found\n"
+    code, _, err = run(capsys, "--server", address, "task", "create", "--every", "1s",
+                       "--http-post", "http://h/bad")  # fmt: skip
+    assert code == cli.EXIT_INVALID and err == "peerd: error: task.http.url: not allowed\n"
+    code, out, _ = run(capsys, "--server", address, "task", "create", "ok", "--every", "1s",
+                       "--shell", "--", "/bin/echo", "--hello")  # fmt: skip
+    assert code == cli.EXIT_OK and "/bin/echo --hello" in out
+    assert list(servicer.created[-1].shell.argv) == ["/bin/echo", "--hello"]
+
+
+# --------------------------------------------------------------------------- dev helpers
+
+
+def test_choose_ports_replaces_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        base = busy.getsockname()[1]
+        replacement = closed_port()
+        ports = choose_ports(base, 1, lambda: replacement)
+    assert ports == [replacement]
+    assert "busy" in capsys.readouterr().out
+
+
+def test_node_command_passes_flags() -> None:
+    cmd = node_command("node1", 7071, "127.0.0.1:2379", "dev", 10, ["/bin/echo *", "x"])
+    assert cmd[1:4] == ["-m", "peerd", "serve"]
+    assert cmd[cmd.index("--listen") + 1] == "127.0.0.1:7071"
+    assert cmd[-4:] == ["--allow-shell", "/bin/echo *", "--allow-shell", "x"]
+    args = parse_args(cmd[3:])
+    assert args.node_id == "node1" and args.lease_ttl_s == 10 and args.cluster == "dev"
