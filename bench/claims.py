@@ -41,14 +41,15 @@ async def run(endpoint: str, seconds: float, batches: list[int], concurrency: in
         latencies: list[float] = []
         deadline = time.perf_counter() + seconds
 
-        async def worker() -> None:
+        async def worker(batch: int, deadline: float, latencies: list[float]) -> None:
             nonlocal slot, claimed
             while time.perf_counter() < deadline:
                 records = []
                 for i in range(batch):
                     slot += 1
-                    rec = pb.RunRecord(task_id=f"task-{i}", node_id="bench", attempt=1,
-                                       status=pb.CLAIMED)
+                    rec = pb.RunRecord(
+                        task_id=f"task-{i}", node_id="bench", attempt=1, status=pb.CLAIMED
+                    )
                     rec.scheduled_at.FromMilliseconds(slot)
                     records.append(rec)
                 t0 = time.perf_counter()
@@ -57,11 +58,13 @@ async def run(endpoint: str, seconds: float, batches: list[int], concurrency: in
                 claimed += sum(r.claimed for r in results)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(batch, deadline, latencies) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         latencies.sort()
-        print(f"{batch:>6} {concurrency:>11} {claimed / elapsed:>10.0f} "
-              f"{latencies[len(latencies) // 2]:>10.2f}")
+        print(
+            f"{batch:>6} {concurrency:>11} {claimed / elapsed:>10.0f} "
+            f"{latencies[len(latencies) // 2]:>10.2f}"
+        )
     keepalive.cancel()
     await membership.revoke()
     await etcd.close()
@@ -74,8 +77,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     with EmbeddedEtcd() as etcd:
-        asyncio.run(run(etcd.endpoint, args.seconds, [int(b) for b in args.batches.split(",")],
-                        args.concurrency))
+        asyncio.run(
+            run(
+                etcd.endpoint,
+                args.seconds,
+                [int(b) for b in args.batches.split(",")],
+                args.concurrency,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -41,13 +41,34 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_node(node_id: str, port: int, etcd: str, ttl: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_node(
+    node_id: str, port: int, etcd: str, ttl: int, workdir: Path
+) -> subprocess.Popen[bytes]:
     log = (workdir / f"{node_id}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "peerd", "serve", "--node-id", node_id, "--listen",
-         f"127.0.0.1:{port}", "--etcd", etcd, "--cluster", "bench", "--lease-ttl", str(ttl),
-         "--log-format", "json", "--log-level", "warning"],
-        stdout=log, stderr=log, preexec_fn=parent_death_preexec(),
+        [
+            sys.executable,
+            "-m",
+            "peerd",
+            "serve",
+            "--node-id",
+            node_id,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--etcd",
+            etcd,
+            "--cluster",
+            "bench",
+            "--lease-ttl",
+            str(ttl),
+            "--log-format",
+            "json",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=log,
+        preexec_fn=parent_death_preexec(),
     )
 
 
@@ -58,7 +79,9 @@ def wait_serving(address: str, timeout_s: float = 30) -> None:
     while time.monotonic() < deadline:
         try:
             with grpc.insecure_channel(address) as ch:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
         except grpc.RpcError:
@@ -79,12 +102,23 @@ def main() -> int:
     etcd = EmbeddedEtcd(workdir / "etcd")
     etcd.start()
     sink = subprocess.Popen(
-        [sys.executable, "-m", "peerd.sink", "--listen", f"127.0.0.1:{sink_port}",
-         "--jsonl", str(workdir / "sink.jsonl")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=parent_death_preexec(),
+        [
+            sys.executable,
+            "-m",
+            "peerd.sink",
+            "--listen",
+            f"127.0.0.1:{sink_port}",
+            "--jsonl",
+            str(workdir / "sink.jsonl"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=parent_death_preexec(),
     )
     ports = {f"node{i + 1}": free_port() for i in range(args.nodes)}
-    procs = {nid: start_node(nid, p, etcd.endpoint, args.lease_ttl, workdir) for nid, p in ports.items()}
+    procs = {
+        nid: start_node(nid, p, etcd.endpoint, args.lease_ttl, workdir) for nid, p in ports.items()
+    }
     try:
         for p in ports.values():
             wait_serving(f"127.0.0.1:{p}")
@@ -94,7 +128,9 @@ def main() -> int:
             for start in range(0, len(ids), 100):
                 specs = []
                 for tid in ids[start : start + 100]:
-                    spec = pb.TaskSpec(id=tid, http=pb.HttpTarget(url=f"http://127.0.0.1:{sink_port}/{tid}"))
+                    spec = pb.TaskSpec(
+                        id=tid, http=pb.HttpTarget(url=f"http://127.0.0.1:{sink_port}/{tid}")
+                    )
                     spec.schedule.every.FromSeconds(1)
                     spec.timeout.FromSeconds(5)
                     specs.append(spec)
@@ -118,30 +154,46 @@ def main() -> int:
             for tid in ids:
                 runs = client.list_runs(tid, 100)
                 for r in runs:
-                    started = r.started_at.ToDatetime(UTC).timestamp() if r.HasField("started_at") else 0
+                    started = (
+                        r.started_at.ToDatetime(UTC).timestamp() if r.HasField("started_at") else 0
+                    )
                     if r.HasField("lateness") and created + 3 < started < steady_end:
                         lateness_ms.append(r.lateness.ToMilliseconds())
                         if r.status == pb.SUCCEEDED:
                             succeeded_in_steady += 1
                 if tid in victim_tasks:
-                    after = [r.started_at.ToDatetime(UTC).timestamp() for r in runs
-                             if r.node_id != victim and r.HasField("started_at")
-                             and r.started_at.ToDatetime(UTC).timestamp() > killed_at]
+                    after = [
+                        r.started_at.ToDatetime(UTC).timestamp()
+                        for r in runs
+                        if r.node_id != victim
+                        and r.HasField("started_at")
+                        and r.started_at.ToDatetime(UTC).timestamp() > killed_at
+                    ]
                     failover_s.append(min(after) - killed_at if after else float("inf"))
                     if not after and len([f for f in failover_s if f == float("inf")]) <= 2:
                         print(f"not moved: {tid}; newest runs:")
                         for r in runs[:6]:
-                            print("  ", r.scheduled_at.ToJsonString(), pb.RunStatus.Name(r.status),
-                                  r.node_id, r.started_at.ToJsonString(), r.error[:80])
+                            print(
+                                "  ",
+                                r.scheduled_at.ToJsonString(),
+                                pb.RunStatus.Name(r.status),
+                                r.node_id,
+                                r.started_at.ToJsonString(),
+                                r.error[:80],
+                            )
         summary = httpx.get(f"http://127.0.0.1:{sink_port}/_summary", timeout=10).json()
         window = steady_end - (created + 3)
         print(f"nodes {args.nodes}, tasks {args.tasks} every 1s, lease TTL {args.lease_ttl}s")
         print(f"fires/s (SUCCEEDED runs in the steady window) {succeeded_in_steady / window:.0f}")
-        print(f"lateness ms  p50 {pct(lateness_ms, 0.5):.1f}  p99 {pct(lateness_ms, 0.99):.1f}  "
-              f"max {max(lateness_ms):.1f}  (n={len(lateness_ms)})")
-        print(f"kill -9 {victim} owning {len(victim_tasks)} tasks: failover s  "
-              f"p50 {pct(failover_s, 0.5):.2f}  p99 {pct(failover_s, 0.99):.2f}  "
-              f"max {max(failover_s):.2f}  (mean {statistics.fmean(failover_s):.2f})")
+        print(
+            f"lateness ms  p50 {pct(lateness_ms, 0.5):.1f}  p99 {pct(lateness_ms, 0.99):.1f}  "
+            f"max {max(lateness_ms):.1f}  (n={len(lateness_ms)})"
+        )
+        print(
+            f"kill -9 {victim} owning {len(victim_tasks)} tasks: failover s  "
+            f"p50 {pct(failover_s, 0.5):.2f}  p99 {pct(failover_s, 0.99):.2f}  "
+            f"max {max(failover_s):.2f}  (mean {statistics.fmean(failover_s):.2f})"
+        )
         print(f"sink: {json.dumps(summary)}")
         return 1 if summary.get("duplicate_keys", 0) else 0
     finally:

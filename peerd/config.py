@@ -152,7 +152,8 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
     node_id = str(raw.get("node_id") or "")
     if not NODE_ID_RE.match(node_id):
         raise InvalidArgument(
-            "--node-id", f"{node_id!r} must match [a-z0-9][a-z0-9._-]{{0,62}} (or set PEERD_NODE_ID)"
+            "--node-id",
+            f"{node_id!r} must match [a-z0-9][a-z0-9._-]{{0,62}} (or set PEERD_NODE_ID)",
         )
     kw["node_id"] = node_id
     if "listen" in raw:
@@ -169,15 +170,23 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
     if "cluster" in raw:
         cluster = str(raw["cluster"])
         if not CLUSTER_RE.match(cluster):
-            raise InvalidArgument("--cluster", f"{cluster!r} must match [a-z0-9][a-z0-9._-]{{0,62}}")
+            raise InvalidArgument(
+                "--cluster", f"{cluster!r} must match [a-z0-9][a-z0-9._-]{{0,62}}"
+            )
         kw["cluster"] = cluster
-    for name, minimum in (("lease_ttl_s", MIN_LEASE_TTL_S), ("runs_keep", 1),
-                          ("max_concurrent_runs", 1), ("claim_batch", 1)):
+    for name, minimum in (
+        ("lease_ttl_s", MIN_LEASE_TTL_S),
+        ("runs_keep", 1),
+        ("max_concurrent_runs", 1),
+        ("claim_batch", 1),
+    ):
         if name in raw:
             try:
                 number = int(raw[name])
             except (TypeError, ValueError):
-                raise InvalidArgument(_flag(name), f"expected an integer, got {raw[name]!r}") from None
+                raise InvalidArgument(
+                    _flag(name), f"expected an integer, got {raw[name]!r}"
+                ) from None
             if number < minimum:
                 raise InvalidArgument(_flag(name), f"must be >= {minimum}, got {number}")
             kw[name] = number

@@ -106,8 +106,13 @@ class Node:
             return _fatal(self._fatal_msg, EXIT_ALREADY_EXISTS)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
-        self._log.info("node_listening", listen=self.cfg.listen, address=self.cfg.address,
-                       etcd=",".join(self.cfg.etcd), cluster=self.cfg.cluster)
+        self._log.info(
+            "node_listening",
+            listen=self.cfg.listen,
+            address=self.cfg.address,
+            etcd=",".join(self.cfg.etcd),
+            cluster=self.cfg.cluster,
+        )
         tasks = [
             asyncio.create_task(self.membership.keepalive_loop(), name="keepalive"),
             asyncio.create_task(self.membership.watch_loop(), name="members"),
@@ -159,8 +164,7 @@ class Node:
         await self.membership.view_ready.wait()
         await self.cache.ready.wait()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._log.info("node_ready", members=self.membership.members(),
-                       tasks=len(self.cache.tasks))
+        self._log.info("node_ready", members=self.membership.members(), tasks=len(self.cache.tasks))
 
 
 def _fatal(message: str, code: int) -> int:

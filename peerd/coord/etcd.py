@@ -13,6 +13,7 @@ else becomes :class:`peerd.errors.PeerdError`. No other module imports aetcd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -251,10 +252,8 @@ class Etcd:
                 yield Event(kind, _kv(item.kv), item.kv.mod_revision)
         finally:
             if cb.watch_id is not None:
-                try:
+                with contextlib.suppress(Exception):  # the stream may be gone already
                     await self._watcher.cancel(cb.watch_id)
-                except Exception:  # the stream may be gone already
-                    pass
 
     async def _call(self, method: Any, req: Any) -> Any:
         if self._channel is None:

@@ -107,7 +107,10 @@ class Ledger:
         written = 0
         for start in range(0, len(items), MAX_NESTED):
             ops = [
-                op_txn([cmp_create_revision(key, r.fencing_token)], [op_put(key, r.SerializeToString())])
+                op_txn(
+                    [cmp_create_revision(key, r.fencing_token)],
+                    [op_put(key, r.SerializeToString())],
+                )
                 for key, r in items[start : start + MAX_NESTED]
             ]
             resp = await self.etcd.txn(txn_request([], ops))

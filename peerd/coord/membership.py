@@ -173,10 +173,8 @@ class Membership:
         """Refresh the lease every TTL/3; re-register after expiry. Runs until cancelled."""
         interval = self.ttl_s / 3
         while not self._closing:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), interval)
-            except TimeoutError:
-                pass
             if self._closing:
                 return
             try:
@@ -241,4 +239,3 @@ class Membership:
                 fn()
             except Exception:  # a listener bug must not kill membership
                 self._log.exception("membership_listener_failed")
-

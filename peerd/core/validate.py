@@ -35,9 +35,7 @@ def new_task_id() -> str:
 def validate_task_id(task_id: str, field: str = "task.id") -> None:
     """Raises InvalidArgument unless ``task_id`` matches ``[a-z0-9][a-z0-9._-]{0,127}``."""
     if not TASK_ID_RE.match(task_id):
-        raise InvalidArgument(
-            field, f"{task_id[:140]!r} must match [a-z0-9][a-z0-9._-]{{0,127}}"
-        )
+        raise InvalidArgument(field, f"{task_id[:140]!r} must match [a-z0-9][a-z0-9._-]{{0,127}}")
 
 
 def validate_task(spec: pb.TaskSpec, now: datetime, field: str = "task") -> None:

@@ -188,4 +188,3 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             m.CopyFrom(membership.view[node_id])
             m.owned_tasks = counts.get(node_id, 0)
         return out
-

@@ -264,9 +264,8 @@ class Engine:
             for slot in plan.skipped:
                 rec = self._record(o.spec.id, slot, pb.SKIPPED, now)
                 rec.error = (
-                    f"misfire: {(now - slot).total_seconds():.1f}s late (threshold "
-                    f"{self.cfg.misfire_threshold.total_seconds():g}s); only the most recent "
-                    "missed slot runs"
+                    f"misfire: {(now - slot).total_seconds():.1f}s late, beyond the "
+                    f"{self.cfg.misfire_threshold.total_seconds():g}s threshold; not run"
                 )
                 records.append(rec)
             records.extend(self._record(o.spec.id, s, pb.CLAIMED, now) for s in plan.fire)
@@ -286,9 +285,7 @@ class Engine:
             o.claims_since_trim += len(plan.fire) + len(plan.skipped)
             if plan.skipped_count:
                 self.stats.skipped += plan.skipped_count
-                self._log.info(
-                    "slots_skipped_misfire", task_id=o.spec.id, count=plan.skipped_count
-                )
+                self._log.info("slots_skipped_misfire", task_id=o.spec.id, count=plan.skipped_count)
             for slot in plan.fire:
                 res = by_key.get((o.spec.id, round(slot.timestamp() * 1000)))
                 if res is None or not res.claimed:
@@ -308,15 +305,16 @@ class Engine:
         batches = [records[i : i + size] for i in range(0, len(records), size)]
         for batch in batches:
             results.extend(
-                await self.ledger.claim(
-                    self.membership.member_key, self.membership.lease_id, batch
-                )
+                await self.ledger.claim(self.membership.member_key, self.membership.lease_id, batch)
             )
         return results
 
     def _record(self, task_id: str, slot: datetime, status: int, now: datetime) -> pb.RunRecord:
         rec = pb.RunRecord(
-            task_id=task_id, node_id=self.node_id, attempt=1, status=status,  # type: ignore[arg-type]
+            task_id=task_id,
+            node_id=self.node_id,
+            attempt=1,
+            status=status,  # type: ignore[arg-type]
         )
         rec.scheduled_at.FromDatetime(slot)
         rec.claimed_at.FromDatetime(now)

@@ -51,28 +51,72 @@ def _mutate(fn: Callable[[pb.TaskSpec], None]) -> pb.TaskSpec:
 
 
 BAD_CREATES: list[tuple[str, pb.TaskSpec, grpc.StatusCode, str]] = [
-    ("bad cron", _mutate(lambda s: setattr(s.schedule, "cron", "61 * * * *")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.schedule.cron"),
-    ("cron fields", _mutate(lambda s: setattr(s.schedule, "cron", "* * *")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.schedule.cron"),
-    ("unknown zone", _mutate(lambda s: setattr(s.schedule, "time_zone", "Mars/Olympus")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.schedule.time_zone"),
-    ("bad id", _mutate(lambda s: setattr(s, "id", "Bad_ID!")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.id"),
-    ("bad url", _mutate(lambda s: setattr(s.http, "url", "ftp://example/x")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.http.url"),
-    ("no host", _mutate(lambda s: setattr(s.http, "url", "http://")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.http.url"),
-    ("huge spec", _mutate(lambda s: s.http.headers.__setitem__("x-big", "a" * 300_000)),
-     grpc.StatusCode.INVALID_ARGUMENT, "256 KiB"),
-    ("at in the past", _mutate(lambda s: s.schedule.at.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.schedule.at"),
-    ("no target", _mutate(lambda s: s.ClearField("http")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.target"),
-    ("reserved header", _mutate(lambda s: s.http.headers.__setitem__("Idempotency-Key", "x")),
-     grpc.StatusCode.INVALID_ARGUMENT, "task.http.headers"),
-    ("shell not allowed", _mutate(lambda s: s.shell.argv.extend(["/bin/echo", "hi"])),
-     grpc.StatusCode.PERMISSION_DENIED, "not allowed"),
+    (
+        "bad cron",
+        _mutate(lambda s: setattr(s.schedule, "cron", "61 * * * *")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.schedule.cron",
+    ),
+    (
+        "cron fields",
+        _mutate(lambda s: setattr(s.schedule, "cron", "* * *")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.schedule.cron",
+    ),
+    (
+        "unknown zone",
+        _mutate(lambda s: setattr(s.schedule, "time_zone", "Mars/Olympus")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.schedule.time_zone",
+    ),
+    (
+        "bad id",
+        _mutate(lambda s: setattr(s, "id", "Bad_ID!")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.id",
+    ),
+    (
+        "bad url",
+        _mutate(lambda s: setattr(s.http, "url", "ftp://example/x")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.http.url",
+    ),
+    (
+        "no host",
+        _mutate(lambda s: setattr(s.http, "url", "http://")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.http.url",
+    ),
+    (
+        "huge spec",
+        _mutate(lambda s: s.http.headers.__setitem__("x-big", "a" * 300_000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "256 KiB",
+    ),
+    (
+        "at in the past",
+        _mutate(lambda s: s.schedule.at.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.schedule.at",
+    ),
+    (
+        "no target",
+        _mutate(lambda s: s.ClearField("http")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.target",
+    ),
+    (
+        "reserved header",
+        _mutate(lambda s: s.http.headers.__setitem__("Idempotency-Key", "x")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.http.headers",
+    ),
+    (
+        "shell not allowed",
+        _mutate(lambda s: s.shell.argv.extend(["/bin/echo", "hi"])),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "not allowed",
+    ),
 ]
 
 
@@ -83,9 +127,12 @@ def api(nodes, etcd_endpoint: str, cluster_name: str):  # type: ignore[no-untype
         yield client, f"/peerd/{cluster_name}/"
 
 
-@pytest.mark.parametrize(("name", "spec", "code", "mention"), BAD_CREATES, ids=[b[0] for b in BAD_CREATES])
-def test_bad_create_is_rejected_and_writes_nothing(api, etcd_endpoint: str, name: str, spec: pb.TaskSpec,
-                                                   code: grpc.StatusCode, mention: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("name", "spec", "code", "mention"), BAD_CREATES, ids=[b[0] for b in BAD_CREATES]
+)
+def test_bad_create_is_rejected_and_writes_nothing(
+    api, etcd_endpoint: str, name: str, spec: pb.TaskSpec, code: grpc.StatusCode, mention: str
+) -> None:  # type: ignore[no-untyped-def]
     client, prefix = api
     before = etcd_state(etcd_endpoint, prefix)
     with pytest.raises(grpc.RpcError) as info:
@@ -165,7 +212,12 @@ def test_task_lifecycle_and_paging(api, sink: WebhookSink) -> None:  # type: ign
 def test_shell_task_executes_on_allowing_node(nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (node,) = nodes(1, allow_shell=["/bin/sh -c *"])
     out = tmp_path / "out.txt"
-    spec = pb.TaskSpec(id="sh", shell=pb.ShellTarget(argv=["/bin/sh", "-c", f"echo $PEERD_IDEMPOTENCY_KEY >> {out}; echo done"]))
+    spec = pb.TaskSpec(
+        id="sh",
+        shell=pb.ShellTarget(
+            argv=["/bin/sh", "-c", f"echo $PEERD_IDEMPOTENCY_KEY >> {out}; echo done"]
+        ),
+    )
     spec.schedule.every.FromSeconds(1)
     with SchedulerClient(node.address) as client:
         client.create_task(spec)
@@ -203,7 +255,9 @@ def test_unavailable_when_etcd_is_down(tmp_path: Path) -> None:
         etcd.stop()
 
 
-def test_duplicate_node_id_refuses_to_start(nodes, etcd_endpoint: str, cluster_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_node_id_refuses_to_start(
+    nodes, etcd_endpoint: str, cluster_name: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     (first,) = nodes(1)
     dup = PeerdNode("n1", etcd_endpoint, cluster_name, tmp_path / "dup", lease_ttl_s=3)
     (tmp_path / "dup").mkdir()
@@ -218,12 +272,20 @@ def test_cli_exit_codes(nodes) -> None:  # type: ignore[no-untyped-def]
     (node,) = nodes(1)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "peerd", "--server", node.address, *args],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "peerd", "--server", node.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
-    ok = cli("task", "create", "cli-a", "--cron", "*/10 * * * * *", "--http-post", "http://127.0.0.1:9/x")
+    ok = cli(
+        "task", "create", "cli-a", "--cron", "*/10 * * * * *", "--http-post", "http://127.0.0.1:9/x"
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = cli("task", "create", "cli-b", "--cron", "99 * * * *", "--http-post", "http://127.0.0.1:9/x")
+    bad = cli(
+        "task", "create", "cli-b", "--cron", "99 * * * *", "--http-post", "http://127.0.0.1:9/x"
+    )
     assert bad.returncode == 2 and "task.schedule.cron" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     missing = cli("task", "get", "nope")
@@ -231,6 +293,10 @@ def test_cli_exit_codes(nodes) -> None:  # type: ignore[no-untyped-def]
     listed = cli("-o", "json", "task", "list")
     assert listed.returncode == 0 and '"cli-a"' in listed.stdout
     t0 = time.monotonic()
-    down = subprocess.run([sys.executable, "-m", "peerd", "--server", "127.0.0.1:1", "--timeout", "2", "cluster"],
-                          capture_output=True, text=True, timeout=30)
+    down = subprocess.run(
+        [sys.executable, "-m", "peerd", "--server", "127.0.0.1:1", "--timeout", "2", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert down.returncode == 4 and time.monotonic() - t0 < 15

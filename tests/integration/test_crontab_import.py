@@ -27,7 +27,9 @@ PATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin
 def cli(server: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "peerd", "--server", server, *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -43,7 +45,11 @@ def test_import_system_crontab(nodes, tmp_path: Path) -> None:  # type: ignore[n
         assert len(tasks) == 4
         hourly = tasks["sys-crontab-6"]
         assert hourly.schedule.cron == "17 * * * *"
-        assert list(hourly.shell.argv) == ["/bin/sh", "-c", "cd / && run-parts --report /etc/cron.hourly"]
+        assert list(hourly.shell.argv) == [
+            "/bin/sh",
+            "-c",
+            "cd / && run-parts --report /etc/cron.hourly",
+        ]
         assert hourly.shell.run_as == "root"
         assert hourly.shell.env["PATH"].startswith("/usr/local/sbin")
         # a second import collides on every id: nothing is created, exit 5
@@ -79,7 +85,9 @@ def test_imported_crontab_entry_runs(nodes, tmp_path: Path) -> None:  # type: ig
         run = client.trigger_task(task.id)
 
         def ran() -> None:
-            (rec,) = [r for r in client.list_runs(task.id, 5) if r.idempotency_key == run.idempotency_key]
+            (rec,) = [
+                r for r in client.list_runs(task.id, 5) if r.idempotency_key == run.idempotency_key
+            ]
             assert rec.status == pb.SUCCEEDED, rec
             assert marker.read_text() == "hello\n"
 

@@ -7,6 +7,7 @@ lease TTL + 2 s, and the ledger has no gap in the slots of any task.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import defaultdict
@@ -35,7 +36,9 @@ def test_kill9_failover_no_duplicates(nodes, sink: WebhookSink) -> None:  # type
         client.create_tasks([http_task(t, f"{sink.url}/hook/{t}") for t in ids])
 
         def all_fired() -> None:
-            fired = {d.idempotency_key.split("/")[0] for d in sink.deliveries() if d.idempotency_key}
+            fired = {
+                d.idempotency_key.split("/")[0] for d in sink.deliveries() if d.idempotency_key
+            }
             assert fired >= set(ids), f"{len(set(ids) - fired)} tasks not fired yet"
 
         assert_eventually(all_fired, timeout=15)
@@ -71,7 +74,8 @@ def test_kill9_failover_no_duplicates(nodes, sink: WebhookSink) -> None:  # type
             after = [
                 d.received_at
                 for d in deliveries
-                if d.idempotency_key and d.idempotency_key.startswith(t + "/")
+                if d.idempotency_key
+                and d.idempotency_key.startswith(t + "/")
                 and d.received_at > killed_at
             ]
             failover.append(min(after) - killed_at)
@@ -82,7 +86,7 @@ def test_kill9_failover_no_duplicates(nodes, sink: WebhookSink) -> None:  # type
             runs = client.list_runs(t, 100)
             slots = sorted(r.scheduled_at.ToMilliseconds() for r in runs)
             assert len(slots) == len(set(slots))
-            steps = {b - a for a, b in zip(slots, slots[1:], strict=False)}
+            steps = {b - a for a, b in itertools.pairwise(slots)}
             assert steps == {1000}, f"{t}: gap or irregular slots {sorted(steps)}"
             tokens = [r.fencing_token for r in runs if r.status != pb.SKIPPED]
             assert all(tok > 0 for tok in tokens)

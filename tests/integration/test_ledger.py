@@ -43,8 +43,9 @@ def run(etcd_endpoint: str, cluster: str, body: Callable[[Etcd, Keys], Awaitable
 
 
 async def member(etcd: Etcd, keys: Keys, node_id: str, probe=never_alive) -> Membership:  # type: ignore[no-untyped-def]
-    m = Membership(etcd, keys, pb.Member(node_id=node_id, address="127.0.0.1:1"), 3, probe,
-                   SystemClock())
+    m = Membership(
+        etcd, keys, pb.Member(node_id=node_id, address="127.0.0.1:1"), 3, probe, SystemClock()
+    )
     await m.register(first=True)
     return m
 
