@@ -89,6 +89,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     sink: WebhookSink
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet about senders that vanish mid-request (killed nodes); report the rest."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
@@ -131,12 +137,19 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise ConnectionResetError("request body cut short")
+                chunks.append(chunk)
                 self.rfile.readline(1024)
         length = _parse_int(self.headers.get("Content-Length")) or 0
         if length < 0 or length > _MAX_BODY_BYTES:
             raise ValueError(f"Content-Length {length} out of range")
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The sender died mid-request (e.g. kill -9): not a delivery, nothing to record.
+            raise ConnectionResetError("request body cut short")
+        return body
 
     def _handle(self) -> None:
         sink = self.server.sink
@@ -146,6 +159,9 @@ class _Handler(BaseHTTPRequestHandler):
             raw_body = self._read_body()
         except ValueError as exc:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            self.close_connection = True
+            return
+        except OSError:  # connection reset or body cut short: the request never arrived whole
             self.close_connection = True
             return
         if self.command == "GET" and url.path == "/_deliveries":

@@ -211,3 +211,18 @@ def test_cli_prints_deliveries_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "POST /cli key=cli/1 token=-" in out
     assert "1 deliveries" in err
     assert len(jsonl.read_text().splitlines()) == 1
+
+
+def test_request_cut_short_is_not_a_delivery() -> None:
+    import socket
+
+    with WebhookSink() as sink:
+        host, port = sink.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                b"POST /x HTTP/1.1\r\nHost: a\r\nIdempotency-Key: t/1\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+        with httpx.Client() as client:  # a whole request afterwards is recorded
+            client.post(f"{sink.url}/y", content=b"{}", headers={"Idempotency-Key": "t/2"})
+        assert [d.idempotency_key for d in sink.deliveries()] == ["t/2"]
