@@ -22,16 +22,16 @@ from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import PeerdNode, assert_eventually
 
 
-def etcd_state(endpoint: str, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """(store revision, every key-value under the cluster prefix)."""
+def etcd_state(endpoint: str, prefix: str) -> list[tuple[bytes, bytes, int]]:
+    """Every task and run key under the cluster prefix, with its value and mod revision (member
+    keys are left out: keepalives and lease expiries of other tests are not writes of ours)."""
 
-    async def read() -> tuple[int, list[tuple[bytes, bytes]]]:
+    async def read() -> list[tuple[bytes, bytes, int]]:
         e = Etcd([endpoint])
         await e.connect()
         try:
-            kvs, _, rev = await e.range(prefix.encode(), prefix_end(prefix.encode()))
-            # member values change only on registration; compare tasks and runs
-            return rev, [(kv.key, kv.value) for kv in kvs if b"/members/" not in kv.key]
+            kvs, _, _ = await e.range(prefix.encode(), prefix_end(prefix.encode()))
+            return [(kv.key, kv.value, kv.mod_revision) for kv in kvs if b"/members/" not in kv.key]
         finally:
             await e.close()
 
@@ -300,3 +300,41 @@ def test_cli_exit_codes(nodes) -> None:  # type: ignore[no-untyped-def]
         timeout=30,
     )
     assert down.returncode == 4 and time.monotonic() - t0 < 15
+
+
+def test_disallowed_shell_run_is_recorded_failed(nodes) -> None:  # type: ignore[no-untyped-def]
+    """A shell task accepted by an allowing node but owned by a node without the allow-list
+    records FAILED runs with the reason, and executes nothing."""
+    allowing, strict = nodes(1, allow_shell=["/bin/true*"]) + nodes(1)
+    members = [allowing.node_id, strict.node_id]
+    from peerd.core.ring import owner
+
+    task_id = next(f"sh-{i}" for i in range(100) if owner(f"sh-{i}", members) == strict.node_id)
+    spec = pb.TaskSpec(id=task_id, shell=pb.ShellTarget(argv=["/bin/true"]))
+    spec.schedule.every.FromSeconds(1)
+    with SchedulerClient(allowing.address) as client:
+        client.create_task(spec)
+
+        def failed_with_reason() -> None:
+            runs = client.list_runs(task_id, 5)
+            done = [r for r in runs if r.status in (pb.FAILED, pb.SUCCEEDED)]
+            assert done
+            assert all(r.status == pb.FAILED and r.node_id == strict.node_id for r in done)
+            assert "not allowed" in done[0].error
+
+        assert_eventually(failed_with_reason, timeout=10)
+
+
+def test_health_and_reflection(nodes) -> None:  # type: ignore[no-untyped-def]
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    (node,) = nodes(1)
+    with grpc.insecure_channel(node.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+        names = {s.name for s in response.list_services_response.service}
+        assert {"peerd.v1.Scheduler", "grpc.health.v1.Health"} <= names
