@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-shell", action="append", metavar="PATTERN")
     serve.add_argument("--misfire-threshold", metavar="DURATION")
     serve.add_argument("--runs-keep", type=int, metavar="N")
+    serve.add_argument(
+        "--drain-grace",
+        dest="drain_grace_s",
+        metavar="DURATION",
+        help="on SIGTERM, time running executions get to finish (default 30s)",
+    )
     serve.add_argument("--max-concurrent-runs", type=int, metavar="N")
     serve.add_argument("--log-format", metavar="auto|json|console")
     serve.add_argument("--log-level", metavar="LEVEL")
@@ -345,6 +351,7 @@ def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         for name in (
             "node_id", "listen", "advertise", "etcd", "cluster", "lease_ttl_s", "allow_shell",
             "misfire_threshold", "runs_keep", "max_concurrent_runs", "log_format", "log_level",
+            "drain_grace_s",
         )
     }  # fmt: skip
     config = build_config(flags, env, args.config)

@@ -52,6 +52,9 @@ class NodeConfig:
     """Run records kept per task; older ones are deleted."""
     max_concurrent_runs: int = 512
     """Executions running at once on this node; further claimed runs wait (lateness grows)."""
+    drain_grace_s: float = 30.0
+    """On SIGTERM, seconds running executions get to finish after the node handed its tasks
+    over; then the lease is revoked and the process exits 0."""
     claim_batch: int = 64
     """Slots claimed per etcd transaction (nested transactions; etcd allows 128 ops)."""
     log_format: str = "auto"
@@ -82,6 +85,7 @@ _ENV = {
     "max_concurrent_runs": "PEERD_MAX_CONCURRENT_RUNS",
     "log_format": "PEERD_LOG_FORMAT",
     "log_level": "PEERD_LOG_LEVEL",
+    "drain_grace_s": "PEERD_DRAIN_GRACE",
 }
 """Environment variable for each field. ``PEERD_ALLOW_SHELL`` holds patterns separated by ``;``
 and ``PEERD_ETCD`` endpoints separated by ``,``."""
@@ -195,6 +199,8 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
     if "allow_shell" in raw:
         value = raw["allow_shell"]
         kw["allow_shell"] = tuple([value] if isinstance(value, str) else value)
+    if "drain_grace_s" in raw:
+        kw["drain_grace_s"] = _as_seconds(raw["drain_grace_s"], "--drain-grace").total_seconds()
     if "misfire_threshold" in raw:
         kw["misfire_threshold"] = _as_seconds(raw["misfire_threshold"], "--misfire-threshold")
     if "log_format" in raw:

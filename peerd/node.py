@@ -36,15 +36,15 @@ from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache, TaskStore
 from peerd.errors import DuplicateNode, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
+from peerd.peer import PeerLayer, PeerService
 from peerd.rpc.service import SchedulerService
 from peerd.runner.engine import Engine
+from peerd.v1 import peer_pb2 as ppb
+from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("peerd.node")
-
-SHUTDOWN_GRACE_S = 30.0
-"""Seconds running executions get to finish on SIGTERM."""
 
 
 async def probe_health(address: str, timeout_s: float = 1.0) -> bool:
@@ -75,6 +75,10 @@ class Node:
         self.cache = TaskCache(self.etcd, self.keys)
         self.ledger = Ledger(self.etcd, self.keys)
         self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
+        self.peers = PeerLayer(self)
+        self.engine.excluded = self.peers.excluded
+        self.engine.handoff = self._handoff
+        self.peers.on_change(self.engine.reconcile_all)
         self.health = HealthServicer()
         self._stop = asyncio.Event()
         self._fatal_msg = ""
@@ -88,10 +92,12 @@ class Node:
         """Run until stopped; returns the process exit code."""
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_SchedulerServicer_to_server(SchedulerService(self), server)
+        ppb_grpc.add_PeerServicer_to_server(PeerService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 pb.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+                ppb.DESCRIPTOR.services_by_name["Peer"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -118,6 +124,7 @@ class Node:
             asyncio.create_task(self.membership.watch_loop(), name="members"),
             asyncio.create_task(self.cache.run(), name="tasks"),
             asyncio.create_task(self.engine.run(), name="engine"),
+            asyncio.create_task(self.peers.run(), name="peers"),
         ]
         stop_waiter = asyncio.create_task(self._stop.wait())
         ready = asyncio.create_task(self._mark_ready())
@@ -132,8 +139,14 @@ class Node:
         self._log.info("node_stopping")
         ready.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.engine.stop(SHUTDOWN_GRACE_S)
+        if code == EXIT_OK and self.membership.claim_ready.is_set():
+            # Drain: tell everyone we own nothing, hand every task over (no gap), then let
+            # running executions finish within the grace period.
+            await self.membership.set_draining()
+            await self.engine.drain()
+        await self.engine.stop(self.cfg.drain_grace_s)
         await self.membership.revoke()
+        await self.peers.close()
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -143,6 +156,17 @@ class Node:
         await self.etcd.close()
         self._log.info("node_stopped", exit_code=code)
         return code
+
+    async def _handoff(self, target: str, request: ppb.HandoffRequest) -> list[str]:
+        member = self.membership.view.get(target)
+        if member is None:
+            return []
+        try:
+            resp = await self.peers.stub(member.address).Handoff(request, timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            self._log.warning("handoff_failed", to_node=target, error=exc.code().name)
+            return []
+        return list(resp.accepted)
 
     async def _register(self) -> bool:
         backoff = 0.2

@@ -19,6 +19,13 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 command -v etcd >/dev/null 2>&1 || { echo "setup: etcd is still missing" >&2; exit 1; }
+if ! command -v docker-compose >/dev/null 2>&1; then
+  # Only to validate docker-compose.yml (`docker-compose config`); without recommends it brings
+  # no Docker engine.
+  echo "setup: installing docker-compose (no engine) with apt-get"
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends docker-compose >/dev/null \
+    || echo "setup: docker-compose not installed; the compose file gets the YAML checks only"
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -158,6 +158,15 @@ class Membership:
                 raise DuplicateNode(f"node id {self.me.node_id!r} was taken by {holder.address}")
             await asyncio.sleep(0.5)
 
+    async def set_draining(self) -> None:
+        """Rewrite this node's member key (same lease) with ``draining = True``, so every node
+        stops counting it as an owner. Best effort: etcd errors are logged, not raised."""
+        self.me.draining = True
+        try:
+            await self.etcd.put(self.member_key, self.me.SerializeToString(), self.lease_id)
+        except PeerdError as exc:
+            self._log.warning("set_draining_failed", error=str(exc))
+
     async def revoke(self) -> None:
         """Revoke the lease (deletes the member key): used on clean shutdown."""
         self._closing = True

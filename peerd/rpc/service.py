@@ -175,8 +175,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if not membership.view_ready.is_set():
             raise Unavailable("membership view not loaded yet")
         members = membership.members()
+        owners = self.node.engine.ownership_members() or members
+        excluded = self.node.peers.excluded()
         tasks = self.node.cache.tasks
-        counts = Counter(owner(t, members) for t, s in tasks.items() if not s.paused)
+        counts = Counter(owner(t, owners) for t, s in tasks.items() if not s.paused)
         out = pb.GetClusterResponse(
             cluster=self.node.cfg.cluster,
             node_id=self.node.cfg.node_id,
@@ -187,4 +189,6 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             m = out.members.add()
             m.CopyFrom(membership.view[node_id])
             m.owned_tasks = counts.get(node_id, 0)
+            m.suspected_dead = node_id in self.node.peers.detector.dead()
+            m.draining = m.draining or (node_id in excluded and not m.suspected_dead)
         return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,7 @@ from peerd.errors import LeaseLost, PeerdError, Unavailable
 from peerd.runner.base import Execution, Outcome, rfc3339
 from peerd.runner.http import HttpExecutor
 from peerd.runner.shell import ShellAllowList, ShellExecutor
+from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
@@ -41,6 +43,8 @@ log = structlog.get_logger("peerd.engine")
 DEFAULT_TIMEOUT = timedelta(seconds=60)
 TRIM_EVERY = 20
 """Trim a task's ledger to ``runs_keep`` records after this many claims of it."""
+HANDOFF_TIMEOUT_S = 3.0
+"""Seconds a task keeps firing here while its new owner has not acked the handoff."""
 MAX_SLEEP_S = 1.0
 """The loop wakes at least this often (seconds) even with nothing due."""
 
@@ -128,25 +132,46 @@ class Engine:
         self._trims: set[str] = set()
         self._stopping = False
         self._writer_task: asyncio.Task[None] | None = None
+        self.draining = False
+        self.excluded: Callable[[], set[str]] = set
+        """Members not to count as owners (set by the node: the failure detector's dead set and
+        draining peers)."""
+        self.handoff: Callable[[str, ppb.HandoffRequest], Awaitable[list[str]]] | None = None
+        """Sends a HandoffRequest to a node id and returns the accepted task ids (set by the
+        node; None disables handoff)."""
+        self._handing: dict[str, tuple[str, float]] = {}
+        self._handoff_task: asyncio.Task[None] | None = None
+        self._handoff_wake = asyncio.Event()
+        self._in_flight: dict[tuple[str, int], pb.RunRecord] = {}
         self._log = log.bind(node_id=self.node_id)
         membership.on_change(self.reconcile_all)
         cache.on_change(self._on_task_change)
 
     # -- ownership -------------------------------------------------------------------------------
 
+    def ownership_members(self) -> list[str]:
+        """Members that own tasks in this node's view: registered in etcd, not confirmed dead by
+        the failure detector, not draining. Empty while this node is not registered itself."""
+        members = self.membership.members()
+        if self.node_id not in members:
+            return []  # not registered in our own view: own nothing until we are
+        excluded = self.excluded()
+        if self.draining:
+            excluded = excluded | {self.node_id}
+        return [m for m in members if m not in excluded]
+
     def _owns(self, spec: pb.TaskSpec, members: list[str]) -> bool:
         return not spec.paused and owner(spec.id, members) == self.node_id
 
     def reconcile_all(self) -> None:
         """Recompute the owned set from the current member and task views."""
-        members = self.membership.members()
-        if self.node_id not in members:
-            members = []  # not registered in our own view: own nothing until we are
+        members = self.ownership_members()
         wanted = {tid for tid, spec in self.cache.tasks.items() if self._owns(spec, members)}
         for tid in list(self.owned):
             if tid not in wanted:
-                self._release(tid)
+                self._release(tid, members)
         for tid in wanted:
+            self._handing.pop(tid, None)  # ownership came back before the handoff finished
             if tid not in self.owned:
                 self._acquire(self.cache.tasks[tid])
         self._wake.set()
@@ -155,35 +180,155 @@ class Engine:
         if not task_id:
             self.reconcile_all()
             return
-        members = self.membership.members()
-        if spec is None or self.node_id not in members or not self._owns(spec, members):
-            self._release(task_id)
+        members = self.ownership_members()
+        if spec is None or not self._owns(spec, members):
+            self._release(task_id, members if spec is not None and not spec.paused else [])
         elif task_id in self.owned:
             current = self.owned[task_id]
             if current.spec.SerializeToString() != spec.SerializeToString():
                 # Spec changed (e.g. schedule edited): recompile, reload the cursor.
-                self._release(task_id)
+                self._drop(task_id)
                 self._acquire(spec)
         else:
             self._acquire(spec)
         self._wake.set()
 
-    def _acquire(self, spec: pb.TaskSpec) -> None:
+    def _acquire(self, spec: pb.TaskSpec, cursor: datetime | None = None) -> Owned | None:
         try:
             created_at = spec.created_at.ToDatetime(UTC)
             compiled = CompiledSchedule(spec_from_proto(spec.schedule, created_at))
         except PeerdError as exc:
             self._log.error("task_schedule_invalid", task_id=spec.id, error=str(exc))
-            return
+            return None
         self._generation += 1
-        self.owned[spec.id] = Owned(spec, compiled, self._generation)
-        self._to_load.add(spec.id)
+        o = Owned(spec, compiled, self._generation)
+        self.owned[spec.id] = o
+        if cursor is None:
+            self._to_load.add(spec.id)
+        else:
+            self._set_cursor(o, cursor)
         self._log.debug("task_acquired", task_id=spec.id)
+        return o
 
-    def _release(self, task_id: str) -> None:
+    def _release(self, task_id: str, members: list[str]) -> None:
+        """Stop planning ``task_id``: hand it over first when its new owner is a live peer (the
+        task keeps firing here until that peer acks), else drop it at once."""
+        o = self.owned.get(task_id)
+        if o is None:
+            return
+        target = owner(task_id, [m for m in members if m != self.node_id])
+        if (
+            target
+            and o.cursor is not None
+            and self.membership.claim_ready.is_set()
+            and self.handoff is not None
+        ):
+            if task_id not in self._handing:
+                self._handing[task_id] = (target, self.clock.monotonic())
+                self._handoff_wake.set()
+            else:
+                self._handing[task_id] = (target, self._handing[task_id][1])
+            return
+        self._drop(task_id)
+
+    def _drop(self, task_id: str) -> None:
+        self._handing.pop(task_id, None)
         if self.owned.pop(task_id, None) is not None:
             self._to_load.discard(task_id)
             self._log.debug("task_released", task_id=task_id)
+
+    def _set_cursor(self, o: Owned, cursor: datetime) -> None:
+        o.cursor = cursor
+        o.next_at = o.compiled.next_after(cursor)
+        self._to_load.discard(o.spec.id)
+        self._push(o)
+
+    # -- handoff ---------------------------------------------------------------------------------
+
+    def accept_handoff(self, request: ppb.HandoffRequest) -> list[str]:
+        """Take over tasks a peer hands to us (called by the Peer servicer after it has marked a
+        draining sender). Returns the ids this node now plans; the sender stops firing those."""
+        self.reconcile_all()
+        accepted = []
+        for item in request.tasks:
+            o = self.owned.get(item.task_id)
+            if o is None or item.task_id in self._handing:
+                continue  # not ours in our view: the sender keeps it and retries
+            cursor = _from_ms(item.cursor_ms)
+            if o.cursor is None or cursor > o.cursor:
+                self._set_cursor(o, cursor)
+            accepted.append(item.task_id)
+            if item.in_flight:
+                self._log.info(
+                    "handoff_in_flight_runs",
+                    task_id=item.task_id,
+                    runs=len(item.in_flight),
+                    from_node=request.from_node,
+                )
+        if accepted:
+            self._log.info("handoff_accepted", from_node=request.from_node, tasks=len(accepted))
+            self._wake.set()
+        return accepted
+
+    async def _handoff_loop(self) -> None:
+        """Send pending handoffs, batched per target; drop tasks once acked (or after
+        :data:`HANDOFF_TIMEOUT_S` without an ack, when the lease-based path takes over)."""
+        while True:
+            if not self._handing:
+                self._handoff_wake.clear()
+                await self._handoff_wake.wait()
+            by_target: dict[str, list[str]] = {}
+            now = self.clock.monotonic()
+            for tid, (target, since) in list(self._handing.items()):
+                if now - since > HANDOFF_TIMEOUT_S:
+                    self._log.warning("handoff_timed_out", task_id=tid, to_node=target)
+                    self._drop(tid)
+                else:
+                    by_target.setdefault(target, []).append(tid)
+            await asyncio.gather(*(self._send_handoff(t, ids) for t, ids in by_target.items()))
+            if self._handing:
+                await asyncio.sleep(0.1)
+
+    async def _send_handoff(self, target: str, task_ids: list[str]) -> None:
+        assert self.handoff is not None
+        items = []
+        for tid in task_ids:
+            o = self.owned.get(tid)
+            if o is None or o.cursor is None:
+                continue
+            in_flight = [r for (t, _), r in self._in_flight.items() if t == tid]
+            items.append(
+                ppb.HandoffTask(
+                    task_id=tid, cursor_ms=round(o.cursor.timestamp() * 1000), in_flight=in_flight
+                )
+            )
+        if not items:
+            return
+        accepted = await self.handoff(
+            target,
+            ppb.HandoffRequest(
+                from_node=self.node_id,
+                from_lease_id=self.membership.lease_id,
+                sender_draining=self.draining,
+                tasks=items,
+            ),
+        )
+        for tid in accepted:
+            if self._handing.get(tid, ("", 0.0))[0] == target:
+                self._drop(tid)
+        if accepted:
+            self._log.info("handoff_done", to_node=target, tasks=len(accepted))
+
+    async def drain(self, timeout_s: float = HANDOFF_TIMEOUT_S) -> None:
+        """Stop owning: hand every task to its next owner and wait (up to ``timeout_s``) until
+        all are acked or dropped. Running executions are not touched (see :meth:`stop`)."""
+        self.draining = True
+        self.reconcile_all()
+        deadline = self.clock.monotonic() + timeout_s
+        while self.owned and self.clock.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for tid in list(self.owned):
+            self._drop(tid)
 
     def _push(self, o: Owned) -> None:
         if o.next_at is not None:
@@ -194,6 +339,7 @@ class Engine:
     async def run(self) -> None:
         """Run until cancelled: wait for a live lease, plan, claim, dispatch."""
         self._writer_task = asyncio.create_task(self._writer())
+        self._handoff_task = asyncio.create_task(self._handoff_loop())
         backoff = 0.1
         while not self._stopping:
             if not self.membership.claim_ready.is_set():
@@ -237,10 +383,7 @@ class Engine:
             floor = o.spec.created_at.ToDatetime(UTC)
             if o.spec.HasField("resumed_at"):
                 floor = max(floor, o.spec.resumed_at.ToDatetime(UTC))
-            o.cursor = max(floor, _from_ms(last)) if last is not None else floor
-            o.next_at = o.compiled.next_after(o.cursor)
-            self._to_load.discard(tid)
-            self._push(o)
+            self._set_cursor(o, max(floor, _from_ms(last)) if last is not None else floor)
 
         await asyncio.gather(*(load(t) for t in ids))
 
@@ -324,9 +467,16 @@ class Engine:
     # -- execution -------------------------------------------------------------------------------
 
     def _spawn(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
+        key = (spec.id, rec.scheduled_at.ToMilliseconds())
+        self._in_flight[key] = rec
         task = asyncio.create_task(self._execute(spec, rec))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._running.discard(t)
+            self._in_flight.pop(key, None)
+
+        task.add_done_callback(done)
 
     async def _execute(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
         slot = rec.scheduled_at.ToDatetime(UTC)
@@ -428,6 +578,8 @@ class Engine:
             await asyncio.wait(list(self._running), timeout=grace_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._updates.join(), 5)
+        if self._handoff_task is not None:
+            self._handoff_task.cancel()
         if self._writer_task is not None:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

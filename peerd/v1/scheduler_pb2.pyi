@@ -147,20 +147,24 @@ class RunRecord(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id")
+    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OWNED_TASKS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    SUSPECTED_DEAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     started_at: _timestamp_pb2.Timestamp
     version: str
     owned_tasks: int
     lease_id: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ...) -> None: ...
+    draining: bool
+    suspected_dead: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task",)

@@ -1,0 +1,113 @@
+"""``python -m peerd.healthcheck [HOST:PORT]``: exit 0 when a peerd node reports SERVING.
+
+A container health probe that needs no extra tools: it asks the node's ``grpc.health.v1`` service
+(overall health, service name ``""``) and exits 0 when the answer is SERVING, else 1 with one line
+on stderr (not serving, unreachable, timed out). Invalid usage exits 2.
+
+Without an address it probes the port of ``PEERD_LISTEN`` (default ``127.0.0.1:7070``) on the
+loopback interface when the node listens on a wildcard address (``0.0.0.0``, ``::``), so the
+Docker image's ``HEALTHCHECK`` follows a changed listen port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from peerd.config import DEFAULT_LISTEN
+
+DEFAULT_TIMEOUT_S = 3.0
+"""Seconds to wait for the Check answer (connection included)."""
+
+EXIT_SERVING = 0
+EXIT_UNHEALTHY = 1
+EXIT_USAGE = 2
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]", "*"}
+
+
+def default_address(env: Mapping[str, str]) -> str:
+    """The address to probe when none is given: ``PEERD_LISTEN``'s port, on loopback if the node
+    listens on a wildcard address.
+
+    Args:
+        env: the process environment (pass ``os.environ``).
+    """
+    listen = (env.get("PEERD_LISTEN") or DEFAULT_LISTEN).strip()
+    host, _, port = listen.rpartition(":")
+    if host in _WILDCARD_HOSTS:
+        host = "[::1]" if host in ("::", "[::]") else "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def check(address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = "") -> str | None:
+    """Ask ``grpc.health.v1.Health/Check`` at ``address``.
+
+    Args:
+        address: ``HOST:PORT`` of the node's gRPC server.
+        timeout_s: deadline for the call, connecting included.
+        service: health service name; ``""`` is the node's overall health.
+
+    Returns:
+        ``None`` when the node answers SERVING, else a one-line reason.
+    """
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        name = code.name if code is not None else "ERROR"
+        return f"{address}: health check failed: {name}"
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return f"{address}: {status}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Parse the command line, probe once, print a reason on failure and return the exit code.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+        env: environment for the default address (default ``os.environ``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m peerd.healthcheck",
+        description="Exit 0 when the peerd node at HOST:PORT reports grpc.health.v1 SERVING.",
+    )
+    parser.add_argument(
+        "address",
+        nargs="?",
+        metavar="HOST:PORT",
+        help="node to probe (default: the port of PEERD_LISTEN on loopback, else 127.0.0.1:7070)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"deadline for the check (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error
+        return EXIT_USAGE if exc.code else EXIT_SERVING
+    if args.timeout <= 0:
+        print("peerd.healthcheck: --timeout must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    address = args.address or default_address(os.environ if env is None else env)
+    reason = check(address, args.timeout)
+    if reason is not None:
+        print(f"peerd.healthcheck: {reason}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    return EXIT_SERVING
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
