@@ -1,0 +1,111 @@
+"""Planned moves over gRPC (drain on SIGTERM, handoff on join) and zombie safety."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from datetime import UTC, datetime
+
+from peerd.client import SchedulerClient
+from peerd.sink import WebhookSink
+from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import assert_eventually
+
+LEASE_TTL_S = 4
+
+
+def every_second(task_id: str, url: str) -> pb.TaskSpec:
+    spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url=url))
+    spec.schedule.every.FromSeconds(1)
+    spec.timeout.FromSeconds(5)
+    return spec
+
+
+def test_rolling_restart_misses_and_duplicates_nothing(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
+    cluster = nodes(3, lease_ttl_s=LEASE_TTL_S, extra_args=["--runs-keep", "500"])
+    ids = [f"roll-{i:03d}" for i in range(100)]
+    with SchedulerClient(cluster[0].address) as client:
+        client.create_tasks([every_second(t, f"{sink.url}/r/{t}") for t in ids])
+    assert_eventually(
+        lambda: (
+            {d.idempotency_key.split("/")[0] for d in sink.deliveries() if d.idempotency_key}
+            >= set(ids)
+        ),
+        timeout=15,
+    )
+    for node in cluster:
+        assert node.terminate(timeout=40) == 0, node.log_tail()
+        assert "handoff_done" in node.log_text()
+        node.start()
+        time.sleep(2)
+    time.sleep(3)
+    with SchedulerClient(cluster[0].address) as client:
+        skipped = 0
+        for t in ids:
+            runs = client.list_runs(t, 500)
+            slots = sorted(r.scheduled_at.ToMilliseconds() for r in runs)
+            assert all(b - a == 1000 for a, b in itertools.pairwise(slots)), t
+            skipped += sum(r.status == pb.SKIPPED for r in runs)
+        assert skipped == 0, f"{skipped} slots skipped during the rolling restart"
+    keys = [d.idempotency_key for d in sink.deliveries()]
+    assert len(keys) == len(set(keys)), "duplicate deliveries"
+
+
+def test_join_hands_tasks_over(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
+    first = nodes(2, lease_ttl_s=LEASE_TTL_S)
+    ids = [f"join-{i:02d}" for i in range(30)]
+    with SchedulerClient(first[0].address) as client:
+        client.create_tasks([every_second(t, f"{sink.url}/j/{t}") for t in ids])
+    time.sleep(3)
+    (joiner,) = nodes(1, lease_ttl_s=LEASE_TTL_S)
+
+    def joiner_fires() -> None:
+        senders = {json.loads(d.body)["node_id"] for d in sink.deliveries()[-60:]}
+        assert joiner.node_id in senders
+
+    assert_eventually(joiner_fires, timeout=10)
+    time.sleep(2)
+    assert any("handoff_done" in n.log_text() for n in first)
+    with SchedulerClient(joiner.address) as client:
+        for t in ids:
+            assert not [r for r in client.list_runs(t, 30) if r.status == pb.SKIPPED], t
+    keys = [d.idempotency_key for d in sink.deliveries()]
+    assert len(keys) == len(set(keys))
+
+
+def test_paused_zombie_claims_nothing_until_reregistered(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
+    cluster = nodes(3, lease_ttl_s=LEASE_TTL_S)
+    ids = [f"z-{i:02d}" for i in range(20)]
+    with SchedulerClient(cluster[0].address) as client:
+        client.create_tasks([every_second(t, f"{sink.url}/z/{t}") for t in ids])
+    time.sleep(3)
+    zombie = cluster[2]
+    zombie.pause()
+    time.sleep(LEASE_TTL_S + 2)  # its lease expires while it is stopped
+    resumed_at = time.time()
+    zombie.resume()
+
+    def reregistered() -> float:
+        stamps = [
+            datetime.fromisoformat(m.group(1)).replace(tzinfo=UTC).timestamp()
+            for line in zombie.log_text().splitlines()
+            if '"member_registered"' in line
+            and (m := re.search(r'"timestamp": "([^"]+?)Z?"', line))
+        ]
+        assert len(stamps) >= 2, "zombie has not re-registered yet"
+        return stamps[-1]
+
+    registered_at = assert_eventually(reregistered, timeout=15)
+    time.sleep(2)
+    with SchedulerClient(cluster[0].address) as client:
+        early = []
+        for t in ids:
+            for r in client.list_runs(t, 40):
+                claimed = r.claimed_at.ToDatetime(UTC).timestamp()
+                if r.node_id == zombie.node_id and resumed_at < claimed < registered_at:
+                    early.append((t, claimed))
+        assert not early, f"the zombie claimed before re-registering: {early[:3]}"
+    keys = [d.idempotency_key for d in sink.deliveries()]
+    assert len(keys) == len(set(keys))
