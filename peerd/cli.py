@@ -185,6 +185,13 @@ def _add_create(p: _Parser) -> None:
     p.add_argument("--max-runs", type=int, default=0, metavar="N")
     p.add_argument("--paused", action="store_true")
     p.add_argument("--description", default="", metavar="TEXT")
+    p.add_argument(
+        "--on-owner-lost",
+        choices=["retry", "mark-lost"],
+        default=None,
+        help="a run left unfinished by a node whose lease is gone: run it again (default) or "
+        "record it LOST",
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--http-post", metavar="URL")
     target.add_argument("--http", metavar="URL")
@@ -256,6 +263,10 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
         InvalidArgument: naming the flag (``--at``, ``--header`` ...) and the reason.
     """
     spec = pb.TaskSpec(id=args.id or "", paused=args.paused, description=args.description or "")
+    if args.on_owner_lost is not None:
+        spec.on_owner_lost = (
+            pb.OWNER_LOST_MARK_LOST if args.on_owner_lost == "mark-lost" else pb.OWNER_LOST_RETRY
+        )
     if spec.id and not TASK_ID_RE.match(spec.id):
         raise InvalidArgument("ID", f"{spec.id!r} must match [a-z0-9][a-z0-9._-]{{0,127}}")
     s = spec.schedule

@@ -281,9 +281,18 @@ def cmp_mod_revision(key: bytes, revision: int) -> Any:
     )
 
 
-def cmp_lease(key: bytes, lease_id: int) -> Any:
-    """Compare: ``key`` exists and is attached to ``lease_id``."""
-    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease_id)
+def cmp_lease(key: bytes, lease_id: int, equal: bool = True) -> Any:
+    """Compare: ``key`` exists and is attached to ``lease_id`` (``equal=False``: it is not —
+    deleted, or attached to another lease)."""
+    result = rpc.Compare.EQUAL if equal else rpc.Compare.NOT_EQUAL
+    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=result, lease=lease_id)
+
+
+def cmp_exists(key: bytes) -> Any:
+    """Compare: ``key`` exists (its create revision is above 0)."""
+    return rpc.Compare(
+        key=key, target=rpc.Compare.CREATE, result=rpc.Compare.GREATER, create_revision=0
+    )
 
 
 def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:

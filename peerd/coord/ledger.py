@@ -14,19 +14,25 @@ increases with every claim, so a target can reject work from a stale claimant. M
 one outer transaction (up to 127 nested transactions; etcd's default ``--max-txn-ops`` is 128),
 which is what makes thousands of claims per second possible from one process.
 
-Later updates of a record (RUNNING, SUCCEEDED, ...) are fenced on the create revision being the
-token, so a record deleted by retention and re-claimed is never overwritten by an old claimant.
+Later updates of a record (RUNNING, SUCCEEDED, ...) are fenced on the claimant still holding the
+lease it claimed under (``claim_lease_id``): a node whose lease expired cannot write the record
+any more. Its run then belongs to the task's new owner, which takes the record over
+(:meth:`Ledger.take_over`) only once that lease is gone, and either retries it (a new attempt with
+a new fencing token, the revision of the take-over) or marks it LOST.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from peerd.coord.etcd import (
     Etcd,
     cmp_create_revision,
+    cmp_exists,
     cmp_lease,
+    cmp_mod_revision,
     op_delete,
     op_put,
     op_txn,
@@ -92,13 +98,16 @@ class Ledger:
         ]
 
     async def update(self, records: Sequence[pb.RunRecord]) -> int:
-        """Write each record if its run key still has ``create_revision == fencing_token``.
+        """Write each record if its claimant still holds the lease it claimed under
+        (``claim_lease_id``; records without one: if the key's create revision is still the
+        fencing token).
 
         Several records for the same run (e.g. RUNNING then SUCCEEDED) are coalesced: the last
         one in ``records`` wins. (etcd rejects a transaction naming one key twice.)
 
         Returns:
-            How many records were written (a record whose claim was trimmed or re-claimed is not).
+            How many records were written (not: records whose claimant lost its lease, or whose
+            key was trimmed).
         """
         latest: dict[bytes, pb.RunRecord] = {}
         for r in records:
@@ -107,15 +116,55 @@ class Ledger:
         written = 0
         for start in range(0, len(items), MAX_NESTED):
             ops = [
-                op_txn(
-                    [cmp_create_revision(key, r.fencing_token)],
-                    [op_put(key, r.SerializeToString())],
-                )
+                op_txn(self._fence(key, r), [op_put(key, r.SerializeToString())])
                 for key, r in items[start : start + MAX_NESTED]
             ]
             resp = await self.etcd.txn(txn_request([], ops))
             written += sum(bool(op.response_txn.succeeded) for op in resp.responses)
         return written
+
+    def _fence(self, key: bytes, r: pb.RunRecord) -> list[Any]:
+        if r.claim_lease_id:
+            return [cmp_lease(self.keys.member(r.node_id), r.claim_lease_id), cmp_exists(key)]
+        return [cmp_create_revision(key, r.fencing_token)]
+
+    async def recent(self, task_id: str, limit: int) -> list[tuple[pb.RunRecord, int]]:
+        """The newest ``limit`` records of a task with their mod revisions, newest first (one
+        range read: the cursor and any unfinished runs of a lost owner come from it)."""
+        prefix = self.keys.runs(task_id)
+        kvs, _, _ = await self.etcd.range(prefix, prefix_end(prefix), limit=limit, descending=True)
+        out = []
+        for kv in kvs:
+            rec = pb.RunRecord.FromString(kv.value)
+            if not rec.fencing_token:
+                rec.fencing_token = kv.create_revision
+            out.append((rec, kv.mod_revision))
+        return out
+
+    async def take_over(
+        self,
+        old: pb.RunRecord,
+        mod_revision: int,
+        member_key: bytes,
+        lease_id: int,
+        new: pb.RunRecord,
+    ) -> int | None:
+        """Replace the record of a run whose claimant lost its lease.
+
+        Succeeds only if this node still holds ``lease_id`` on ``member_key``, the old claimant's
+        member key is no longer attached to the lease it claimed under, and the record is
+        unchanged since it was read (``mod_revision``).
+
+        Returns:
+            The revision of the write (the new attempt's fencing token), or None if a condition
+            failed (the old claimant came back, or someone else already took it over).
+        """
+        key = self.keys.run(new.task_id, _ms(new))
+        compare = [cmp_lease(member_key, lease_id), cmp_mod_revision(key, mod_revision)]
+        if old.claim_lease_id:
+            compare.append(cmp_lease(self.keys.member(old.node_id), old.claim_lease_id, False))
+        resp = await self.etcd.txn(txn_request(compare, [op_put(key, new.SerializeToString())]))
+        return int(resp.header.revision) if resp.succeeded else None
 
     async def last_slot_ms(self, task_id: str) -> int | None:
         """The newest claimed slot of a task (epoch ms), or None: one range read, limit 1."""
@@ -131,7 +180,8 @@ class Ledger:
         if kv is None:
             return None
         rec = pb.RunRecord.FromString(kv.value)
-        rec.fencing_token = kv.create_revision
+        if not rec.fencing_token:
+            rec.fencing_token = kv.create_revision
         return rec
 
     async def list(
@@ -144,7 +194,8 @@ class Ledger:
         runs = []
         for kv in kvs[:page_size]:
             rec = pb.RunRecord.FromString(kv.value)
-            rec.fencing_token = kv.create_revision
+            if not rec.fencing_token:
+                rec.fencing_token = kv.create_revision
             runs.append(rec)
         token = str(self.keys.slot_of(kvs[page_size - 1].key)) if len(kvs) > page_size else ""
         return runs, token

@@ -62,6 +62,8 @@ def validate_task(spec: pb.TaskSpec, now: datetime, field: str = "task") -> None
         t = spec.timeout.ToTimedelta()
         if t <= timedelta(0) or t > MAX_TIMEOUT:
             raise InvalidArgument(f"{field}.timeout", f"must be > 0 and <= 24h, got {t}")
+    if spec.on_owner_lost not in pb.OwnerLostPolicy.values():
+        raise InvalidArgument(f"{field}.on_owner_lost", f"unknown policy {spec.on_owner_lost}")
     if len(spec.description) > 1024:
         raise InvalidArgument(f"{field}.description", "longer than 1024 characters")
 

@@ -43,6 +43,11 @@ log = structlog.get_logger("peerd.engine")
 DEFAULT_TIMEOUT = timedelta(seconds=60)
 TRIM_EVERY = 20
 """Trim a task's ledger to ``runs_keep`` records after this many claims of it."""
+RECENT_SCAN = 20
+"""Run records read when a task is acquired: the newest gives the cursor, unfinished ones of
+another incarnation are checked for a lost owner."""
+ORPHAN_CHECK_S = 0.5
+"""How often runs of a possibly lost owner are re-checked (seconds)."""
 HANDOFF_TIMEOUT_S = 3.0
 """Seconds a task keeps firing here while its new owner has not acked the handoff."""
 MAX_SLEEP_S = 1.0
@@ -141,8 +146,13 @@ class Engine:
         node; None disables handoff)."""
         self._handing: dict[str, tuple[str, float]] = {}
         self._handoff_task: asyncio.Task[None] | None = None
+        self._orphan_task: asyncio.Task[None] | None = None
         self._handoff_wake = asyncio.Event()
         self._in_flight: dict[tuple[str, int], pb.RunRecord] = {}
+        self._orphans: dict[tuple[str, int], tuple[pb.RunRecord, int]] = {}
+        self._orphan_wake = asyncio.Event()
+        self._to_scan: set[str] = set()
+        self._known_leases: dict[str, int] = {}
         self._log = log.bind(node_id=self.node_id)
         membership.on_change(self.reconcile_all)
         cache.on_change(self._on_task_change)
@@ -340,6 +350,8 @@ class Engine:
         """Run until cancelled: wait for a live lease, plan, claim, dispatch."""
         self._writer_task = asyncio.create_task(self._writer())
         self._handoff_task = asyncio.create_task(self._handoff_loop())
+        self._orphan_task = asyncio.create_task(self._orphan_loop())
+        self.membership.on_change(self._on_members_for_orphans)
         backoff = 0.1
         while not self._stopping:
             if not self.membership.claim_ready.is_set():
@@ -376,10 +388,12 @@ class Engine:
 
         async def load(tid: str) -> None:
             async with sem:
-                last = await self.ledger.last_slot_ms(tid)
+                recent = await self.ledger.recent(tid, RECENT_SCAN)
             o = self.owned.get(tid)
             if o is None or tid not in self._to_load:
                 return
+            last = recent[0][0].scheduled_at.ToMilliseconds() if recent else None
+            self._note_orphans(recent)
             floor = o.spec.created_at.ToDatetime(UTC)
             if o.spec.HasField("resumed_at"):
                 floor = max(floor, o.spec.resumed_at.ToDatetime(UTC))
@@ -419,6 +433,7 @@ class Engine:
                 self._push(o)
             raise
         by_key = {(r.task_id, r.slot_ms): r for r in results}
+        claimed_records = {(r.task_id, r.scheduled_at.ToMilliseconds()): r for r in records}
         for o, plan in plans:
             if self.owned.get(o.spec.id) is not o:
                 continue  # released while we were claiming
@@ -435,7 +450,7 @@ class Engine:
                     self.stats.lost_races += 1
                     continue
                 self.stats.claimed += 1
-                rec = self._record(o.spec.id, slot, pb.CLAIMED, now)
+                rec = _copy(claimed_records[(o.spec.id, res.slot_ms)])
                 rec.fencing_token = res.token
                 self._spawn(o.spec, rec)
             if o.claims_since_trim >= TRIM_EVERY:
@@ -461,6 +476,7 @@ class Engine:
         )
         rec.scheduled_at.FromDatetime(slot)
         rec.claimed_at.FromDatetime(now)
+        rec.claim_lease_id = self.membership.lease_id
         rec.idempotency_key = f"{task_id}/{rec.scheduled_at.ToMilliseconds()}"
         return rec
 
@@ -542,6 +558,116 @@ class Engine:
                 return rec
         raise Unavailable("could not claim a slot for the trigger; try again")
 
+    # -- runs of a lost owner --------------------------------------------------------------------
+
+    def _note_orphans(self, recent: list[tuple[pb.RunRecord, int]]) -> None:
+        """Remember unfinished runs claimed by another incarnation (another node, or this node
+        under an earlier lease); :meth:`_orphan_loop` resolves them once that lease is gone."""
+        for rec, mod in recent:
+            if rec.status not in (pb.CLAIMED, pb.RUNNING):
+                continue
+            key = (rec.task_id, rec.scheduled_at.ToMilliseconds())
+            mine = rec.node_id == self.node_id and rec.claim_lease_id == self.membership.lease_id
+            if not mine and key not in self._in_flight:
+                self._orphans[key] = (rec, mod)
+                self._orphan_wake.set()
+
+    def _on_members_for_orphans(self) -> None:
+        """When a member's lease disappears, rescan the recent runs of every owned task: a run
+        it claimed (e.g. a trigger on a task it did not own) is now an orphan."""
+        leases = {n: m.lease_id for n, m in self.membership.view.items()}
+        gone = [n for n, lease in self._known_leases.items() if leases.get(n) != lease]
+        self._known_leases = leases
+        if gone:
+            self._to_scan.update(self.owned)
+        self._orphan_wake.set()
+
+    async def _scan(self) -> None:
+        ids, self._to_scan = list(self._to_scan), set()
+        sem = asyncio.Semaphore(32)
+
+        async def scan(tid: str) -> None:
+            async with sem:
+                self._note_orphans(await self.ledger.recent(tid, RECENT_SCAN))
+
+        await asyncio.gather(*(scan(t) for t in ids if t in self.owned))
+
+    def _claimant_alive(self, rec: pb.RunRecord) -> bool:
+        member = self.membership.view.get(rec.node_id)
+        if member is None:
+            return False
+        return not rec.claim_lease_id or member.lease_id == rec.claim_lease_id
+
+    async def _orphan_loop(self) -> None:
+        while True:
+            if not self._orphans and not self._to_scan:
+                self._orphan_wake.clear()
+                await self._orphan_wake.wait()
+            if self._to_scan and self.membership.claim_ready.is_set():
+                try:
+                    await self._scan()
+                except PeerdError as exc:
+                    self._log.warning("orphan_scan_failed", error=str(exc))
+            for key, (rec, mod) in list(self._orphans.items()):
+                o = self.owned.get(rec.task_id)
+                if o is None or key in self._in_flight:
+                    self._orphans.pop(key, None)  # not ours (the owner resolves it) or ours
+                    continue
+                if self._claimant_alive(rec) or not self.membership.claim_ready.is_set():
+                    continue
+                try:
+                    await self._resolve_orphan(o.spec, rec, mod)
+                except Unavailable:
+                    continue
+                except PeerdError as exc:
+                    self._log.error(
+                        "owner_lost_resolve_failed", task_id=rec.task_id, error=str(exc)
+                    )
+                self._orphans.pop(key, None)
+            await asyncio.sleep(ORPHAN_CHECK_S)
+
+    async def _resolve_orphan(self, spec: pb.TaskSpec, rec: pb.RunRecord, mod: int) -> None:
+        now = self.clock.now()
+        reason = (
+            f"owner lost: {rec.node_id} lost its lease {rec.claim_lease_id:x} while the run was "
+            f"{pb.RunStatus.Name(rec.status)}"
+        )
+        new = _copy(rec)
+        if spec.on_owner_lost == pb.OWNER_LOST_MARK_LOST:
+            new.status = pb.LOST
+            new.error = reason
+            new.finished_at.FromDatetime(now)
+            token = await self.ledger.take_over(
+                rec, mod, self.membership.member_key, self.membership.lease_id, new
+            )
+            if token:
+                self._log.warning(
+                    "run_marked_lost",
+                    task_id=rec.task_id,
+                    scheduled_at=rfc3339(rec.scheduled_at.ToDatetime(UTC)),
+                    lost_node=rec.node_id,
+                )
+            return
+        new = self._record(rec.task_id, rec.scheduled_at.ToDatetime(UTC), pb.CLAIMED, now)
+        new.attempt = rec.attempt + 1
+        new.manual = rec.manual
+        new.error = f"retry: {reason}"
+        token = await self.ledger.take_over(
+            rec, mod, self.membership.member_key, self.membership.lease_id, new
+        )
+        if token is None:
+            return
+        new.fencing_token = token
+        self.stats.claimed += 1
+        self._log.warning(
+            "run_retried_owner_lost",
+            task_id=rec.task_id,
+            attempt=new.attempt,
+            fencing_token=token,
+            lost_node=rec.node_id,
+        )
+        self._spawn(spec, new)
+
     # -- record writer ---------------------------------------------------------------------------
 
     async def _writer(self) -> None:
@@ -578,8 +704,9 @@ class Engine:
             await asyncio.wait(list(self._running), timeout=grace_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._updates.join(), 5)
-        if self._handoff_task is not None:
-            self._handoff_task.cancel()
+        for loop_task in (self._handoff_task, self._orphan_task):
+            if loop_task is not None:
+                loop_task.cancel()
         if self._writer_task is not None:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18peerd/v1/scheduler.proto\x12\x08peerd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x01\n\x08Schedule\x12\x0e\n\x04\x63ron\x18\x01 \x01(\tH\x00\x12*\n\x05\x65very\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12(\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12,\n\x08start_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x65nd_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08max_runs\x18\x07 \x01(\x03\x42\x06\n\x04kind\"\xa9\x01\n\nHttpTarget\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x32\n\x07headers\x18\x03 \x03(\x0b\x32!.peerd.v1.HttpTarget.HeadersEntry\x12\x11\n\x04\x62ody\x18\x04 \x01(\tH\x00\x88\x01\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_body\"\x99\x01\n\x0bShellTarget\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.peerd.v1.ShellTarget.EnvEntry\x12\x13\n\x0bworking_dir\x18\x03 \x01(\t\x12\x0e\n\x06run_as\x18\x04 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x03\n\x08TaskSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x08schedule\x18\x02 \x01(\x0b\x32\x12.peerd.v1.Schedule\x12$\n\x04http\x18\x03 \x01(\x0b\x32\x14.peerd.v1.HttpTargetH\x00\x12&\n\x05shell\x18\x04 \x01(\x0b\x32\x15.peerd.v1.ShellTargetH\x00\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\x12.\n\nresumed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06target\"\xf2\x03\n\tRunRecord\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\x0cscheduled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x15\n\rfencing_token\x18\x05 \x01(\x03\x12#\n\x06status\x18\x06 \x01(\x0e\x32\x13.peerd.v1.RunStatus\x12.\n\nclaimed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08lateness\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bhttp_status\x18\x0b \x01(\x05\x12\x16\n\texit_code\x18\x0c \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\r \x01(\t\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x0e\n\x06manual\x18\x0f \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x10 \x01(\tB\x0c\n\n_exit_code\"\xbc\x01\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x13\n\x0bowned_tasks\x18\x05 \x01(\x03\x12\x10\n\x08lease_id\x18\x06 \x01(\x03\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x16\n\x0esuspected_dead\x18\x08 \x01(\x08\"5\n\x11\x43reateTaskRequest\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.peerd.v1.TaskSpec\"7\n\x12\x43reateTasksRequest\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.peerd.v1.TaskSpec\"8\n\x13\x43reateTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.peerd.v1.TaskSpec\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.peerd.v1.TaskSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x44\x65leteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteTaskResponse\"\x1e\n\x10PauseTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11ResumeTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12TriggerTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.peerd.v1.RunRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11GetClusterRequest\"\x7f\n\x12GetClusterResponse\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12!\n\x07members\x18\x03 \x03(\x0b\x32\x10.peerd.v1.Member\x12\x12\n\ntask_count\x18\x04 \x01(\x03\x12\x10\n\x08revision\x18\x05 \x01(\x03*s\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43LAIMED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0b\n\x07SKIPPED\x10\x05\x12\x08\n\x04LOST\x10\x06\x32\xa8\x05\n\tScheduler\x12=\n\nCreateTask\x12\x1b.peerd.v1.CreateTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12J\n\x0b\x43reateTasks\x12\x1c.peerd.v1.CreateTasksRequest\x1a\x1d.peerd.v1.CreateTasksResponse\x12\x37\n\x07GetTask\x12\x18.peerd.v1.GetTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12\x44\n\tListTasks\x12\x1a.peerd.v1.ListTasksRequest\x1a\x1b.peerd.v1.ListTasksResponse\x12G\n\nDeleteTask\x12\x1b.peerd.v1.DeleteTaskRequest\x1a\x1c.peerd.v1.DeleteTaskResponse\x12;\n\tPauseTask\x12\x1a.peerd.v1.PauseTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12=\n\nResumeTask\x12\x1b.peerd.v1.ResumeTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12@\n\x0bTriggerTask\x12\x1c.peerd.v1.TriggerTaskRequest\x1a\x13.peerd.v1.RunRecord\x12\x41\n\x08ListRuns\x12\x19.peerd.v1.ListRunsRequest\x1a\x1a.peerd.v1.ListRunsResponse\x12G\n\nGetCluster\x12\x1b.peerd.v1.GetClusterRequest\x1a\x1c.peerd.v1.GetClusterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18peerd/v1/scheduler.proto\x12\x08peerd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x01\n\x08Schedule\x12\x0e\n\x04\x63ron\x18\x01 \x01(\tH\x00\x12*\n\x05\x65very\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12(\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12,\n\x08start_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x65nd_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08max_runs\x18\x07 \x01(\x03\x42\x06\n\x04kind\"\xa9\x01\n\nHttpTarget\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x32\n\x07headers\x18\x03 \x03(\x0b\x32!.peerd.v1.HttpTarget.HeadersEntry\x12\x11\n\x04\x62ody\x18\x04 \x01(\tH\x00\x88\x01\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_body\"\x99\x01\n\x0bShellTarget\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.peerd.v1.ShellTarget.EnvEntry\x12\x13\n\x0bworking_dir\x18\x03 \x01(\t\x12\x0e\n\x06run_as\x18\x04 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x03\n\x08TaskSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x08schedule\x18\x02 \x01(\x0b\x32\x12.peerd.v1.Schedule\x12$\n\x04http\x18\x03 \x01(\x0b\x32\x14.peerd.v1.HttpTargetH\x00\x12&\n\x05shell\x18\x04 \x01(\x0b\x32\x15.peerd.v1.ShellTargetH\x00\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\x12.\n\nresumed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\ron_owner_lost\x18\x0c \x01(\x0e\x32\x19.peerd.v1.OwnerLostPolicyB\x08\n\x06target\"\x8a\x04\n\tRunRecord\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\x0cscheduled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x15\n\rfencing_token\x18\x05 \x01(\x03\x12#\n\x06status\x18\x06 \x01(\x0e\x32\x13.peerd.v1.RunStatus\x12.\n\nclaimed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08lateness\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bhttp_status\x18\x0b \x01(\x05\x12\x16\n\texit_code\x18\x0c \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\r \x01(\t\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x0e\n\x06manual\x18\x0f \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x10 \x01(\t\x12\x16\n\x0e\x63laim_lease_id\x18\x11 \x01(\x03\x42\x0c\n\n_exit_code\"\xbc\x01\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x13\n\x0bowned_tasks\x18\x05 \x01(\x03\x12\x10\n\x08lease_id\x18\x06 \x01(\x03\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x16\n\x0esuspected_dead\x18\x08 \x01(\x08\"5\n\x11\x43reateTaskRequest\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.peerd.v1.TaskSpec\"7\n\x12\x43reateTasksRequest\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.peerd.v1.TaskSpec\"8\n\x13\x43reateTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.peerd.v1.TaskSpec\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.peerd.v1.TaskSpec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x44\x65leteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteTaskResponse\"\x1e\n\x10PauseTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11ResumeTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12TriggerTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.peerd.v1.RunRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11GetClusterRequest\"\x7f\n\x12GetClusterResponse\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12!\n\x07members\x18\x03 \x03(\x0b\x32\x10.peerd.v1.Member\x12\x12\n\ntask_count\x18\x04 \x01(\x03\x12\x10\n\x08revision\x18\x05 \x01(\x03*d\n\x0fOwnerLostPolicy\x12!\n\x1dOWNER_LOST_POLICY_UNSPECIFIED\x10\x00\x12\x14\n\x10OWNER_LOST_RETRY\x10\x01\x12\x18\n\x14OWNER_LOST_MARK_LOST\x10\x02*s\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43LAIMED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0b\n\x07SKIPPED\x10\x05\x12\x08\n\x04LOST\x10\x06\x32\xa8\x05\n\tScheduler\x12=\n\nCreateTask\x12\x1b.peerd.v1.CreateTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12J\n\x0b\x43reateTasks\x12\x1c.peerd.v1.CreateTasksRequest\x1a\x1d.peerd.v1.CreateTasksResponse\x12\x37\n\x07GetTask\x12\x18.peerd.v1.GetTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12\x44\n\tListTasks\x12\x1a.peerd.v1.ListTasksRequest\x1a\x1b.peerd.v1.ListTasksResponse\x12G\n\nDeleteTask\x12\x1b.peerd.v1.DeleteTaskRequest\x1a\x1c.peerd.v1.DeleteTaskResponse\x12;\n\tPauseTask\x12\x1a.peerd.v1.PauseTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12=\n\nResumeTask\x12\x1b.peerd.v1.ResumeTaskRequest\x1a\x12.peerd.v1.TaskSpec\x12@\n\x0bTriggerTask\x12\x1c.peerd.v1.TriggerTaskRequest\x1a\x13.peerd.v1.RunRecord\x12\x41\n\x08ListRuns\x12\x19.peerd.v1.ListRunsRequest\x1a\x1a.peerd.v1.ListRunsResponse\x12G\n\nGetCluster\x12\x1b.peerd.v1.GetClusterRequest\x1a\x1c.peerd.v1.GetClusterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HTTPTARGET_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_SHELLTARGET_ENVENTRY']._loaded_options = None
   _globals['_SHELLTARGET_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATUS']._serialized_start=2564
-  _globals['_RUNSTATUS']._serialized_end=2679
+  _globals['_OWNERLOSTPOLICY']._serialized_start=2638
+  _globals['_OWNERLOSTPOLICY']._serialized_end=2738
+  _globals['_RUNSTATUS']._serialized_start=2740
+  _globals['_RUNSTATUS']._serialized_end=2855
   _globals['_SCHEDULE']._serialized_start=104
   _globals['_SCHEDULE']._serialized_end=351
   _globals['_HTTPTARGET']._serialized_start=354
@@ -50,41 +52,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHELLTARGET_ENVENTRY']._serialized_start=637
   _globals['_SHELLTARGET_ENVENTRY']._serialized_end=679
   _globals['_TASKSPEC']._serialized_start=682
-  _globals['_TASKSPEC']._serialized_end=1071
-  _globals['_RUNRECORD']._serialized_start=1074
-  _globals['_RUNRECORD']._serialized_end=1572
-  _globals['_MEMBER']._serialized_start=1575
-  _globals['_MEMBER']._serialized_end=1763
-  _globals['_CREATETASKREQUEST']._serialized_start=1765
-  _globals['_CREATETASKREQUEST']._serialized_end=1818
-  _globals['_CREATETASKSREQUEST']._serialized_start=1820
-  _globals['_CREATETASKSREQUEST']._serialized_end=1875
-  _globals['_CREATETASKSRESPONSE']._serialized_start=1877
-  _globals['_CREATETASKSRESPONSE']._serialized_end=1933
-  _globals['_GETTASKREQUEST']._serialized_start=1935
-  _globals['_GETTASKREQUEST']._serialized_end=1963
-  _globals['_LISTTASKSREQUEST']._serialized_start=1965
-  _globals['_LISTTASKSREQUEST']._serialized_end=2022
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2024
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2103
-  _globals['_DELETETASKREQUEST']._serialized_start=2105
-  _globals['_DELETETASKREQUEST']._serialized_end=2136
-  _globals['_DELETETASKRESPONSE']._serialized_start=2138
-  _globals['_DELETETASKRESPONSE']._serialized_end=2158
-  _globals['_PAUSETASKREQUEST']._serialized_start=2160
-  _globals['_PAUSETASKREQUEST']._serialized_end=2190
-  _globals['_RESUMETASKREQUEST']._serialized_start=2192
-  _globals['_RESUMETASKREQUEST']._serialized_end=2223
-  _globals['_TRIGGERTASKREQUEST']._serialized_start=2225
-  _globals['_TRIGGERTASKREQUEST']._serialized_end=2257
-  _globals['_LISTRUNSREQUEST']._serialized_start=2259
-  _globals['_LISTRUNSREQUEST']._serialized_end=2332
-  _globals['_LISTRUNSRESPONSE']._serialized_start=2334
-  _globals['_LISTRUNSRESPONSE']._serialized_end=2412
-  _globals['_GETCLUSTERREQUEST']._serialized_start=2414
-  _globals['_GETCLUSTERREQUEST']._serialized_end=2433
-  _globals['_GETCLUSTERRESPONSE']._serialized_start=2435
-  _globals['_GETCLUSTERRESPONSE']._serialized_end=2562
-  _globals['_SCHEDULER']._serialized_start=2682
-  _globals['_SCHEDULER']._serialized_end=3362
+  _globals['_TASKSPEC']._serialized_end=1121
+  _globals['_RUNRECORD']._serialized_start=1124
+  _globals['_RUNRECORD']._serialized_end=1646
+  _globals['_MEMBER']._serialized_start=1649
+  _globals['_MEMBER']._serialized_end=1837
+  _globals['_CREATETASKREQUEST']._serialized_start=1839
+  _globals['_CREATETASKREQUEST']._serialized_end=1892
+  _globals['_CREATETASKSREQUEST']._serialized_start=1894
+  _globals['_CREATETASKSREQUEST']._serialized_end=1949
+  _globals['_CREATETASKSRESPONSE']._serialized_start=1951
+  _globals['_CREATETASKSRESPONSE']._serialized_end=2007
+  _globals['_GETTASKREQUEST']._serialized_start=2009
+  _globals['_GETTASKREQUEST']._serialized_end=2037
+  _globals['_LISTTASKSREQUEST']._serialized_start=2039
+  _globals['_LISTTASKSREQUEST']._serialized_end=2096
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2098
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2177
+  _globals['_DELETETASKREQUEST']._serialized_start=2179
+  _globals['_DELETETASKREQUEST']._serialized_end=2210
+  _globals['_DELETETASKRESPONSE']._serialized_start=2212
+  _globals['_DELETETASKRESPONSE']._serialized_end=2232
+  _globals['_PAUSETASKREQUEST']._serialized_start=2234
+  _globals['_PAUSETASKREQUEST']._serialized_end=2264
+  _globals['_RESUMETASKREQUEST']._serialized_start=2266
+  _globals['_RESUMETASKREQUEST']._serialized_end=2297
+  _globals['_TRIGGERTASKREQUEST']._serialized_start=2299
+  _globals['_TRIGGERTASKREQUEST']._serialized_end=2331
+  _globals['_LISTRUNSREQUEST']._serialized_start=2333
+  _globals['_LISTRUNSREQUEST']._serialized_end=2406
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2408
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2486
+  _globals['_GETCLUSTERREQUEST']._serialized_start=2488
+  _globals['_GETCLUSTERREQUEST']._serialized_end=2507
+  _globals['_GETCLUSTERRESPONSE']._serialized_start=2509
+  _globals['_GETCLUSTERRESPONSE']._serialized_end=2636
+  _globals['_SCHEDULER']._serialized_start=2858
+  _globals['_SCHEDULER']._serialized_end=3538
 # @@protoc_insertion_point(module_scope)

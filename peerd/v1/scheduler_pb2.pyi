@@ -11,6 +11,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class OwnerLostPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OWNER_LOST_POLICY_UNSPECIFIED: _ClassVar[OwnerLostPolicy]
+    OWNER_LOST_RETRY: _ClassVar[OwnerLostPolicy]
+    OWNER_LOST_MARK_LOST: _ClassVar[OwnerLostPolicy]
+
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
@@ -20,6 +26,9 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[RunStatus]
     SKIPPED: _ClassVar[RunStatus]
     LOST: _ClassVar[RunStatus]
+OWNER_LOST_POLICY_UNSPECIFIED: OwnerLostPolicy
+OWNER_LOST_RETRY: OwnerLostPolicy
+OWNER_LOST_MARK_LOST: OwnerLostPolicy
 RUN_STATUS_UNSPECIFIED: RunStatus
 CLAIMED: RunStatus
 RUNNING: RunStatus
@@ -85,7 +94,7 @@ class ShellTarget(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., run_as: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "schedule", "http", "shell", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at")
+    __slots__ = ("id", "schedule", "http", "shell", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +106,7 @@ class TaskSpec(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RESUMED_AT_FIELD_NUMBER: _ClassVar[int]
+    ON_OWNER_LOST_FIELD_NUMBER: _ClassVar[int]
     id: str
     schedule: Schedule
     http: HttpTarget
@@ -108,10 +118,11 @@ class TaskSpec(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     source: str
     resumed_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    on_owner_lost: OwnerLostPolicy
+    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ...) -> None: ...
 
 class RunRecord(_message.Message):
-    __slots__ = ("task_id", "scheduled_at", "node_id", "attempt", "fencing_token", "status", "claimed_at", "started_at", "finished_at", "lateness", "http_status", "exit_code", "output_tail", "error", "manual", "idempotency_key")
+    __slots__ = ("task_id", "scheduled_at", "node_id", "attempt", "fencing_token", "status", "claimed_at", "started_at", "finished_at", "lateness", "http_status", "exit_code", "output_tail", "error", "manual", "idempotency_key", "claim_lease_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +139,7 @@ class RunRecord(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MANUAL_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     scheduled_at: _timestamp_pb2.Timestamp
     node_id: str
@@ -144,7 +156,8 @@ class RunRecord(_message.Message):
     error: str
     manual: bool
     idempotency_key: str
-    def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    claim_lease_id: int
+    def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead")

@@ -128,3 +128,32 @@ def test_duplicate_live_node_id_is_refused(etcd_endpoint: str, cluster_name: str
             await member(etcd, keys, "a", probe=always_alive)
 
     run(etcd_endpoint, cluster_name, body)
+
+
+def test_lease_fenced_updates_and_take_over(etcd_endpoint: str, cluster_name: str) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a, b = await member(etcd, keys, "a"), await member(etcd, keys, "b")
+        ledger = Ledger(etcd, keys)
+        rec = record("t", 9000)
+        rec.claim_lease_id = a.lease_id
+        (res,) = await ledger.claim(a.member_key, a.lease_id, [rec])
+        ((stored, mod),) = await ledger.recent("t", 5)
+        new = record("t", 9000, node="b")
+        new.attempt, new.claim_lease_id = 2, b.lease_id
+        # a still holds its lease: nobody may take its run over
+        assert await ledger.take_over(stored, mod, b.member_key, b.lease_id, new) is None
+        await etcd.lease_revoke(a.lease_id)  # a dies
+        running = record("t", 9000, status=pb.RUNNING)
+        running.claim_lease_id = a.lease_id
+        assert await ledger.update([running]) == 0  # a can no longer write it
+        token = await ledger.take_over(stored, mod, b.member_key, b.lease_id, new)
+        assert token is not None and token > res.token
+        # a second take-over of the same version fails (someone already did it)
+        assert await ledger.take_over(stored, mod, b.member_key, b.lease_id, new) is None
+        done = record("t", 9000, node="b", status=pb.SUCCEEDED)
+        done.attempt, done.claim_lease_id, done.fencing_token = 2, b.lease_id, token
+        assert await ledger.update([done]) == 1
+        final = await ledger.get("t", 9000)
+        assert final is not None and final.attempt == 2 and final.fencing_token == token
+
+    run(etcd_endpoint, cluster_name, body)
