@@ -194,6 +194,7 @@ class Engine:
         if spec is None or not self._owns(spec, members):
             self._release(task_id, members if spec is not None and not spec.paused else [])
         elif task_id in self.owned:
+            self._handing.pop(task_id, None)  # ours again before the handoff finished
             current = self.owned[task_id]
             if current.spec.SerializeToString() != spec.SerializeToString():
                 # Spec changed (e.g. schedule edited): recompile, reload the cursor.
