@@ -182,27 +182,30 @@ class Etcd:
             keys_only=keys_only,
             count_only=count_only,
         )
-        resp = await self._call(self._kv.Range, req)
+        resp = await self._call("kv", "Range", req)
         return [_kv(m) for m in resp.kvs], resp.count, resp.header.revision
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         """Write ``key``; returns the revision of the write."""
-        resp = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
+        resp = await self._call("kv", "Put", rpc.PutRequest(key=key, value=value, lease=lease))
         return int(resp.header.revision)
 
-    async def txn(self, req: Any) -> Any:
-        """Run a prepared ``rpc.TxnRequest`` (see :func:`txn_request`); returns the TxnResponse."""
-        return await self._call(self._kv.Txn, req)
+    async def txn(self, req: Any, timeout_s: float | None = None) -> Any:
+        """Run a prepared ``rpc.TxnRequest`` (see :func:`txn_request`); returns the TxnResponse.
+
+        ``timeout_s`` overrides the client's deadline for this call."""
+        return await self._call("kv", "Txn", req, timeout_s)
 
     # -- leases --------------------------------------------------------------------------------
 
     async def lease_grant(self, ttl_s: int) -> int:
         """Grant a lease of ``ttl_s`` seconds; returns its id."""
-        resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
+        resp = await self._call("lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl_s))
         return int(resp.ID)
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Refresh a lease once. Returns the new TTL in seconds; 0 or less means it has expired."""
+        await self.connect()
         try:
             stream = self._lease.LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self.timeout_s
@@ -215,7 +218,7 @@ class Etcd:
 
     async def lease_revoke(self, lease_id: int) -> None:
         """Revoke a lease, deleting every key attached to it."""
-        await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+        await self._call("lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -255,11 +258,11 @@ class Etcd:
                 with contextlib.suppress(Exception):  # the stream may be gone already
                     await self._watcher.cancel(cb.watch_id)
 
-    async def _call(self, method: Any, req: Any) -> Any:
-        if self._channel is None:
-            await self.connect()
+    async def _call(self, stub: str, method: str, req: Any, timeout_s: float | None = None) -> Any:
+        await self.connect()
+        call = getattr(self._kv if stub == "kv" else self._lease, method)
         try:
-            return await method(req, timeout=self.timeout_s)
+            return await call(req, timeout=timeout_s or self.timeout_s)
         except Exception as exc:
             raise _map_error(exc) from exc
 

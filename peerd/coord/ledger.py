@@ -34,6 +34,7 @@ from peerd.coord.etcd import (
     cmp_lease,
     cmp_mod_revision,
     op_delete,
+    op_get,
     op_put,
     op_txn,
     prefix_end,
@@ -44,6 +45,10 @@ from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
 MAX_NESTED = 127
+CLAIM_TIMEOUT_S = 2.0
+"""Deadline of a claim transaction (seconds). Short, so an etcd leader change (writes forwarded
+to a dead leader hang ~7 s) costs one retry instead of a misfire; a claim that committed but
+timed out is recognised as ours on the retry."""
 
 
 @dataclass(frozen=True)
@@ -84,18 +89,38 @@ class Ledger:
             txn_request(
                 [cmp_lease(member_key, lease_id)],
                 [
-                    op_txn([cmp_create_revision(k, 0)], [op_put(k, r.SerializeToString())])
+                    op_txn(
+                        [cmp_create_revision(k, 0)], [op_put(k, r.SerializeToString())], [op_get(k)]
+                    )
                     for k, r in zip(keys, records, strict=True)
                 ],
-            )
+            ),
+            timeout_s=CLAIM_TIMEOUT_S,
         )
         if not resp.succeeded:
             raise LeaseLost("member key is not on this node's lease")
         revision = int(resp.header.revision)
-        return [
-            ClaimResult(r.task_id, _ms(r), bool(op.response_txn.succeeded), revision)
-            for r, op in zip(records, resp.responses, strict=True)
-        ]
+        results = []
+        for r, op in zip(records, resp.responses, strict=True):
+            nested = op.response_txn
+            if nested.succeeded:
+                results.append(ClaimResult(r.task_id, _ms(r), True, revision))
+                continue
+            # Already claimed. If by this very incarnation, an earlier claim committed but its
+            # answer was lost (a timeout during an etcd leader change): the slot is ours.
+            kvs = nested.responses[0].response_range.kvs
+            existing = pb.RunRecord.FromString(kvs[0].value) if kvs else None
+            ours = (
+                existing is not None
+                and r.claim_lease_id != 0
+                and existing.node_id == r.node_id
+                and existing.claim_lease_id == r.claim_lease_id
+                and existing.attempt == r.attempt
+                and existing.status == pb.CLAIMED
+            )
+            token = kvs[0].create_revision if ours else 0
+            results.append(ClaimResult(r.task_id, _ms(r), ours, token))
+        return results
 
     async def update(self, records: Sequence[pb.RunRecord]) -> int:
         """Write each record if its claimant still holds the lease it claimed under

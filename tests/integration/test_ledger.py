@@ -157,3 +157,30 @@ def test_lease_fenced_updates_and_take_over(etcd_endpoint: str, cluster_name: st
         assert final is not None and final.attempt == 2 and final.fencing_token == token
 
     run(etcd_endpoint, cluster_name, body)
+
+
+def test_a_claim_whose_answer_was_lost_is_recognised_as_ours(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a, b = await member(etcd, keys, "a"), await member(etcd, keys, "b")
+        ledger = Ledger(etcd, keys)
+        rec = record("t", 4000)
+        rec.claim_lease_id = a.lease_id
+        (first,) = await ledger.claim(a.member_key, a.lease_id, [rec])
+        # the same incarnation retries the claim (its first answer was lost): ours, same token
+        (again,) = await ledger.claim(a.member_key, a.lease_id, [rec])
+        assert again.claimed and again.token == first.token
+        # another node claiming the slot loses the race
+        other = record("t", 4000, node="b")
+        other.claim_lease_id = b.lease_id
+        (lost,) = await ledger.claim(b.member_key, b.lease_id, [other])
+        assert not lost.claimed
+        # once the run moved on (RUNNING), a re-claim is not mistaken for an ambiguous one
+        running = record("t", 4000, status=pb.RUNNING)
+        running.claim_lease_id = a.lease_id
+        assert await ledger.update([running]) == 1
+        (late,) = await ledger.claim(a.member_key, a.lease_id, [rec])
+        assert not late.claimed
+
+    run(etcd_endpoint, cluster_name, body)
