@@ -58,6 +58,9 @@ class PeerLayer:
         self.timeout_s = probe_timeout_s
         self.detector = FailureDetector(self.node_id, suspect_after=suspect_after)
         self.draining: set[str] = set()
+        self.not_claiming: set[str] = set()
+        """Peers that said they cannot claim (keepalive failing: cut off from etcd)."""
+        self._announced_claiming = False
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._listeners: list[Callable[[], None]] = []
         self._log = log.bind(node_id=self.node_id)
@@ -69,15 +72,30 @@ class PeerLayer:
         self._listeners.append(fn)
 
     def excluded(self) -> set[str]:
-        """Members that own nothing in this node's view: confirmed dead or draining."""
-        return self.detector.dead() | self.draining
+        """Members that own nothing in this node's view: confirmed dead, draining, or unable to
+        claim (cut off from etcd)."""
+        return self.detector.dead() | self.draining | self.not_claiming
 
     def _on_members(self) -> None:
         view = self.node.membership.view
         before = self.excluded()
         self.detector.update_members({n: m.lease_id for n, m in view.items()})
         self.draining = {n for n, m in view.items() if m.draining} | (self.draining & set(view))
+        self.not_claiming &= set(view)
         if self.excluded() != before:
+            self._notify()
+
+    def set_claiming(self, node_id: str, claiming: bool) -> None:
+        """Record a peer's own word on whether it can claim."""
+        if node_id == self.node_id:
+            return
+        before = node_id in self.not_claiming
+        if claiming:
+            self.not_claiming.discard(node_id)
+        else:
+            self.not_claiming.add(node_id)
+        if before != (not claiming):
+            self._log.info("peer_claim_state", peer=node_id, claiming=claiming)
             self._notify()
 
     def mark_draining(self, node_id: str) -> None:
@@ -128,13 +146,33 @@ class PeerLayer:
         """Probe forever (until cancelled)."""
         while True:
             started = asyncio.get_running_loop().time()
-            if self.node.membership.claim_ready.is_set():
-                try:
+            try:
+                await self._announce_claiming()
+                if self.node.membership.registered_once.is_set():
                     await self._round()
-                except Exception:  # the detector must never stop
-                    self._log.exception("probe_round_failed")
+            except Exception:  # the detector must never stop
+                self._log.exception("probe_round_failed")
             elapsed = asyncio.get_running_loop().time() - started
             await asyncio.sleep(max(0.0, self.interval_s - elapsed))
+
+    async def _announce_claiming(self) -> None:
+        """Tell every member when this node's ability to claim changes, so that a node cut off
+        from etcd (but not from its peers) loses its tasks at once, not after its lease TTL."""
+        claiming = self.node.membership.claim_ready.is_set()
+        if claiming == self._announced_claiming:
+            return
+        self._announced_claiming = claiming
+        (self._log.info if claiming else self._log.warning)(
+            "announcing_claim_state", claiming=claiming
+        )
+        req = ppb.GossipRequest(from_node=self.node_id, claiming=claiming)
+        addresses = [self._address(n) for n in self.node.membership.members() if n != self.node_id]
+
+        async def send(address: str) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.stub(address).Gossip(req, timeout=self.timeout_s * 2)
+
+        await asyncio.gather(*(send(a) for a in addresses if a))
 
     async def _round(self) -> None:
         targets = [(t, self._address(t)) for t in self.detector.probe_targets()]
@@ -147,6 +185,7 @@ class PeerLayer:
                 self.apply_rumors(resp.rumors, source=target)
                 if resp.draining:
                     self.mark_draining(target)
+                self.set_claiming(target, resp.claiming)
             verdict = self.detector.on_probe(target, resp is not None, resp.lease_id if resp else 0)
             if verdict:
                 verdicts.append(verdict)
@@ -238,6 +277,7 @@ class PeerService(ppb_grpc.PeerServicer):
             node_id=self.node.cfg.node_id,
             lease_id=self.node.membership.lease_id,
             draining=self.node.engine.draining,
+            claiming=self.node.membership.claim_ready.is_set(),
             rumors=[
                 ppb.Rumor(node_id=v.node_id, lease_id=v.lease_id, dead=v.dead)
                 for v in layer.detector.rumors()
@@ -257,6 +297,8 @@ class PeerService(ppb_grpc.PeerServicer):
         self, request: ppb.GossipRequest, context: grpc.aio.ServicerContext
     ) -> ppb.GossipResponse:
         self.node.peers.apply_rumors(request.rumors, source=request.from_node)
+        if request.HasField("claiming"):
+            self.node.peers.set_claiming(request.from_node, request.claiming)
         return ppb.GossipResponse()
 
     async def Handoff(

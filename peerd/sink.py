@@ -86,7 +86,7 @@ def _parse_int(value: str | None) -> int | None:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128  # bursts of late slots arrive at once; the default backlog is 5
+    request_queue_size = 1024  # bursts of late slots arrive at once; the default backlog is 5
     allow_reuse_address = True
     sink: WebhookSink
 

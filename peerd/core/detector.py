@@ -12,8 +12,13 @@ Per peer incarnation ``(node_id, lease_id)``:
     SUSPECT --(an indirect probe through another member succeeds)--> ALIVE
     SUSPECT --(all indirect probes fail, or no other member to ask)--> DEAD
     SUSPECT/DEAD --(a direct probe succeeds)--> ALIVE
-    any --(rumour "dead" for this incarnation)--> DEAD
+    ALIVE --(rumour "dead" for this incarnation)--> SUSPECT (rumoured)
+    SUSPECT (rumoured) --(one failed direct probe)--> DEAD
     DEAD --(rumour "alive" for this incarnation)--> ALIVE
+
+A "dead" rumour is only a suspicion until this node's own probe fails: a peer it can reach is
+never marked dead on hearsay. Without that, stale rumours re-infect nodes that have just
+cleared them, and a healed partition keeps flapping (seen in the chaos long profile).
     (a new lease_id for the node) --> ALIVE, a fresh incarnation
 
 The I/O layer (:mod:`peerd.peer`) performs the probes and feeds their outcomes here; it acts on
@@ -49,6 +54,7 @@ class _Peer:
     lease_id: int
     state: State = State.ALIVE
     misses: int = 0
+    rumoured: bool = False
 
 
 class FailureDetector:
@@ -122,7 +128,8 @@ class FailureDetector:
         """Record a direct probe. ``lease_id`` is the one the peer answered with (ok only).
 
         Returns:
-            A Verdict when a DEAD peer came back (tell the others), else None.
+            A Verdict when a DEAD peer came back or a rumoured suspicion was confirmed (tell the
+            others), else None.
         """
         peer = self._peers.get(node_id)
         if peer is None:
@@ -131,16 +138,21 @@ class FailureDetector:
             if lease_id and lease_id != peer.lease_id:
                 return None  # a newer incarnation answered; the etcd view will catch up
             was_dead = peer.state is State.DEAD
-            peer.state, peer.misses = State.ALIVE, 0
+            peer.state, peer.misses, peer.rumoured = State.ALIVE, 0, False
             return Verdict(node_id, peer.lease_id, dead=False) if was_dead else None
         peer.misses += 1
+        if peer.state is State.SUSPECT and peer.rumoured:
+            peer.state, peer.rumoured = State.DEAD, False
+            return Verdict(node_id, peer.lease_id, dead=True)
         if peer.state is State.ALIVE and peer.misses >= self.suspect_after:
             peer.state = State.SUSPECT
         return None
 
     def suspects(self) -> list[str]:
-        """Peers waiting for an indirect probe."""
-        return sorted(n for n, p in self._peers.items() if p.state is State.SUSPECT)
+        """Peers waiting for an indirect probe (rumoured ones wait for a direct probe)."""
+        return sorted(
+            n for n, p in self._peers.items() if p.state is State.SUSPECT and not p.rumoured
+        )
 
     def helpers_for(self, target: str, k: int = 2) -> list[str]:
         """Up to ``k`` ALIVE members, other than ``target``, to ask for an indirect probe."""
@@ -156,7 +168,7 @@ class FailureDetector:
             A dead Verdict when the suspicion is confirmed, else None.
         """
         peer = self._peers.get(target)
-        if peer is None or peer.state is not State.SUSPECT:
+        if peer is None or peer.state is not State.SUSPECT or peer.rumoured:
             return None
         if reachable:
             peer.state, peer.misses = State.ALIVE, 0
@@ -167,19 +179,21 @@ class FailureDetector:
     # -- dissemination ----------------------------------------------------------------------
 
     def on_rumor(self, node_id: str, lease_id: int, dead: bool) -> bool:
-        """Apply another node's verdict. Returns True if this node's view changed.
+        """Apply another node's verdict. Returns True if the dead set changed (a "dead" rumour
+        never changes it directly: it makes the peer a suspect to probe).
 
         Rumours about other incarnations, about this node, or about non-members are ignored.
         """
         peer = self._peers.get(node_id)
         if peer is None or peer.lease_id != lease_id:
             return False
-        if dead and peer.state is not State.DEAD:
-            peer.state = State.DEAD
-            return True
-        if not dead and peer.state is State.DEAD:
-            peer.state, peer.misses = State.ALIVE, 0
-            return True
+        if dead and peer.state is State.ALIVE:
+            peer.state, peer.rumoured = State.SUSPECT, True
+            return False  # confirmed (or refuted) by this node's next direct probe
+        if not dead and peer.state is not State.ALIVE:
+            was_dead = peer.state is State.DEAD
+            peer.state, peer.misses, peer.rumoured = State.ALIVE, 0, False
+            return was_dead
         return False
 
     def rumors(self) -> list[Verdict]:

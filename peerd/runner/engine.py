@@ -372,6 +372,11 @@ class Engine:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except PeerdError as exc:  # not transient, but one bad batch must not stop the node
+                self._log.error("claim_round_failed", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             await self._sleep_until_due()
 
     async def _sleep_until_due(self) -> None:
@@ -405,17 +410,17 @@ class Engine:
     async def _tick(self) -> None:
         now = self.clock.now()
         now_ts = _ts(now)
-        due: list[Owned] = []
+        due: dict[str, Owned] = {}  # one entry per task, however many heap entries it has
         while self._heap and self._heap[0][0] <= now_ts:
             _, gen, tid = heapq.heappop(self._heap)
             o = self.owned.get(tid)
             if o is not None and o.generation == gen and o.cursor is not None:
-                due.append(o)
+                due[tid] = o
         if not due:
             return
         records: list[pb.RunRecord] = []
         plans = []
-        for o in due:
+        for o in due.values():
             assert o.cursor is not None
             plan = plan_due(o.compiled, o.cursor, now, self.cfg.misfire_threshold)
             plans.append((o, plan))
@@ -429,22 +434,15 @@ class Engine:
             records.extend(self._record(o.spec.id, s, pb.CLAIMED, now) for s in plan.fire)
         try:
             results = await self._claim(records)
-        except (LeaseLost, Unavailable):
+        except PeerdError:
             for o, _ in plans:  # cursors unchanged: the same slots are planned again
                 self._push(o)
             raise
         by_key = {(r.task_id, r.slot_ms): r for r in results}
         claimed_records = {(r.task_id, r.scheduled_at.ToMilliseconds()): r for r in records}
         for o, plan in plans:
-            if self.owned.get(o.spec.id) is not o:
-                continue  # released while we were claiming
-            o.cursor = plan.cursor
-            o.next_at = plan.next_at
-            self._push(o)
-            o.claims_since_trim += len(plan.fire) + len(plan.skipped)
-            if plan.skipped_count:
-                self.stats.skipped += plan.skipped_count
-                self._log.info("slots_skipped_misfire", task_id=o.spec.id, count=plan.skipped_count)
+            # Every slot claimed here runs here, even if the task was released (handed off,
+            # paused) while the claim was in flight: the claim, not ownership, decides.
             for slot in plan.fire:
                 res = by_key.get((o.spec.id, round(slot.timestamp() * 1000)))
                 if res is None or not res.claimed:
@@ -454,6 +452,17 @@ class Engine:
                 rec = _copy(claimed_records[(o.spec.id, res.slot_ms)])
                 rec.fencing_token = res.token
                 self._spawn(o.spec, rec)
+            if self.owned.get(o.spec.id) is not o:
+                continue  # released while we were claiming
+            if o.cursor is None or plan.cursor >= o.cursor:
+                o.cursor, o.next_at = plan.cursor, plan.next_at
+            else:  # a handoff moved the cursor ahead meanwhile
+                o.next_at = o.compiled.next_after(o.cursor)
+            self._push(o)
+            o.claims_since_trim += len(plan.fire) + len(plan.skipped)
+            if plan.skipped_count:
+                self.stats.skipped += plan.skipped_count
+                self._log.info("slots_skipped_misfire", task_id=o.spec.id, count=plan.skipped_count)
             if o.claims_since_trim >= TRIM_EVERY:
                 o.claims_since_trim = 0
                 self._trims.add(o.spec.id)

@@ -26,16 +26,18 @@ class PingRequest(_message.Message):
     def __init__(self, from_node: _Optional[str] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ...) -> None: ...
 
 class PingResponse(_message.Message):
-    __slots__ = ("node_id", "lease_id", "draining", "rumors")
+    __slots__ = ("node_id", "lease_id", "draining", "rumors", "claiming")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RUMORS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     lease_id: int
     draining: bool
     rumors: _containers.RepeatedCompositeFieldContainer[Rumor]
-    def __init__(self, node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ...) -> None: ...
+    claiming: bool
+    def __init__(self, node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ..., claiming: _Optional[bool] = ...) -> None: ...
 
 class PingReqRequest(_message.Message):
     __slots__ = ("from_node", "target_node", "target_address", "timeout_ms")
@@ -58,12 +60,14 @@ class PingReqResponse(_message.Message):
     def __init__(self, reachable: _Optional[bool] = ..., target_lease_id: _Optional[int] = ...) -> None: ...
 
 class GossipRequest(_message.Message):
-    __slots__ = ("from_node", "rumors")
+    __slots__ = ("from_node", "rumors", "claiming")
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     RUMORS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMING_FIELD_NUMBER: _ClassVar[int]
     from_node: str
     rumors: _containers.RepeatedCompositeFieldContainer[Rumor]
-    def __init__(self, from_node: _Optional[str] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ...) -> None: ...
+    claiming: bool
+    def __init__(self, from_node: _Optional[str] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ..., claiming: _Optional[bool] = ...) -> None: ...
 
 class GossipResponse(_message.Message):
     __slots__ = ()

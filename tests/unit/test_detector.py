@@ -54,11 +54,23 @@ def test_rumours_apply_only_to_the_same_incarnation() -> None:
     d = detector(3)
     assert not d.on_rumor("n2", 999, dead=True)  # other incarnation
     assert not d.on_rumor("n1", 101, dead=True)  # about myself
-    assert d.on_rumor("n2", 102, dead=True)
-    assert not d.on_rumor("n2", 102, dead=True)  # already known
+    d.on_rumor("n2", 102, dead=True)
+    assert d.state("n2") is State.SUSPECT  # hearsay: a suspect until my own probe fails
+    assert d.suspects() == []  # no indirect probe needed: it was confirmed elsewhere
+    assert "n2" in d.probe_targets()
+    assert d.on_probe("n2", False) == Verdict("n2", 102, dead=True)
     assert d.rumors() == [Verdict("n2", 102, True)]
     assert d.on_rumor("n2", 102, dead=False)
     assert d.dead() == set()
+
+
+def test_a_reachable_peer_is_never_marked_dead_on_hearsay() -> None:
+    """Stale rumours kept a healed partition flapping before (chaos long profile)."""
+    d = detector(3)
+    for _ in range(10):
+        d.on_rumor("n2", 102, dead=True)
+        assert d.on_probe("n2", True, lease_id=102) is None  # refuted, and nothing to gossip
+        assert d.dead() == set()
 
 
 def test_new_incarnation_starts_alive_and_departed_members_are_forgotten() -> None:
