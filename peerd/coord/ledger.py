@@ -45,6 +45,12 @@ from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
 MAX_NESTED = 127
+"""Nested transactions per claim transaction. etcd (--max-txn-ops 128) lets a nested
+transaction use only the operations its parent leaves: 128 - 127 = 1 compare each, which is what
+a claim needs."""
+UPDATE_CHUNK = 64
+"""Nested transactions per update transaction: each has 2 compares (lease, existence), so the
+outer one may hold at most 126; 64 leaves room."""
 CLAIM_TIMEOUT_S = 2.0
 """Deadline of a claim transaction (seconds). Short, so an etcd leader change (writes forwarded
 to a dead leader hang ~7 s) costs one retry instead of a misfire; a claim that committed but
@@ -139,10 +145,10 @@ class Ledger:
             latest[self.keys.run(r.task_id, _ms(r))] = r
         items = list(latest.items())
         written = 0
-        for start in range(0, len(items), MAX_NESTED):
+        for start in range(0, len(items), UPDATE_CHUNK):
             ops = [
                 op_txn(self._fence(key, r), [op_put(key, r.SerializeToString())])
-                for key, r in items[start : start + MAX_NESTED]
+                for key, r in items[start : start + UPDATE_CHUNK]
             ]
             resp = await self.etcd.txn(txn_request([], ops))
             written += sum(bool(op.response_txn.succeeded) for op in resp.responses)

@@ -699,8 +699,15 @@ class Engine:
                     self._log.warning("ledger_update_failed_retrying", error=str(exc), n=len(batch))
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
-                except PeerdError as exc:  # not transient: retrying the same batch cannot help
-                    self._log.error("ledger_update_dropped", error=str(exc), n=len(batch))
+                except PeerdError as exc:  # not transient: isolate the record(s) at fault
+                    self._log.error("ledger_update_batch_failed", error=str(exc), n=len(batch))
+                    for rec in batch:
+                        try:
+                            await self.ledger.update([rec])
+                        except PeerdError as one:
+                            self._log.error(
+                                "ledger_update_dropped", task_id=rec.task_id, error=str(one)
+                            )
                     break
             for _ in batch:
                 self._updates.task_done()

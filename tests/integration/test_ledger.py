@@ -184,3 +184,26 @@ def test_a_claim_whose_answer_was_lost_is_recognised_as_ours(
         assert not late.claimed
 
     run(etcd_endpoint, cluster_name, body)
+
+
+def test_large_batches_fit_etcds_operation_budget(etcd_endpoint: str, cluster_name: str) -> None:
+    """127 claims in one transaction, and 300 lease-fenced updates (etcd gives a nested
+    transaction only the operations its parent leaves)."""
+
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        claims = []
+        for i in range(1, 301):
+            rec = record(f"t{i % 7}", 1000 * i)
+            rec.claim_lease_id = a.lease_id
+            claims.append(rec)
+        results = []
+        for start in range(0, 300, 127):
+            results += await ledger.claim(a.member_key, a.lease_id, claims[start : start + 127])
+        assert all(r.claimed for r in results)
+        for rec in claims:
+            rec.status = pb.SUCCEEDED
+        assert await ledger.update(claims) == 300
+
+    run(etcd_endpoint, cluster_name, body)
