@@ -203,12 +203,12 @@ class Etcd:
         resp = await self._call("lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl_s))
         return int(resp.ID)
 
-    async def lease_keepalive(self, lease_id: int) -> int:
+    async def lease_keepalive(self, lease_id: int, timeout_s: float | None = None) -> int:
         """Refresh a lease once. Returns the new TTL in seconds; 0 or less means it has expired."""
         await self.connect()
         try:
             stream = self._lease.LeaseKeepAlive(
-                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self.timeout_s
+                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout_s or self.timeout_s
             )
             async for reply in stream:
                 return int(reply.TTL)

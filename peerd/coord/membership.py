@@ -42,6 +42,9 @@ from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.membership")
 
+KEEPALIVE_TIMEOUT_S = 2.0
+"""Deadline of one keepalive (seconds): a node cut off from etcd notices within this."""
+
 Probe = Callable[[str], Awaitable[bool]]
 """``probe(address) -> True`` when a peerd node answers at ``address``."""
 
@@ -75,6 +78,7 @@ class Membership:
         self.view_ready = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
         self._lost = asyncio.Event()
+        self._check_now = asyncio.Event()
         self._closing = False
         self._log = log.bind(node_id=me.node_id)
 
@@ -89,6 +93,15 @@ class Membership:
     def members(self) -> list[str]:
         """Node ids in the current view."""
         return sorted(self.view)
+
+    def etcd_suspect(self) -> None:
+        """Report that etcd did not answer a claim in time: stop claiming at once and check the
+        lease now (claims resume when a keepalive succeeds). Peers learn that this node is not
+        claiming and take its tasks over without waiting for its lease to expire."""
+        if self.claim_ready.is_set():
+            self._log.warning("claims_paused_etcd_unreachable")
+        self.claim_ready.clear()
+        self._check_now.set()
 
     def lease_lost(self) -> None:
         """Report that a fenced write failed on the lease check: stop claiming and re-register."""
@@ -182,13 +195,24 @@ class Membership:
         """Refresh the lease every TTL/3; re-register after expiry. Runs until cancelled."""
         interval = self.ttl_s / 3
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), interval)
+            # Refresh every TTL/3; while claims are paused, check every second (and at once when
+            # asked), so that claiming resumes soon after etcd answers again.
+            wait_s = interval if self.claim_ready.is_set() else min(interval, 1.0)
+            waiters = [
+                asyncio.ensure_future(self._lost.wait()),
+                asyncio.ensure_future(self._check_now.wait()),
+            ]
+            await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            self._check_now.clear()
             if self._closing:
                 return
             try:
                 if not self._lost.is_set():
-                    ttl = await self.etcd.lease_keepalive(self.lease_id)
+                    ttl = await self.etcd.lease_keepalive(
+                        self.lease_id, timeout_s=min(KEEPALIVE_TIMEOUT_S, interval)
+                    )
                     if ttl > 0:
                         if not self.claim_ready.is_set():
                             self._log.info("keepalive_recovered", ttl_s=ttl)

@@ -369,6 +369,7 @@ class Engine:
                 continue
             except Unavailable as exc:
                 self._log.warning("etcd_unavailable_no_claims", error=str(exc))
+                self.membership.etcd_suspect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
