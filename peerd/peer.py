@@ -65,6 +65,8 @@ class PeerLayer:
         self._listeners: list[Callable[[], None]] = []
         self._log = log.bind(node_id=self.node_id)
         node.membership.on_change(self._on_members)
+        node.membership.on_claim_paused(self._announce_soon)
+        self._announce_task: asyncio.Task[None] | None = None
 
     # -- views ------------------------------------------------------------------------------
 
@@ -154,6 +156,11 @@ class PeerLayer:
                 self._log.exception("probe_round_failed")
             elapsed = asyncio.get_running_loop().time() - started
             await asyncio.sleep(max(0.0, self.interval_s - elapsed))
+
+    def _announce_soon(self) -> None:
+        """Announce a change of claim state now rather than at the next probe round."""
+        if self._announce_task is None or self._announce_task.done():
+            self._announce_task = asyncio.get_running_loop().create_task(self._announce_claiming())
 
     async def _announce_claiming(self) -> None:
         """Tell every member when this node's ability to claim changes, so that a node cut off

@@ -79,6 +79,7 @@ class Membership:
         self._listeners: list[Callable[[], None]] = []
         self._lost = asyncio.Event()
         self._check_now = asyncio.Event()
+        self._claim_listeners: list[Callable[[], None]] = []
         self._closing = False
         self._log = log.bind(node_id=me.node_id)
 
@@ -94,13 +95,19 @@ class Membership:
         """Node ids in the current view."""
         return sorted(self.view)
 
+    def on_claim_paused(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` when :meth:`etcd_suspect` pauses claiming (to tell peers at once)."""
+        self._claim_listeners.append(fn)
+
     def etcd_suspect(self) -> None:
         """Report that etcd did not answer a claim in time: stop claiming at once and check the
         lease now (claims resume when a keepalive succeeds). Peers learn that this node is not
         claiming and take its tasks over without waiting for its lease to expire."""
         if self.claim_ready.is_set():
             self._log.warning("claims_paused_etcd_unreachable")
-        self.claim_ready.clear()
+            self.claim_ready.clear()
+            for fn in self._claim_listeners:
+                fn()
         self._check_now.set()
 
     def lease_lost(self) -> None:
