@@ -215,16 +215,29 @@ def run_detail(r: pb.RunRecord) -> str:
 
 
 def cluster_text(c: pb.GetClusterResponse) -> str:
-    """Summary line plus one row per member: node, address, started, version, owned tasks."""
+    """Summary line plus one row per member: node, address, state (alive, draining, or dead as
+    confirmed by the answering node's failure detector while the lease still holds), started,
+    version, owned tasks."""
     head = (
         f"cluster {c.cluster}: {len(c.members)} members, {c.task_count} tasks "
         f"(answered by {c.node_id}, revision {c.revision})"
     )
+
+    def state(m: pb.Member) -> str:
+        return "dead" if m.suspected_dead else "draining" if m.draining else "alive"
+
     rows = [
-        [m.node_id, m.address, fmt_ts(m.started_at), m.version or NONE, str(m.owned_tasks)]
+        [
+            m.node_id,
+            m.address,
+            state(m),
+            fmt_ts(m.started_at),
+            m.version or NONE,
+            str(m.owned_tasks),
+        ]
         for m in sorted(c.members, key=lambda m: m.node_id)
     ]
-    table = format_table(["NODE", "ADDRESS", "STARTED", "VERSION", "OWNED TASKS"], rows)
+    table = format_table(["NODE", "ADDRESS", "STATE", "STARTED", "VERSION", "OWNED TASKS"], rows)
     return f"{head}\n{table}"
 
 
