@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import heapq
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -76,14 +76,13 @@ class Owned:
 
 @dataclass
 class EngineStats:
-    """Counters since start (exported by GetCluster and the benchmarks)."""
+    """Counters since start, for debugging and future metrics (nothing exports them yet)."""
 
     claimed: int = 0
     lost_races: int = 0
     skipped: int = 0
     succeeded: int = 0
     failed: int = 0
-    lateness_ms: list[float] = field(default_factory=list)
 
 
 class Executors:
@@ -533,8 +532,6 @@ class Engine:
         rec.error = outcome.error
         self._updates.put_nowait(_copy(rec))
         lateness_ms = (started - slot).total_seconds() * 1000
-        if len(self.stats.lateness_ms) < 100_000:
-            self.stats.lateness_ms.append(lateness_ms)
         if outcome.succeeded:
             self.stats.succeeded += 1
             blog.debug("run_succeeded", fencing_token=rec.fencing_token, lateness_ms=lateness_ms)
