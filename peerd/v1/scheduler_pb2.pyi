@@ -11,6 +11,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DstNonexistentPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DST_NONEXISTENT_POLICY_UNSPECIFIED: _ClassVar[DstNonexistentPolicy]
+    DST_NONEXISTENT_SKIP: _ClassVar[DstNonexistentPolicy]
+    DST_NONEXISTENT_SHIFT: _ClassVar[DstNonexistentPolicy]
+
+class DstAmbiguousPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DST_AMBIGUOUS_POLICY_UNSPECIFIED: _ClassVar[DstAmbiguousPolicy]
+    DST_AMBIGUOUS_FIRST: _ClassVar[DstAmbiguousPolicy]
+    DST_AMBIGUOUS_LAST: _ClassVar[DstAmbiguousPolicy]
+    DST_AMBIGUOUS_BOTH: _ClassVar[DstAmbiguousPolicy]
+
+class OverlapPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERLAP_POLICY_UNSPECIFIED: _ClassVar[OverlapPolicy]
+    OVERLAP_ALLOW: _ClassVar[OverlapPolicy]
+    OVERLAP_FORBID: _ClassVar[OverlapPolicy]
+    OVERLAP_REPLACE: _ClassVar[OverlapPolicy]
+    OVERLAP_BUFFER_ONE: _ClassVar[OverlapPolicy]
+
+class CatchUpPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CATCH_UP_POLICY_UNSPECIFIED: _ClassVar[CatchUpPolicy]
+    CATCH_UP_SKIP: _ClassVar[CatchUpPolicy]
+    CATCH_UP_RUN_ONCE: _ClassVar[CatchUpPolicy]
+    CATCH_UP_RUN_ALL: _ClassVar[CatchUpPolicy]
+
+class RetryOn(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RETRY_ON_UNSPECIFIED: _ClassVar[RetryOn]
+    RETRY_ON_HTTP_5XX: _ClassVar[RetryOn]
+    RETRY_ON_HTTP_429: _ClassVar[RetryOn]
+    RETRY_ON_TIMEOUT: _ClassVar[RetryOn]
+    RETRY_ON_CONNECTION_ERROR: _ClassVar[RetryOn]
+    RETRY_ON_NONZERO_EXIT: _ClassVar[RetryOn]
+    RETRY_ON_EXCEPTION: _ClassVar[RetryOn]
+    RETRY_ON_HTTP_4XX: _ClassVar[RetryOn]
+
 class OwnerLostPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OWNER_LOST_POLICY_UNSPECIFIED: _ClassVar[OwnerLostPolicy]
@@ -26,6 +65,39 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[RunStatus]
     SKIPPED: _ClassVar[RunStatus]
     LOST: _ClassVar[RunStatus]
+    CANCELLED: _ClassVar[RunStatus]
+
+class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SKIP_REASON_UNSPECIFIED: _ClassVar[SkipReason]
+    SKIP_MISFIRE: _ClassVar[SkipReason]
+    SKIP_CATCH_UP_WINDOW: _ClassVar[SkipReason]
+    SKIP_OVERLAP: _ClassVar[SkipReason]
+    SKIP_PAUSED: _ClassVar[SkipReason]
+DST_NONEXISTENT_POLICY_UNSPECIFIED: DstNonexistentPolicy
+DST_NONEXISTENT_SKIP: DstNonexistentPolicy
+DST_NONEXISTENT_SHIFT: DstNonexistentPolicy
+DST_AMBIGUOUS_POLICY_UNSPECIFIED: DstAmbiguousPolicy
+DST_AMBIGUOUS_FIRST: DstAmbiguousPolicy
+DST_AMBIGUOUS_LAST: DstAmbiguousPolicy
+DST_AMBIGUOUS_BOTH: DstAmbiguousPolicy
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy
+OVERLAP_ALLOW: OverlapPolicy
+OVERLAP_FORBID: OverlapPolicy
+OVERLAP_REPLACE: OverlapPolicy
+OVERLAP_BUFFER_ONE: OverlapPolicy
+CATCH_UP_POLICY_UNSPECIFIED: CatchUpPolicy
+CATCH_UP_SKIP: CatchUpPolicy
+CATCH_UP_RUN_ONCE: CatchUpPolicy
+CATCH_UP_RUN_ALL: CatchUpPolicy
+RETRY_ON_UNSPECIFIED: RetryOn
+RETRY_ON_HTTP_5XX: RetryOn
+RETRY_ON_HTTP_429: RetryOn
+RETRY_ON_TIMEOUT: RetryOn
+RETRY_ON_CONNECTION_ERROR: RetryOn
+RETRY_ON_NONZERO_EXIT: RetryOn
+RETRY_ON_EXCEPTION: RetryOn
+RETRY_ON_HTTP_4XX: RetryOn
 OWNER_LOST_POLICY_UNSPECIFIED: OwnerLostPolicy
 OWNER_LOST_RETRY: OwnerLostPolicy
 OWNER_LOST_MARK_LOST: OwnerLostPolicy
@@ -36,9 +108,15 @@ SUCCEEDED: RunStatus
 FAILED: RunStatus
 SKIPPED: RunStatus
 LOST: RunStatus
+CANCELLED: RunStatus
+SKIP_REASON_UNSPECIFIED: SkipReason
+SKIP_MISFIRE: SkipReason
+SKIP_CATCH_UP_WINDOW: SkipReason
+SKIP_OVERLAP: SkipReason
+SKIP_PAUSED: SkipReason
 
 class Schedule(_message.Message):
-    __slots__ = ("cron", "every", "at", "time_zone", "start_at", "end_at", "max_runs")
+    __slots__ = ("cron", "every", "at", "time_zone", "start_at", "end_at", "max_runs", "dst_nonexistent", "dst_ambiguous", "jitter")
     CRON_FIELD_NUMBER: _ClassVar[int]
     EVERY_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +124,9 @@ class Schedule(_message.Message):
     START_AT_FIELD_NUMBER: _ClassVar[int]
     END_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    DST_NONEXISTENT_FIELD_NUMBER: _ClassVar[int]
+    DST_AMBIGUOUS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
     cron: str
     every: _duration_pb2.Duration
     at: _timestamp_pb2.Timestamp
@@ -53,7 +134,26 @@ class Schedule(_message.Message):
     start_at: _timestamp_pb2.Timestamp
     end_at: _timestamp_pb2.Timestamp
     max_runs: int
-    def __init__(self, cron: _Optional[str] = ..., every: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_runs: _Optional[int] = ...) -> None: ...
+    dst_nonexistent: DstNonexistentPolicy
+    dst_ambiguous: DstAmbiguousPolicy
+    jitter: _duration_pb2.Duration
+    def __init__(self, cron: _Optional[str] = ..., every: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_runs: _Optional[int] = ..., dst_nonexistent: _Optional[_Union[DstNonexistentPolicy, str]] = ..., dst_ambiguous: _Optional[_Union[DstAmbiguousPolicy, str]] = ..., jitter: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RetryPolicy(_message.Message):
+    __slots__ = ("max_attempts", "initial_backoff", "max_backoff", "multiplier", "retry_on", "deadline")
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    max_attempts: int
+    initial_backoff: _duration_pb2.Duration
+    max_backoff: _duration_pb2.Duration
+    multiplier: float
+    retry_on: _containers.RepeatedScalarFieldContainer[RetryOn]
+    deadline: _duration_pb2.Duration
+    def __init__(self, max_attempts: _Optional[int] = ..., initial_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HttpTarget(_message.Message):
     __slots__ = ("method", "url", "headers", "body")
@@ -73,6 +173,14 @@ class HttpTarget(_message.Message):
     headers: _containers.ScalarMap[str, str]
     body: str
     def __init__(self, method: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
+
+class PythonTarget(_message.Message):
+    __slots__ = ("name", "args_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    args_json: str
+    def __init__(self, name: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
 
 class ShellTarget(_message.Message):
     __slots__ = ("argv", "env", "working_dir", "run_as")
@@ -94,11 +202,12 @@ class ShellTarget(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., run_as: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "schedule", "http", "shell", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost")
+    __slots__ = ("id", "schedule", "http", "shell", "python", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost", "overlap", "catch_up", "catch_up_window", "misfire_threshold", "retry", "priority", "on_failure", "pause_note")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
     SHELL_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -107,10 +216,19 @@ class TaskSpec(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RESUMED_AT_FIELD_NUMBER: _ClassVar[int]
     ON_OWNER_LOST_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MISFIRE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_NOTE_FIELD_NUMBER: _ClassVar[int]
     id: str
     schedule: Schedule
     http: HttpTarget
     shell: ShellTarget
+    python: PythonTarget
     timeout: _duration_pb2.Duration
     paused: bool
     description: str
@@ -119,10 +237,40 @@ class TaskSpec(_message.Message):
     source: str
     resumed_at: _timestamp_pb2.Timestamp
     on_owner_lost: OwnerLostPolicy
-    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ...) -> None: ...
+    overlap: OverlapPolicy
+    catch_up: CatchUpPolicy
+    catch_up_window: _duration_pb2.Duration
+    misfire_threshold: _duration_pb2.Duration
+    retry: RetryPolicy
+    priority: int
+    on_failure: str
+    pause_note: str
+    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., python: _Optional[_Union[PythonTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ..., overlap: _Optional[_Union[OverlapPolicy, str]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., misfire_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., on_failure: _Optional[str] = ..., pause_note: _Optional[str] = ...) -> None: ...
+
+class AttemptRecord(_message.Message):
+    __slots__ = ("attempt", "node_id", "fencing_token", "status", "started_at", "finished_at", "http_status", "exit_code", "error")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    node_id: str
+    fencing_token: int
+    status: RunStatus
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    http_status: int
+    exit_code: int
+    error: str
+    def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunRecord(_message.Message):
-    __slots__ = ("task_id", "scheduled_at", "node_id", "attempt", "fencing_token", "status", "claimed_at", "started_at", "finished_at", "lateness", "http_status", "exit_code", "output_tail", "error", "manual", "idempotency_key", "claim_lease_id")
+    __slots__ = ("task_id", "scheduled_at", "node_id", "attempt", "fencing_token", "status", "claimed_at", "started_at", "finished_at", "lateness", "http_status", "exit_code", "output_tail", "error", "manual", "idempotency_key", "claim_lease_id", "history", "next_attempt_at", "skip_reason", "fire_at", "cause", "priority")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +288,12 @@ class RunRecord(_message.Message):
     MANUAL_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CLAIM_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    FIRE_AT_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     scheduled_at: _timestamp_pb2.Timestamp
     node_id: str
@@ -157,7 +311,13 @@ class RunRecord(_message.Message):
     manual: bool
     idempotency_key: str
     claim_lease_id: int
-    def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[AttemptRecord]
+    next_attempt_at: _timestamp_pb2.Timestamp
+    skip_reason: SkipReason
+    fire_at: _timestamp_pb2.Timestamp
+    cause: RunRecord
+    priority: int
+    def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[_Union[SkipReason, str]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cause: _Optional[_Union[RunRecord, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead")
@@ -230,10 +390,12 @@ class DeleteTaskResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PauseTaskRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "note")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    note: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ResumeTaskRequest(_message.Message):
     __slots__ = ("id",)
@@ -264,6 +426,108 @@ class ListRunsResponse(_message.Message):
     runs: _containers.RepeatedCompositeFieldContainer[RunRecord]
     next_page_token: str
     def __init__(self, runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PreviewScheduleRequest(_message.Message):
+    __slots__ = ("task_id", "schedule", "count")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    schedule: Schedule
+    count: int
+    def __init__(self, task_id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., count: _Optional[int] = ..., **kwargs) -> None: ...
+
+class PreviewSlot(_message.Message):
+    __slots__ = ("scheduled_at", "fire_at", "local_time", "note")
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    FIRE_AT_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_TIME_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    scheduled_at: _timestamp_pb2.Timestamp
+    fire_at: _timestamp_pb2.Timestamp
+    local_time: str
+    note: str
+    def __init__(self, scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., local_time: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class PreviewScheduleResponse(_message.Message):
+    __slots__ = ("slots", "time_zone")
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    slots: _containers.RepeatedCompositeFieldContainer[PreviewSlot]
+    time_zone: str
+    def __init__(self, slots: _Optional[_Iterable[_Union[PreviewSlot, _Mapping]]] = ..., time_zone: _Optional[str] = ...) -> None: ...
+
+class AuditTaskRequest(_message.Message):
+    __slots__ = ("task_id", "since")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LatenessBucket(_message.Message):
+    __slots__ = ("le_ms", "count")
+    LE_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    le_ms: int
+    count: int
+    def __init__(self, le_ms: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class MultiClaim(_message.Message):
+    __slots__ = ("scheduled_at", "fencing_tokens", "detail")
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    scheduled_at: _timestamp_pb2.Timestamp
+    fencing_tokens: _containers.RepeatedScalarFieldContainer[int]
+    detail: str
+    def __init__(self, scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fencing_tokens: _Optional[_Iterable[int]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AuditTaskResponse(_message.Message):
+    __slots__ = ("task_id", "since", "until", "expected_slots", "gaps", "gap_count", "multi_claims", "by_status", "lateness", "lateness_p50", "lateness_p99", "lateness_max", "truncated")
+    class ByStatusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
+    GAP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MULTI_CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    BY_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LATENESS_FIELD_NUMBER: _ClassVar[int]
+    LATENESS_P50_FIELD_NUMBER: _ClassVar[int]
+    LATENESS_P99_FIELD_NUMBER: _ClassVar[int]
+    LATENESS_MAX_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    expected_slots: int
+    gaps: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    gap_count: int
+    multi_claims: _containers.RepeatedCompositeFieldContainer[MultiClaim]
+    by_status: _containers.ScalarMap[str, int]
+    lateness: _containers.RepeatedCompositeFieldContainer[LatenessBucket]
+    lateness_p50: _duration_pb2.Duration
+    lateness_p99: _duration_pb2.Duration
+    lateness_max: _duration_pb2.Duration
+    truncated: bool
+    def __init__(self, task_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expected_slots: _Optional[int] = ..., gaps: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., gap_count: _Optional[int] = ..., multi_claims: _Optional[_Iterable[_Union[MultiClaim, _Mapping]]] = ..., by_status: _Optional[_Mapping[str, int]] = ..., lateness: _Optional[_Iterable[_Union[LatenessBucket, _Mapping]]] = ..., lateness_p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lateness_p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lateness_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class WatchRunsRequest(_message.Message):
+    __slots__ = ("task_id", "replay")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    replay: int
+    def __init__(self, task_id: _Optional[str] = ..., replay: _Optional[int] = ...) -> None: ...
 
 class GetClusterRequest(_message.Message):
     __slots__ = ()

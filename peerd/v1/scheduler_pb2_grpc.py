@@ -84,6 +84,21 @@ class SchedulerStub:
                 request_serializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterRequest.SerializeToString,
                 response_deserializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterResponse.FromString,
                 _registered_method=True)
+        self.PreviewSchedule = channel.unary_unary(
+                '/peerd.v1.Scheduler/PreviewSchedule',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleResponse.FromString,
+                _registered_method=True)
+        self.AuditTask = channel.unary_unary(
+                '/peerd.v1.Scheduler/AuditTask',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.AuditTaskRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.AuditTaskResponse.FromString,
+                _registered_method=True)
+        self.WatchRuns = channel.unary_stream(
+                '/peerd.v1.Scheduler/WatchRuns',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.WatchRunsRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.RunRecord.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -132,7 +147,9 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TriggerTask(self, request, context):
-        """Runs the task once now (slot = now), on the answering node.
+        """Runs the task once now (slot = now, `manual`), on the answering node. Honours the task's
+        overlap policy: under FORBID (or BUFFER_ONE with a slot waiting) while a run is in progress
+        the answer is the SKIPPED record with the reason; under REPLACE the running one is cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +163,27 @@ class SchedulerServicer:
 
     def GetCluster(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewSchedule(self, request, context):
+        """The next slots of a task or of an ad-hoc schedule, computed by the scheduler's own code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditTask(self, request, context):
+        """Gaps, multiple claims and lateness of a task's runs, from the ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRuns(self, request, context):
+        """Every change of a run record (claim, start, attempt, finish) as it happens.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -202,6 +240,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetCluster,
                     request_deserializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterRequest.FromString,
                     response_serializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterResponse.SerializeToString,
+            ),
+            'PreviewSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewSchedule,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleResponse.SerializeToString,
+            ),
+            'AuditTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditTask,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.AuditTaskRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.AuditTaskResponse.SerializeToString,
+            ),
+            'WatchRuns': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRuns,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.WatchRunsRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.RunRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +527,87 @@ class Scheduler:
             '/peerd.v1.Scheduler/GetCluster',
             peerd_dot_v1_dot_scheduler__pb2.GetClusterRequest.SerializeToString,
             peerd_dot_v1_dot_scheduler__pb2.GetClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/PreviewSchedule',
+            peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/AuditTask',
+            peerd_dot_v1_dot_scheduler__pb2.AuditTaskRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.AuditTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/peerd.v1.Scheduler/WatchRuns',
+            peerd_dot_v1_dot_scheduler__pb2.WatchRunsRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.RunRecord.FromString,
             options,
             channel_credentials,
             insecure,
