@@ -1,100 +1,297 @@
-"""Planning: which slots of one task to run, skip or leave for later (pure).
+"""Planning: which slots of one task to run, skip or leave for later, per catch-up policy (pure).
 
 The planner is called with the task's *cursor* (the last slot already handled: fired or recorded
-as skipped) and ``now``. Due slots are those in ``(cursor, now]``. For each due slot:
+as skipped) and ``now``. Each slot ``s`` has a *fire instant* ``fire_at(s)`` (the slot plus the
+task's deterministic jitter; the identity without jitter), strictly increasing in ``s`` and never
+before ``s``. Rules:
 
-* **on time** when ``now - slot <= misfire_threshold``: it fires;
-* **late** (a *misfire*) otherwise. Late slots never all run: if at least one slot is on time,
-  every late slot is skipped; if none is, the *most recent* late slot fires once (catch-up runs
-  once, like anacron / Kubernetes CronJob after downtime) and the older ones are skipped.
+* **Due**: ``fire_at(s) <= now``. Due slots are a prefix of the slots in ``(cursor, now]``; the
+  first slot whose fire instant is after ``now`` is *not due yet*: the cursor never passes it and
+  ``next_at`` is its fire instant.
+* **On time**: due and ``now - fire_at(s) <= misfire_threshold``. On-time slots always fire.
+* **Missed**: due and later than that. What happens to them is the catch-up policy
+  (``TaskSpec.catch_up``, as in Kubernetes CronJob / anacron after downtime):
 
-Skipped slots are counted exactly (``skipped_count``) but only the most recent
-``skip_record_limit`` are listed (to be written as SKIPPED run records). Counting is closed-form
-for ``every`` and calendar arithmetic for ``cron`` (see :mod:`peerd.core.schedule`), so a day of
-downtime with ``every 1s`` costs the same as a minute of it. At most ``max_fire`` on-time slots
-fire per call: the earliest ones; the cursor then stops at the last one fired and ``next_at``
-(<= ``now``) says "call again now" for the rest.
+  - ``skip``: no missed slot runs; all are skipped.
+  - ``run_once``: if no slot is on time, the *latest* missed slot fires (the catch-up run) and
+    the older ones are skipped; if a slot is on time, it serves as the catch-up and every missed
+    slot is skipped.
+  - ``run_all``: missed slots with ``fire_at(s) >= now - window`` fire, oldest first; older ones
+    are skipped (reason ``catch_up_window``).
 
-Example: ``every 1m`` anchored at 00:00, cursor 00:00, ``now`` 01:00:10, threshold 30 s. Due:
-00:01 .. 01:00 (60 slots). 01:00 is 10 s old: on time, fires. The 59 others are late: skipped,
-``skipped_count`` 59. New cursor 01:00, ``next_at`` 01:01. Had ``now`` been 01:00:40, nothing would
-be on time: 01:00 fires as catch-up, 00:01 .. 00:59 are skipped (59), cursor 01:00.
+* **Skip reasons**: ``catch_up_window`` (``run_all``, older than the window), else ``misfire``;
+  but a skipped slot whose fire instant is before ``paused_until`` (the task's ``resumed_at``)
+  gets ``paused`` instead: it was missed because the task was paused.
+* **Order and limits**: the due slots form ``[skipped...][fired...]``, and ``fire`` lists the
+  slots to run ascending, so replayed (missed) slots come before on-time ones. At most
+  ``max_fire`` slots fire per call and at most ``replay_budget`` of them may be missed slots (the
+  engine's cluster-wide replay rate limiter, :mod:`peerd.core.ratelimit`, gives the budget and is
+  charged ``missed_fired``). When a limit cuts the list short the cursor stops at the last slot
+  fired (or at the last skipped slot, or stays) and ``next_at`` is the fire instant of the next
+  unplanned slot, ``<= now``: plan again as soon as there is budget. On-time slots never jump
+  ahead of unplanned replays (the cursor is a single point), so while replays wait, later slots
+  may become missed themselves; under ``run_all`` they are then replayed within the window.
+
+Skipped slots are counted exactly per reason (``skipped_counts``) but only the most recent
+``skip_record_limit`` are listed (to be written as SKIPPED run records). Counting is closed form
+for ``every`` and calendar arithmetic for ``cron`` (see :mod:`peerd.core.schedule`), and
+``fire_at`` is called only on a few slots near each boundary (``now + 0``, ``now - threshold``,
+``now - window``, ``paused_until``), so a year of downtime with ``every 1s`` costs the same as a
+minute of it. (Finding a boundary costs one ``fire_at`` call, plus one per slot whose jitter
+carries it across the boundary: at most one such slot when jitter is less than the gap to the
+next slot; larger jitter stays exact, just slower.)
+
+Worked examples, ``every 1m`` anchored at 00:00, no jitter, cursor 00:00, threshold 30 s:
+
+* ``skip``, ``now`` 01:00:10. Due 00:01 .. 01:00 (60 slots); 01:00 is 10 s late: on time, fires.
+  00:01 .. 00:59 are missed: skipped, ``skipped_counts["misfire"]`` 59. Cursor 01:00, ``next_at``
+  01:01. At ``now`` 01:00:40 nothing is on time: nothing fires, 60 skipped, cursor 01:00.
+* ``run_once``, ``now`` 01:00:40. All 60 are missed: 01:00 fires (``missed_fired`` 1),
+  00:01 .. 00:59 are skipped (59, ``misfire``). At 01:00:10, 01:00 fires on time and the 59 are
+  skipped (``missed_fired`` 0). With ``replay_budget`` 0 at 01:00:40: the 59 are skipped, 01:00
+  waits: cursor 00:59, ``next_at`` 01:00 (<= now: plan again when there is budget).
+* ``run_all``, window 10 min, ``now`` 01:00:10. The window starts at 00:50:10, so the missed
+  slots 00:51 .. 00:59 replay, then 01:00 fires on time: ``fire`` 00:51 .. 01:00,
+  ``missed_fired`` 9; 00:01 .. 00:50 are skipped (50, ``catch_up_window``). With
+  ``replay_budget`` 3: ``fire`` 00:51 .. 00:53, cursor 00:53, ``next_at`` 00:54 (<= now).
+* Paused from 00:00 to ``paused_until`` 00:30:00, any policy that skips: 00:01 .. 00:29 are
+  skipped as ``paused``, later skipped slots keep their reason (``misfire`` or
+  ``catch_up_window``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from peerd.core.schedule import CompiledSchedule
+from peerd.errors import InvalidArgument
+from peerd.v1 import scheduler_pb2 as pb
 
+CATCH_UP_SKIP = "skip"
+CATCH_UP_RUN_ONCE = "run_once"
+CATCH_UP_RUN_ALL = "run_all"
+CATCH_UP_POLICIES = (CATCH_UP_SKIP, CATCH_UP_RUN_ONCE, CATCH_UP_RUN_ALL)
+"""Values of :attr:`CatchUp.policy`."""
+
+SKIP_MISFIRE = "misfire"
+SKIP_CATCH_UP_WINDOW = "catch_up_window"
+SKIP_PAUSED = "paused"
+SKIP_REASONS = (SKIP_MISFIRE, SKIP_CATCH_UP_WINDOW, SKIP_PAUSED)
+"""Reasons attached to skipped slots; keys of :attr:`Plan.skipped_counts`."""
+SKIP_REASON_PB = {
+    SKIP_MISFIRE: pb.SKIP_MISFIRE,
+    SKIP_CATCH_UP_WINDOW: pb.SKIP_CATCH_UP_WINDOW,
+    SKIP_PAUSED: pb.SKIP_PAUSED,
+}
+"""Skip reason -> ``pb.SkipReason`` (for ``RunRecord.skip_reason``)."""
+
+DEFAULT_CATCH_UP_WINDOW = timedelta(hours=1)
+MAX_CATCH_UP_WINDOW = timedelta(days=7)
+_POLICY_FROM_PB = {
+    pb.CATCH_UP_POLICY_UNSPECIFIED: CATCH_UP_RUN_ONCE,
+    pb.CATCH_UP_SKIP: CATCH_UP_SKIP,
+    pb.CATCH_UP_RUN_ONCE: CATCH_UP_RUN_ONCE,
+    pb.CATCH_UP_RUN_ALL: CATCH_UP_RUN_ALL,
+}
 _US = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What to do with one task's due slots (all datetimes aware UTC, whole ms).
+class CatchUp:
+    """A task's catch-up policy (pure mirror of the ``TaskSpec`` fields).
 
     Attributes:
-        fire: slots to claim and run now, ascending.
-        skipped: misfired slots to record as SKIPPED, ascending: the most recent
-            ``skip_record_limit`` of them.
-        skipped_count: total misfired slots not run (>= ``len(skipped)``).
-        cursor: the new cursor: the last slot considered (fired or skipped), or the old cursor.
-        next_at: the first slot after the new cursor that is not yet planned: normally the first
-            slot strictly after ``now``; ``<= now`` only when ``max_fire`` cut the batch short (plan
-            again immediately). None when the schedule is exhausted.
+        policy: one of :data:`CATCH_UP_POLICIES`: ``"skip"``, ``"run_once"`` or ``"run_all"``.
+        window: ``run_all`` only: missed slots are replayed only when their fire instant is
+            ``>= now - window``.
+        misfire_threshold: how late (``now - fire_at(slot)``) a slot may be planned and still be
+            on time (inclusive).
+
+    Raises:
+        ValueError: from the constructor for an unknown policy or a negative duration.
+    """
+
+    policy: str
+    window: timedelta
+    misfire_threshold: timedelta
+
+    def __post_init__(self) -> None:
+        if self.policy not in CATCH_UP_POLICIES:
+            raise ValueError(f"catch-up policy must be one of {CATCH_UP_POLICIES}")
+        if self.window < timedelta(0) or self.misfire_threshold < timedelta(0):
+            raise ValueError("catch-up window and misfire threshold must be >= 0")
+
+
+def catch_up_from_proto(
+    spec: pb.TaskSpec, default_threshold: timedelta, field: str = "task"
+) -> CatchUp:
+    """The :class:`CatchUp` of ``spec``.
+
+    Defaults: ``catch_up`` unspecified -> ``run_once``; ``catch_up_window`` unset or 0 -> 1 h
+    (as :mod:`peerd.core.validate` documents); ``misfire_threshold`` unset -> ``default_threshold``
+    (the node's ``--misfire-threshold``), a set 0 is used as given. The finer range checks
+    (window >= 1 s, threshold <= 1 day) are :func:`peerd.core.validate.validate_task`'s.
+
+    Raises:
+        InvalidArgument: ``{field}.catch_up`` for an unknown policy value,
+            ``{field}.catch_up_window`` unless 0 <= window <= 7 days,
+            ``{field}.misfire_threshold`` when negative.
+        ValueError: when ``default_threshold`` is negative.
+    """
+    policy = _POLICY_FROM_PB.get(spec.catch_up)
+    if policy is None:
+        raise InvalidArgument(f"{field}.catch_up", f"unknown catch-up policy {spec.catch_up}")
+    window = DEFAULT_CATCH_UP_WINDOW
+    if spec.HasField("catch_up_window") and spec.catch_up_window.ToTimedelta():
+        window = spec.catch_up_window.ToTimedelta()
+        if not timedelta(0) <= window <= MAX_CATCH_UP_WINDOW:
+            raise InvalidArgument(
+                f"{field}.catch_up_window", f"must be between 0 and 7 days, got {window}"
+            )
+    threshold = default_threshold
+    if spec.HasField("misfire_threshold"):
+        threshold = spec.misfire_threshold.ToTimedelta()
+        if threshold < timedelta(0):
+            raise InvalidArgument(f"{field}.misfire_threshold", f"must be >= 0, got {threshold}")
+    return CatchUp(policy, window, threshold)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one task's due slots (slots are aware UTC datetimes, whole ms).
+
+    Attributes:
+        fire: slots to claim and run now, ascending: replayed missed slots first, then on-time
+            ones.
+        skipped: the most recent ``skip_record_limit`` skipped slots with their reason (one of
+            :data:`SKIP_REASONS`), ascending; to be recorded as SKIPPED.
+        skipped_counts: exact number of slots skipped per reason; every reason in
+            :data:`SKIP_REASONS` is a key (0 when none).
+        missed_fired: how many slots in ``fire`` are missed slots (replays, including the
+            ``run_once`` catch-up run); the engine charges its replay rate limiter with it.
+        cursor: the new cursor: the last slot handled (fired or skipped), or the old cursor.
+        next_at: the fire instant of the first slot after the new cursor: after ``now`` normally;
+            ``<= now`` only when ``max_fire`` or ``replay_budget`` cut the plan short (plan again
+            when there is room). None when the schedule is exhausted.
     """
 
     fire: list[datetime]
-    skipped: list[datetime]
-    skipped_count: int
+    skipped: list[tuple[datetime, str]]
+    skipped_counts: dict[str, int]
+    missed_fired: int
     cursor: datetime
     next_at: datetime | None
+
+    @property
+    def skipped_count(self) -> int:
+        """Total slots skipped (>= ``len(skipped)``)."""
+        return sum(self.skipped_counts.values())
+
+
+def _no_skips() -> dict[str, int]:
+    return dict.fromkeys(SKIP_REASONS, 0)
 
 
 def plan_due(
     schedule: CompiledSchedule,
     cursor: datetime,
     now: datetime,
-    misfire_threshold: timedelta,
+    catch_up: CatchUp,
     *,
+    fire_at: Callable[[datetime], datetime] | None = None,
+    paused_until: datetime | None = None,
     max_fire: int = 1000,
+    replay_budget: int | None = None,
     skip_record_limit: int = 100,
 ) -> Plan:
-    """Plan the slots of ``schedule`` due in ``(cursor, now]`` (rules in the module docstring).
+    """Plan the due slots of ``schedule`` after ``cursor`` (rules in the module docstring).
 
     Args:
         schedule: the task's compiled schedule (bounds and ``max_runs`` already applied).
         cursor: last slot handled (aware); slots at or before it are never planned again.
         now: current time (aware).
-        misfire_threshold: how late (``now - slot``) a slot may be and still fire on time (>= 0).
-        max_fire: most on-time slots fired per call (>= 1).
-        skip_record_limit: most skipped slots listed (>= 0); the count is always exact.
+        catch_up: the task's policy, window and misfire threshold.
+        fire_at: slot -> fire instant (aware): deterministic, strictly increasing, ``>= slot``
+            (jitter); None = the slot itself.
+        paused_until: when the task was last resumed (``TaskSpec.resumed_at``): skipped slots
+            whose fire instant is before it get reason ``paused``. None = never paused.
+        max_fire: most slots in ``fire`` per call (>= 1).
+        replay_budget: most *missed* slots in ``fire`` per call (>= 0); None = unlimited.
+        skip_record_limit: most skipped slots listed (>= 0); the counts are always exact.
 
     Raises:
-        ValueError: for naive datetimes, a negative threshold, ``max_fire < 1`` or
-            ``skip_record_limit < 0``.
+        ValueError: for naive datetimes, ``max_fire < 1``, ``replay_budget < 0``,
+            ``skip_record_limit < 0``, or ``fire_at`` returning a time before its slot.
     """
     if cursor.tzinfo is None or now.tzinfo is None:
         raise ValueError("cursor and now must be timezone-aware")
-    if misfire_threshold < timedelta(0) or max_fire < 1 or skip_record_limit < 0:
-        raise ValueError("need misfire_threshold >= 0, max_fire >= 1, skip_record_limit >= 0")
+    if paused_until is not None and paused_until.tzinfo is None:
+        raise ValueError("paused_until must be timezone-aware")
+    if max_fire < 1 or skip_record_limit < 0 or (replay_budget is not None and replay_budget < 0):
+        raise ValueError("need max_fire >= 1, skip_record_limit >= 0, replay_budget >= 0")
+
+    def fire_of(slot: datetime) -> datetime:
+        if fire_at is None:
+            return slot
+        t = fire_at(slot)
+        if t < slot:
+            raise ValueError(f"fire_at({slot.isoformat()}) = {t.isoformat()} is before the slot")
+        return t
+
+    def split(x: datetime) -> datetime:
+        """Bound b >= cursor: slots in (cursor, b] fire before ``x``, later slots at/after it."""
+        b = x - _US
+        if fire_at is None:
+            return max(b, cursor)
+        while b > cursor:
+            last = schedule.last_slots(cursor, b, 1)
+            if not last or fire_of(last[0]) < x:
+                break
+            b = last[0] - _US
+        return max(b, cursor)
+
     if now <= cursor:
-        return Plan([], [], 0, cursor, schedule.next_after(cursor))
-    late_until = now - misfire_threshold - _US  # late <=> slot < now - threshold
-    on_time = schedule.slots_between(max(cursor, late_until), now, max_fire + 1)
-    late = schedule.count_between(cursor, late_until) if late_until > cursor else 0
-    capped = len(on_time) > max_fire
-    if on_time:
-        fire = on_time[:max_fire]
-        skipped = schedule.last_slots(cursor, late_until, skip_record_limit) if late else []
-        skipped_count = late
-    elif late:
-        tail = schedule.last_slots(cursor, late_until, skip_record_limit + 1)
-        fire, skipped, skipped_count = tail[-1:], tail[:-1], late - 1
-    else:
-        fire, skipped, skipped_count = [], [], 0
-    new_cursor = fire[-1] if fire else cursor
-    next_at = schedule.next_after(new_cursor if capped else max(new_cursor, now))
-    return Plan(fire, skipped, skipped_count, new_cursor, next_at)
+        nxt = schedule.next_after(cursor)
+        return Plan([], [], _no_skips(), 0, cursor, None if nxt is None else fire_of(nxt))
+    due_b = split(now + _US)  # due: (cursor, due_b]
+    on_time_b = min(split(now - catch_up.misfire_threshold), due_b)  # missed: (cursor, on_time_b]
+    # the due slots are [skipped: (cursor, skip_b]] [missed to fire: (skip_b, missed_b]] [on time]
+    skip_b, missed_b, reason = on_time_b, on_time_b, SKIP_MISFIRE
+    if catch_up.policy == CATCH_UP_RUN_ALL:
+        skip_b, reason = min(split(now - catch_up.window), on_time_b), SKIP_CATCH_UP_WINDOW
+    elif catch_up.policy == CATCH_UP_RUN_ONCE and not schedule.slots_between(on_time_b, due_b, 1):
+        latest = schedule.last_slots(cursor, on_time_b, 1)  # nothing on time: the catch-up run
+        if latest:
+            skip_b = latest[0] - _US
+
+    counts = _no_skips()
+    skipped: list[tuple[datetime, str]] = []
+    new_cursor = cursor
+    total_skipped = schedule.count_between(cursor, skip_b)
+    if total_skipped:
+        pause_b = split(paused_until) if paused_until is not None else cursor
+        counts[SKIP_PAUSED] = schedule.count_between(cursor, min(pause_b, skip_b))
+        counts[reason] = total_skipped - counts[SKIP_PAUSED]
+        tail = schedule.last_slots(cursor, skip_b, max(skip_record_limit, 1))
+        new_cursor = tail[-1]
+        if skip_record_limit:
+            skipped = [(s, SKIP_PAUSED if s <= pause_b else reason) for s in tail]
+
+    n_missed = schedule.count_between(skip_b, missed_b)
+    limit = max_fire
+    if replay_budget is not None and replay_budget < n_missed:
+        limit = min(limit, replay_budget)
+    fire = schedule.slots_between(skip_b, due_b, limit) if limit else []
+    if fire:
+        new_cursor = fire[-1]
+    nxt = schedule.next_after(new_cursor)
+    return Plan(
+        fire=fire,
+        skipped=skipped,
+        skipped_counts=counts,
+        missed_fired=min(len(fire), n_missed),
+        cursor=new_cursor,
+        next_at=None if nxt is None else fire_of(nxt),
+    )
