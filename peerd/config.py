@@ -5,10 +5,11 @@ is passed in as a mapping so tests never touch ``os.environ``.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,15 @@ class NodeConfig:
     """Run records kept per task; older ones are deleted."""
     max_concurrent_runs: int = 512
     """Executions running at once on this node; further claimed runs wait (lateness grows)."""
+    max_http_runs: int = 256
+    """HTTP executions running at once on this node (within ``max_concurrent_runs``)."""
+    max_shell_runs: int = 32
+    """Shell executions (child processes) running at once on this node."""
+    max_python_runs: int = 64
+    """Python-callable executions running at once on this node."""
+    catch_up_rate: float = 50.0
+    """Cluster-wide cap on replayed missed slots (``CATCH_UP_RUN_ALL``), slots per second,
+    shared by the nodes; > 0."""
     drain_grace_s: float = 30.0
     """On SIGTERM, seconds running executions get to finish after the node handed its tasks
     over; then the lease is revoked and the process exits 0."""
@@ -83,6 +93,10 @@ _ENV = {
     "misfire_threshold": "PEERD_MISFIRE_THRESHOLD",
     "runs_keep": "PEERD_RUNS_KEEP",
     "max_concurrent_runs": "PEERD_MAX_CONCURRENT_RUNS",
+    "max_http_runs": "PEERD_MAX_HTTP_RUNS",
+    "max_shell_runs": "PEERD_MAX_SHELL_RUNS",
+    "max_python_runs": "PEERD_MAX_PYTHON_RUNS",
+    "catch_up_rate": "PEERD_CATCH_UP_RATE",
     "log_format": "PEERD_LOG_FORMAT",
     "log_level": "PEERD_LOG_LEVEL",
     "drain_grace_s": "PEERD_DRAIN_GRACE",
@@ -182,6 +196,9 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
         ("lease_ttl_s", MIN_LEASE_TTL_S),
         ("runs_keep", 1),
         ("max_concurrent_runs", 1),
+        ("max_http_runs", 1),
+        ("max_shell_runs", 1),
+        ("max_python_runs", 1),
         ("claim_batch", 1),
     ):
         if name in raw:
@@ -199,6 +216,19 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
     if "allow_shell" in raw:
         value = raw["allow_shell"]
         kw["allow_shell"] = tuple([value] if isinstance(value, str) else value)
+    if "catch_up_rate" in raw:
+        value = raw["catch_up_rate"]
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(
+                "--catch-up-rate", f"expected slots per second (a number), got {value!r}"
+            ) from None
+        if not math.isfinite(rate) or rate <= 0:
+            raise InvalidArgument("--catch-up-rate", f"must be a number > 0, got {value!r}")
+        kw["catch_up_rate"] = rate
     if "drain_grace_s" in raw:
         kw["drain_grace_s"] = _as_seconds(raw["drain_grace_s"], "--drain-grace").total_seconds()
     if "misfire_threshold" in raw:
@@ -215,4 +245,74 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
     return NodeConfig(**kw)
 
 
-__all__ = ["DEFAULT_ETCD", "DEFAULT_LISTEN", "NodeConfig", "build_config", "parse_hostport"]
+RELOADABLE = frozenset(
+    {
+        "allow_shell",
+        "max_concurrent_runs",
+        "max_http_runs",
+        "max_shell_runs",
+        "max_python_runs",
+        "catch_up_rate",
+        "misfire_threshold",
+        "log_level",
+        "drain_grace_s",
+        "runs_keep",
+    }
+)
+"""Fields a running node applies on SIGHUP (:func:`reload_config`); the others need a restart."""
+
+
+def reload_config(
+    current: NodeConfig,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None,
+) -> tuple[NodeConfig, list[str]]:
+    """Re-read the configuration of a running node (SIGHUP) and keep what may change live.
+
+    The merge is the one :func:`build_config` does at start, with the same ``flags`` and ``env``
+    (so they keep precedence over the file) and a fresh read of ``config_file``.
+
+    Args:
+        current: the configuration the node runs with.
+        flags: the flags the node was started with (as given to :func:`build_config`).
+        env: the environment the node was started with.
+        config_file: the ``--config`` file (``None``: only flags/env/defaults, nothing to re-read).
+
+    Returns:
+        ``(new, warnings)``: ``new`` equals ``current`` except for the :data:`RELOADABLE` fields,
+        which take their re-read values; ``warnings`` has one message per other field whose
+        re-read value differs, e.g. ``"listen changed in the file; restart to apply"`` (field
+        names only, never values), sorted by field name.
+
+    Raises:
+        InvalidArgument: the file cannot be read or parsed, has unknown keys, or a value is
+            invalid (including a non-reloadable one); the caller keeps ``current``.
+    """
+    fresh = build_config(flags, env, config_file)
+    changes = {name: getattr(fresh, name) for name in RELOADABLE}
+    warnings = [
+        f"{f.name} changed in the file; restart to apply"
+        for f in sorted(fields(NodeConfig), key=lambda f: f.name)
+        if f.name not in RELOADABLE and getattr(fresh, f.name) != getattr(current, f.name)
+    ]
+    return replace(current, **changes), warnings
+
+
+def changed_fields(old: NodeConfig, new: NodeConfig) -> list[str]:
+    """Names of the fields whose values differ between ``old`` and ``new``, sorted."""
+    return sorted(
+        f.name for f in fields(NodeConfig) if getattr(old, f.name) != getattr(new, f.name)
+    )
+
+
+__all__ = [
+    "DEFAULT_ETCD",
+    "DEFAULT_LISTEN",
+    "RELOADABLE",
+    "NodeConfig",
+    "build_config",
+    "changed_fields",
+    "parse_hostport",
+    "reload_config",
+]

@@ -3,12 +3,19 @@
 Event names are stable snake_case (``member_registered``, ``run_failed``); ``node_id``,
 ``task_id`` and ``scheduled_at`` are bound where they apply. Configured by the process entry
 point (``peerd serve``), never at import time.
+
+The level can change while the process runs (:func:`set_level`, on SIGHUP). Loggers bound before
+the change (``log.bind(node_id=...)``) are cached by structlog with their wrapper class, so the
+level is not baked into that class: the first processor drops events below the current level.
+An event below the level costs one processor call.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -19,27 +26,77 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+"""Level of each structlog logging method; methods not listed (``msg``) are never dropped."""
+
+_threshold = logging.INFO
+
+
+def set_level(level: str) -> None:
+    """Drop events below ``level`` from now on, in every logger (bound ones included).
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error`` (case-insensitive).
+
+    Raises:
+        ValueError: any other value.
+    """
+    global _threshold
+    try:
+        _threshold = _LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(
+            f"log level must be debug, info, warning or error, got {level!r}"
+        ) from None
+
+
+def get_level() -> str:
+    """The current level name, e.g. ``"info"``."""
+    return next(name for name, value in _LEVELS.items() if value == _threshold)
+
+
+def _filter_level(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: drop the event when its method's level is below the current one."""
+    if _METHOD_LEVELS.get(method_name, logging.CRITICAL) < _threshold:
+        raise structlog.DropEvent
+    return event_dict
+
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog for this process.
 
     Args:
         fmt: ``json``, ``console`` or ``auto`` (console when stderr is a terminal).
-        level: ``debug``, ``info``, ``warning`` or ``error``.
+        level: ``debug``, ``info``, ``warning`` or ``error``; unknown values mean ``info``.
+            Change it later with :func:`set_level`.
     """
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
+    set_level(level if level.lower() in _LEVELS else "info")
     structlog.configure(
         processors=[
+            _filter_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        # Everything reaches the processors; _filter_level applies the (changeable) level.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

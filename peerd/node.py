@@ -11,6 +11,11 @@ Start-up order matters:
 Shutdown on SIGTERM/SIGINT: health NOT_SERVING, stop planning, let running executions finish up
 to the grace period, revoke the lease (the member key disappears at once, so survivors take over
 without waiting for the TTL), stop the server, exit 0.
+
+SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields
+(:data:`peerd.config.RELOADABLE`: shell allow-list, run limits, catch-up rate, misfire threshold,
+log level, drain grace, runs kept) apply at once; the lease, the registration and the tasks are
+not touched. An invalid file is rejected and the node keeps running with its old configuration.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -28,23 +36,29 @@ from grpc_reflection.v1alpha import reflection
 
 from peerd import __version__
 from peerd.clock import SystemClock
-from peerd.config import NodeConfig
+from peerd.config import NodeConfig, changed_fields, reload_config
 from peerd.coord.etcd import Etcd
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache, TaskStore
-from peerd.errors import DuplicateNode, Unavailable
+from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
+from peerd.log import set_level
 from peerd.peer import PeerLayer, PeerService
 from peerd.rpc.service import SchedulerService
 from peerd.runner.engine import Engine
+from peerd.runner.shell import ShellAllowList
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("peerd.node")
+
+ReloadSource = tuple[Mapping[str, Any], Mapping[str, str], Path | None]
+"""What a node's configuration was built from: ``(flags, env, config_file)`` as passed to
+:func:`peerd.config.build_config`; SIGHUP re-reads it (:func:`peerd.config.reload_config`)."""
 
 
 async def probe_health(address: str, timeout_s: float = 1.0) -> bool:
@@ -59,10 +73,24 @@ async def probe_health(address: str, timeout_s: float = 1.0) -> bool:
 
 
 class Node:
-    """A running node. Construct, then ``await run()``; ``request_stop()`` ends it cleanly."""
+    """A running node. Construct, then ``await run()``; ``request_stop()`` ends it cleanly.
 
-    def __init__(self, cfg: NodeConfig, clock: SystemClock | None = None) -> None:
+    Args:
+        cfg: the configuration.
+        clock: time source (default :class:`SystemClock`).
+        reload_source: ``(flags, env, config_file)`` ``cfg`` was built from; without it
+            :meth:`reload` has nothing to re-read and rejects every reload.
+    """
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        clock: SystemClock | None = None,
+        reload_source: ReloadSource | None = None,
+    ) -> None:
         self.cfg = cfg
+        self._reload_source = reload_source
+        self._service: SchedulerService | None = None
         self.clock = clock or SystemClock()
         self.etcd = Etcd(cfg.etcd)
         self.keys = Keys(cfg.prefix)
@@ -88,10 +116,55 @@ class Node:
         """Begin a clean shutdown (signal-handler safe when called from the loop)."""
         self._stop.set()
 
+    def reload(self) -> bool:
+        """Re-read the configuration and apply its reloadable fields (SIGHUP; runs on the loop).
+
+        Re-reads the config file with the flags and environment the node started with (they keep
+        precedence), then applies the :data:`peerd.config.RELOADABLE` fields: the log level, the
+        API's shell allow-list check, and the engine (:meth:`Engine.apply_config`: executors,
+        pools, limits). Membership, the lease and the tasks are not touched. Logs
+        ``config_reloaded`` with the names of the changed fields (never their values), and one
+        ``config_reload_restart_needed`` per non-reloadable field that changed in the file.
+
+        Returns:
+            True when the new configuration is in force; False when it was rejected (logged as
+            ``config_reload_rejected`` with the reason) and the old one is kept.
+        """
+        if self._reload_source is None:
+            self._log.error(
+                "config_reload_rejected", reason="node was started without a reloadable source"
+            )
+            return False
+        flags, env, config_file = self._reload_source
+        try:
+            new, warnings = reload_config(self.cfg, flags, env, config_file)
+        except InvalidArgument as exc:
+            self._log.error("config_reload_rejected", reason=str(exc), file=str(config_file))
+            return False
+        for warning in warnings:
+            self._log.warning("config_reload_restart_needed", detail=warning)
+        changed = changed_fields(self.cfg, new)
+        try:
+            self.engine.apply_config(new)
+        except Exception as exc:
+            self._log.error(
+                "config_reload_rejected",
+                reason=f"engine refused it: {type(exc).__name__}: {exc}",
+                exc_info=True,
+            )
+            return False
+        self.cfg = new
+        set_level(new.log_level)
+        if self._service is not None:
+            self._service.allow = ShellAllowList(new.allow_shell)
+        self._log.info("config_reloaded", changed=changed, file=str(config_file))
+        return True
+
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_SchedulerServicer_to_server(SchedulerService(self), server)
+        self._service = SchedulerService(self)
+        pb_grpc.add_SchedulerServicer_to_server(self._service, server)
         ppb_grpc.add_PeerServicer_to_server(PeerService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -197,14 +270,21 @@ def _fatal(message: str, code: int) -> int:
     return code
 
 
-def run_node(cfg: NodeConfig) -> int:
-    """Run a node in this process until SIGTERM/SIGINT; returns the exit code."""
+def run_node(cfg: NodeConfig, reload_source: ReloadSource | None = None) -> int:
+    """Run a node in this process until SIGTERM/SIGINT; returns the exit code.
+
+    Args:
+        cfg: the configuration.
+        reload_source: ``(flags, env, config_file)`` ``cfg`` was built from, re-read on SIGHUP
+            (see :meth:`Node.reload`); ``None``: SIGHUP is logged as a rejected reload.
+    """
 
     async def main() -> int:
-        node = Node(cfg)
+        node = Node(cfg, reload_source=reload_source)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, node.reload)
         return await node.run()
 
     return asyncio.run(main())

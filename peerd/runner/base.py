@@ -8,6 +8,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+FAILURE_HTTP_5XX = "http_5xx"
+FAILURE_HTTP_429 = "http_429"
+FAILURE_HTTP_4XX = "http_4xx"
+"""Any other non-2xx HTTP status (1xx, 3xx, 4xx other than 429)."""
+FAILURE_TIMEOUT = "timeout"
+"""The per-attempt timeout (or the overall deadline) expired."""
+FAILURE_CONNECTION = "connection"
+"""Connect/transport error, or a process that could not be started."""
+FAILURE_NONZERO_EXIT = "nonzero_exit"
+"""A process exited non-zero or was killed by a signal."""
+FAILURE_EXCEPTION = "exception"
+"""A Python callable raised."""
+FAILURE_CANCELLED = "cancelled"
+"""The run was cancelled (overlap REPLACE, drain)."""
+FAILURE_CONFIG = "config"
+"""Not runnable on this node (command not allow-listed, unknown entry point, bad user): never
+retried."""
+FAILURE_CLASSES = (
+    FAILURE_HTTP_5XX,
+    FAILURE_HTTP_429,
+    FAILURE_HTTP_4XX,
+    FAILURE_TIMEOUT,
+    FAILURE_CONNECTION,
+    FAILURE_NONZERO_EXIT,
+    FAILURE_EXCEPTION,
+    FAILURE_CANCELLED,
+    FAILURE_CONFIG,
+)
+"""Values of :attr:`Outcome.failure` for a failed attempt ("" when it succeeded)."""
+
 OUTPUT_TAIL_BYTES = 4096
 """Output kept per run (the last bytes of stdout+stderr or of the HTTP response body)."""
 
@@ -43,6 +73,9 @@ class Execution:
         node_id: the executing node.
         fencing_token: etcd revision of the claim; targets may reject smaller tokens.
         timeout: per-attempt time limit.
+        fire_at: when the slot was due (slot + jitter; None = the slot).
+        cause_json: for a compensation run (``TaskSpec.on_failure``), the failed run that
+            triggered it as a JSON object (protobuf JSON mapping of ``RunRecord``); else "".
     """
 
     task_id: str
@@ -51,6 +84,8 @@ class Execution:
     node_id: str
     fencing_token: int
     timeout: timedelta
+    cause_json: str = ""
+    fire_at: datetime | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -59,7 +94,9 @@ class Execution:
 
 @dataclass
 class Outcome:
-    """Result of one attempt. ``started_at``/``finished_at`` are aware UTC."""
+    """Result of one attempt. ``started_at``/``finished_at`` are aware UTC. ``failure`` is one
+    of :data:`FAILURE_CLASSES` when ``succeeded`` is false (it decides whether a retry policy
+    retries), "" otherwise."""
 
     succeeded: bool
     started_at: datetime
@@ -69,3 +106,4 @@ class Outcome:
     output_tail: str = ""
     error: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    failure: str = ""

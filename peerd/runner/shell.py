@@ -3,7 +3,8 @@
 Shell execution is off on a node unless the node allow-lists command lines with
 ``--allow-shell PATTERN``. Each run gets its own session/process group so a timeout or a
 cancellation can kill the command together with everything it spawned. Run failures never
-raise; they are reported in the returned :class:`~peerd.runner.base.Outcome`.
+raise; they are reported in the returned :class:`~peerd.runner.base.Outcome` with a failure class
+(:data:`~peerd.runner.base.FAILURE_CLASSES`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from typing import Any
 import structlog
 
 from peerd.clock import Clock, SystemClock
-from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome, rfc3339, tail
+from peerd.runner.base import (
+    FAILURE_CONFIG,
+    FAILURE_CONNECTION,
+    FAILURE_NONZERO_EXIT,
+    FAILURE_TIMEOUT,
+    OUTPUT_TAIL_BYTES,
+    Execution,
+    Outcome,
+    rfc3339,
+    tail,
+)
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -94,8 +105,20 @@ class _Tail:
         return tail(bytes(self._buf), self._limit)
 
 
+CAUSE_ENV = "PEERD_CAUSE_JSON"
+"""Environment variable holding the failed run (``RunRecord`` JSON) for a compensation run."""
+
+
 class _Refused(Exception):
-    """A run refused before anything was started; the message is the Outcome error."""
+    """A run refused before anything was started; the message is the Outcome error.
+
+    Attributes:
+        failure: the failure class (:data:`FAILURE_CONFIG` unless the node could retry it).
+    """
+
+    def __init__(self, message: str, failure: str = FAILURE_CONFIG) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 def _user_name(uid: int) -> str:
@@ -181,8 +204,13 @@ class ShellExecutor:
 
     @property
     def allow_list(self) -> ShellAllowList:
-        """The allow-list this executor enforces."""
+        """The allow-list this executor enforces. Assigning a new one (config reload) applies to
+        runs that start afterwards; running commands are not affected."""
         return self._allow
+
+    @allow_list.setter
+    def allow_list(self, allow: ShellAllowList) -> None:
+        self._allow = allow
 
     async def run(self, target: pb.ShellTarget, execution: Execution) -> Outcome:
         """Run ``target.argv`` for ``execution`` and report how it went.
@@ -191,25 +219,31 @@ class ShellExecutor:
         from ``/dev/null`` and stdout+stderr merged; only the last :data:`OUTPUT_TAIL_BYTES` of
         output are kept. Environment: ``base_env``, then ``target.env``, then the ``PEERD_*``
         variables (``PEERD_IDEMPOTENCY_KEY``, ``PEERD_FENCING_TOKEN``, ``PEERD_TASK_ID``,
-        ``PEERD_SCHEDULED_AT`` (RFC 3339), ``PEERD_ATTEMPT``, ``PEERD_NODE_ID``), which the
-        target cannot override. ``target.working_dir`` (if set) must exist.
+        ``PEERD_SCHEDULED_AT`` (RFC 3339), ``PEERD_ATTEMPT``, ``PEERD_NODE_ID``, and for a
+        compensation run ``PEERD_CAUSE_JSON``: the failed run as JSON), which the target cannot
+        override (``PEERD_CAUSE_JSON`` is removed when the run is not a compensation).
+        ``target.working_dir`` (if set) must exist.
 
         ``target.run_as`` switches user (plus its primary and supplementary groups, and
         ``HOME``/``USER``/``LOGNAME``) only when the node runs as root; otherwise such a run
         fails. ``execution.timeout`` bounds the run: on expiry the process group gets SIGTERM,
         then SIGKILL after :data:`KILL_GRACE_SECONDS`.
 
-        Success means exit code 0. Never raises for a failed run (not allow-listed, missing
-        binary or directory, unknown user, non-zero exit, signal, timeout): those are returned
-        as ``Outcome(succeeded=False, error=...)``. On ``asyncio.CancelledError`` the process
-        group is killed (same SIGTERM/SIGKILL sequence) before the cancellation propagates.
+        Success means exit code 0. Never raises for a failed run: those are returned as
+        ``Outcome(succeeded=False, error=..., failure=...)`` with ``failure``
+        :data:`FAILURE_NONZERO_EXIT` (non-zero exit or killed by a signal),
+        :data:`FAILURE_TIMEOUT`, :data:`FAILURE_CONNECTION` (could not be started: missing
+        binary, not executable, missing working directory) or :data:`FAILURE_CONFIG` (not
+        allow-listed, empty argv, unknown ``run_as`` user or a switch the node cannot make).
+        On ``asyncio.CancelledError`` the process group is killed (same SIGTERM/SIGKILL
+        sequence) before the cancellation propagates.
         """
         started = self._clock.now()
         argv = list(target.argv)
         try:
             spawn_kwargs = self._prepare(target, execution, argv)
         except _Refused as exc:
-            return self._outcome(started, error=str(exc))
+            return self._outcome(started, error=str(exc), failure=exc.failure)
 
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -221,7 +255,9 @@ class ShellExecutor:
                 **spawn_kwargs,
             )
         except OSError as exc:
-            return self._outcome(started, error=f"cannot execute {argv[0]}: {exc}")
+            return self._outcome(
+                started, error=f"cannot execute {argv[0]}: {exc}", failure=FAILURE_CONNECTION
+            )
 
         log.info(
             "shell.started", task_id=execution.task_id, attempt=execution.attempt, pid=proc.pid
@@ -245,7 +281,11 @@ class ShellExecutor:
             )
         cwd = target.working_dir or None
         if cwd is not None and not os.path.isdir(cwd):
-            raise _Refused(f"working directory {cwd!r} does not exist or is not a directory")
+            # Like a missing binary: the process cannot be started (yet; a mount may appear).
+            raise _Refused(
+                f"working directory {cwd!r} does not exist or is not a directory",
+                FAILURE_CONNECTION,
+            )
 
         env = dict(self._base_env)
         kwargs: dict[str, Any] = {"cwd": cwd}
@@ -262,6 +302,10 @@ class ShellExecutor:
                 "PEERD_NODE_ID": execution.node_id,
             }
         )
+        if execution.cause_json:
+            env[CAUSE_ENV] = execution.cause_json
+        else:
+            env.pop(CAUSE_ENV, None)
         kwargs["env"] = env
         return kwargs
 
@@ -330,15 +374,19 @@ class ShellExecutor:
 
         code = proc.returncode
         assert code is not None
+        failure = FAILURE_NONZERO_EXIT
         if timed_out:
             error = f"timeout after {seconds}s; process group killed"
+            failure = FAILURE_TIMEOUT
         elif code < 0:
             error = f"killed by signal {_signal_name(-code)}"
         elif code > 0:
             error = f"exit code {code}"
         else:
             error = ""
-        return self._outcome(started, error=error, exit_code=code, output=out.text())
+        return self._outcome(
+            started, error=error, failure=failure, exit_code=code, output=out.text()
+        )
 
     @staticmethod
     async def _wait_exit(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
@@ -393,8 +441,15 @@ class ShellExecutor:
             await asyncio.sleep(_POLL_SECONDS)
 
     def _outcome(
-        self, started: datetime, *, error: str, exit_code: int | None = None, output: str = ""
+        self,
+        started: datetime,
+        *,
+        error: str,
+        failure: str = "",
+        exit_code: int | None = None,
+        output: str = "",
     ) -> Outcome:
+        """An Outcome; ``failure`` is kept only when ``error`` is set (a failed run)."""
         return Outcome(
             succeeded=not error,
             started_at=started,
@@ -402,4 +457,5 @@ class ShellExecutor:
             exit_code=exit_code,
             output_tail=output,
             error=error,
+            failure=failure if error else "",
         )

@@ -18,6 +18,7 @@ import pytest
 
 from peerd import __version__
 from peerd.clock import FakeClock
+from peerd.runner import base
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
 from peerd.runner.http import HttpExecutor
 from peerd.v1 import scheduler_pb2 as pb
@@ -135,6 +136,7 @@ def test_default_post_sends_peerd_headers_and_json_body(server: Server) -> None:
     assert out.succeeded, out.error
     assert out.http_status == 200
     assert out.error == ""
+    assert out.failure == ""
     assert out.output_tail == "ok"
     assert out.started_at <= out.finished_at
     [req] = server.requests
@@ -145,6 +147,7 @@ def test_default_post_sends_peerd_headers_and_json_body(server: Server) -> None:
     assert req.header("Peerd-Fencing-Token") == ["4711"]
     assert req.header("User-Agent") == [f"peerd/{__version__}"]
     assert req.header("Content-Type") == ["application/json"]
+    assert req.header("Peerd-Cause-Idempotency-Key") == []
     assert json.loads(req.body) == {
         "task_id": "nightly-report",
         "scheduled_at": "2026-11-21T06:00:01.000Z",
@@ -266,6 +269,7 @@ def test_timeout_bounds_whole_request(server: Server) -> None:
 
     assert not out.succeeded
     assert out.error == "timeout after 0.5s"
+    assert out.failure == base.FAILURE_TIMEOUT
     assert out.http_status == 0
     assert elapsed < 3.0
     assert len(server.requests) == 1
@@ -281,6 +285,7 @@ def test_timeout_covers_slow_body_after_headers(server: Server) -> None:
 
     assert not out.succeeded
     assert out.error == "timeout after 1.0s"
+    assert out.failure == base.FAILURE_TIMEOUT  # not a 2xx success, not a status class
     assert out.http_status == 200  # the response had arrived
     assert 0 < len(out.output_tail) < 30
     assert elapsed < 3.0
@@ -295,6 +300,7 @@ def test_connection_refused_is_a_failed_outcome() -> None:
     assert not out.succeeded
     assert out.http_status == 0
     assert out.error.startswith("connect error: ")
+    assert out.failure == base.FAILURE_CONNECTION
 
 
 def test_invalid_url_is_a_failed_outcome() -> None:
@@ -302,6 +308,7 @@ def test_invalid_url_is_a_failed_outcome() -> None:
 
     assert not out.succeeded
     assert out.error.startswith("invalid url")
+    assert out.failure == base.FAILURE_CONFIG
 
 
 def test_timestamps_come_from_injected_clock(server: Server) -> None:
@@ -310,3 +317,121 @@ def test_timestamps_come_from_injected_clock(server: Server) -> None:
 
     assert out.started_at == datetime(2030, 1, 1, tzinfo=UTC)
     assert out.finished_at == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+# --- failure classes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [
+        (500, base.FAILURE_HTTP_5XX),
+        (503, base.FAILURE_HTTP_5XX),
+        (599, base.FAILURE_HTTP_5XX),
+        (429, base.FAILURE_HTTP_429),
+        (400, base.FAILURE_HTTP_4XX),
+        (404, base.FAILURE_HTTP_4XX),
+        (428, base.FAILURE_HTTP_4XX),
+        (302, base.FAILURE_HTTP_4XX),  # any other non-2xx, redirects included
+    ],
+)
+def test_non_2xx_status_sets_failure_class(server: Server, status: int, failure: str) -> None:
+    server.status = status
+    server.response_body = b""
+    server.response_headers = {"Location": "/x"} if 300 <= status < 400 else {}
+    out = run(pb.HttpTarget(url=server.url), execution())
+
+    assert not out.succeeded
+    assert out.http_status == status
+    assert out.error == f"HTTP {status}"
+    assert out.failure == failure
+    assert out.failure in base.FAILURE_CLASSES
+
+
+def test_transport_error_after_connect_is_connection_failure() -> None:
+    # A server that accepts and closes without answering: a transport error, not a connect one.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def slam() -> None:
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.close()
+
+        thread = threading.Thread(target=slam, daemon=True)
+        thread.start()
+        out = run(pb.HttpTarget(url=f"http://127.0.0.1:{port}/"), execution())
+        thread.join(5)
+
+    assert not out.succeeded
+    assert out.http_status == 0
+    assert out.error.startswith("request error: ")
+    assert out.failure == base.FAILURE_CONNECTION
+
+
+# --- compensation (cause) ----------------------------------------------------------------------
+
+CAUSE = {
+    "task_id": "charge-card",
+    "scheduled_at": "2026-11-21T06:00:00Z",
+    "status": "FAILED",
+    "error": "HTTP 503",
+    "idempotency_key": "charge-card/1795068000000",
+}
+
+
+def test_cause_is_added_to_default_body_and_header(server: Server) -> None:
+    out = run(pb.HttpTarget(url=server.url), execution(cause_json=json.dumps(CAUSE)))
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    doc = json.loads(req.body)
+    assert doc["cause"] == CAUSE
+    assert doc["task_id"] == "nightly-report"
+    assert req.header("Peerd-Cause-Idempotency-Key") == ["charge-card/1795068000000"]
+    assert req.header("Idempotency-Key") == [execution().idempotency_key]
+
+
+def test_cause_key_read_from_camel_case_json_mapping(server: Server) -> None:
+    cause = {"taskId": "charge-card", "idempotencyKey": "charge-card/1"}
+    out = run(pb.HttpTarget(url=server.url), execution(cause_json=json.dumps(cause)))
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.header("Peerd-Cause-Idempotency-Key") == ["charge-card/1"]
+    assert json.loads(req.body)["cause"] == cause
+
+
+def test_custom_body_is_untouched_but_cause_header_sent_and_unforgeable(server: Server) -> None:
+    target = pb.HttpTarget(
+        url=server.url,
+        body="as given",
+        headers={"peerd-cause-idempotency-key": "forged"},
+    )
+    out = run(target, execution(cause_json=json.dumps(CAUSE)))
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.body == b"as given"
+    assert req.header("Peerd-Cause-Idempotency-Key") == ["charge-card/1795068000000"]
+
+
+def test_user_cannot_send_cause_header_on_a_normal_run(server: Server) -> None:
+    target = pb.HttpTarget(url=server.url, headers={"Peerd-Cause-Idempotency-Key": "forged"})
+    out = run(target, execution())
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.header("Peerd-Cause-Idempotency-Key") == []
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '"text"'])
+def test_invalid_cause_json_fails_as_config_without_sending(server: Server, bad: str) -> None:
+    out = run(pb.HttpTarget(url=server.url), execution(cause_json=bad))
+
+    assert not out.succeeded
+    assert out.failure == base.FAILURE_CONFIG
+    assert "cause_json" in out.error
+    assert server.requests == []

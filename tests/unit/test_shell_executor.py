@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from peerd.runner import base
 from peerd.runner import shell as shell_mod
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
 from peerd.runner.shell import ShellAllowList, ShellExecutor
@@ -106,6 +107,7 @@ def test_denied_command_is_not_run(tmp_path: Path) -> None:
         f"shell command not allowed on node node-b: touch {marker}; "
         "start the node with --allow-shell PATTERN"
     )
+    assert out.failure == base.FAILURE_CONFIG
     assert not marker.exists()
 
 
@@ -115,6 +117,7 @@ def test_allowed_command_runs() -> None:
     assert out.succeeded, out.error
     assert out.exit_code == 0
     assert out.error == ""
+    assert out.failure == ""
     assert out.output_tail == "hello\n"
 
 
@@ -144,6 +147,38 @@ def test_peerd_env_vars_target_env_and_base_env() -> None:
         "base=from-base",
         "path=/usr/bin:/bin",
     ]
+
+
+CAUSE_JSON = '{"task_id":"charge-card","status":"FAILED","error":"exit code 1"}'
+
+
+def test_cause_json_is_passed_to_compensation_runs() -> None:
+    target = sh('printf "%s" "$PEERD_CAUSE_JSON"', env={"PEERD_CAUSE_JSON": "forged"})
+    out = run(target, execution(cause_json=CAUSE_JSON))
+
+    assert out.succeeded, out.error
+    assert out.output_tail == CAUSE_JSON
+
+
+def test_cause_json_is_unset_on_normal_runs_even_if_inherited_or_set_by_target() -> None:
+    target = sh('echo "${PEERD_CAUSE_JSON-unset}"', env={"PEERD_CAUSE_JSON": "forged"})
+    out = run(target, base_env={"PEERD_CAUSE_JSON": "inherited", "PATH": "/usr/bin:/bin"})
+
+    assert out.succeeded, out.error
+    assert out.output_tail == "unset\n"
+
+
+def test_allow_list_can_be_replaced_for_later_runs() -> None:
+    executor = ShellExecutor(ShellAllowList([]))
+    target = sh("echo hi")
+
+    denied = asyncio.run(executor.run(target, execution()))
+    executor.allow_list = ShellAllowList([f"{SH} -c *"])
+    allowed = asyncio.run(executor.run(target, execution()))
+
+    assert denied.failure == base.FAILURE_CONFIG
+    assert allowed.succeeded, allowed.error
+    assert executor.allow_list.patterns == (f"{SH} -c *",)
 
 
 def test_base_env_defaults_to_os_environ_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,6 +212,7 @@ def test_missing_working_dir_fails_without_running(tmp_path: Path) -> None:
     assert out.exit_code is None
     assert str(missing) in out.error
     assert "does not exist" in out.error
+    assert out.failure == base.FAILURE_CONNECTION
 
 
 def test_output_tail_is_last_4kib_of_big_output() -> None:
@@ -199,6 +235,7 @@ def test_non_zero_exit_is_failure_with_code_and_output() -> None:
     assert not out.succeeded
     assert out.exit_code == 3
     assert out.error == "exit code 3"
+    assert out.failure == base.FAILURE_NONZERO_EXIT
     assert out.output_tail == "boom\n"
 
 
@@ -208,6 +245,7 @@ def test_killed_by_signal_reports_negative_code() -> None:
     assert not out.succeeded
     assert out.exit_code == -9
     assert out.error == "killed by signal SIGKILL"
+    assert out.failure == base.FAILURE_NONZERO_EXIT
 
 
 def test_missing_binary_fails_cleanly() -> None:
@@ -217,6 +255,7 @@ def test_missing_binary_fails_cleanly() -> None:
     assert out.exit_code is None
     assert out.error.startswith("cannot execute /nonexistent/peerd-no-such-binary: ")
     assert "No such file" in out.error
+    assert out.failure == base.FAILURE_CONNECTION
 
 
 def test_non_executable_file_fails_cleanly(tmp_path: Path) -> None:
@@ -228,6 +267,7 @@ def test_non_executable_file_fails_cleanly(tmp_path: Path) -> None:
     assert not out.succeeded
     assert out.error.startswith(f"cannot execute {script}: ")
     assert "Permission denied" in out.error
+    assert out.failure == base.FAILURE_CONNECTION
 
 
 def test_empty_argv_fails() -> None:
@@ -235,6 +275,7 @@ def test_empty_argv_fails() -> None:
 
     assert not out.succeeded
     assert "empty argv" in out.error
+    assert out.failure == base.FAILURE_CONFIG
 
 
 # --- timeout and cancellation ------------------------------------------------------------------
@@ -249,6 +290,7 @@ def test_timeout_kills_whole_process_group(tmp_path: Path) -> None:
 
     assert not out.succeeded
     assert out.error == "timeout after 0.5s; process group killed"
+    assert out.failure == base.FAILURE_TIMEOUT
     assert out.exit_code == -15  # sh dies on SIGTERM
     assert out.output_tail == "started\n"
     grandchild = int(pidfile.read_text())
@@ -266,6 +308,7 @@ def test_timeout_escalates_to_sigkill_when_sigterm_ignored(tmp_path: Path) -> No
     elapsed = time.monotonic() - t0
 
     assert out.error == "timeout after 1.5s; process group killed"
+    assert out.failure == base.FAILURE_TIMEOUT
     assert out.exit_code == -9
     assert wait_gone(int(pidfile.read_text()))
     assert 1.5 + shell_mod.KILL_GRACE_SECONDS <= elapsed < 1.5 + shell_mod.KILL_GRACE_SECONDS + 3.0
@@ -313,6 +356,7 @@ def test_run_as_unknown_user_fails_without_running(tmp_path: Path) -> None:
 
     assert not out.succeeded
     assert out.error == "cannot run as user peerd-no-such-user-xyz: no such user"
+    assert out.failure == base.FAILURE_CONFIG
     assert not marker.exists()
 
 
@@ -335,6 +379,7 @@ def test_run_as_other_user_when_not_root_fails(monkeypatch: pytest.MonkeyPatch) 
     assert not out.succeeded
     assert out.exit_code is None
     assert out.error == f"cannot run as user root: node runs as {me} (not root)"
+    assert out.failure == base.FAILURE_CONFIG
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
