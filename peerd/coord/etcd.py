@@ -291,6 +291,11 @@ def cmp_lease(key: bytes, lease_id: int, equal: bool = True) -> Any:
     return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=result, lease=lease_id)
 
 
+def cmp_value(key: bytes, value: bytes) -> Any:
+    """Compare: ``key``'s value equals ``value`` (false when the key does not exist)."""
+    return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=value)
+
+
 def cmp_exists(key: bytes) -> Any:
     """Compare: ``key`` exists (its create revision is above 0)."""
     return rpc.Compare(

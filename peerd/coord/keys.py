@@ -6,7 +6,13 @@ key                                value                       lifetime
 ``<prefix>members/<node_id>``      ``pb.Member``               on the node's lease
 ``<prefix>tasks/<task_id>``        ``pb.TaskSpec``             durable
 ``<prefix>runs/<task_id>/<ms>``    ``pb.RunRecord``            durable, last K kept per task
+``<prefix>active/<task_id>``       run key of the running run  on the claimant's lease
+``<prefix>queued/<task_id>``       run key of the waiting run  on the claimant's lease
 =================================  ==========================  ==============================
+
+``active/`` and ``queued/`` exist only for tasks whose overlap policy is not ALLOW: the first is
+the cluster-wide lock a run holds while it is claimed or running, the second marks the one slot
+an OVERLAP_BUFFER_ONE task may have waiting. Both vanish with the claimant's lease.
 
 ``<ms>`` is the slot's epoch milliseconds zero-padded to 13 digits, so keys sort by time and the
 last claimed slot is one descending range read with limit 1.
@@ -36,6 +42,14 @@ class Keys:
     @property
     def runs_root(self) -> bytes:
         return f"{self.prefix}runs/".encode()
+
+    def active(self, task_id: str) -> bytes:
+        """Overlap lock of ``task_id``: held by the run in progress (value: its run key)."""
+        return f"{self.prefix}active/{task_id}".encode()
+
+    def queued(self, task_id: str) -> bytes:
+        """The waiting slot of an OVERLAP_BUFFER_ONE task (value: its run key)."""
+        return f"{self.prefix}queued/{task_id}".encode()
 
     def member(self, node_id: str) -> bytes:
         return self.members + node_id.encode()

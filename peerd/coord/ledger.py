@@ -19,6 +19,23 @@ lease it claimed under (``claim_lease_id``): a node whose lease expired cannot w
 any more. Its run then belongs to the task's new owner, which takes the record over
 (:meth:`Ledger.take_over`) only once that lease is gone, and either retries it (a new attempt with
 a new fencing token, the revision of the take-over) or marks it LOST.
+
+Overlap (tasks whose overlap policy is not ALLOW) uses a per-task lock key, ``active/<task>``,
+written on the claimant's lease in the claim transaction itself, so "is a run of this task in
+progress anywhere in the cluster?" is decided by etcd, not by one node's memory:
+
+    LOCK     compare  create_revision(run) == 0  and  create_revision(active) == 0
+             success  put run; put active = <run key|node|lease> (on the lease)
+             failure  get run; get active          -> busy: the holder's run key
+    REPLACE  compare  create_revision(run) == 0
+             success  get active; put run; put active   -> replaced: the previous holder
+    QUEUE    compare  create_revision(run) == 0  and  create_revision(queued) == 0
+             success  put run; put queued (on the lease)  -> waits for the lock (BUFFER_ONE)
+
+The lock is released (deleted, compared on its value) when the run ends, and vanishes with the
+claimant's lease if the claimant dies. etcd evaluates every compare of a transaction, nested
+ones included, against the state before the transaction, so a claim batch must hold at most one
+lock-taking slot per task (the engine plans one slot per overlap-controlled task per round).
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ from peerd.coord.etcd import (
     cmp_exists,
     cmp_lease,
     cmp_mod_revision,
+    cmp_value,
     op_delete,
     op_get,
     op_put,
@@ -59,14 +77,37 @@ peers — within half a second. A claim that committed but timed out is recognis
 retry."""
 
 
+LOCK = "lock"
+REPLACE = "replace"
+QUEUE = "queue"
+CLAIM_MODES = (None, LOCK, REPLACE, QUEUE)
+"""How a claim treats the task's overlap lock (see the module docstring); None = ignore it."""
+
+
+def lock_value(run_key: bytes, node_id: str, lease_id: int) -> bytes:
+    """The value of an ``active/`` or ``queued/`` key: who holds it for which run."""
+    return b"%s|%s|%x" % (run_key, node_id.encode(), lease_id)
+
+
+def lock_run_key(value: bytes) -> bytes:
+    """The run key inside a :func:`lock_value`."""
+    return value.split(b"|", 1)[0]
+
+
 @dataclass(frozen=True)
 class ClaimResult:
-    """Outcome of one slot in a claim batch: ``token`` is the fencing token when ``claimed``."""
+    """Outcome of one slot in a claim batch: ``token`` is the fencing token when ``claimed``.
+
+    ``busy`` (not claimed; LOCK or QUEUE mode): the lock (or queue) value of the run in the way.
+    ``replaced`` (claimed in REPLACE mode): the lock value of the run this claim replaced, if any.
+    """
 
     task_id: str
     slot_ms: int
     claimed: bool
     token: int
+    busy: bytes | None = None
+    replaced: bytes | None = None
 
 
 class Ledger:
@@ -78,29 +119,36 @@ class Ledger:
         self.keys = keys
 
     async def claim(
-        self, member_key: bytes, lease_id: int, records: Sequence[pb.RunRecord]
+        self,
+        member_key: bytes,
+        lease_id: int,
+        records: Sequence[pb.RunRecord],
+        modes: Sequence[str | None] | None = None,
     ) -> list[ClaimResult]:
         """Claim one slot per record (``task_id`` + ``scheduled_at``) in one etcd transaction.
 
         Each record is written as given (normally status CLAIMED; SKIPPED for misfires).
+        ``modes[i]`` (one of :data:`CLAIM_MODES`) says how record i treats its task's overlap
+        lock; at most one non-None mode per task per call.
 
         Raises:
             LeaseLost: ``member_key`` is not attached to ``lease_id``; nothing was written.
-            ValueError: more than 127 records.
+            ValueError: more than 127 records, or ``modes`` of another length.
         """
         if len(records) > MAX_NESTED:
             raise ValueError(f"at most {MAX_NESTED} claims per transaction")
         if not records:
             return []
+        modes = list(modes) if modes is not None else [None] * len(records)
+        if len(modes) != len(records):
+            raise ValueError("one mode per record")
         keys = [self.keys.run(r.task_id, _ms(r)) for r in records]
         resp = await self.etcd.txn(
             txn_request(
                 [cmp_lease(member_key, lease_id)],
                 [
-                    op_txn(
-                        [cmp_create_revision(k, 0)], [op_put(k, r.SerializeToString())], [op_get(k)]
-                    )
-                    for k, r in zip(keys, records, strict=True)
+                    self._claim_op(k, r, m, lease_id)
+                    for k, r, m in zip(keys, records, modes, strict=True)
                 ],
             ),
             timeout_s=CLAIM_TIMEOUT_S,
@@ -109,10 +157,14 @@ class Ledger:
             raise LeaseLost("member key is not on this node's lease")
         revision = int(resp.header.revision)
         results = []
-        for r, op in zip(records, resp.responses, strict=True):
+        for r, mode, op in zip(records, modes, resp.responses, strict=True):
             nested = op.response_txn
             if nested.succeeded:
-                results.append(ClaimResult(r.task_id, _ms(r), True, revision))
+                replaced = None
+                if mode == REPLACE:
+                    prev = nested.responses[0].response_range.kvs
+                    replaced = bytes(prev[0].value) if prev else None
+                results.append(ClaimResult(r.task_id, _ms(r), True, revision, replaced=replaced))
                 continue
             # Already claimed. If by this very incarnation, an earlier claim committed but its
             # answer was lost (a timeout during an etcd leader change): the slot is ours.
@@ -124,11 +176,86 @@ class Ledger:
                 and existing.node_id == r.node_id
                 and existing.claim_lease_id == r.claim_lease_id
                 and existing.attempt == r.attempt
-                and existing.status == pb.CLAIMED
+                and existing.status == r.status
             )
             token = kvs[0].create_revision if ours else 0
-            results.append(ClaimResult(r.task_id, _ms(r), ours, token))
+            busy = None
+            if not ours and existing is None and mode in (LOCK, QUEUE):
+                held = nested.responses[1].response_range.kvs
+                busy = bytes(held[0].value) if held else None
+            results.append(ClaimResult(r.task_id, _ms(r), ours, token, busy=busy))
         return results
+
+    def _claim_op(self, key: bytes, r: pb.RunRecord, mode: str | None, lease_id: int) -> Any:
+        put = op_put(key, r.SerializeToString())
+        if mode is None:
+            return op_txn([cmp_create_revision(key, 0)], [put], [op_get(key)])
+        holder = lock_value(key, r.node_id, lease_id)
+        if mode == REPLACE:
+            active = self.keys.active(r.task_id)
+            return op_txn(
+                [cmp_create_revision(key, 0)],
+                [op_get(active), put, op_put(active, holder, lease_id)],
+                [op_get(key)],
+            )
+        lock = self.keys.active(r.task_id) if mode == LOCK else self.keys.queued(r.task_id)
+        if mode not in (LOCK, QUEUE):
+            raise ValueError(f"unknown claim mode {mode!r}")
+        return op_txn(
+            [cmp_create_revision(key, 0), cmp_create_revision(lock, 0)],
+            [put, op_put(lock, holder, lease_id)],
+            [op_get(key), op_get(lock)],
+        )
+
+    async def acquire_lock(
+        self, member_key: bytes, lease_id: int, rec: pb.RunRecord, from_queue: bool
+    ) -> bytes | None:
+        """Take the overlap lock of ``rec``'s task for that run (a buffered run whose turn may
+        have come, or a retried run of a lost owner); ``from_queue`` also frees the queue key
+        this run holds.
+
+        Returns:
+            None when the lock is now held for ``rec``, else the current holder's lock value.
+        Raises:
+            LeaseLost: this node's lease is gone.
+        """
+        key = self.keys.run(rec.task_id, _ms(rec))
+        active = self.keys.active(rec.task_id)
+        holder = lock_value(key, rec.node_id, lease_id)
+        success = [op_put(active, holder, lease_id)]
+        if from_queue:
+            queued = self.keys.queued(rec.task_id)
+            success.append(op_txn([cmp_value(queued, holder)], [op_delete(queued)]))
+        resp = await self.etcd.txn(
+            txn_request(
+                [cmp_lease(member_key, lease_id)],
+                [op_txn([cmp_create_revision(active, 0)], success, [op_get(active)])],
+            )
+        )
+        if not resp.succeeded:
+            raise LeaseLost("member key is not on this node's lease")
+        nested = resp.responses[0].response_txn
+        if nested.succeeded:
+            return None
+        kvs = nested.responses[0].response_range.kvs
+        return bytes(kvs[0].value) if kvs else b""
+
+    async def lock_holder(self, task_id: str) -> bytes | None:
+        """The value of ``task_id``'s overlap lock, or None when no run holds it."""
+        kv = await self.etcd.get(self.keys.active(task_id))
+        return kv.value if kv is not None else None
+
+    async def release_lock(self, rec: pb.RunRecord, lease_id: int) -> bool:
+        """Delete the overlap lock (and a queue mark) of ``rec``'s task if ``rec``'s run holds
+        it under ``lease_id``. Returns whether anything was released."""
+        key = self.keys.run(rec.task_id, _ms(rec))
+        holder = lock_value(key, rec.node_id, lease_id)
+        ops = [
+            op_txn([cmp_value(lock, holder)], [op_delete(lock)])
+            for lock in (self.keys.active(rec.task_id), self.keys.queued(rec.task_id))
+        ]
+        resp = await self.etcd.txn(txn_request([], ops))
+        return any(op.response_txn.succeeded for op in resp.responses)
 
     async def update(self, records: Sequence[pb.RunRecord]) -> int:
         """Write each record if its claimant still holds the lease it claimed under

@@ -8,8 +8,14 @@
   newest run key: one range read), so a new owner continues where the old one stopped.
 * **Claiming** (:meth:`peerd.coord.ledger.Ledger.claim`) batches up to ``claim_batch`` slots of
   any tasks into one etcd transaction, fenced on this node's lease. Only claimed slots execute.
-* **Executing** runs at most ``max_concurrent_runs`` at once; queued time shows as lateness.
-  Record updates (RUNNING, SUCCEEDED, FAILED) are batched by a writer task.
+* **Policies** (``docs/scheduling.md``): the catch-up policy and the cluster-wide replay rate
+  (:class:`peerd.core.ratelimit.TokenBucket`, each node taking its share) decide what happens to
+  missed slots; the overlap policy is enforced by the task's lock key in etcd, taken in the claim
+  transaction (:mod:`peerd.coord.ledger`), so it holds across nodes and owner changes.
+* **Executing** goes through priority-ordered pools (:mod:`peerd.runner.pools`): the node-wide
+  ``max_concurrent_runs`` and one pool per executor kind; queued time shows as lateness. The
+  retry policy (:mod:`peerd.core.retry`) runs further attempts of a failed slot under the same
+  claim; each attempt is recorded. Record updates are batched by a writer task.
 """
 
 from __future__ import annotations
@@ -17,23 +23,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from google.protobuf import json_format
 
 from peerd.clock import SystemClock
 from peerd.config import NodeConfig
-from peerd.coord.ledger import ClaimResult, Ledger
+from peerd.coord.ledger import (
+    LOCK,
+    QUEUE,
+    REPLACE,
+    ClaimResult,
+    Ledger,
+    lock_run_key,
+    lock_value,
+)
 from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache
-from peerd.core.plan import plan_due
+from peerd.core.plan import CATCH_UP_RUN_ALL, CatchUp, Plan, catch_up_from_proto, plan_due
+from peerd.core.ratelimit import TokenBucket, share
+from peerd.core.retry import NO_RETRY, attempt_timeout, next_attempt, retry_from_proto
 from peerd.core.ring import owner
 from peerd.core.schedule import CompiledSchedule, spec_from_proto
 from peerd.errors import LeaseLost, PeerdError, Unavailable
-from peerd.runner.base import Execution, Outcome, rfc3339
+from peerd.runner.base import FAILURE_CONFIG, FAILURE_TIMEOUT, Execution, Outcome, rfc3339
 from peerd.runner.http import HttpExecutor
+from peerd.runner.pools import Pools
+from peerd.runner.python import PythonExecutor
 from peerd.runner.shell import ShellAllowList, ShellExecutor
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import scheduler_pb2 as pb
@@ -52,6 +72,33 @@ HANDOFF_TIMEOUT_S = 3.0
 """Seconds a task keeps firing here while its new owner has not acked the handoff."""
 MAX_SLEEP_S = 1.0
 """The loop wakes at least this often (seconds) even with nothing due."""
+LOCK_POLL_S = 0.25
+"""How often a run waiting for its task's overlap lock, or a REPLACE run watching whether it
+was replaced, polls the lock key (seconds)."""
+REPLACE_WAIT_S = 5.0
+"""How long a REPLACE run waits for the run it replaced to stop before it starts anyway."""
+
+_FIRST_MODE: dict[int, str] = {
+    pb.OVERLAP_FORBID: LOCK,
+    pb.OVERLAP_BUFFER_ONE: LOCK,
+    pb.OVERLAP_REPLACE: REPLACE,
+}
+"""Claim mode of a scheduled slot per overlap policy (ALLOW: no lock)."""
+_CATCH_UP_NAME = {"skip": "SKIP", "run_once": "RUN_ONCE", "run_all": "RUN_ALL"}
+
+
+def _overlap(spec: pb.TaskSpec) -> int:
+    return spec.overlap or pb.OVERLAP_ALLOW
+
+
+def _describe(holder: bytes) -> str:
+    """'slot <time> on <node>' from a lock value (see :func:`peerd.coord.ledger.lock_value`)."""
+    try:
+        run_key, node, _ = holder.decode().split("|")
+        ms = int(run_key.rsplit("/", 1)[1])
+    except ValueError:
+        return "another run"
+    return f"the run of slot {rfc3339(_from_ms(ms))} on {node}"
 
 
 def _ts(dt: datetime) -> float:
@@ -64,14 +111,37 @@ def _from_ms(ms: int) -> datetime:
 
 @dataclass
 class Owned:
-    """A task this node currently plans."""
+    """A task this node currently plans. ``cursor`` is the last slot handled; ``next_at`` the
+    fire instant (slot + jitter) of the next slot to plan."""
 
     spec: pb.TaskSpec
     compiled: CompiledSchedule
     generation: int
+    catch_up: CatchUp
     cursor: datetime | None = None
     next_at: datetime | None = None
     claims_since_trim: int = 0
+
+    @property
+    def overlap(self) -> int:
+        return _overlap(self.spec)
+
+    @property
+    def paused_until(self) -> datetime | None:
+        return self.spec.resumed_at.ToDatetime(UTC) if self.spec.HasField("resumed_at") else None
+
+    def fire_at(self, slot: datetime) -> datetime:
+        """When ``slot`` fires: the slot plus its deterministic jitter."""
+        return self.compiled.fire_at(self.spec.id, slot)
+
+
+@dataclass
+class _Claim:
+    """One record to claim and how it treats the task's overlap lock."""
+
+    spec: pb.TaskSpec
+    rec: pb.RunRecord
+    mode: str | None
 
 
 @dataclass
@@ -91,7 +161,12 @@ class Executors:
     def __init__(self, allow_shell: ShellAllowList, clock: SystemClock) -> None:
         self.http = HttpExecutor(clock=clock)
         self.shell = ShellExecutor(allow_shell, clock=clock)
+        self.python = PythonExecutor(clock=clock)
         self.clock = clock
+
+    def set_allow_shell(self, allow_shell: ShellAllowList) -> None:
+        """Use a new allow-list for runs that start from now on (hot reload)."""
+        self.shell.allow_list = allow_shell
 
     async def run(self, spec: pb.TaskSpec, execution: Execution) -> Outcome:
         kind = spec.WhichOneof("target")
@@ -99,11 +174,16 @@ class Executors:
             return await self.http.run(spec.http, execution)
         if kind == "shell":
             return await self.shell.run(spec.shell, execution)
+        if kind == "python":
+            return await self.python.run(spec.python, execution)
         now = self.clock.now()
-        return Outcome(False, now, now, error=f"task has no executor target ({kind})")
+        return Outcome(
+            False, now, now, error=f"task has no executor target ({kind})", failure=FAILURE_CONFIG
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.python.aclose()
 
 
 class Engine:
@@ -130,7 +210,12 @@ class Engine:
         self._generation = 0
         self._to_load: set[str] = set()
         self._wake = asyncio.Event()
-        self._sem = asyncio.Semaphore(cfg.max_concurrent_runs)
+        self.pools = Pools(cfg)
+        rate = share(cfg.catch_up_rate, 1)
+        self._replay = TokenBucket(rate, max(1.0, rate), clock.monotonic())
+        self._rng = random.Random()
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[tuple[str, int], str] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._updates: asyncio.Queue[pb.RunRecord] = asyncio.Queue()
         self._trims: set[str] = set()
@@ -172,9 +257,25 @@ class Engine:
     def _owns(self, spec: pb.TaskSpec, members: list[str]) -> bool:
         return not spec.paused and owner(spec.id, members) == self.node_id
 
+    def apply_config(self, cfg: NodeConfig) -> None:
+        """Apply a reloaded configuration (SIGHUP): shell allow-list, pool limits, replay rate,
+        misfire threshold, runs kept. Running executions keep the settings they started with."""
+        self.cfg = cfg
+        self.executors.set_allow_shell(ShellAllowList(cfg.allow_shell))
+        self.pools.apply(cfg)
+        self._set_replay_rate(len(self.ownership_members()))
+        for o in self.owned.values():
+            o.catch_up = catch_up_from_proto(o.spec, cfg.misfire_threshold)
+        self._wake.set()
+
+    def _set_replay_rate(self, live: int) -> None:
+        """Take this node's share of the cluster-wide catch-up rate (``live`` owning members)."""
+        self._replay.set_rate(share(self.cfg.catch_up_rate, max(1, live)), self.clock.monotonic())
+
     def reconcile_all(self) -> None:
         """Recompute the owned set from the current member and task views."""
         members = self.ownership_members()
+        self._set_replay_rate(len(members))
         wanted = {tid for tid, spec in self.cache.tasks.items() if self._owns(spec, members)}
         for tid in list(self.owned):
             if tid not in wanted:
@@ -211,7 +312,9 @@ class Engine:
             self._log.error("task_schedule_invalid", task_id=spec.id, error=str(exc))
             return None
         self._generation += 1
-        o = Owned(spec, compiled, self._generation)
+        o = Owned(
+            spec, compiled, self._generation, catch_up_from_proto(spec, self.cfg.misfire_threshold)
+        )
         self.owned[spec.id] = o
         if cursor is None:
             self._to_load.add(spec.id)
@@ -249,9 +352,14 @@ class Engine:
 
     def _set_cursor(self, o: Owned, cursor: datetime) -> None:
         o.cursor = cursor
-        o.next_at = o.compiled.next_after(cursor)
+        o.next_at = self._next_fire(o, cursor)
         self._to_load.discard(o.spec.id)
         self._push(o)
+
+    @staticmethod
+    def _next_fire(o: Owned, after: datetime) -> datetime | None:
+        slot = o.compiled.next_after(after)
+        return o.fire_at(slot) if slot is not None else None
 
     # -- handoff ---------------------------------------------------------------------------------
 
@@ -340,9 +448,11 @@ class Engine:
         for tid in list(self.owned):
             self._drop(tid)
 
-    def _push(self, o: Owned) -> None:
+    def _push(self, o: Owned, at_ts: float | None = None) -> None:
+        """Schedule ``o`` for planning at its ``next_at`` (or at ``at_ts``, epoch seconds)."""
         if o.next_at is not None:
-            heapq.heappush(self._heap, (_ts(o.next_at), o.generation, o.spec.id))
+            ts = _ts(o.next_at) if at_ts is None else at_ts
+            heapq.heappush(self._heap, (ts, o.generation, o.spec.id))
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -400,9 +510,9 @@ class Engine:
                 return
             last = recent[0][0].scheduled_at.ToMilliseconds() if recent else None
             self._note_orphans(recent)
+            # Slots missed while the task was paused are planned like any missed slot: the
+            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED).
             floor = o.spec.created_at.ToDatetime(UTC)
-            if o.spec.HasField("resumed_at"):
-                floor = max(floor, o.spec.resumed_at.ToDatetime(UTC))
             self._set_cursor(o, max(floor, _from_ms(last)) if last is not None else floor)
 
         await asyncio.gather(*(load(t) for t in ids))
@@ -418,64 +528,111 @@ class Engine:
                 due[tid] = o
         if not due:
             return
-        records: list[pb.RunRecord] = []
-        plans = []
-        for o in due.values():
+        mono = self.clock.monotonic()
+        budget = self._replay.available(mono)
+        claims: list[_Claim] = []
+        plans: list[tuple[Owned, Plan]] = []
+        # Single catch-up runs (SKIP / RUN_ONCE) draw on the replay budget before bulk replays
+        # (RUN_ALL), so a long replay cannot starve them.
+        for o in sorted(due.values(), key=lambda o: o.catch_up.policy == CATCH_UP_RUN_ALL):
             assert o.cursor is not None
-            plan = plan_due(o.compiled, o.cursor, now, self.cfg.misfire_threshold)
+            plan = plan_due(
+                o.compiled,
+                o.cursor,
+                now,
+                o.catch_up,
+                fire_at=o.fire_at,
+                paused_until=o.paused_until,
+                # One lock-taking claim per task per round (see peerd.coord.ledger); the rest
+                # of the due slots are planned in the next round, at once.
+                max_fire=1 if o.overlap != pb.OVERLAP_ALLOW else 1000,
+                replay_budget=budget,
+            )
+            budget -= plan.missed_fired
+            self._replay.take(plan.missed_fired, mono)
             plans.append((o, plan))
-            for slot in plan.skipped:
-                rec = self._record(o.spec.id, slot, pb.SKIPPED, now)
-                rec.error = (
-                    f"misfire: {(now - slot).total_seconds():.1f}s late, beyond the "
-                    f"{self.cfg.misfire_threshold.total_seconds():g}s threshold; not run"
-                )
-                records.append(rec)
-            records.extend(self._record(o.spec.id, s, pb.CLAIMED, now) for s in plan.fire)
+            for slot, reason in plan.skipped:
+                claims.append(_Claim(o.spec, self._skipped(o, slot, reason, now), None))
+            for slot in plan.fire:
+                rec = self._record(o.spec.id, slot, pb.CLAIMED, now)
+                rec.fire_at.FromDatetime(o.fire_at(slot))
+                rec.priority = o.spec.priority
+                claims.append(_Claim(o.spec, rec, _FIRST_MODE.get(o.overlap)))
         try:
-            results = await self._claim(records)
+            await self._claim_rounds(claims)
         except PeerdError:
             for o, _ in plans:  # cursors unchanged: the same slots are planned again
                 self._push(o)
             raise
-        by_key = {(r.task_id, r.slot_ms): r for r in results}
-        claimed_records = {(r.task_id, r.scheduled_at.ToMilliseconds()): r for r in records}
         for o, plan in plans:
-            # Every slot claimed here runs here, even if the task was released (handed off,
-            # paused) while the claim was in flight: the claim, not ownership, decides.
-            for slot in plan.fire:
-                res = by_key.get((o.spec.id, round(slot.timestamp() * 1000)))
-                if res is None or not res.claimed:
-                    self.stats.lost_races += 1
-                    continue
-                self.stats.claimed += 1
-                rec = _copy(claimed_records[(o.spec.id, res.slot_ms)])
-                rec.fencing_token = res.token
-                self._spawn(o.spec, rec)
             if self.owned.get(o.spec.id) is not o:
                 continue  # released while we were claiming
             if o.cursor is None or plan.cursor >= o.cursor:
                 o.cursor, o.next_at = plan.cursor, plan.next_at
             else:  # a handoff moved the cursor ahead meanwhile
-                o.next_at = o.compiled.next_after(o.cursor)
-            self._push(o)
+                o.next_at = self._next_fire(o, o.cursor)
+            if o.next_at is not None and o.next_at <= now and not plan.fire:
+                # Out of replay budget: come back when the rate limiter has a token.
+                wait = max(0.01, self._replay.next_at_s(mono) - mono)
+                self._push(o, _ts(now) + wait)
+            else:
+                self._push(o)
             o.claims_since_trim += len(plan.fire) + len(plan.skipped)
             if plan.skipped_count:
                 self.stats.skipped += plan.skipped_count
-                self._log.info("slots_skipped_misfire", task_id=o.spec.id, count=plan.skipped_count)
+                self._log.info(
+                    "slots_skipped",
+                    task_id=o.spec.id,
+                    count=plan.skipped_count,
+                    reasons=dict(plan.skipped_counts),
+                )
             if o.claims_since_trim >= TRIM_EVERY:
                 o.claims_since_trim = 0
                 self._trims.add(o.spec.id)
 
-    async def _claim(self, records: list[pb.RunRecord]) -> list[ClaimResult]:
-        results: list[ClaimResult] = []
+    async def _claim_rounds(self, claims: list[_Claim]) -> list[tuple[_Claim, ClaimResult]]:
+        """Claim, then follow up the claims an overlap lock turned away: BUFFER_ONE tries the
+        queue, FORBID (or a full queue) records the slot SKIPPED. Every claimed CLAIMED record
+        is spawned. Returns the final (claim, result) pairs."""
+        done: list[tuple[_Claim, ClaimResult]] = []
+        while claims:
+            follow: list[_Claim] = []
+            for claim, res in await self._claim(claims):
+                rec = claim.rec
+                if res.claimed:
+                    rec.fencing_token = res.token
+                    if rec.status == pb.CLAIMED:
+                        # Every slot claimed here runs here, even if the task was released
+                        # (handed off, paused) meanwhile: the claim, not ownership, decides.
+                        self.stats.claimed += 1
+                        self._spawn(claim.spec, rec, claim.mode, res.replaced)
+                    done.append((claim, res))
+                elif res.busy is not None and rec.status == pb.CLAIMED:
+                    if claim.mode == LOCK and _overlap(claim.spec) == pb.OVERLAP_BUFFER_ONE:
+                        rec.error = f"buffered: waiting for {_describe(res.busy)} to finish"
+                        follow.append(_Claim(claim.spec, rec, QUEUE))
+                    else:
+                        skip = self._overlap_skip(rec, res.busy, claim.mode == QUEUE)
+                        follow.append(_Claim(claim.spec, skip, None))
+                else:
+                    self.stats.lost_races += 1
+                    done.append((claim, res))
+            claims = follow
+        return done
+
+    async def _claim(self, claims: list[_Claim]) -> list[tuple[_Claim, ClaimResult]]:
+        out: list[tuple[_Claim, ClaimResult]] = []
         size = self.cfg.claim_batch
-        batches = [records[i : i + size] for i in range(0, len(records), size)]
-        for batch in batches:
-            results.extend(
-                await self.ledger.claim(self.membership.member_key, self.membership.lease_id, batch)
+        for i in range(0, len(claims), size):
+            batch = claims[i : i + size]
+            results = await self.ledger.claim(
+                self.membership.member_key,
+                self.membership.lease_id,
+                [c.rec for c in batch],
+                [c.mode for c in batch],
             )
-        return results
+            out.extend(zip(batch, results, strict=True))
+        return out
 
     def _record(self, task_id: str, slot: datetime, status: int, now: datetime) -> pb.RunRecord:
         rec = pb.RunRecord(
@@ -490,57 +647,342 @@ class Engine:
         rec.idempotency_key = f"{task_id}/{rec.scheduled_at.ToMilliseconds()}"
         return rec
 
+    def _skipped(self, o: Owned, slot: datetime, reason: str, now: datetime) -> pb.RunRecord:
+        rec = self._record(o.spec.id, slot, pb.SKIPPED, now)
+        rec.fire_at.FromDatetime(o.fire_at(slot))
+        late = (now - o.fire_at(slot)).total_seconds()
+        threshold = o.catch_up.misfire_threshold.total_seconds()
+        if reason == "paused":
+            rec.skip_reason = pb.SKIP_PAUSED
+            rec.error = f"missed while the task was paused ({late:.1f}s ago); catch-up policy "
+            rec.error += f"{_CATCH_UP_NAME[o.catch_up.policy]} does not replay it"
+        elif reason == "catch_up_window":
+            rec.skip_reason = pb.SKIP_CATCH_UP_WINDOW
+            window = o.catch_up.window.total_seconds()
+            rec.error = f"missed by {late:.1f}s, older than the {window:g}s catch-up window"
+        else:
+            rec.skip_reason = pb.SKIP_MISFIRE
+            rec.error = (
+                f"misfire: {late:.1f}s late, beyond the {threshold:g}s threshold; catch-up "
+                f"policy {_CATCH_UP_NAME[o.catch_up.policy]} does not replay it"
+            )
+        rec.finished_at.FromDatetime(now)
+        return rec
+
+    def _overlap_skip(self, rec: pb.RunRecord, busy: bytes, queue_full: bool) -> pb.RunRecord:
+        out = _copy(rec)
+        out.status = pb.SKIPPED
+        out.skip_reason = pb.SKIP_OVERLAP
+        if queue_full:
+            out.error = f"overlap: {_describe(busy)} is already buffered (BUFFER_ONE); not run"
+        else:
+            out.error = f"overlap: {_describe(busy)} is still in progress (FORBID); not run"
+        out.finished_at.FromDatetime(self.clock.now())
+        return out
+
     # -- execution -------------------------------------------------------------------------------
 
-    def _spawn(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
+    def _spawn(
+        self,
+        spec: pb.TaskSpec,
+        rec: pb.RunRecord,
+        mode: str | None,
+        replaced: bytes | None = None,
+    ) -> None:
         key = (spec.id, rec.scheduled_at.ToMilliseconds())
         self._in_flight[key] = rec
-        task = asyncio.create_task(self._execute(spec, rec))
+        task = asyncio.create_task(self._execute(spec, _copy(rec), mode, replaced))
         self._running.add(task)
+        self._tasks[key] = task
 
         def done(t: asyncio.Task[None]) -> None:
             self._running.discard(t)
-            self._in_flight.pop(key, None)
+            if self._tasks.get(key) is t:
+                self._tasks.pop(key, None)
+                self._in_flight.pop(key, None)
 
         task.add_done_callback(done)
 
-    async def _execute(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
+    async def _execute(
+        self, spec: pb.TaskSpec, rec: pb.RunRecord, mode: str | None, replaced: bytes | None
+    ) -> None:
+        """Run one claimed slot: take the overlap lock if the claim did not, cancel a replaced
+        run, run the attempts, release the lock."""
+        key = (spec.id, rec.scheduled_at.ToMilliseconds())
+        locked = mode is not None or _overlap(spec) != pb.OVERLAP_ALLOW
+        watcher: asyncio.Task[None] | None = None
+        try:
+            waits = locked and mode in (QUEUE, None)
+            if waits and not await self._wait_lock(spec, rec, from_queue=mode == QUEUE):
+                return
+            if replaced:
+                await self._cancel_replaced(spec, rec, replaced)
+            if _overlap(spec) == pb.OVERLAP_REPLACE:
+                me = asyncio.current_task()
+                assert me is not None
+                watcher = asyncio.create_task(self._watch_replaced(spec, rec, me))
+            await self._attempts(spec, rec)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(key, None)
+            if reason is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._finish(spec, rec, pb.CANCELLED, reason)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if locked:
+                await self._release_lock(rec)
+
+    async def _attempts(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
+        """Attempts of one slot under the task's retry policy; each is recorded in the ledger
+        (earlier ones in ``history``), the final one decides the status."""
         slot = rec.scheduled_at.ToDatetime(UTC)
-        blog = self._log.bind(task_id=spec.id, scheduled_at=rfc3339(slot))
-        async with self._sem:
-            started = self.clock.now()
-            rec.status = pb.RUNNING
-            rec.started_at.FromDatetime(started)
-            rec.lateness.FromTimedelta(started - slot)
-            self._updates.put_nowait(_copy(rec))
-            timeout = spec.timeout.ToTimedelta() if spec.HasField("timeout") else DEFAULT_TIMEOUT
-            execution = Execution(
-                spec.id, slot, rec.attempt, self.node_id, rec.fencing_token, timeout
+        fire_at = rec.fire_at.ToDatetime(UTC) if rec.HasField("fire_at") else slot
+        try:
+            retry = retry_from_proto(spec.retry)
+        except PeerdError as exc:  # stored before a validation rule existed
+            self._log.error("task_retry_policy_invalid", task_id=spec.id, error=str(exc))
+            retry = NO_RETRY
+        per_attempt = spec.timeout.ToTimedelta() if spec.HasField("timeout") else DEFAULT_TIMEOUT
+        kind = spec.WhichOneof("target") or ""
+        cause_json = ""
+        if rec.HasField("cause"):
+            cause_json = json_format.MessageToJson(
+                rec.cause, preserving_proto_field_name=True, indent=None
             )
-            try:
-                outcome = await self.executors.run(spec, execution)
-            except Exception as exc:  # an executor bug must still leave a record
-                blog.exception("executor_crashed")
-                now = self.clock.now()
-                outcome = Outcome(False, started, now, error=f"executor error: {exc!r}")
-        rec.status = pb.SUCCEEDED if outcome.succeeded else pb.FAILED
-        rec.finished_at.FromDatetime(outcome.finished_at)
-        rec.http_status = outcome.http_status
-        if outcome.exit_code is not None:
-            rec.exit_code = outcome.exit_code
-        rec.output_tail = outcome.output_tail
-        rec.error = outcome.error
+        blog = self._log.bind(task_id=spec.id, scheduled_at=rfc3339(slot))
+        first = not rec.HasField("started_at")
+        while True:
+            async with self.pools.slot(kind, spec.priority, _ts(fire_at)):
+                started = self.clock.now()
+                if first:
+                    rec.lateness.FromTimedelta(started - fire_at)
+                    first = False
+                rec.status = pb.RUNNING
+                rec.started_at.FromDatetime(started)
+                rec.ClearField("finished_at")
+                rec.ClearField("next_attempt_at")
+                self._updates.put_nowait(_copy(rec))
+                timeout = attempt_timeout(retry, per_attempt, fire_at, started)
+                cut = timeout < per_attempt
+                if timeout <= timedelta(0):
+                    outcome = Outcome(
+                        False, started, started, error="no time left", failure=FAILURE_TIMEOUT
+                    )
+                else:
+                    execution = Execution(
+                        spec.id,
+                        slot,
+                        rec.attempt,
+                        self.node_id,
+                        rec.fencing_token,
+                        timeout,
+                        cause_json=cause_json,
+                        fire_at=fire_at,
+                    )
+                    try:
+                        outcome = await self.executors.run(spec, execution)
+                    except Exception as exc:  # an executor bug must still leave a record
+                        blog.exception("executor_crashed")
+                        now = self.clock.now()
+                        outcome = Outcome(
+                            False,
+                            started,
+                            now,
+                            error=f"executor error: {exc!r}",
+                            failure=FAILURE_CONFIG,
+                        )
+            rec.http_status = outcome.http_status
+            rec.ClearField("exit_code")
+            if outcome.exit_code is not None:
+                rec.exit_code = outcome.exit_code
+            rec.output_tail = outcome.output_tail
+            if outcome.succeeded:
+                rec.finished_at.FromDatetime(outcome.finished_at)
+                self._finish(spec, rec, pb.SUCCEEDED, "")
+                return
+            now = self.clock.now()
+            nxt = next_attempt(retry, rec.attempt, outcome.failure, fire_at, now, self._rng)
+            if nxt is None:
+                rec.finished_at.FromDatetime(outcome.finished_at)
+                if cut and outcome.failure == FAILURE_TIMEOUT and retry.deadline is not None:
+                    deadline_s = retry.deadline.total_seconds()
+                    error = f"overall deadline {deadline_s:g}s reached: {outcome.error}"
+                    self._finish(spec, rec, pb.CANCELLED, error, failed=True)
+                else:
+                    self._finish(spec, rec, pb.FAILED, outcome.error, failed=True)
+                return
+            prev = pb.AttemptRecord(
+                attempt=rec.attempt,
+                node_id=rec.node_id,
+                fencing_token=rec.fencing_token,
+                status=pb.FAILED,
+                http_status=rec.http_status,
+                error=outcome.error,
+            )
+            prev.started_at.CopyFrom(rec.started_at)
+            prev.finished_at.FromDatetime(outcome.finished_at)
+            if rec.HasField("exit_code"):
+                prev.exit_code = rec.exit_code
+            rec.history.append(prev)
+            rec.attempt += 1
+            rec.next_attempt_at.FromDatetime(nxt)
+            rec.error = f"attempt {prev.attempt} failed ({outcome.failure}): {outcome.error}"
+            self._updates.put_nowait(_copy(rec))
+            blog.info("run_retrying", attempt=rec.attempt, at=rfc3339(nxt), error=outcome.error)
+            await asyncio.sleep(max(0.0, (nxt - now).total_seconds()))
+
+    def _finish(
+        self, spec: pb.TaskSpec, rec: pb.RunRecord, status: int, error: str, failed: bool = False
+    ) -> None:
+        """Record the final status of a run; trigger the compensation task of a failure."""
+        rec.status = status  # type: ignore[assignment]
+        rec.error = error
+        rec.ClearField("next_attempt_at")
+        if not rec.HasField("finished_at"):
+            rec.finished_at.FromDatetime(self.clock.now())
+        if failed and spec.on_failure:
+            if spec.on_failure not in self.cache.tasks:
+                rec.error += f" (on_failure task {spec.on_failure!r} does not exist)"
+            else:
+                self._compensate(spec.on_failure, rec)
         self._updates.put_nowait(_copy(rec))
-        lateness_ms = (started - slot).total_seconds() * 1000
-        if outcome.succeeded:
+        if status == pb.SUCCEEDED:
             self.stats.succeeded += 1
-            blog.debug("run_succeeded", fencing_token=rec.fencing_token, lateness_ms=lateness_ms)
+            self._log.debug("run_succeeded", task_id=spec.id, fencing_token=rec.fencing_token)
         else:
             self.stats.failed += 1
-            blog.info("run_failed", fencing_token=rec.fencing_token, error=outcome.error)
+            self._log.info(
+                "run_failed",
+                task_id=spec.id,
+                status=pb.RunStatus.Name(status),  # type: ignore[arg-type]
+                fencing_token=rec.fencing_token,
+                error=rec.error,
+            )
 
-    async def trigger(self, spec: pb.TaskSpec) -> pb.RunRecord:
-        """Run ``spec`` once now on this node (slot = now, ``manual``), honouring the claim.
+    def _compensate(self, task_id: str, cause: pb.RunRecord) -> None:
+        """Trigger ``task_id`` with ``cause`` (in the background; failures are logged)."""
+        spec = self.cache.tasks[task_id]
+
+        async def go() -> None:
+            try:
+                run = await self.trigger(spec, cause=cause)
+                self._log.info(
+                    "compensation_triggered",
+                    task_id=cause.task_id,
+                    on_failure=task_id,
+                    status=pb.RunStatus.Name(run.status),
+                )
+            except PeerdError as exc:
+                self._log.error("compensation_failed", task_id=cause.task_id, error=str(exc))
+
+        task = asyncio.create_task(go())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    # -- overlap lock ----------------------------------------------------------------------------
+
+    async def _wait_lock(self, spec: pb.TaskSpec, rec: pb.RunRecord, from_queue: bool) -> bool:
+        """Wait until this run holds its task's overlap lock. False when this node's lease
+        changed meanwhile (the run is then a lost owner's, resolved by the task's owner)."""
+        while True:
+            if self.membership.lease_id != rec.claim_lease_id:
+                return False
+            try:
+                holder = await self.ledger.acquire_lock(
+                    self.membership.member_key, rec.claim_lease_id, rec, from_queue
+                )
+            except LeaseLost:
+                return False
+            except Unavailable:
+                holder = b""
+            if holder is None:
+                return True
+            local = self._local_run(spec.id, holder)
+            if local is not None:
+                await asyncio.wait([local], timeout=1.0)
+            else:
+                await asyncio.sleep(LOCK_POLL_S)
+
+    def _local_run(self, task_id: str, holder: bytes) -> asyncio.Task[None] | None:
+        if not holder:
+            return None
+        try:
+            slot = self.ledger.keys.slot_of(lock_run_key(holder))
+        except ValueError:
+            return None
+        return self._tasks.get((task_id, slot))
+
+    async def _release_lock(self, rec: pb.RunRecord) -> None:
+        """Release the lock; retried until done or until the lease it is on is gone."""
+        backoff = 0.1
+        while self.membership.lease_id == rec.claim_lease_id:
+            try:
+                await self.ledger.release_lock(rec, rec.claim_lease_id)
+                return
+            except Unavailable:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _cancel_replaced(self, spec: pb.TaskSpec, rec: pb.RunRecord, holder: bytes) -> None:
+        """REPLACE: stop the run that held the lock before ``rec`` took it, then return. A run on
+        this node is cancelled at once; one on another node cancels itself when it sees the lock
+        change (within :data:`LOCK_POLL_S`); we wait up to :data:`REPLACE_WAIT_S` for it."""
+        reason = f"replaced by slot {rfc3339(rec.scheduled_at.ToDatetime(UTC))} (overlap REPLACE)"
+        local = self._local_run(spec.id, holder)
+        if local is not None:
+            slot = self.ledger.keys.slot_of(lock_run_key(holder))
+            self._cancel_reasons[(spec.id, slot)] = reason
+            local.cancel()
+            await asyncio.wait([local], timeout=REPLACE_WAIT_S)
+            return
+        try:
+            slot = self.ledger.keys.slot_of(lock_run_key(holder))
+        except ValueError:
+            return
+        deadline = self.clock.monotonic() + REPLACE_WAIT_S
+        while self.clock.monotonic() < deadline:
+            try:
+                old = await self.ledger.get(spec.id, slot)
+            except Unavailable:
+                old = None
+            if old is None or old.status not in (pb.CLAIMED, pb.RUNNING):
+                return
+            if not self._claimant_alive(old):
+                return
+            await asyncio.sleep(0.1)
+        self._log.warning("replace_wait_timed_out", task_id=spec.id, replaced=_describe(holder))
+
+    async def _watch_replaced(
+        self, spec: pb.TaskSpec, rec: pb.RunRecord, run: asyncio.Task[None]
+    ) -> None:
+        """REPLACE: cancel ``run`` when another run takes the task's lock (on any node)."""
+        mine = lock_value(
+            self.ledger.keys.run(spec.id, rec.scheduled_at.ToMilliseconds()),
+            rec.node_id,
+            rec.claim_lease_id,
+        )
+        key = (spec.id, rec.scheduled_at.ToMilliseconds())
+        while True:
+            await asyncio.sleep(LOCK_POLL_S)
+            try:
+                holder = await self.ledger.lock_holder(spec.id)
+            except Unavailable:
+                continue
+            if holder is not None and holder != mine:
+                self._cancel_reasons.setdefault(
+                    key, f"replaced by {_describe(holder)} (overlap REPLACE)"
+                )
+                run.cancel()
+                return
+
+    async def trigger(self, spec: pb.TaskSpec, cause: pb.RunRecord | None = None) -> pb.RunRecord:
+        """Run ``spec`` once now on this node (slot = now, ``manual``), honouring the claim and
+        the task's overlap policy: the answer is the CLAIMED record, or the SKIPPED one when the
+        policy turned the trigger away. ``cause``: the failed run a compensation trigger is for.
 
         Raises:
             Unavailable: etcd unreachable or this node has no live lease.
@@ -552,18 +994,20 @@ class Engine:
         for offset in range(5):
             rec = self._record(spec.id, _from_ms(ms + offset), pb.CLAIMED, now)
             rec.manual = True
+            rec.fire_at.CopyFrom(rec.scheduled_at)
+            rec.priority = spec.priority
+            if cause is not None:
+                rec.cause.CopyFrom(cause)
+                rec.cause.ClearField("cause")  # one level is enough
             try:
-                (res,) = await self.ledger.claim(
-                    self.membership.member_key, self.membership.lease_id, [rec]
-                )
+                claim = _Claim(spec, rec, _FIRST_MODE.get(_overlap(spec)))
+                done = await self._claim_rounds([claim])
             except LeaseLost as exc:
                 self.membership.lease_lost()
                 raise Unavailable("this node lost its membership lease; try again") from exc
-            if res.claimed:
-                rec.fencing_token = res.token
-                self.stats.claimed += 1
-                self._spawn(spec, _copy(rec))
-                return rec
+            for final, res in done:
+                if res.claimed:
+                    return final.rec
         raise Unavailable("could not claim a slot for the trigger; try again")
 
     # -- runs of a lost owner --------------------------------------------------------------------
@@ -655,11 +1099,30 @@ class Engine:
                     scheduled_at=rfc3339(rec.scheduled_at.ToDatetime(UTC)),
                     lost_node=rec.node_id,
                 )
+                if spec.on_failure in self.cache.tasks and spec.on_failure != spec.id:
+                    self._compensate(spec.on_failure, new)
             return
-        new = self._record(rec.task_id, rec.scheduled_at.ToDatetime(UTC), pb.CLAIMED, now)
+        lost = pb.AttemptRecord(
+            attempt=rec.attempt,
+            node_id=rec.node_id,
+            fencing_token=rec.fencing_token,
+            status=pb.LOST,
+            http_status=rec.http_status,
+            error=reason,
+        )
+        if rec.HasField("started_at"):
+            lost.started_at.CopyFrom(rec.started_at)
+        new.history.append(lost)
         new.attempt = rec.attempt + 1
-        new.manual = rec.manual
+        new.node_id = self.node_id
+        new.status = pb.CLAIMED
+        new.claim_lease_id = self.membership.lease_id
+        new.claimed_at.FromDatetime(now)
         new.error = f"retry: {reason}"
+        for name in ("started_at", "finished_at", "next_attempt_at", "exit_code"):
+            new.ClearField(name)  # type: ignore[arg-type]
+        new.http_status = 0
+        new.output_tail = ""
         token = await self.ledger.take_over(
             rec, mod, self.membership.member_key, self.membership.lease_id, new
         )
@@ -674,7 +1137,7 @@ class Engine:
             fencing_token=token,
             lost_node=rec.node_id,
         )
-        self._spawn(spec, new)
+        self._spawn(spec, new, None)
 
     # -- record writer ---------------------------------------------------------------------------
 
