@@ -8,20 +8,30 @@ line ``peerd: error: <message>`` on stderr, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 
 from peerd.cli_crontab import build_crontab_specs, import_crontab
 from peerd.cli_output import (
+    CATCH_UP_NAMES,
+    DST_AMBIGUOUS_NAMES,
+    DST_NONEXISTENT_NAMES,
+    OVERLAP_NAMES,
+    RETRY_ON_NAMES,
+    audit_text,
     cluster_text,
+    preview_table,
     run_detail,
+    run_header,
+    run_line,
     runs_table,
     task_detail,
     tasks_table,
@@ -47,13 +57,38 @@ TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 DEFAULT_RPC_TIMEOUT_S = 10.0
 DEFAULT_RUNS_LIMIT = 20
+DEFAULT_PREVIEW_COUNT = 10
+MAX_PREVIEW_COUNT = 1000
+MAX_FOLLOW_REPLAY = 1000
 
 CREATE_EXAMPLES = """examples:
   peerd task create ping --every 30s --http-post https://example.com/hook
   peerd task create report --cron '0 6 * * 1-5' --tz Europe/Paris --http https://h/r --method GET
   peerd task create backup --cron '@daily' --shell -- /usr/local/bin/backup --full
+  peerd task create sync --every 5m --python billing.sync --args '{"full": false}' \\
+      --max-attempts 3 --retry-on exception,timeout --overlap forbid --on-failure sync-alert
 
-With --shell, everything after -- is the command's argv (flags included)."""
+With --shell, everything after -- is the command's argv (flags included). Unset policies take
+the defaults shown by 'peerd task get'."""
+
+PREVIEW_EXAMPLES = """examples:
+  peerd preview --cron '30 2 * * *' --tz Europe/Berlin --from 2026-03-28T00:00:00Z -n 3
+  peerd preview --every 90s --jitter 10s -o json
+
+Slots are computed by the server with the scheduler's own code (DST policies, jitter)."""
+
+AUDIT_EPILOG = """exit status:
+  0  no slot was claimed more than once (gaps alone do not change the exit status)
+  1  at least one slot was claimed more than once (a multi-claim; details are printed)
+  2-6 as for every other command (invalid input, not found, unavailable, ...)
+
+A slot is multi-claimed when its run key was re-created (first attempt's fencing token differs
+from the key's create revision), when two attempts overlapped on different nodes without the
+earlier one being LOST/FAILED/CANCELLED first, or when an attempt followed a SUCCEEDED one."""
+
+RUNS_EPILOG = """With --follow, the newest --limit runs (at most 1000) are printed, then one
+line per change of any run record of the task (claim, start, retry, finish) until Ctrl-C
+(exit 0). With -o json, --follow prints one JSON object per line."""
 
 Handler = Callable[[argparse.Namespace, Mapping[str, str]], int]
 
@@ -125,10 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="on SIGTERM, time running executions get to finish (default 30s)",
     )
-    serve.add_argument("--max-concurrent-runs", type=int, metavar="N")
+    serve.add_argument(
+        "--max-concurrent-runs", type=int, metavar="N", help="runs at once on this node (512)"
+    )
+    serve.add_argument("--max-http-runs", type=int, metavar="N", help="HTTP runs at once (256)")
+    serve.add_argument("--max-shell-runs", type=int, metavar="N", help="shell runs at once (32)")
+    serve.add_argument("--max-python-runs", type=int, metavar="N", help="Python runs at once (64)")
+    serve.add_argument(
+        "--catch-up-rate",
+        type=float,
+        metavar="SLOTS_PER_S",
+        help="cluster-wide cap on replays of missed slots, shared by the live nodes (50)",
+    )
     serve.add_argument("--log-format", metavar="auto|json|console")
     serve.add_argument("--log-level", metavar="LEVEL")
-    serve.add_argument("--config", type=Path, metavar="FILE.toml")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="TOML file of settings; SIGHUP re-reads the reloadable ones (docs/scheduling.md)",
+    )
 
     task = sub.add_parser("task", parents=[common], help="manage tasks")
     tsub = task.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
@@ -141,15 +192,43 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_ in (
         ("get", _cmd_task_get, "show a task"),
         ("delete", _cmd_task_delete, "delete a task"),
-        ("pause", _cmd_task_pause, "pause a task"),
-        ("resume", _cmd_task_resume, "resume a paused task"),
+        ("resume", _cmd_task_resume, "resume a paused task (clears its pause note)"),
         ("trigger", _cmd_task_trigger, "run a task once now"),
     ):
         add(tsub, name, handler, help_).add_argument("id", metavar="ID")
+    pause = add(tsub, "pause", _cmd_task_pause, "pause a task")
+    pause.add_argument("id", metavar="ID")
+    pause.add_argument(
+        "--note", default="", metavar="TEXT", help="why (<= 1024 characters; shown by task get)"
+    )
+    tprev = add(tsub, "preview", _cmd_task_preview, "show a task's next slots")
+    tprev.add_argument("id", metavar="ID")
+    _add_preview_window(tprev)
 
     runs = add(sub, "runs", _cmd_runs, "list a task's runs, newest first")
+    runs.formatter_class = argparse.RawDescriptionHelpFormatter
+    runs.epilog = RUNS_EPILOG
     runs.add_argument("id", metavar="ID")
     runs.add_argument("--limit", type=int, default=DEFAULT_RUNS_LIMIT, metavar="N")
+    runs.add_argument(
+        "-f", "--follow", action="store_true", help="then print every change until Ctrl-C"
+    )
+
+    prev = add(sub, "preview", _cmd_preview, "show the next slots of a schedule (no task needed)")
+    prev.formatter_class = argparse.RawDescriptionHelpFormatter
+    prev.epilog = PREVIEW_EXAMPLES
+    _add_schedule(prev)
+    _add_preview_window(prev)
+
+    aud = add(sub, "audit", _cmd_audit, "check a task's runs for gaps and multiple claims")
+    aud.formatter_class = argparse.RawDescriptionHelpFormatter
+    aud.epilog = AUDIT_EPILOG
+    aud.add_argument("id", metavar="ID")
+    aud.add_argument(
+        "--since",
+        metavar="RFC3339",
+        help="window start (default: the task's creation, or the oldest record kept)",
+    )
 
     add(sub, "cluster", _cmd_cluster, "show cluster members")
 
@@ -173,13 +252,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_create(p: _Parser) -> None:
-    p.add_argument("id", nargs="?", default="", metavar="ID", help="generated when omitted")
+def _add_schedule(p: _Parser) -> None:
+    """--cron/--every/--at and the flags shaping the slots (shared by create and preview)."""
     sched = p.add_mutually_exclusive_group(required=True)
     sched.add_argument("--cron", metavar="EXPR")
     sched.add_argument("--every", metavar="DURATION")
     sched.add_argument("--at", metavar="RFC3339")
     p.add_argument("--tz", metavar="ZONE")
+    p.add_argument(
+        "--jitter",
+        metavar="DURATION",
+        help="fire each slot up to this much later, the same on every node (< the period, <= 1h)",
+    )
+    p.add_argument(
+        "--dst-nonexistent",
+        choices=["auto", *DST_NONEXISTENT_NAMES.values()],
+        help="cron: a local time skipped by spring-forward (default auto: shift for a fixed "
+        "hour, skip for '*')",
+    )
+    p.add_argument(
+        "--dst-ambiguous",
+        choices=["auto", *DST_AMBIGUOUS_NAMES.values()],
+        help="cron: a local time repeated by fall-back (default auto: first for a fixed hour, "
+        "both for '*')",
+    )
+
+
+def _add_preview_window(p: _Parser) -> None:
+    p.add_argument(
+        "-n",
+        "--count",
+        type=int,
+        default=DEFAULT_PREVIEW_COUNT,
+        metavar="N",
+        help=f"slots to show (1..{MAX_PREVIEW_COUNT}, default {DEFAULT_PREVIEW_COUNT})",
+    )
+    p.add_argument(
+        "--from", dest="from_", metavar="RFC3339", help="slots strictly after this (default now)"
+    )
+
+
+def _add_create(p: _Parser) -> None:
+    p.add_argument("id", nargs="?", default="", metavar="ID", help="generated when omitted")
+    _add_schedule(p)
     p.add_argument("--start", metavar="RFC3339")
     p.add_argument("--end", metavar="RFC3339")
     p.add_argument("--max-runs", type=int, default=0, metavar="N")
@@ -196,12 +311,66 @@ def _add_create(p: _Parser) -> None:
     target.add_argument("--http-post", metavar="URL")
     target.add_argument("--http", metavar="URL")
     target.add_argument("--shell", action="store_true", help="-- ARGV... (everything after --)")
+    target.add_argument(
+        "--python", metavar="NAME", help="entry point of group peerd.tasks installed on the nodes"
+    )
     p.add_argument("--method", metavar="M")
     p.add_argument("--header", action="append", default=[], metavar="K:V")
     p.add_argument("--body", metavar="TEXT")
     p.add_argument("--timeout", dest="task_timeout", metavar="DURATION", help="per-run timeout")
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--workdir", metavar="DIR")
+    p.add_argument(
+        "--args", dest="python_args", metavar="JSON", help="--python: a JSON object (default {})"
+    )
+    pol = p.add_argument_group("run policies (defaults: see 'peerd task get')")
+    pol.add_argument(
+        "--overlap",
+        choices=list(OVERLAP_NAMES.values()),
+        help="when the previous run of the task is still going (default allow)",
+    )
+    pol.add_argument(
+        "--catch-up",
+        choices=list(CATCH_UP_NAMES.values()),
+        help="slots missed while nothing could fire or while paused (default run-once)",
+    )
+    pol.add_argument(
+        "--catch-up-window",
+        metavar="DURATION",
+        help="run-all: how far back (1s..7d, default 1h)",
+    )
+    pol.add_argument(
+        "--misfire-threshold",
+        metavar="DURATION",
+        help="later than this a slot is missed (0..1d; default: the node's)",
+    )
+    pol.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per slot including the first (1..100, default 1 = no retry)",
+    )
+    pol.add_argument("--backoff", metavar="DURATION", help="first retry backoff (default 1s)")
+    pol.add_argument("--max-backoff", metavar="DURATION", help="backoff cap (default 60s)")
+    pol.add_argument(
+        "--backoff-multiplier", type=float, metavar="X", help="backoff growth (default 2)"
+    )
+    pol.add_argument(
+        "--retry-on",
+        metavar="LIST",
+        help=f"comma-separated: {','.join(RETRY_ON_NAMES.values())} (default: all but 4xx)",
+    )
+    pol.add_argument(
+        "--deadline",
+        metavar="DURATION",
+        help="no attempt starts (and a running one is cancelled) this long after the fire time",
+    )
+    pol.add_argument("--priority", type=int, metavar="N", help="-100..100 (default 0)")
+    pol.add_argument(
+        "--on-failure",
+        metavar="TASK_ID",
+        help="task to trigger when a run finally fails (may be created later)",
+    )
 
 
 def split_shell_argv(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
@@ -270,16 +439,7 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
     if spec.id and not TASK_ID_RE.match(spec.id):
         raise InvalidArgument("ID", f"{spec.id!r} must match [a-z0-9][a-z0-9._-]{{0,127}}")
     s = spec.schedule
-    if args.cron is not None:
-        if not args.cron.strip():
-            raise InvalidArgument("--cron", "empty expression")
-        s.cron = args.cron.strip()
-    elif args.every is not None:
-        s.every.FromTimedelta(_positive(args.every, "--every", timedelta(seconds=1)))
-    else:
-        s.at.FromDatetime(parse_rfc3339(args.at, "--at"))
-    if args.tz:
-        s.time_zone = args.tz
+    s.CopyFrom(build_schedule(args))
     if args.start:
         s.start_at.FromDatetime(parse_rfc3339(args.start, "--start"))
     if args.end:
@@ -288,14 +448,19 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
         raise InvalidArgument("--max-runs", f"must be >= 0, got {args.max_runs}")
     s.max_runs = args.max_runs
 
-    if args.shell:
-        if not args.shell_argv:
+    if args.python_args is not None and args.python is None:
+        raise InvalidArgument("--args", "only applies to --python tasks")
+    if args.shell or args.python is not None:
+        if args.shell and not args.shell_argv:
             raise InvalidArgument("--shell", "expected -- ARGV..., e.g. --shell -- /bin/echo hi")
         for flag, value in (("--method", args.method), ("--body", args.body)):
             if value is not None:
                 raise InvalidArgument(flag, "only applies to --http/--http-post tasks")
         if args.header:
             raise InvalidArgument("--header", "only applies to --http/--http-post tasks")
+    if args.python is not None:
+        _python_target(spec.python, args)
+    elif args.shell:
         spec.shell.argv.extend(args.shell_argv)
         for item in args.env:
             key, sep, value = item.partition("=")
@@ -310,7 +475,125 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
         spec.timeout.FromTimedelta(
             _positive(args.task_timeout, "--timeout", timedelta(milliseconds=1))
         )
+    _policies(spec, args)
     return spec
+
+
+E = TypeVar("E")
+
+
+def _choice(names: Mapping[E, str], value: str) -> E:
+    return next(k for k, v in names.items() if v == value)
+
+
+def build_schedule(args: argparse.Namespace) -> pb.Schedule:
+    """The Schedule of ``--cron/--every/--at``, ``--tz``, ``--jitter``, ``--dst-*`` (pure).
+
+    Raises:
+        InvalidArgument: naming the flag.
+    """
+    s = pb.Schedule()
+    if args.cron is not None:
+        if not args.cron.strip():
+            raise InvalidArgument("--cron", "empty expression")
+        s.cron = args.cron.strip()
+    elif args.every is not None:
+        s.every.FromTimedelta(_positive(args.every, "--every", timedelta(seconds=1)))
+    else:
+        s.at.FromDatetime(parse_rfc3339(args.at, "--at"))
+    if args.tz:
+        s.time_zone = args.tz
+    if args.jitter is not None:
+        s.jitter.FromTimedelta(parse_duration(args.jitter, "--jitter"))
+    if args.dst_nonexistent not in (None, "auto"):
+        s.dst_nonexistent = _choice(DST_NONEXISTENT_NAMES, args.dst_nonexistent)
+    if args.dst_ambiguous not in (None, "auto"):
+        s.dst_ambiguous = _choice(DST_AMBIGUOUS_NAMES, args.dst_ambiguous)
+    return s
+
+
+def parse_retry_on(text: str) -> list[pb.RetryOn]:
+    """``"5xx,429,timeout"`` -> RetryOn values (case-insensitive, duplicates dropped).
+
+    Raises:
+        InvalidArgument: ``--retry-on`` with the unknown name and the known ones.
+    """
+    out: list[pb.RetryOn] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name not in RETRY_ON_NAMES.values():
+            known = ",".join(RETRY_ON_NAMES.values())
+            raise InvalidArgument("--retry-on", f"unknown outcome {raw.strip()!r} (one of {known})")
+        value = _choice(RETRY_ON_NAMES, name)
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise InvalidArgument("--retry-on", "empty list")
+    return out
+
+
+def _policies(spec: pb.TaskSpec, args: argparse.Namespace) -> None:
+    if args.overlap is not None:
+        spec.overlap = _choice(OVERLAP_NAMES, args.overlap)
+    if args.catch_up is not None:
+        spec.catch_up = _choice(CATCH_UP_NAMES, args.catch_up)
+    if args.catch_up_window is not None:
+        window = parse_duration(args.catch_up_window, "--catch-up-window")
+        spec.catch_up_window.FromTimedelta(window)
+    if args.misfire_threshold is not None:
+        threshold = parse_duration(args.misfire_threshold, "--misfire-threshold")
+        spec.misfire_threshold.FromTimedelta(threshold)
+    tuning = {
+        "--backoff": args.backoff,
+        "--max-backoff": args.max_backoff,
+        "--backoff-multiplier": args.backoff_multiplier,
+        "--retry-on": args.retry_on,
+    }
+    if args.max_attempts is None:
+        for flag, value in tuning.items():
+            if value is not None:
+                raise InvalidArgument(flag, "has no effect without --max-attempts N (N >= 2)")
+    if args.max_attempts is not None or args.deadline is not None:
+        r = spec.retry
+        if args.max_attempts is not None:
+            r.max_attempts = args.max_attempts
+        if args.backoff is not None:
+            r.initial_backoff.FromTimedelta(parse_duration(args.backoff, "--backoff"))
+        if args.max_backoff is not None:
+            r.max_backoff.FromTimedelta(parse_duration(args.max_backoff, "--max-backoff"))
+        if args.backoff_multiplier is not None:
+            r.multiplier = args.backoff_multiplier
+        if args.retry_on is not None:
+            r.retry_on.extend(parse_retry_on(args.retry_on))
+        if args.deadline is not None:
+            r.deadline.FromTimedelta(_positive(args.deadline, "--deadline", timedelta(seconds=1)))
+    if args.priority is not None:
+        spec.priority = args.priority
+    if args.on_failure is not None:
+        if not TASK_ID_RE.match(args.on_failure):
+            raise InvalidArgument(
+                "--on-failure", f"{args.on_failure!r} must match [a-z0-9][a-z0-9._-]{{0,127}}"
+            )
+        spec.on_failure = args.on_failure
+
+
+def _python_target(target: pb.PythonTarget, args: argparse.Namespace) -> None:
+    for flag, value in (("--env", args.env), ("--workdir", args.workdir)):
+        if value:
+            raise InvalidArgument(flag, "only applies to --shell tasks")
+    if not args.python.strip():
+        raise InvalidArgument("--python", "empty entry-point name")
+    target.name = args.python.strip()
+    if args.python_args is not None:
+        try:
+            value = json.loads(args.python_args)
+        except ValueError as exc:
+            raise InvalidArgument("--args", f"not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise InvalidArgument("--args", f"must be a JSON object, got {type(value).__name__}")
+        target.args_json = args.python_args
 
 
 def _http_target(http: pb.HttpTarget, args: argparse.Namespace) -> None:
@@ -362,7 +645,7 @@ def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         for name in (
             "node_id", "listen", "advertise", "etcd", "cluster", "lease_ttl_s", "allow_shell",
             "misfire_threshold", "runs_keep", "max_concurrent_runs", "log_format", "log_level",
-            "drain_grace_s",
+            "drain_grace_s", "max_http_runs", "max_shell_runs", "max_python_runs", "catch_up_rate",
         )
     }  # fmt: skip
     config = build_config(flags, env, args.config)
@@ -374,7 +657,7 @@ def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         configure_logging(config.log_format, config.log_level)
     from peerd.node import run_node
 
-    return run_node(config)
+    return run_node(config, (flags, env, args.config))
 
 
 def _cmd_dev(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -423,8 +706,10 @@ def _cmd_task_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _cmd_task_pause(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if len(args.note) > 1024:
+        raise InvalidArgument("--note", f"{len(args.note)} characters, at most 1024 allowed")
     with _client(args) as client:
-        task = client.pause_task(args.id)
+        task = client.pause_task(args.id, args.note)
     _print(args, task, lambda: task_detail(task))
     return EXIT_OK
 
@@ -443,9 +728,63 @@ def _cmd_task_trigger(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def _preview_window(args: argparse.Namespace) -> tuple[int, datetime | None]:
+    if not 1 <= args.count <= MAX_PREVIEW_COUNT:
+        raise InvalidArgument("-n", f"must be between 1 and {MAX_PREVIEW_COUNT}, got {args.count}")
+    return args.count, parse_rfc3339(args.from_, "--from") if args.from_ else None
+
+
+def _cmd_task_preview(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    count, after = _preview_window(args)
+    with _client(args) as client:
+        resp = client.preview(task_id=args.id, count=count, after=after)
+    _print(args, resp, lambda: preview_table(resp))
+    return EXIT_OK
+
+
+def _cmd_preview(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    schedule = build_schedule(args)
+    count, after = _preview_window(args)
+    with _client(args) as client:
+        resp = client.preview(schedule=schedule, count=count, after=after)
+    _print(args, resp, lambda: preview_table(resp))
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    since = parse_rfc3339(args.since, "--since") if args.since else None
+    with _client(args) as client:
+        resp = client.audit_task(args.id, since)
+    _print(args, resp, lambda: audit_text(resp))
+    return EXIT_ERROR if resp.multi_claims else EXIT_OK
+
+
+def _follow_runs(args: argparse.Namespace) -> int:
+    if args.limit > MAX_FOLLOW_REPLAY:
+        raise InvalidArgument(
+            "--limit", f"at most {MAX_FOLLOW_REPLAY} with --follow, got {args.limit}"
+        )
+    as_json = args.output == "json"
+    with _client(args) as client:
+        client.get_task(args.id)  # NOT_FOUND before anything is printed
+        stream = client.watch_runs(args.id, args.limit)
+        try:
+            if not as_json:
+                print(run_header(), flush=True)
+            for rec in stream:
+                print(to_json(rec, compact=True) if as_json else run_line(rec), flush=True)
+        except KeyboardInterrupt:
+            stream.cancel()
+            return EXIT_OK
+    _err(f"{args.server} ended the stream")
+    return EXIT_UNAVAILABLE
+
+
 def _cmd_runs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.limit < 1:
         raise InvalidArgument("--limit", f"must be >= 1, got {args.limit}")
+    if args.follow:
+        return _follow_runs(args)
     with _client(args) as client:
         runs = client.list_runs(args.id, args.limit)
     _print(args, pb.ListRunsResponse(runs=runs), lambda: runs_table(runs))
@@ -510,9 +849,11 @@ __all__ = [
     "UsageError",
     "build_crontab_specs",
     "build_parser",
+    "build_schedule",
     "build_task_spec",
     "main",
     "parse_args",
+    "parse_retry_on",
     "parse_rfc3339",
     "split_shell_argv",
 ]

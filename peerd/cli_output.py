@@ -6,9 +6,11 @@ Timestamps are shown as RFC 3339 UTC with milliseconds, durations compactly ("12
 
 from __future__ import annotations
 
+import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, timedelta
+from typing import Any
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
@@ -45,8 +47,12 @@ def format_kv(pairs: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def to_json(msg: Message) -> str:
-    """A message as JSON with proto field names (``task_id``, not ``taskId``)."""
+def to_json(msg: Message, compact: bool = False) -> str:
+    """A message as JSON with proto field names (``task_id``, not ``taskId``); ``compact``: on
+    one line (JSON Lines)."""
+    if compact:
+        data = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return json_format.MessageToJson(msg, preserving_proto_field_name=True)
 
 
@@ -95,14 +101,131 @@ def describe_schedule(s: pb.Schedule) -> str:
 
 
 def describe_target(t: pb.TaskSpec) -> str:
-    """``POST https://...`` for HTTP tasks, the shell-quoted argv for shell tasks."""
+    """``POST https://...`` for HTTP tasks, the shell-quoted argv for shell tasks,
+    ``python NAME {args}`` for Python tasks."""
     kind = t.WhichOneof("target")
     if kind == "http":
         return f"{t.http.method or 'POST'} {t.http.url}"
     if kind == "shell":
         prefix = f"[{t.shell.run_as}] " if t.shell.run_as else ""
         return prefix + shlex.join(t.shell.argv)
+    if kind == "python":
+        return f"python {t.python.name} {t.python.args_json or '{}'}"
     return NONE
+
+
+# -- policies --------------------------------------------------------------------------------
+
+OVERLAP_NAMES = {
+    pb.OVERLAP_ALLOW: "allow",
+    pb.OVERLAP_FORBID: "forbid",
+    pb.OVERLAP_REPLACE: "replace",
+    pb.OVERLAP_BUFFER_ONE: "buffer-one",
+}
+"""CLI spelling of each OverlapPolicy (``--overlap``)."""
+CATCH_UP_NAMES = {
+    pb.CATCH_UP_SKIP: "skip",
+    pb.CATCH_UP_RUN_ONCE: "run-once",
+    pb.CATCH_UP_RUN_ALL: "run-all",
+}
+"""CLI spelling of each CatchUpPolicy (``--catch-up``)."""
+DST_NONEXISTENT_NAMES = {pb.DST_NONEXISTENT_SKIP: "skip", pb.DST_NONEXISTENT_SHIFT: "shift"}
+"""CLI spelling of each DstNonexistentPolicy (``--dst-nonexistent``; ``auto`` = unspecified)."""
+DST_AMBIGUOUS_NAMES = {
+    pb.DST_AMBIGUOUS_FIRST: "first",
+    pb.DST_AMBIGUOUS_LAST: "last",
+    pb.DST_AMBIGUOUS_BOTH: "both",
+}
+"""CLI spelling of each DstAmbiguousPolicy (``--dst-ambiguous``; ``auto`` = unspecified)."""
+RETRY_ON_NAMES = {
+    pb.RETRY_ON_HTTP_5XX: "5xx",
+    pb.RETRY_ON_HTTP_429: "429",
+    pb.RETRY_ON_TIMEOUT: "timeout",
+    pb.RETRY_ON_CONNECTION_ERROR: "connection",
+    pb.RETRY_ON_NONZERO_EXIT: "exit",
+    pb.RETRY_ON_EXCEPTION: "exception",
+    pb.RETRY_ON_HTTP_4XX: "4xx",
+}
+"""CLI spelling of each RetryOn outcome class (``--retry-on``)."""
+DEFAULT_RETRY_ON = (
+    pb.RETRY_ON_HTTP_5XX,
+    pb.RETRY_ON_HTTP_429,
+    pb.RETRY_ON_TIMEOUT,
+    pb.RETRY_ON_CONNECTION_ERROR,
+    pb.RETRY_ON_NONZERO_EXIT,
+    pb.RETRY_ON_EXCEPTION,
+)
+"""What an empty ``RetryPolicy.retry_on`` means (proto comment)."""
+SKIP_REASON_NAMES = {
+    pb.SKIP_MISFIRE: "misfire",
+    pb.SKIP_CATCH_UP_WINDOW: "catch-up window",
+    pb.SKIP_OVERLAP: "overlap",
+    pb.SKIP_PAUSED: "paused",
+}
+OWNER_LOST_NAMES = {pb.OWNER_LOST_RETRY: "retry", pb.OWNER_LOST_MARK_LOST: "mark-lost"}
+
+
+def _policy(value: int, names: Mapping[Any, str], default: str) -> str:
+    if value == 0:
+        return f"{default} (default)"
+    return names.get(value, f"unknown ({value})")
+
+
+def describe_retry(t: pb.TaskSpec) -> str:
+    """E.g. ``none (1 attempt, default)`` or ``3 attempts, backoff 1s..1m x2, on 5xx,429,
+    deadline 5m``; defaults are marked."""
+    if not t.HasField("retry"):
+        return "none (1 attempt, default)"
+    r = t.retry
+    attempts = r.max_attempts or 1
+    if attempts <= 1:
+        text = "none (1 attempt)"
+    else:
+        initial = fmt_duration(r.initial_backoff) if r.HasField("initial_backoff") else "1s"
+        most = fmt_duration(r.max_backoff) if r.HasField("max_backoff") else "1m"
+        mult = f"{r.multiplier:g}" if r.multiplier else "2"
+        on = ",".join(RETRY_ON_NAMES.get(c, str(c)) for c in (r.retry_on or DEFAULT_RETRY_ON))
+        default_on = "" if r.retry_on else " (default)"
+        text = (
+            f"{attempts} attempts, backoff {initial}..{most} x{mult} (full jitter), "
+            f"on {on}{default_on}"
+        )
+    if r.HasField("deadline"):
+        text += f", deadline {fmt_duration(r.deadline)}"
+    return text
+
+
+def _policy_pairs(t: pb.TaskSpec) -> list[tuple[str, str]]:
+    s = t.schedule
+    pairs: list[tuple[str, str]] = []
+    if s.HasField("jitter"):
+        pairs.append(("jitter", fmt_duration(s.jitter)))
+    if s.WhichOneof("kind") == "cron":
+        pairs.append(("dst_nonexistent", _policy(s.dst_nonexistent, DST_NONEXISTENT_NAMES, "auto")))
+        pairs.append(("dst_ambiguous", _policy(s.dst_ambiguous, DST_AMBIGUOUS_NAMES, "auto")))
+    pairs.append(("overlap", _policy(t.overlap, OVERLAP_NAMES, "allow")))
+    catch_up = _policy(t.catch_up, CATCH_UP_NAMES, "run-once")
+    if t.catch_up == pb.CATCH_UP_RUN_ALL:
+        window = t.catch_up_window
+        catch_up += (
+            f", window {fmt_duration(window)}"
+            if t.HasField("catch_up_window") and window.ToTimedelta()
+            else ", window 1h (default)"
+        )
+    pairs.append(("catch_up", catch_up))
+    pairs.append(
+        (
+            "misfire_threshold",
+            fmt_duration(t.misfire_threshold)
+            if t.HasField("misfire_threshold")
+            else "node default (--misfire-threshold, 5s unless set)",
+        )
+    )
+    pairs.append(("retry", describe_retry(t)))
+    pairs.append(("priority", str(t.priority) if t.priority else "0 (default)"))
+    pairs.append(("on_owner_lost", _policy(t.on_owner_lost, OWNER_LOST_NAMES, "retry")))
+    pairs.append(("on_failure", t.on_failure or "none (default)"))
+    return pairs
 
 
 def tasks_table(tasks: Sequence[pb.TaskSpec]) -> str:
@@ -134,6 +257,8 @@ def task_detail(t: pb.TaskSpec) -> str:
     if s.max_runs:
         pairs.append(("max_runs", str(s.max_runs)))
     pairs.append(("state", "paused" if t.paused else "active"))
+    if t.pause_note:
+        pairs.append(("pause_note", t.pause_note))
     kind = t.WhichOneof("target")
     if kind == "http":
         pairs.append(("http", f"{t.http.method or 'POST'} {t.http.url}"))
@@ -147,8 +272,12 @@ def task_detail(t: pb.TaskSpec) -> str:
             pairs.append(("working_dir", t.shell.working_dir))
         if t.shell.run_as:
             pairs.append(("run_as", t.shell.run_as))
+    elif kind == "python":
+        pairs.append(("python", t.python.name))
+        pairs.append(("args", t.python.args_json or "{} (default)"))
     timeout = fmt_duration(t.timeout) if t.HasField("timeout") else "60s (default)"
     pairs.append(("timeout", timeout))
+    pairs += _policy_pairs(t)
     if t.description:
         pairs.append(("description", t.description))
     if t.source:
@@ -171,23 +300,71 @@ def _took(r: pb.RunRecord) -> str:
     return fmt_td(r.finished_at.ToDatetime() - r.started_at.ToDatetime())
 
 
-def runs_table(runs: Sequence[pb.RunRecord]) -> str:
-    """One row per run: slot, status, node, attempt, lateness, duration, result, error."""
-    rows = [
-        [
-            fmt_ts(r.scheduled_at) + (" (manual)" if r.manual else ""),
-            pb.RunStatus.Name(r.status),
-            r.node_id or NONE,
-            str(r.attempt),
-            fmt_duration(r.lateness, r.HasField("lateness")),
-            _took(r),
-            _result(r),
-            truncate(r.error, 50) or NONE,
-        ]
-        for r in runs
+def _status(r: pb.RunRecord) -> str:
+    name = pb.RunStatus.Name(r.status)
+    if r.skip_reason:
+        name += f" ({SKIP_REASON_NAMES.get(r.skip_reason, str(r.skip_reason))})"
+    return name
+
+
+def _note(r: pb.RunRecord) -> str:
+    parts = []
+    if r.HasField("next_attempt_at"):
+        parts.append(f"next attempt {fmt_ts(r.next_attempt_at)}")
+    if r.error:
+        parts.append(r.error)
+    return "; ".join(parts)
+
+
+RUN_HEADERS = ("SCHEDULED", "STATUS", "NODE", "ATTEMPT", "LATENESS", "TOOK", "RESULT", "ERROR")
+"""Columns of :func:`runs_table` and :func:`run_line`."""
+RUN_WIDTHS = (24, 18, 8, 7, 8, 6, 8, 0)
+"""Fixed column widths of :func:`run_line` (a followed stream cannot measure its rows)."""
+
+
+def run_row(r: pb.RunRecord) -> list[str]:
+    """The cells of one run (see :data:`RUN_HEADERS`): the slot (``(manual)``, ``(on-failure)``
+    marked), status with the skip reason, node, attempt, lateness, duration, result, error
+    (with the next attempt's time while a retry waits)."""
+    slot = fmt_ts(r.scheduled_at)
+    if r.manual:
+        slot += " (manual)"
+    if r.HasField("cause"):
+        slot += " (on-failure)"
+    return [
+        slot,
+        _status(r),
+        r.node_id or NONE,
+        str(r.attempt),
+        fmt_duration(r.lateness, r.HasField("lateness")),
+        _took(r),
+        _result(r),
+        truncate(_note(r), 50) or NONE,
     ]
-    headers = ["SCHEDULED", "STATUS", "NODE", "ATTEMPT", "LATENESS", "TOOK", "RESULT", "ERROR"]
-    return format_table(headers, rows)
+
+
+def runs_table(runs: Sequence[pb.RunRecord]) -> str:
+    """One row per run (:func:`run_row`), columns aligned."""
+    return format_table(RUN_HEADERS, [run_row(r) for r in runs])
+
+
+def format_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """Cells padded to fixed ``widths`` (0 = unpadded), two spaces apart; no trailing spaces.
+    A longer cell pushes the rest of its line right."""
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def run_line(r: pb.RunRecord, task: bool = False) -> str:
+    """One run as a fixed-width line for a followed stream (``peerd runs ID --follow``); with
+    ``task`` the task id comes first."""
+    line = format_row(run_row(r), RUN_WIDTHS)
+    return f"{r.task_id}  {line}" if task else line
+
+
+def run_header(task: bool = False) -> str:
+    """The header line matching :func:`run_line`."""
+    line = format_row(RUN_HEADERS, RUN_WIDTHS)
+    return f"TASK  {line}" if task else line
 
 
 def run_detail(r: pb.RunRecord) -> str:
@@ -195,23 +372,118 @@ def run_detail(r: pb.RunRecord) -> str:
     pairs = [
         ("task_id", r.task_id),
         ("scheduled_at", fmt_ts(r.scheduled_at)),
-        ("status", pb.RunStatus.Name(r.status)),
+        ("status", _status(r)),
         ("node_id", r.node_id or NONE),
         ("attempt", str(r.attempt)),
         ("manual", "yes" if r.manual else "no"),
         ("fencing_token", str(r.fencing_token)),
         ("idempotency_key", r.idempotency_key or NONE),
+    ]
+    if r.HasField("fire_at"):
+        pairs.append(("fire_at", fmt_ts(r.fire_at)))
+    pairs += [
         ("claimed_at", fmt_ts(r.claimed_at)),
         ("started_at", fmt_ts(r.started_at)),
         ("finished_at", fmt_ts(r.finished_at)),
         ("lateness", fmt_duration(r.lateness, r.HasField("lateness"))),
         ("result", _result(r)),
     ]
+    if r.priority:
+        pairs.append(("priority", str(r.priority)))
+    if r.HasField("next_attempt_at"):
+        pairs.append(("next_attempt_at", fmt_ts(r.next_attempt_at)))
+    for a in r.history:
+        took = (
+            fmt_td(a.finished_at.ToDatetime() - a.started_at.ToDatetime())
+            if a.HasField("started_at") and a.HasField("finished_at")
+            else NONE
+        )
+        pairs.append(
+            (
+                f"attempt {a.attempt}",
+                f"{pb.RunStatus.Name(a.status)} on {a.node_id or NONE} at "
+                f"{fmt_ts(a.started_at)} took {took} token {a.fencing_token}"
+                + (f": {a.error}" if a.error else ""),
+            )
+        )
+    if r.HasField("cause"):
+        c = r.cause
+        pairs.append(
+            (
+                "cause",
+                f"{c.task_id} {fmt_ts(c.scheduled_at)} {pb.RunStatus.Name(c.status)}"
+                + (f": {c.error}" if c.error else ""),
+            )
+        )
     if r.error:
         pairs.append(("error", r.error))
     if r.output_tail:
         pairs.append(("output", r.output_tail))
     return format_kv(pairs)
+
+
+def preview_table(resp: pb.PreviewScheduleResponse) -> str:
+    """SCHEDULED (UTC), LOCAL (the schedule's zone), FIRE AT (only when some slot is jittered),
+    NOTE (DST policy applied)."""
+    jittered = any(s.HasField("fire_at") and s.fire_at != s.scheduled_at for s in resp.slots)
+    headers = ["SCHEDULED (UTC)", "LOCAL", *(["FIRE AT"] if jittered else []), "NOTE"]
+    rows = []
+    for s in resp.slots:
+        fire = [fmt_ts(s.fire_at)] if jittered else []
+        rows.append([fmt_ts(s.scheduled_at), s.local_time or NONE, *fire, s.note or NONE])
+    if not rows:
+        return f"no slots (time zone {resp.time_zone or 'UTC'}): the schedule has ended"
+    return format_table(headers, rows)
+
+
+def _le(le_ms: int) -> str:
+    return "+inf" if le_ms < 0 else fmt_td(timedelta(milliseconds=le_ms))
+
+
+def audit_text(a: pb.AuditTaskResponse, max_gaps: int = 20) -> str:
+    """Summary of an audit: window, expected slots, gaps (the first ``max_gaps`` listed),
+    multi-claims (all listed), counts by status and the lateness histogram."""
+    window = f"({fmt_ts(a.since)}, {fmt_ts(a.until)}]"
+    if a.truncated:
+        window += " (cut to the oldest record kept; older ones were trimmed)"
+    started = sum(b.count for b in a.lateness)
+    pairs = [
+        ("task", a.task_id),
+        ("window", window),
+        ("expected slots", str(a.expected_slots)),
+        ("gaps", str(a.gap_count)),
+        ("multi-claims", str(len(a.multi_claims))),
+        (
+            "by status",
+            ", ".join(f"{k} {v}" for k, v in sorted(a.by_status.items())) or NONE,
+        ),
+        (
+            "lateness",
+            (
+                f"p50 {fmt_duration(a.lateness_p50)}, p99 {fmt_duration(a.lateness_p99)}, "
+                f"max {fmt_duration(a.lateness_max)} ({started} started runs)"
+            )
+            if started
+            else "no started runs",
+        ),
+    ]
+    parts = [format_kv(pairs)]
+    if a.gaps:
+        shown = [fmt_ts(g) for g in a.gaps[:max_gaps]]
+        more = a.gap_count - len(shown)
+        parts.append("gaps:\n" + "\n".join(f"  {g}" for g in shown))
+        if more > 0:
+            parts[-1] += f"\n  ... and {more} more"
+    if a.multi_claims:
+        rows = [
+            [fmt_ts(m.scheduled_at), ",".join(map(str, m.fencing_tokens)) or NONE, m.detail]
+            for m in a.multi_claims
+        ]
+        parts.append(format_table(["MULTI-CLAIMED SLOT", "TOKENS", "DETAIL"], rows))
+    if started:
+        rows = [[_le(b.le_ms), str(b.count)] for b in a.lateness]
+        parts.append(format_table(["LATENESS <=", "RUNS"], rows))
+    return "\n\n".join(parts)
 
 
 def cluster_text(c: pb.GetClusterResponse) -> str:
@@ -260,16 +532,29 @@ def import_table(tasks: Sequence[pb.TaskSpec]) -> str:
 
 
 __all__ = [
+    "CATCH_UP_NAMES",
+    "DST_AMBIGUOUS_NAMES",
+    "DST_NONEXISTENT_NAMES",
+    "OVERLAP_NAMES",
+    "RETRY_ON_NAMES",
+    "RUN_HEADERS",
+    "audit_text",
     "cluster_text",
+    "describe_retry",
     "describe_schedule",
     "describe_target",
     "fmt_duration",
     "fmt_td",
     "fmt_ts",
     "format_kv",
+    "format_row",
     "format_table",
     "import_table",
+    "preview_table",
     "run_detail",
+    "run_header",
+    "run_line",
+    "run_row",
     "runs_table",
     "task_detail",
     "tasks_table",

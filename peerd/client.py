@@ -7,7 +7,10 @@ one-line message.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from types import TracebackType
+from typing import Protocol
 
 import grpc
 
@@ -70,6 +73,17 @@ def describe_rpc_error(err: grpc.RpcError, server: str, timeout_s: float) -> tup
     else:
         message = details
     return exit_code_for_status(code), " ".join(message.split())
+
+
+class RunStream(Protocol):
+    """A WatchRuns call: iterate for records; :meth:`cancel` ends it (the iterator then raises
+    :class:`grpc.RpcError` with status CANCELLED)."""
+
+    def __iter__(self) -> Iterator[pb.RunRecord]: ...
+
+    def __next__(self) -> pb.RunRecord: ...
+
+    def cancel(self) -> bool: ...
 
 
 class SchedulerClient:
@@ -146,9 +160,11 @@ class SchedulerClient:
         """Delete a task (NOT_FOUND if missing)."""
         self._stub.DeleteTask(pb.DeleteTaskRequest(id=task_id), timeout=self.timeout_s)
 
-    def pause_task(self, task_id: str) -> pb.TaskSpec:
-        """Pause a task; returns it as stored."""
-        return self._stub.PauseTask(pb.PauseTaskRequest(id=task_id), timeout=self.timeout_s)
+    def pause_task(self, task_id: str, note: str = "") -> pb.TaskSpec:
+        """Pause a task, with an optional note (<= 1024 characters); returns it as stored."""
+        return self._stub.PauseTask(
+            pb.PauseTaskRequest(id=task_id, note=note), timeout=self.timeout_s
+        )
 
     def resume_task(self, task_id: str) -> pb.TaskSpec:
         """Resume a paused task; returns it as stored."""
@@ -175,9 +191,54 @@ class SchedulerClient:
             seen.add(token)
         return out[:limit]
 
+    def preview(
+        self,
+        *,
+        task_id: str | None = None,
+        schedule: pb.Schedule | None = None,
+        count: int = 0,
+        after: datetime | None = None,
+    ) -> pb.PreviewScheduleResponse:
+        """The next ``count`` (0 = 10) slots of a stored task (``task_id``) or an ad-hoc
+        ``schedule`` (exactly one), strictly after ``after`` (aware; default: the server's now).
+
+        Raises:
+            ValueError: neither or both of ``task_id`` and ``schedule``.
+        """
+        if (task_id is None) == (schedule is None):
+            raise ValueError("give exactly one of task_id and schedule")
+        req = pb.PreviewScheduleRequest(count=count)
+        if schedule is not None:
+            req.schedule.CopyFrom(schedule)
+        else:
+            req.task_id = task_id or ""
+        if after is not None:
+            getattr(req, "from").FromDatetime(after)
+        return self._stub.PreviewSchedule(req, timeout=self.timeout_s)
+
+    def audit_task(self, task_id: str, since: datetime | None = None) -> pb.AuditTaskResponse:
+        """Audit a task's runs since ``since`` (aware; default: see AuditTaskRequest)."""
+        req = pb.AuditTaskRequest(task_id=task_id)
+        if since is not None:
+            req.since.FromDatetime(since)
+        return self._stub.AuditTask(req, timeout=self.timeout_s)
+
+    def watch_runs(self, task_id: str = "", replay: int = 0) -> RunStream:
+        """Follow run records: the newest ``replay`` (0..1000) first, then every change. The
+        call has no deadline; it ends when cancelled (``.cancel()``) or the server goes away.
+        Errors (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE) surface while iterating."""
+        call: RunStream = self._stub.WatchRuns(pb.WatchRunsRequest(task_id=task_id, replay=replay))
+        return call
+
     def get_cluster(self) -> pb.GetClusterResponse:
         """The answering node's view of the cluster."""
         return self._stub.GetCluster(pb.GetClusterRequest(), timeout=self.timeout_s)
 
 
-__all__ = ["SchedulerClient", "describe_rpc_error", "exit_code_for_status", "rpc_status"]
+__all__ = [
+    "RunStream",
+    "SchedulerClient",
+    "describe_rpc_error",
+    "exit_code_for_status",
+    "rpc_status",
+]

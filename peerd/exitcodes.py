@@ -18,7 +18,8 @@ from peerd.errors import (
 EXIT_OK = 0
 """Success."""
 EXIT_ERROR = 1
-"""Anything not covered by a more specific code."""
+"""Anything not covered by a more specific code. Also ``peerd audit``'s verdict: the audit ran
+and found a slot claimed more than once."""
 EXIT_INVALID = 2
 """Invalid input or usage (including argparse usage errors and unreadable input files)."""
 EXIT_NOT_FOUND = 3

@@ -1,18 +1,32 @@
 """Validation of a submitted ``TaskSpec`` (pure: ``now`` is a parameter).
 
 Every rejection is an :class:`~peerd.errors.InvalidArgument` naming the field (``task.id``,
-``task.schedule.cron``, ``task.http.url``, ...) and the reason. Validation happens before any
-write, so a rejected request changes nothing.
+``task.schedule.cron``, ``task.http.url``, ``task.retry.max_attempts``, ...) and the reason.
+Validation happens before any write, so a rejected request changes nothing.
+
+What is *not* checked here, because it depends on the cluster rather than on the spec:
+
+* whether a ``python`` target's entry point is installed (the service checks it on the node that
+  answers, :meth:`peerd.rpc.service.SchedulerService._check_python`);
+* whether the shell command is allow-listed (also the service);
+* whether the ``on_failure`` task exists: it is looked up when a run's final attempt fails. If it
+  is missing then, the engine logs the failure and notes it in the failed run's ``error``; the
+  tasks may be created in any order.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
+from google.protobuf import duration_pb2
 
+from peerd.core.durations import format_duration
+from peerd.core.retry import validate_retry
 from peerd.core.schedule import validate_schedule
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
@@ -25,6 +39,13 @@ RESERVED_HEADERS = ("idempotency-key", "peerd-fencing-token")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+MAX_CATCH_UP_WINDOW = timedelta(days=7)
+MIN_CATCH_UP_WINDOW = timedelta(seconds=1)
+MAX_MISFIRE_THRESHOLD = timedelta(days=1)
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+MAX_PYTHON_ARGS_BYTES = 64 * 1024
+MAX_PYTHON_NAME = 200
+MAX_PAUSE_NOTE = 1024
 
 
 def new_task_id() -> str:
@@ -39,10 +60,16 @@ def validate_task_id(task_id: str, field: str = "task.id") -> None:
 
 
 def validate_task(spec: pb.TaskSpec, now: datetime, field: str = "task") -> None:
-    """Check a task submitted for creation.
+    """Check a task submitted for creation (``now``: aware, for schedules in the past).
+
+    Checks, in order: size (<= 256 KiB serialised), ``id``, ``schedule`` (including jitter and
+    DST policies, :func:`peerd.core.schedule.validate_schedule`), exactly one target (http,
+    shell, python: :func:`validate_python`), ``timeout`` (> 0, <= 24 h), the run policies
+    (:func:`_validate_policies`), ``description`` (<= 1024 characters).
 
     Raises:
-        InvalidArgument: naming the first offending field and the reason.
+        InvalidArgument: naming the first offending field (``<field>.retry.max_attempts``, ...)
+            and the reason.
     """
     size = spec.ByteSize()
     if size > MAX_SPEC_BYTES:
@@ -56,16 +83,124 @@ def validate_task(spec: pb.TaskSpec, now: datetime, field: str = "task") -> None
         _validate_http(spec.http, f"{field}.http")
     elif kind == "shell":
         _validate_shell(spec.shell, f"{field}.shell")
+    elif kind == "python":
+        validate_python(spec.python, f"{field}.python")
     else:
-        raise InvalidArgument(f"{field}.target", "one of http or shell is required")
+        raise InvalidArgument(f"{field}.target", "one of http, shell or python is required")
     if spec.HasField("timeout"):
         t = spec.timeout.ToTimedelta()
         if t <= timedelta(0) or t > MAX_TIMEOUT:
             raise InvalidArgument(f"{field}.timeout", f"must be > 0 and <= 24h, got {t}")
-    if spec.on_owner_lost not in pb.OwnerLostPolicy.values():
-        raise InvalidArgument(f"{field}.on_owner_lost", f"unknown policy {spec.on_owner_lost}")
+    _validate_policies(spec, field)
     if len(spec.description) > 1024:
         raise InvalidArgument(f"{field}.description", "longer than 1024 characters")
+
+
+def _enum(value: int, enum: Any, name: str, field: str) -> None:
+    # proto3 enums are open: an unknown number survives parsing, so check it explicitly.
+    if value not in enum.values():
+        raise InvalidArgument(field, f"unknown {name} {value}")
+
+
+def _validate_policies(spec: pb.TaskSpec, field: str) -> None:
+    """The run policies of a task (everything beside schedule, target and timeout).
+
+    Rules (ranges inclusive):
+
+    * ``on_owner_lost``, ``overlap``, ``catch_up``: a value the enum defines (0 = the default).
+    * ``catch_up_window``: unset, 0 (= the default, 1 h) or 1 s .. 7 days. Only CATCH_UP_RUN_ALL
+      reads it; with another policy it is accepted and ignored.
+    * ``misfire_threshold``: unset (= the node's ``--misfire-threshold``) or 0 .. 1 day.
+    * ``retry``: :func:`peerd.core.retry.validate_retry` (field ``<field>.retry.*``).
+    * ``priority``: -100 .. 100.
+    * ``on_failure``: empty, or a well-formed task id other than the task's own. The task need
+      not exist yet (it is looked up when a run fails; see the module docstring).
+    * ``pause_note``: not checked; the server clears it on create (PauseTask sets it).
+    """
+    _enum(spec.on_owner_lost, pb.OwnerLostPolicy, "policy", f"{field}.on_owner_lost")
+    _enum(spec.overlap, pb.OverlapPolicy, "overlap policy", f"{field}.overlap")
+    _enum(spec.catch_up, pb.CatchUpPolicy, "catch-up policy", f"{field}.catch_up")
+    if spec.HasField("catch_up_window"):
+        w = _duration(spec.catch_up_window, f"{field}.catch_up_window")
+        if w != timedelta(0) and not MIN_CATCH_UP_WINDOW <= w <= MAX_CATCH_UP_WINDOW:
+            raise InvalidArgument(
+                f"{field}.catch_up_window",
+                f"must be 0 (default 1h) or between 1s and 7d, got {format_duration(w)}",
+            )
+    if spec.HasField("misfire_threshold"):
+        m = _duration(spec.misfire_threshold, f"{field}.misfire_threshold")
+        if not timedelta(0) <= m <= MAX_MISFIRE_THRESHOLD:
+            raise InvalidArgument(
+                f"{field}.misfire_threshold", f"must be between 0 and 1d, got {format_duration(m)}"
+            )
+    if spec.HasField("retry"):
+        validate_retry(spec.retry, f"{field}.retry")
+    if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"{field}.priority",
+            f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {spec.priority}",
+        )
+    if spec.on_failure:
+        validate_task_id(spec.on_failure, f"{field}.on_failure")
+        if spec.on_failure == spec.id:
+            raise InvalidArgument(
+                f"{field}.on_failure", f"a task cannot be its own failure handler ({spec.id!r})"
+            )
+
+
+def _duration(d: duration_pb2.Duration, field: str) -> timedelta:
+    """A protobuf Duration as a timedelta; negative or malformed ones are rejected."""
+    if d.seconds < 0 or d.nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    try:
+        return d.ToTimedelta()
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(field, f"invalid duration: {exc}") from None
+
+
+def validate_python(target: pb.PythonTarget, field: str = "task.python") -> None:
+    """Check a python target's shape: ``name`` non-empty (<= 200 characters, no whitespace or
+    control characters) and ``args_json`` empty or a JSON object of at most 64 KiB (UTF-8).
+
+    Whether ``name`` is installed is checked by the service, not here.
+
+    Raises:
+        InvalidArgument: ``<field>.name`` or ``<field>.args_json`` with the reason.
+    """
+    name = target.name
+    if not name:
+        raise InvalidArgument(f"{field}.name", "an entry-point name is required (e.g. peerd.echo)")
+    if len(name) > MAX_PYTHON_NAME or any(c.isspace() or not c.isprintable() for c in name):
+        raise InvalidArgument(
+            f"{field}.name",
+            f"{name[:60]!r} is not an entry-point name (<= {MAX_PYTHON_NAME} characters, "
+            "no whitespace)",
+        )
+    if not target.args_json:
+        return
+    size = len(target.args_json.encode())
+    if size > MAX_PYTHON_ARGS_BYTES:
+        raise InvalidArgument(f"{field}.args_json", f"{size} bytes, over the 64 KiB limit")
+    try:
+        args = json.loads(target.args_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}.args_json", f"not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise InvalidArgument(
+            f"{field}.args_json", f"must be a JSON object, got {type(args).__name__}"
+        )
+
+
+def validate_pause_note(note: str, field: str = "note") -> None:
+    """A PauseTask note: at most 1024 characters.
+
+    Raises:
+        InvalidArgument: naming ``field``.
+    """
+    if len(note) > MAX_PAUSE_NOTE:
+        raise InvalidArgument(
+            field, f"{len(note)} characters, longer than the {MAX_PAUSE_NOTE} allowed"
+        )
 
 
 def _validate_http(http: pb.HttpTarget, field: str) -> None:

@@ -14,8 +14,9 @@ other PeerdError            INTERNAL
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -72,5 +73,35 @@ def grpc_errors(
             log.exception("rpc_internal_error", method=fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
         raise AssertionError("unreachable")  # context.abort always raises
+
+    return wrapper
+
+
+def grpc_stream_errors(
+    fn: Callable[..., AsyncGenerator[R, None]],
+) -> Callable[..., AsyncIterator[R]]:
+    """Like :func:`grpc_errors`, for a server-streaming method written as an async generator.
+
+    An error raised before or between messages aborts the stream with its status code (the
+    messages already sent stay sent). A client that cancels (or a server shutting down) raises
+    ``asyncio.CancelledError`` into the generator, which is closed (its ``finally`` blocks run)
+    and not reported as an error.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[R]:
+        try:
+            async with contextlib.aclosing(fn(self, request, context)) as stream:
+                async for item in stream:
+                    yield item
+        except PeerdError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("rpc_internal_error", method=fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
 
     return wrapper

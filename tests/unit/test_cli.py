@@ -18,7 +18,7 @@ import pytest
 from peerd import cli
 from peerd.cli import build_task_spec, main, parse_args, parse_rfc3339, split_shell_argv
 from peerd.cli_crontab import build_crontab_specs, crontab_task_id, entry_script
-from peerd.cli_output import fmt_td, format_table
+from peerd.cli_output import fmt_td, format_table, task_detail
 from peerd.client import exit_code_for_status
 from peerd.dev import choose_ports, node_command
 from peerd.errors import InvalidArgument
@@ -100,6 +100,51 @@ def test_shell_argv_keeps_flags_after_double_dash() -> None:
     assert args.output == "table"
 
 
+def test_policy_flags() -> None:
+    spec = spec_of(
+        "pol", "--cron", "30 2 * * *", "--tz", "Europe/Berlin", "--jitter", "30s",
+        "--dst-nonexistent", "skip", "--dst-ambiguous", "both", "--overlap", "buffer-one",
+        "--catch-up", "run-all", "--catch-up-window", "2h", "--misfire-threshold", "10s",
+        "--max-attempts", "4", "--backoff", "500ms", "--max-backoff", "30s",
+        "--backoff-multiplier", "3", "--retry-on", "5xx, Timeout,exit,5xx", "--deadline", "5m",
+        "--priority", "-7", "--on-failure", "pol-alert", "--http-post", "http://h/x",
+    )  # fmt: skip
+    s = spec.schedule
+    assert s.jitter.ToTimedelta() == timedelta(seconds=30)
+    assert s.dst_nonexistent == pb.DST_NONEXISTENT_SKIP and s.dst_ambiguous == pb.DST_AMBIGUOUS_BOTH
+    assert spec.overlap == pb.OVERLAP_BUFFER_ONE and spec.catch_up == pb.CATCH_UP_RUN_ALL
+    assert spec.catch_up_window.ToTimedelta() == timedelta(hours=2)
+    assert spec.misfire_threshold.ToTimedelta() == timedelta(seconds=10)
+    r = spec.retry
+    assert r.max_attempts == 4 and r.multiplier == 3
+    assert r.initial_backoff.ToTimedelta() == timedelta(milliseconds=500)
+    assert r.max_backoff.ToTimedelta() == timedelta(seconds=30)
+    assert list(r.retry_on) == [pb.RETRY_ON_HTTP_5XX, pb.RETRY_ON_TIMEOUT, pb.RETRY_ON_NONZERO_EXIT]
+    assert r.deadline.ToTimedelta() == timedelta(minutes=5)
+    assert spec.priority == -7 and spec.on_failure == "pol-alert"
+
+
+def test_policy_flags_unset_leave_defaults() -> None:
+    spec = spec_of("d", "--every", "1m", "--http-post", "http://h/x")
+    assert not spec.HasField("retry") and not spec.HasField("catch_up_window")
+    assert spec.overlap == 0 and spec.catch_up == 0 and spec.priority == 0
+    assert not spec.schedule.HasField("jitter")
+    auto = spec_of(
+        "d", "--cron", "* * * * *", "--dst-ambiguous", "auto", "--http-post", "http://h/"
+    )
+    assert auto.schedule.dst_ambiguous == pb.DST_AMBIGUOUS_POLICY_UNSPECIFIED
+    deadline_only = spec_of("d", "--every", "1m", "--deadline", "30s", "--http-post", "http://h/")
+    assert deadline_only.retry.max_attempts == 0 and deadline_only.retry.HasField("deadline")
+
+
+def test_python_target_flags() -> None:
+    spec = spec_of("py", "--every", "10s", "--python", "peerd.echo", "--args", '{"n": 1}')
+    assert spec.WhichOneof("target") == "python"
+    assert spec.python.name == "peerd.echo" and json.loads(spec.python.args_json) == {"n": 1}
+    bare = spec_of("py", "--every", "10s", "--python", "peerd.echo")
+    assert bare.python.args_json == ""
+
+
 def test_split_shell_argv() -> None:
     assert split_shell_argv(["a", "--", "b"]) == (["a", "--", "b"], None)
     assert split_shell_argv(["--shell", "--", "b", "--c"]) == (["--shell"], ["b", "--c"])
@@ -131,6 +176,45 @@ def test_global_options_before_and_after_subcommand() -> None:
         (["--every", "1s", "--header", "a:b", "--shell", "--", "x"], "--header"),
         (["--every", "1s", "--timeout", "soon", "--http-post", "http://h/"], "--timeout"),
         (["Bad_Id", "--every", "1s", "--http-post", "http://h/"], "ID"),
+        (["--every", "1s", "--python", "p", "--args", "[1]"], "--args"),
+        (["--every", "1s", "--python", "p", "--args", "{bad"], "--args"),
+        (["--every", "1s", "--args", "{}", "--http-post", "http://h/"], "--args"),
+        (["--every", "1s", "--python", "p", "--method", "GET"], "--method"),
+        (["--every", "1s", "--python", "p", "--env", "A=1"], "--env"),
+        (["--every", "1s", "--jitter", "soon", "--http-post", "http://h/"], "--jitter"),
+        (
+            ["--every", "1s", "--catch-up-window", "x", "--http-post", "http://h/"],
+            "--catch-up-window",
+        ),
+        (
+            ["--every", "1s", "--misfire-threshold", "-", "--http-post", "http://h/"],
+            "--misfire-threshold",
+        ),
+        (
+            [
+                "--every",
+                "1s",
+                "--max-attempts",
+                "3",
+                "--retry-on",
+                "5xx,teapot",
+                "--http-post",
+                "http://h/",
+            ],
+            "--retry-on",
+        ),
+        (
+            ["--every", "1s", "--max-attempts", "3", "--retry-on", ",", "--http-post", "http://h/"],
+            "--retry-on",
+        ),
+        (["--every", "1s", "--backoff", "2s", "--http-post", "http://h/"], "--backoff"),
+        (["--every", "1s", "--retry-on", "5xx", "--http-post", "http://h/"], "--retry-on"),
+        (
+            ["--every", "1s", "--max-attempts", "2", "--backoff", "x", "--http-post", "http://h/"],
+            "--backoff",
+        ),
+        (["--every", "1s", "--deadline", "0s", "--http-post", "http://h/"], "--deadline"),
+        (["--every", "1s", "--on-failure", "Bad Id", "--http-post", "http://h/"], "--on-failure"),
     ],
 )
 def test_bad_create_flags_exit_2_with_one_line(
@@ -150,6 +234,13 @@ def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -
         ["task", "create", "--every", "1s", "--cron", "* * * * *", "--http-post", "http://h/"],
         ["runs", "x", "--limit", "many"],
         ["-o", "yaml", "cluster"],
+        ["task", "create", "--every", "1s", "--overlap", "sometimes", "--http-post", "http://h/"],
+        ["task", "create", "--every", "1s", "--priority", "high", "--http-post", "http://h/"],
+        ["task", "create", "--every", "1s", "--python", "p", "--http-post", "http://h/"],
+        ["preview", "--tz", "UTC"],  # no schedule
+        ["preview", "--cron", "* * * * *", "--dst-ambiguous", "sometimes"],
+        ["task", "preview"],
+        ["audit"],
     ):
         code, out, err = run(capsys, *argv)
         assert code == cli.EXIT_INVALID, argv
@@ -368,6 +459,7 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             pb.TaskSpec(id=f"t{i}", schedule=pb.Schedule(cron="* * * * *")) for i in range(5)
         ]
         self.created: list[pb.TaskSpec] = []
+        self.requests: list[object] = []
 
     def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> object:
         start = int(request.page_token or 0)
@@ -387,6 +479,51 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task.http.url: not\nallowed")
         self.created.append(request.task)
         return request.task
+
+    def PauseTask(self, request: pb.PauseTaskRequest, context: grpc.ServicerContext) -> object:
+        self.requests.append(request)
+        task = pb.TaskSpec(id=request.id, paused=True, pause_note=request.note)
+        task.schedule.cron = "* * * * *"
+        return task
+
+    def PreviewSchedule(
+        self, request: pb.PreviewScheduleRequest, context: grpc.ServicerContext
+    ) -> object:
+        self.requests.append(request)
+        if request.WhichOneof("source") == "task_id" and request.task_id == "nope":
+            context.abort(grpc.StatusCode.NOT_FOUND, "task 'nope' not found")
+        resp = pb.PreviewScheduleResponse(time_zone="Europe/Berlin")
+        for i, note in enumerate(("", "02:30 does not exist (spring forward); shifted")):
+            slot = resp.slots.add(local_time=f"2026-03-2{8 + i}T03:00:00+02:00", note=note)
+            slot.scheduled_at.FromDatetime(datetime(2026, 3, 28 + i, 1, 0, tzinfo=UTC))
+            slot.fire_at.FromDatetime(datetime(2026, 3, 28 + i, 1, 0, i, tzinfo=UTC))
+        return resp
+
+    def AuditTask(self, request: pb.AuditTaskRequest, context: grpc.ServicerContext) -> object:
+        self.requests.append(request)
+        resp = pb.AuditTaskResponse(task_id=request.task_id, expected_slots=10, gap_count=1)
+        resp.since.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC))
+        resp.until.FromDatetime(datetime(2026, 1, 1, 0, 1, tzinfo=UTC))
+        resp.gaps.add().FromDatetime(datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC))
+        resp.by_status["SUCCEEDED"] = 9
+        for le in (10, 50, -1):
+            resp.lateness.add(le_ms=le, count=3)
+        for name in ("lateness_p50", "lateness_p99", "lateness_max"):
+            getattr(resp, name).FromMilliseconds(12)
+        if request.task_id == "double":
+            m = resp.multi_claims.add(fencing_tokens=[5, 9], detail="run key re-created")
+            m.scheduled_at.FromDatetime(datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC))
+        return resp
+
+    def WatchRuns(self, request: pb.WatchRunsRequest, context: grpc.ServicerContext) -> object:
+        self.requests.append(request)
+        for status in (pb.CLAIMED, pb.SKIPPED):
+            rec = pb.RunRecord(task_id=request.task_id, status=status, node_id="n1", attempt=1)
+            rec.scheduled_at.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC))
+            if status == pb.SKIPPED:
+                rec.skip_reason = pb.SKIP_OVERLAP
+            yield rec
+        context.abort(grpc.StatusCode.UNAVAILABLE, "node stopping")
 
 
 @pytest.fixture
@@ -428,6 +565,130 @@ def test_rpc_errors_map_to_exit_codes(
                        "--shell", "--", "/bin/echo", "--hello")  # fmt: skip
     assert code == cli.EXIT_OK and "/bin/echo --hello" in out
     assert list(servicer.created[-1].shell.argv) == ["/bin/echo", "--hello"]
+
+
+def test_pause_with_note(
+    capsys: pytest.CaptureFixture[str], fake_server: tuple[str, FakeScheduler]
+) -> None:
+    address, servicer = fake_server
+    code, out, _ = run(capsys, "--server", address, "task", "pause", "t1", "--note", "db migration")
+    assert code == cli.EXIT_OK
+    assert servicer.requests[-1] == pb.PauseTaskRequest(id="t1", note="db migration")
+    assert "pause_note:" in out and "db migration" in out
+    code, out, err = run(capsys, "--server", address, "task", "pause", "t1", "--note", "x" * 1025)
+    assert code == cli.EXIT_INVALID and err.startswith("peerd: error: --note: ")
+
+
+def test_preview_commands_use_the_rpc(
+    capsys: pytest.CaptureFixture[str], fake_server: tuple[str, FakeScheduler]
+) -> None:
+    address, servicer = fake_server
+    code, out, _ = run(capsys, "--server", address, "preview", "--cron", "30 2 * * *", "--tz",
+                       "Europe/Berlin", "-n", "2", "--from", "2026-03-28T00:00:00Z",
+                       "--dst-nonexistent", "shift", "--jitter", "5s")  # fmt: skip
+    assert code == cli.EXIT_OK
+    req = servicer.requests[-1]
+    assert isinstance(req, pb.PreviewScheduleRequest)
+    assert req.schedule.cron == "30 2 * * *" and req.schedule.time_zone == "Europe/Berlin"
+    assert req.schedule.dst_nonexistent == pb.DST_NONEXISTENT_SHIFT
+    assert req.schedule.jitter.ToTimedelta() == timedelta(seconds=5)
+    assert req.count == 2
+    assert getattr(req, "from").ToDatetime(tzinfo=UTC) == datetime(2026, 3, 28, tzinfo=UTC)
+    lines = out.splitlines()
+    assert lines[0].split("  ")[0] == "SCHEDULED (UTC)" and "FIRE AT" in lines[0]
+    assert "2026-03-29T03:00:00+02:00" in lines[2] and "shifted" in lines[2]
+    code, out, _ = run(capsys, "--server", address, "task", "preview", "t1", "-o", "json")
+    assert code == cli.EXIT_OK
+    assert servicer.requests[-1] == pb.PreviewScheduleRequest(task_id="t1", count=10)
+    assert json.loads(out)["time_zone"] == "Europe/Berlin"
+    code, _, err = run(capsys, "--server", address, "task", "preview", "nope")
+    assert code == cli.EXIT_NOT_FOUND
+    code, _, err = run(capsys, "--server", address, "task", "preview", "t1", "-n", "0")
+    assert code == cli.EXIT_INVALID and err.startswith("peerd: error: -n: ")
+    code, _, err = run(capsys, "--server", address, "preview", "--every", "1m", "--from", "x")
+    assert code == cli.EXIT_INVALID and err.startswith("peerd: error: --from: ")
+
+
+def test_audit_exit_code_follows_multi_claims(
+    capsys: pytest.CaptureFixture[str], fake_server: tuple[str, FakeScheduler]
+) -> None:
+    address, servicer = fake_server
+    code, out, _ = run(capsys, "--server", address, "audit", "t1", "--since",
+                       "2026-01-01T00:00:00Z")  # fmt: skip
+    assert code == cli.EXIT_OK
+    req = servicer.requests[-1]
+    assert isinstance(req, pb.AuditTaskRequest) and req.since.seconds > 0
+    assert "expected slots:  10" in out and "2026-01-01T00:00:30.000Z" in out
+    assert "SUCCEEDED 9" in out and "p50 12ms" in out and "+inf" in out
+    code, out, _ = run(capsys, "--server", address, "audit", "double")
+    assert code == cli.EXIT_ERROR
+    assert "multi-claims:    1" in out and "run key re-created" in out and "5,9" in out
+    code, out, _ = run(capsys, "--server", address, "-o", "json", "audit", "double")
+    assert code == cli.EXIT_ERROR and json.loads(out)["multi_claims"][0]["fencing_tokens"]
+
+
+def test_runs_follow_prints_each_change(
+    capsys: pytest.CaptureFixture[str], fake_server: tuple[str, FakeScheduler]
+) -> None:
+    address, servicer = fake_server
+    code, out, err = run(capsys, "--server", address, "runs", "t1", "--follow", "--limit", "5")
+    assert code == cli.EXIT_UNAVAILABLE and "node stopping" in err  # the fake ends the stream
+    assert servicer.requests[-1] == pb.WatchRunsRequest(task_id="t1", replay=5)
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["SCHEDULED", "STATUS"]
+    assert "CLAIMED" in lines[1] and "SKIPPED (overlap)" in lines[2]
+    code, out, _ = run(capsys, "--server", address, "-o", "json", "runs", "t1", "-f")
+    assert [json.loads(line)["status"] for line in out.splitlines()] == ["CLAIMED", "SKIPPED"]
+    code, _, err = run(capsys, "--server", address, "runs", "nope", "--follow")
+    assert code == cli.EXIT_NOT_FOUND
+    code, _, err = run(capsys, "--server", address, "runs", "t1", "-f", "--limit", "1001")
+    assert code == cli.EXIT_INVALID and err.startswith("peerd: error: --limit: ")
+
+
+def test_runs_follow_exits_0_on_ctrl_c(
+    capsys: pytest.CaptureFixture[str],
+    fake_server: tuple[str, FakeScheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    address, _ = fake_server
+    cancelled: list[bool] = []
+
+    class Interrupted:
+        def __iter__(self) -> Iterator[pb.RunRecord]:
+            yield pb.RunRecord(task_id="t1", status=pb.RUNNING)
+            raise KeyboardInterrupt
+
+        def cancel(self) -> bool:
+            cancelled.append(True)
+            return True
+
+    monkeypatch.setattr(cli.SchedulerClient, "watch_runs", lambda self, *a: Interrupted())
+    code, out, err = run(capsys, "--server", address, "runs", "t1", "--follow")
+    assert code == cli.EXIT_OK and cancelled == [True] and err == ""
+    assert "RUNNING" in out.splitlines()[1]
+
+
+def test_task_detail_spells_out_defaults() -> None:
+    spec = pb.TaskSpec(id="d", http=pb.HttpTarget(url="http://h/"))
+    spec.schedule.cron = "0 3 * * *"
+    text = task_detail(spec)
+    for line in (
+        "overlap:            allow (default)",
+        "catch_up:           run-once (default)",
+        "retry:              none (1 attempt, default)",
+        "priority:           0 (default)",
+        "dst_nonexistent:    auto (default)",
+        "on_failure:         none (default)",
+    ):
+        assert line in text.splitlines(), text
+    spec.retry.max_attempts = 3
+    spec.catch_up = pb.CATCH_UP_RUN_ALL
+    spec.paused = True
+    spec.pause_note = "maintenance"
+    text = task_detail(spec)
+    assert "3 attempts, backoff 1s..1m x2" in text and "(default)" in text
+    assert "run-all, window 1h (default)" in text
+    assert "pause_note:         maintenance" in text.splitlines()
 
 
 # --------------------------------------------------------------------------- dev helpers
