@@ -59,6 +59,7 @@ from peerd.coord.etcd import (
     txn_request,
 )
 from peerd.coord.keys import Keys
+from peerd.core.overlap import CLAIM_MODES, LOCK, QUEUE, REPLACE
 from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -75,13 +76,6 @@ bench/claims.py). Short, so an etcd leader change (writes forwarded to a dead le
 costs one retry instead of a misfire, and a node cut off from etcd stops claiming — and tells its
 peers — within half a second. A claim that committed but timed out is recognised as ours on the
 retry."""
-
-
-LOCK = "lock"
-REPLACE = "replace"
-QUEUE = "queue"
-CLAIM_MODES = (None, LOCK, REPLACE, QUEUE)
-"""How a claim treats the task's overlap lock (see the module docstring); None = ignore it."""
 
 
 def lock_value(run_key: bytes, node_id: str, lease_id: int) -> bytes:
@@ -128,8 +122,8 @@ class Ledger:
         """Claim one slot per record (``task_id`` + ``scheduled_at``) in one etcd transaction.
 
         Each record is written as given (normally status CLAIMED; SKIPPED for misfires).
-        ``modes[i]`` (one of :data:`CLAIM_MODES`) says how record i treats its task's overlap
-        lock; at most one non-None mode per task per call.
+        ``modes[i]`` (one of :data:`peerd.core.overlap.CLAIM_MODES`) says how record i treats
+        its task's overlap lock; at most one non-None mode per task per call.
 
         Raises:
             LeaseLost: ``member_key`` is not attached to ``lease_id``; nothing was written.
@@ -199,7 +193,7 @@ class Ledger:
                 [op_get(key)],
             )
         lock = self.keys.active(r.task_id) if mode == LOCK else self.keys.queued(r.task_id)
-        if mode not in (LOCK, QUEUE):
+        if mode not in CLAIM_MODES:
             raise ValueError(f"unknown claim mode {mode!r}")
         return op_txn(
             [cmp_create_revision(key, 0), cmp_create_revision(lock, 0)],

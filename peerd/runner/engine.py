@@ -33,17 +33,10 @@ from google.protobuf import json_format
 
 from peerd.clock import SystemClock
 from peerd.config import NodeConfig
-from peerd.coord.ledger import (
-    LOCK,
-    QUEUE,
-    REPLACE,
-    ClaimResult,
-    Ledger,
-    lock_run_key,
-    lock_value,
-)
+from peerd.coord.ledger import ClaimResult, Ledger, lock_run_key, lock_value
 from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache
+from peerd.core.overlap import QUEUE, effective, first_mode, needs_lock, when_busy
 from peerd.core.plan import CATCH_UP_RUN_ALL, CatchUp, Plan, catch_up_from_proto, plan_due
 from peerd.core.ratelimit import TokenBucket, share
 from peerd.core.retry import NO_RETRY, attempt_timeout, next_attempt, retry_from_proto
@@ -78,17 +71,7 @@ was replaced, polls the lock key (seconds)."""
 REPLACE_WAIT_S = 5.0
 """How long a REPLACE run waits for the run it replaced to stop before it starts anyway."""
 
-_FIRST_MODE: dict[int, str] = {
-    pb.OVERLAP_FORBID: LOCK,
-    pb.OVERLAP_BUFFER_ONE: LOCK,
-    pb.OVERLAP_REPLACE: REPLACE,
-}
-"""Claim mode of a scheduled slot per overlap policy (ALLOW: no lock)."""
 _CATCH_UP_NAME = {"skip": "SKIP", "run_once": "RUN_ONCE", "run_all": "RUN_ALL"}
-
-
-def _overlap(spec: pb.TaskSpec) -> int:
-    return spec.overlap or pb.OVERLAP_ALLOW
 
 
 def _describe(holder: bytes) -> str:
@@ -124,7 +107,7 @@ class Owned:
 
     @property
     def overlap(self) -> int:
-        return _overlap(self.spec)
+        return effective(self.spec.overlap)
 
     @property
     def paused_until(self) -> datetime | None:
@@ -545,7 +528,7 @@ class Engine:
                 paused_until=o.paused_until,
                 # One lock-taking claim per task per round (see peerd.coord.ledger); the rest
                 # of the due slots are planned in the next round, at once.
-                max_fire=1 if o.overlap != pb.OVERLAP_ALLOW else 1000,
+                max_fire=1 if needs_lock(o.overlap) else 1000,
                 replay_budget=budget,
             )
             budget -= plan.missed_fired
@@ -557,7 +540,7 @@ class Engine:
                 rec = self._record(o.spec.id, slot, pb.CLAIMED, now)
                 rec.fire_at.FromDatetime(o.fire_at(slot))
                 rec.priority = o.spec.priority
-                claims.append(_Claim(o.spec, rec, _FIRST_MODE.get(o.overlap)))
+                claims.append(_Claim(o.spec, rec, first_mode(o.overlap)))
         try:
             await self._claim_rounds(claims)
         except PeerdError:
@@ -608,7 +591,7 @@ class Engine:
                         self._spawn(claim.spec, rec, claim.mode, res.replaced)
                     done.append((claim, res))
                 elif res.busy is not None and rec.status == pb.CLAIMED:
-                    if claim.mode == LOCK and _overlap(claim.spec) == pb.OVERLAP_BUFFER_ONE:
+                    if when_busy(claim.spec.overlap, claim.mode) == QUEUE:
                         rec.error = f"buffered: waiting for {_describe(res.busy)} to finish"
                         follow.append(_Claim(claim.spec, rec, QUEUE))
                     else:
@@ -709,7 +692,7 @@ class Engine:
         """Run one claimed slot: take the overlap lock if the claim did not, cancel a replaced
         run, run the attempts, release the lock."""
         key = (spec.id, rec.scheduled_at.ToMilliseconds())
-        locked = mode is not None or _overlap(spec) != pb.OVERLAP_ALLOW
+        locked = mode is not None or needs_lock(spec.overlap)
         watcher: asyncio.Task[None] | None = None
         try:
             waits = locked and mode in (QUEUE, None)
@@ -717,7 +700,7 @@ class Engine:
                 return
             if replaced:
                 await self._cancel_replaced(spec, rec, replaced)
-            if _overlap(spec) == pb.OVERLAP_REPLACE:
+            if effective(spec.overlap) == pb.OVERLAP_REPLACE:
                 me = asyncio.current_task()
                 assert me is not None
                 watcher = asyncio.create_task(self._watch_replaced(spec, rec, me))
@@ -1000,7 +983,7 @@ class Engine:
                 rec.cause.CopyFrom(cause)
                 rec.cause.ClearField("cause")  # one level is enough
             try:
-                claim = _Claim(spec, rec, _FIRST_MODE.get(_overlap(spec)))
+                claim = _Claim(spec, rec, first_mode(spec.overlap))
                 done = await self._claim_rounds([claim])
             except LeaseLost as exc:
                 self.membership.lease_lost()
