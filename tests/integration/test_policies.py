@@ -289,12 +289,50 @@ def test_retries_deadline_and_compensation(nodes, sink: WebhookSink) -> None:  #
     assert json.loads(comp_hit.body)["cause"]["task_id"] == "flaky"
 
 
+def test_retries_continue_across_an_owner_change(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
+    cluster = nodes(3, lease_ttl_s=3)
+    members = [n.node_id for n in cluster]
+    victim = cluster[1]
+    tid = owned_by(victim.node_id, members, "retry-move")
+    retry = pb.RetryPolicy(max_attempts=4, multiplier=1.0)
+    retry.initial_backoff.FromSeconds(3)
+    retry.max_backoff.FromSeconds(3)
+    spec = pb.TaskSpec(id=tid, http=pb.HttpTarget(url=f"{sink.url}/move?status=503"), retry=retry)
+    spec.schedule.at.FromDatetime(_soon(1.5))
+    with SchedulerClient(cluster[0].address) as client:
+        client.create_task(spec)
+
+        def waiting_for_retry() -> pb.RunRecord:
+            runs = client.list_runs(tid, 1)
+            assert runs and runs[0].HasField("next_attempt_at") and runs[0].attempt == 2, runs
+            return runs[0]
+
+        before = assert_eventually(waiting_for_retry, timeout=10)
+        assert before.node_id == victim.node_id
+        victim.kill()  # dies during the backoff
+
+        def failed_elsewhere() -> pb.RunRecord:
+            (run,) = client.list_runs(tid, 1)
+            assert run.status == pb.FAILED, run
+            return run
+
+        run = assert_eventually(failed_elsewhere, timeout=25)
+    assert run.node_id != victim.node_id and run.attempt == 4
+    assert [h.status for h in run.history] == [pb.FAILED, pb.LOST, pb.FAILED], run.history
+    assert run.fencing_token > before.fencing_token  # the new owner claimed it anew
+    hits = [d for d in sink.deliveries() if d.path == "/move"]
+    assert len(hits) == 3  # attempts 1, 3 and 4 were sent; attempt 2 died with its node
+    assert len({d.idempotency_key for d in hits}) == 1
+
+
 def test_priority_jitter_and_trigger_under_forbid(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
-    # One run at a time on the node: the high-priority task always goes first.
-    (n1,) = nodes(1, extra_args=["--max-concurrent-runs", "1"])
+    # One run at a time per node: on n1, which owns both, the high-priority task goes first.
+    (n1, _) = nodes(2, extra_args=["--max-concurrent-runs", "1"])
+    hi_id = owned_by("n1", ["n1", "n2"], "prio-hi")
+    lo_id = owned_by("n1", ["n1", "n2"], "prio-lo")
     with SchedulerClient(n1.address) as client:
-        hi = every("prio-hi", 1, f"{sink.url}/hi?delay_s=0.4", priority=10)
-        lo = every("prio-lo", 1, f"{sink.url}/lo?delay_s=0.4", priority=-10)
+        hi = every(hi_id, 1, f"{sink.url}/hi?delay_s=0.4", priority=10)
+        lo = every(lo_id, 1, f"{sink.url}/lo?delay_s=0.4", priority=-10)
         jit = every("jitter", 2, f"{sink.url}/j")
         jit.schedule.jitter.FromMilliseconds(900)
         forbid = every(
@@ -311,8 +349,8 @@ def test_priority_jitter_and_trigger_under_forbid(nodes, sink: WebhookSink) -> N
         second = client.trigger_task("forbid-trigger")
         assert second.status == pb.SKIPPED and second.skip_reason == pb.SKIP_OVERLAP, second
         time.sleep(6)
-        hi_runs = [r for r in client.list_runs("prio-hi", 30) if r.HasField("started_at")]
-        lo_runs = [r for r in client.list_runs("prio-lo", 30) if r.HasField("started_at")]
+        hi_runs = [r for r in client.list_runs(hi_id, 30) if r.HasField("started_at")]
+        lo_runs = [r for r in client.list_runs(lo_id, 30) if r.HasField("started_at")]
         jit_runs = [r for r in client.list_runs("jitter", 10) if r.HasField("started_at")]
     assert len(hi_runs) >= 4 and lo_runs
     hi_late = sorted(r.lateness.ToTimedelta() for r in hi_runs)

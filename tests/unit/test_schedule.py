@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from croniter import croniter
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from peerd.core.crontab import load_zone, parse_cron_fields
 from peerd.core.schedule import (
     CompiledSchedule,
     ScheduleSpec,
@@ -142,13 +144,15 @@ def test_berlin_spring_forward_2026_03_29() -> None:
 
 
 def test_berlin_fall_back_2026_10_25() -> None:
-    # 03:00 CEST (01:00Z) goes back to 02:00 CET: 02:xx local happens twice; croniter fires both.
+    # 03:00 CEST (01:00Z) goes back to 02:00 CET: 02:xx local happens twice. Default (auto):
+    # a fixed hour fires at the first occurrence only, like Vixie cron.
     assert hm(take(cron("30 2 * * *", "Europe/Berlin"), z(2026, 10, 23, 12), 4)) == [
         "10-24 00:30:00Z",  # 02:30 CEST
-        "10-25 00:30:00Z",  # 02:30 CEST
-        "10-25 01:30:00Z",  # 02:30 CET (repeated hour)
+        "10-25 00:30:00Z",  # 02:30 CEST (the 02:30 CET at 01:30Z does not fire)
         "10-26 01:30:00Z",  # 02:30 CET
+        "10-27 01:30:00Z",
     ]
+    # '*' in the hour: both occurrences
     assert hm(take(cron("0 * * * *", "Europe/Berlin"), z(2026, 10, 24, 23, 30), 4)) == [
         "10-25 00:00:00Z",  # 02:00 CEST
         "10-25 01:00:00Z",  # 02:00 CET
@@ -179,6 +183,39 @@ def test_dst_is_deterministic_and_counts_match_enumeration(expr: str) -> None:
             assert s.next_after(t) == expected
             t += timedelta(minutes=7)
         assert s.last_slots(lo, hi, 5) == all_slots[-5:]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "*/15 9-10 * * *",
+        "0 0 13 * fri",
+        "0 0 29 2 *",
+        "*/20 * * * * *",
+        "5 4 */2 * 1-5",
+        "0 12 1,15 * sun",
+        "0 0 28-31 * *",
+        "*/7 */3 */5 */2 *",
+        "0 9 1-7 * 1",
+        "30 0 12 * * *",
+    ],
+)
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo"])
+def test_slots_match_croniter(expr: str, tz: str) -> None:
+    # croniter is the oracle for field and day matching (peerd computes slots itself).
+    fields = parse_cron_fields(expr)
+    start = datetime(2023, 5, 17, 3, 4, 5, tzinfo=UTC)
+    it = croniter(
+        fields.canonical,
+        start.astimezone(load_zone(tz, "tz")),
+        day_or=True,
+        second_at_beginning=fields.six,
+    )
+    expected = [it.get_next(datetime).astimezone(UTC) for _ in range(200)]
+    s = cron(expr, tz)
+    assert take(s, start, 200) == expected
+    assert s.count_between(start, expected[-1]) == 200
+    assert s.last_slots(start, expected[-1], 3) == expected[-3:]
 
 
 def test_count_is_exact_over_years() -> None:
