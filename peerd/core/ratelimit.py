@@ -88,15 +88,19 @@ class TokenBucket:
             at = math.nextafter(at, math.inf)
         return at
 
-    def set_rate(self, rate_per_s: float, now_s: float) -> None:
-        """Change the rate from ``now_s`` on (hot reload); tokens accrued so far are kept.
+    def set_rate(self, rate_per_s: float, now_s: float, burst: float | None = None) -> None:
+        """Change the rate (and the burst, when given) from ``now_s`` on (hot reload, a new
+        share after a membership change); tokens accrued so far are kept, up to the burst.
 
         Raises:
-            ValueError: when ``rate_per_s`` is negative or not finite.
+            ValueError: when ``rate_per_s`` or ``burst`` is negative or not finite.
         """
-        _check(rate_per_s, self.burst)
+        _check(rate_per_s, self.burst if burst is None else burst)
         self._refill(now_s)
         self.rate_per_s = rate_per_s
+        if burst is not None:
+            self.burst = burst
+            self._tokens = min(self._tokens, burst)
 
 
 def share(cluster_rate: float, live_members: int) -> float:

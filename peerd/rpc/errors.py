@@ -55,6 +55,17 @@ def status_for(exc: PeerdError) -> grpc.StatusCode:
 R = TypeVar("R")
 
 
+async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    """Abort the call for ``exc``: a PeerdError with its status; anything else logged and
+    INTERNAL. An AbortError (the call is already aborted) is re-raised."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, PeerdError):
+        await context.abort(status_for(exc), str(exc))
+    log.exception("rpc_internal_error", method=method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+
+
 def grpc_errors(
     fn: Callable[..., Awaitable[R]],
 ) -> Callable[..., Awaitable[R]]:
@@ -65,13 +76,8 @@ def grpc_errors(
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
             return await fn(self, request, context)
-        except PeerdError as exc:
-            await context.abort(status_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
         except Exception as exc:
-            log.exception("rpc_internal_error", method=fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            await _abort(exc, context, fn.__name__)
         raise AssertionError("unreachable")  # context.abort always raises
 
     return wrapper
@@ -96,12 +102,7 @@ def grpc_stream_errors(
             async with contextlib.aclosing(fn(self, request, context)) as stream:
                 async for item in stream:
                     yield item
-        except PeerdError as exc:
-            await context.abort(status_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
         except Exception as exc:
-            log.exception("rpc_internal_error", method=fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            await _abort(exc, context, fn.__name__)
 
     return wrapper

@@ -123,3 +123,13 @@ def test_n_nodes_with_their_share_replay_at_most_the_cluster_rate() -> None:
         t = step / 100
         granted += sum(b.take(100, t) for b in nodes)
     assert granted == 6 * 10 + 3
+
+
+def test_set_rate_with_a_new_burst_caps_the_tokens_kept() -> None:
+    bucket = TokenBucket(10.0, 10.0, 0.0)
+    assert bucket.available(0.0) == 10
+    bucket.set_rate(2.0, 0.0, burst=2.0)
+    assert bucket.available(0.0) == 2
+    assert bucket.take(5, 0.0) == 2
+    assert bucket.available(0.5) == 1  # refills at the new rate, up to the new burst
+    assert bucket.available(100.0) == 2
