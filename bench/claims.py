@@ -5,6 +5,7 @@ distinct slots with :meth:`peerd.coord.ledger.Ledger.claim` (one outer transacti
 one nested transaction per slot) for a fixed time per batch size, and prints claims/s.
 
     .venv/bin/python bench/claims.py [--seconds 3] [--batches 1,16,64,127] [--concurrency 4]
+        [--overlap allow|lock|replace]
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ async def no_probe(address: str) -> bool:
     return False
 
 
-async def run(endpoint: str, seconds: float, batches: list[int], concurrency: int) -> None:
+async def run(
+    endpoint: str, seconds: float, batches: list[int], concurrency: int, mode: str | None
+) -> None:
     etcd = Etcd([endpoint])
     await etcd.connect()
     keys = Keys("/peerd/bench/")
@@ -47,13 +50,18 @@ async def run(endpoint: str, seconds: float, batches: list[int], concurrency: in
                 records = []
                 for i in range(batch):
                     slot += 1
+                    # With an overlap mode every claim names its own task, so none finds the lock
+                    # taken: this measures the cost of taking it.
+                    task_id = f"task-{i}" if mode is None else f"task-{slot}"
                     rec = pb.RunRecord(
-                        task_id=f"task-{i}", node_id="bench", attempt=1, status=pb.CLAIMED
+                        task_id=task_id, node_id="bench", attempt=1, status=pb.CLAIMED
                     )
                     rec.scheduled_at.FromMilliseconds(slot)
                     records.append(rec)
                 t0 = time.perf_counter()
-                results = await ledger.claim(membership.member_key, membership.lease_id, records)
+                results = await ledger.claim(
+                    membership.member_key, membership.lease_id, records, [mode] * len(records)
+                )
                 latencies.append((time.perf_counter() - t0) * 1000)
                 claimed += sum(r.claimed for r in results)
 
@@ -75,6 +83,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--batches", default="1,16,64,127")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--overlap",
+        choices=["allow", "lock", "replace"],
+        default="allow",
+        help="claim mode: allow (plain claim), lock (FORBID/BUFFER_ONE), replace (REPLACE)",
+    )
     args = parser.parse_args()
     with EmbeddedEtcd() as etcd:
         asyncio.run(
@@ -83,6 +97,7 @@ def main() -> None:
                 args.seconds,
                 [int(b) for b in args.batches.split(",")],
                 args.concurrency,
+                None if args.overlap == "allow" else args.overlap,
             )
         )
 
