@@ -1,8 +1,9 @@
 """The ``peerd`` command: ``serve`` and ``dev`` run nodes; the other subcommands are API clients.
 
 Exit codes are in :mod:`peerd.exitcodes` (0 ok, 1 error, 2 invalid input or usage, 3 not found,
-4 unavailable, 5 already exists, 6 permission denied). Every expected error is reported as one
-line ``peerd: error: <message>`` on stderr, never as a traceback.
+4 unavailable, 5 already exists, 6 permission denied, 7 not run by the task's policy). Every
+expected error is reported as one line ``peerd: error: <message>`` on stderr, never as a
+traceback.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from peerd.exitcodes import (
     EXIT_ERROR,
     EXIT_INVALID,
     EXIT_NOT_FOUND,
+    EXIT_NOT_RUN,
     EXIT_OK,
     EXIT_PERMISSION_DENIED,
     EXIT_UNAVAILABLE,
@@ -193,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("get", _cmd_task_get, "show a task"),
         ("delete", _cmd_task_delete, "delete a task"),
         ("resume", _cmd_task_resume, "resume a paused task (clears its pause note)"),
-        ("trigger", _cmd_task_trigger, "run a task once now"),
+        (
+            "trigger",
+            _cmd_task_trigger,
+            "run a task once now, under its overlap policy (exit 7 when the policy skips it)",
+        ),
     ):
         add(tsub, name, handler, help_).add_argument("id", metavar="ID")
     pause = add(tsub, "pause", _cmd_task_pause, "pause a task")
@@ -725,6 +731,9 @@ def _cmd_task_trigger(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     with _client(args) as client:
         run = client.trigger_task(args.id)
     _print(args, run, lambda: run_detail(run))
+    if run.status == pb.SKIPPED:
+        _err(f"{args.id}: not run: {run.error}")
+        return EXIT_NOT_RUN
     return EXIT_OK
 
 
@@ -843,6 +852,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",
+    "EXIT_NOT_RUN",
     "EXIT_OK",
     "EXIT_PERMISSION_DENIED",
     "EXIT_UNAVAILABLE",

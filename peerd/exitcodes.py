@@ -30,6 +30,9 @@ EXIT_ALREADY_EXISTS = 5
 """A task with that id already exists."""
 EXIT_PERMISSION_DENIED = 6
 """The server's configuration forbids the request (e.g. a shell command not allow-listed)."""
+EXIT_NOT_RUN = 7
+"""The request was valid but the task's policy did not run it: ``task trigger`` answered with a
+SKIPPED record (overlap FORBID, or BUFFER_ONE with a slot already waiting)."""
 
 
 def exit_code_for_error(exc: PeerdError) -> int:
@@ -52,6 +55,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",
+    "EXIT_NOT_RUN",
     "EXIT_OK",
     "EXIT_PERMISSION_DENIED",
     "EXIT_UNAVAILABLE",

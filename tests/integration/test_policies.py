@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -13,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
 from peerd.core.schedule import jitter_offset
+from peerd.exitcodes import EXIT_NOT_RUN
 from peerd.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually
@@ -352,6 +355,14 @@ def test_priority_jitter_and_trigger_under_forbid(nodes, sink: WebhookSink) -> N
         assert_eventually(running, timeout=5)
         second = client.trigger_task("forbid-trigger")
         assert second.status == pb.SKIPPED and second.skip_reason == pb.SKIP_OVERLAP, second
+        cli = subprocess.run(
+            [sys.executable, "-m", "peerd", "--server", n1.address, "task", "trigger", forbid.id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cli.returncode == EXIT_NOT_RUN, cli
+        assert "not run: overlap" in cli.stderr and "(FORBID)" in cli.stderr
         time.sleep(6)
         hi_runs = [r for r in client.list_runs(hi_id, 30) if r.HasField("started_at")]
         lo_runs = [r for r in client.list_runs(lo_id, 30) if r.HasField("started_at")]
