@@ -731,6 +731,9 @@ class Engine:
             if task is not None:
                 task.uncancel()
             self._finish(spec, rec, pb.CANCELLED, reason)
+        except Exception as exc:  # a bug must not leave the record CLAIMED/RUNNING forever
+            self._log.exception("run_crashed", task_id=spec.id)
+            self._finish(spec, rec, pb.FAILED, f"internal error: {exc!r}")
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -888,7 +891,8 @@ class Engine:
                 )
             except LeaseLost:
                 return False
-            except Unavailable:
+            except PeerdError as exc:  # etcd trouble: try again
+                self._log.debug("lock_acquire_failed", task_id=spec.id, error=str(exc))
                 holder = b""
             if holder is None:
                 return True
@@ -914,7 +918,7 @@ class Engine:
             try:
                 await self.ledger.release_lock(rec, rec.claim_lease_id)
                 return
-            except Unavailable:
+            except PeerdError:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -938,8 +942,9 @@ class Engine:
         while self.clock.monotonic() < deadline:
             try:
                 old = await self.ledger.get(spec.id, slot)
-            except Unavailable:
-                old = None
+            except PeerdError:
+                await asyncio.sleep(0.1)
+                continue
             if old is None or old.status not in (pb.CLAIMED, pb.RUNNING):
                 return
             if not self._claimant_alive(old):
@@ -961,7 +966,7 @@ class Engine:
             await asyncio.sleep(LOCK_POLL_S)
             try:
                 holder = await self.ledger.lock_holder(spec.id)
-            except Unavailable:
+            except PeerdError:
                 continue
             if holder is not None and holder != mine:
                 self._cancel_reasons.setdefault(
