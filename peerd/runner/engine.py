@@ -454,6 +454,7 @@ class Engine:
         self._handoff_task = asyncio.create_task(self._handoff_loop())
         self._orphan_task = asyncio.create_task(self._orphan_loop())
         self.membership.on_change(self._on_members_for_orphans)
+        self.membership.on_change(self._cancel_unlocked_runs)
         backoff = 0.1
         while not self._stopping:
             if not self.membership.claim_ready.is_set():
@@ -878,6 +879,27 @@ class Engine:
         task.add_done_callback(self._running.discard)
 
     # -- overlap lock ----------------------------------------------------------------------------
+
+    def _cancel_unlocked_runs(self) -> None:
+        """Cancel runs of overlap-controlled tasks claimed under a lease this node no longer
+        holds (it expired, e.g. while the process was stopped): their lock went with the lease,
+        so the task's owner may already run the next slot or retry this one. Their records
+        are fenced on that lease, so the task's owner resolves them (``on_owner_lost``)."""
+        lease = self.membership.lease_id
+        for key, rec in list(self._in_flight.items()):
+            task = self._tasks.get(key)
+            spec = self.cache.tasks.get(key[0])
+            if rec.claim_lease_id == lease or task is None or spec is None:
+                continue
+            if needs_lock(spec.overlap) and key not in self._cancel_reasons:
+                self._cancel_reasons[key] = f"lease {rec.claim_lease_id:x} lost while running"
+                self._log.warning(
+                    "run_cancelled_lease_lost",
+                    task_id=key[0],
+                    scheduled_at=rfc3339(_from_ms(key[1])),
+                    lease_id=f"{rec.claim_lease_id:x}",
+                )
+                task.cancel()
 
     async def _wait_lock(self, spec: pb.TaskSpec, rec: pb.RunRecord, from_queue: bool) -> bool:
         """Wait until this run holds its task's overlap lock. False when this node's lease

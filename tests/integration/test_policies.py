@@ -88,6 +88,42 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
     assert len(keys) == len(set(keys))
 
 
+def test_a_stopped_node_cancels_its_run_when_it_finds_its_lease_gone(
+    nodes, sink: WebhookSink
+) -> None:  # type: ignore[no-untyped-def]
+    cluster = nodes(2, lease_ttl_s=3)
+    victim = cluster[1]
+    tid = owned_by(victim.node_id, ["n1", "n2"], "zombie")
+    with SchedulerClient(cluster[0].address) as client:
+        client.create_task(every(tid, 3600, f"{sink.url}/z?delay_s=20", overlap=pb.OVERLAP_FORBID))
+        with SchedulerClient(victim.address) as on_victim:
+            run = on_victim.trigger_task(tid)  # a manual run executes on the answering node
+        assert run.node_id == victim.node_id
+
+        def running() -> None:
+            (r,) = client.list_runs(tid, 1)
+            assert r.status == pb.RUNNING, r
+
+        assert_eventually(running, timeout=5)
+        victim.pause()  # SIGSTOP past its lease TTL: the lock goes with the lease
+        try:
+
+            def retried_by_n1() -> None:
+                (r,) = client.list_runs(tid, 1)
+                assert r.node_id == "n1" and r.attempt == 2 and r.status == pb.RUNNING, r
+
+            assert_eventually(retried_by_n1, timeout=15)
+        finally:
+            victim.resume()
+        assert_eventually(
+            lambda: "run_cancelled_lease_lost" in victim.log_text(),
+            timeout=10,
+            message="the resumed node kept running a run whose overlap lock it lost",
+        )
+        (r,) = client.list_runs(tid, 1)
+        assert r.node_id == "n1" and r.status == pb.RUNNING  # the victim wrote nothing more
+
+
 def test_buffer_one_and_replace(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
     (n1,) = nodes(1, lease_ttl_s=4)
     buf = owned_by("n2", ["n1", "n2"], "buffer")
