@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-concurrent-runs", type=int, metavar="N", help="runs at once on this node (512)"
     )
-    serve.add_argument("--max-http-runs", type=int, metavar="N", help="HTTP runs at once (256)")
+    serve.add_argument(
+        "--max-http-runs", type=int, metavar="N", help="HTTP runs at once (256, at most 256)"
+    )
     serve.add_argument("--max-shell-runs", type=int, metavar="N", help="shell runs at once (32)")
     serve.add_argument("--max-python-runs", type=int, metavar="N", help="Python runs at once (64)")
     serve.add_argument(

@@ -19,6 +19,9 @@ from peerd.errors import InvalidArgument
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 CLUSTER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MIN_LEASE_TTL_S = 2
+MAX_HTTP_IN_FLIGHT = 256
+"""Upper bound of ``max_http_runs``: :data:`peerd.runner.http.MAX_IN_FLIGHT` (kept equal by a
+test). More requests in flight per node queue inside httpcore, whose pool scan is quadratic."""
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_ETCD = "127.0.0.1:2379"
@@ -211,6 +214,12 @@ def _validate(raw: dict[str, Any]) -> NodeConfig:
             if number < minimum:
                 raise InvalidArgument(_flag(name), f"must be >= {minimum}, got {number}")
             kw[name] = number
+    if kw.get("max_http_runs", 1) > MAX_HTTP_IN_FLIGHT:
+        raise InvalidArgument(
+            "--max-http-runs",
+            f"must be <= {MAX_HTTP_IN_FLIGHT} (the HTTP client's requests in flight per node), "
+            f"got {kw['max_http_runs']}",
+        )
     if kw.get("claim_batch", 1) > 127:
         raise InvalidArgument("--claim-batch", "must be <= 127 (etcd's 128 operations per txn)")
     if "allow_shell" in raw:

@@ -302,3 +302,14 @@ def test_node_without_reload_source_rejects_reload(monkeypatch: pytest.MonkeyPat
 
     assert node.reload() is False
     assert node.engine.applied == []
+
+
+def test_max_http_runs_is_capped_by_the_http_clients_in_flight_limit() -> None:
+    from peerd.config import MAX_HTTP_IN_FLIGHT, build_config
+    from peerd.errors import InvalidArgument
+    from peerd.runner.http import MAX_IN_FLIGHT
+
+    assert MAX_HTTP_IN_FLIGHT == MAX_IN_FLIGHT
+    assert build_config({"node_id": "n1", "max_http_runs": 256}, {}).max_http_runs == 256
+    with pytest.raises(InvalidArgument, match=r"--max-http-runs.*<= 256"):
+        build_config({"node_id": "n1", "max_http_runs": 257}, {})
