@@ -44,11 +44,14 @@ class TokenBucket:
             token could never grant).
     """
 
-    def __init__(self, rate_per_s: float, burst: float, now_s: float) -> None:
+    def __init__(
+        self, rate_per_s: float, burst: float, now_s: float, tokens: float | None = None
+    ) -> None:
+        """``tokens``: what the bucket holds at ``now_s`` (default full; clamped to 0..burst)."""
         _check(rate_per_s, burst)
         self.rate_per_s = rate_per_s
         self.burst = burst
-        self._tokens = burst
+        self._tokens = burst if tokens is None else min(burst, max(0.0, tokens))
         self._last_s = now_s
 
     def _refill(self, now_s: float) -> None:

@@ -201,8 +201,11 @@ class Engine:
         self._to_load: set[str] = set()
         self._wake = asyncio.Event()
         self.pools = Pools(cfg)
+        # Empty at start: the first node back after a cluster-wide outage sees itself as the
+        # only member (and takes the whole rate) until the others register; a full bucket
+        # would add a burst on top (measured with bench/catchup.py: ~2x the rate for a second).
         rate = share(cfg.catch_up_rate, 1)
-        self._replay = TokenBucket(rate, _burst(rate), clock.monotonic())
+        self._replay = TokenBucket(rate, _burst(rate), clock.monotonic(), tokens=0.0)
         self._rng = random.Random()
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancel_reasons: dict[tuple[str, int], str] = {}

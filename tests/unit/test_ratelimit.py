@@ -133,3 +133,11 @@ def test_set_rate_with_a_new_burst_caps_the_tokens_kept() -> None:
     assert bucket.take(5, 0.0) == 2
     assert bucket.available(0.5) == 1  # refills at the new rate, up to the new burst
     assert bucket.available(100.0) == 2
+
+
+def test_a_bucket_can_start_empty() -> None:
+    bucket = TokenBucket(4.0, 4.0, 10.0, tokens=0.0)
+    assert bucket.available(10.0) == 0
+    assert bucket.next_at_s(10.0) == pytest.approx(10.25)
+    assert bucket.take(3, 10.5) == 2
+    assert TokenBucket(4.0, 4.0, 0.0, tokens=99.0).available(0.0) == 4  # clamped to the burst
