@@ -514,9 +514,9 @@ def build_schedule(args: argparse.Namespace) -> pb.Schedule:
     if args.jitter is not None:
         s.jitter.FromTimedelta(parse_duration(args.jitter, "--jitter"))
     if args.dst_nonexistent not in (None, "auto"):
-        s.dst_nonexistent = _choice(DST_NONEXISTENT_NAMES, args.dst_nonexistent)
+        s.dst_nonexistent = _choice(DST_NONEXISTENT_NAMES, args.dst_nonexistent)  # type: ignore[assignment]
     if args.dst_ambiguous not in (None, "auto"):
-        s.dst_ambiguous = _choice(DST_AMBIGUOUS_NAMES, args.dst_ambiguous)
+        s.dst_ambiguous = _choice(DST_AMBIGUOUS_NAMES, args.dst_ambiguous)  # type: ignore[assignment]
     return s
 
 

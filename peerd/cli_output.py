@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from peerd.core.durations import format_duration
+from peerd.core.schedule_spec import PB_DST_AMBIGUOUS, PB_DST_NONEXISTENT
 from peerd.runner.base import rfc3339
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -129,13 +130,10 @@ CATCH_UP_NAMES = {
     pb.CATCH_UP_RUN_ALL: "run-all",
 }
 """CLI spelling of each CatchUpPolicy (``--catch-up``)."""
-DST_NONEXISTENT_NAMES = {pb.DST_NONEXISTENT_SKIP: "skip", pb.DST_NONEXISTENT_SHIFT: "shift"}
-"""CLI spelling of each DstNonexistentPolicy (``--dst-nonexistent``; ``auto`` = unspecified)."""
-DST_AMBIGUOUS_NAMES = {
-    pb.DST_AMBIGUOUS_FIRST: "first",
-    pb.DST_AMBIGUOUS_LAST: "last",
-    pb.DST_AMBIGUOUS_BOTH: "both",
-}
+DST_NONEXISTENT_NAMES = {k: v for k, v in PB_DST_NONEXISTENT.items() if v != "auto"}
+"""CLI spelling of each DstNonexistentPolicy (``--dst-nonexistent``; ``auto`` = unspecified):
+the names of :mod:`peerd.core.schedule_spec`."""
+DST_AMBIGUOUS_NAMES = {k: v for k, v in PB_DST_AMBIGUOUS.items() if v != "auto"}
 """CLI spelling of each DstAmbiguousPolicy (``--dst-ambiguous``; ``auto`` = unspecified)."""
 RETRY_ON_NAMES = {
     pb.RETRY_ON_HTTP_5XX: "5xx",

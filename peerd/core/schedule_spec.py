@@ -18,18 +18,25 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 DST_NONEXISTENT = ("auto", "skip", "shift")
 DST_AMBIGUOUS = ("auto", "first", "last", "both")
-_PB_NONEXISTENT = {
+PB_DST_NONEXISTENT: dict[int, str] = {
     pb.DST_NONEXISTENT_POLICY_UNSPECIFIED: "auto",
     pb.DST_NONEXISTENT_SKIP: "skip",
     pb.DST_NONEXISTENT_SHIFT: "shift",
 }
-_PB_AMBIGUOUS = {
+PB_DST_AMBIGUOUS: dict[int, str] = {
     pb.DST_AMBIGUOUS_POLICY_UNSPECIFIED: "auto",
     pb.DST_AMBIGUOUS_FIRST: "first",
     pb.DST_AMBIGUOUS_LAST: "last",
     pb.DST_AMBIGUOUS_BOTH: "both",
 }
-__all__ = ["DST_AMBIGUOUS", "DST_NONEXISTENT", "ScheduleSpec", "spec_from_proto"]
+__all__ = [
+    "DST_AMBIGUOUS",
+    "DST_NONEXISTENT",
+    "PB_DST_AMBIGUOUS",
+    "PB_DST_NONEXISTENT",
+    "ScheduleSpec",
+    "spec_from_proto",
+]
 
 
 @dataclass(frozen=True)
@@ -107,12 +114,12 @@ def spec_from_proto(
         at = _ts(msg, "at", field)
     else:
         raise InvalidArgument(field, "no schedule: set exactly one of cron, every, at")
-    nonexistent = _PB_NONEXISTENT.get(msg.dst_nonexistent)
+    nonexistent = PB_DST_NONEXISTENT.get(msg.dst_nonexistent)
     if nonexistent is None:
         raise InvalidArgument(
             f"{field}.dst_nonexistent", f"unknown DstNonexistentPolicy {int(msg.dst_nonexistent)}"
         )
-    ambiguous = _PB_AMBIGUOUS.get(msg.dst_ambiguous)
+    ambiguous = PB_DST_AMBIGUOUS.get(msg.dst_ambiguous)
     if ambiguous is None:
         raise InvalidArgument(
             f"{field}.dst_ambiguous", f"unknown DstAmbiguousPolicy {int(msg.dst_ambiguous)}"
