@@ -48,7 +48,6 @@ from peerd.log import set_level
 from peerd.peer import PeerLayer, PeerService
 from peerd.rpc.service import SchedulerService
 from peerd.runner.engine import Engine
-from peerd.runner.shell import ShellAllowList
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
@@ -90,7 +89,6 @@ class Node:
     ) -> None:
         self.cfg = cfg
         self._reload_source = reload_source
-        self._service: SchedulerService | None = None
         self.clock = clock or SystemClock()
         self.etcd = Etcd(cfg.etcd)
         self.keys = Keys(cfg.prefix)
@@ -120,11 +118,12 @@ class Node:
         """Re-read the configuration and apply its reloadable fields (SIGHUP; runs on the loop).
 
         Re-reads the config file with the flags and environment the node started with (they keep
-        precedence), then applies the :data:`peerd.config.RELOADABLE` fields: the log level, the
-        API's shell allow-list check, and the engine (:meth:`Engine.apply_config`: executors,
-        pools, limits). Membership, the lease and the tasks are not touched. Logs
-        ``config_reloaded`` with the names of the changed fields (never their values), and one
-        ``config_reload_restart_needed`` per non-reloadable field that changed in the file.
+        precedence), then applies the :data:`peerd.config.RELOADABLE` fields: the log level, and
+        the engine (:meth:`Engine.apply_config`: executors, pools, limits; its shell allow-list
+        is also what the API checks new tasks against). Membership, the lease and the tasks are
+        not touched. Logs ``config_reloaded`` with the names of the changed fields (never their
+        values), and one ``config_reload_restart_needed`` per non-reloadable field that changed
+        in the file.
 
         Returns:
             True when the new configuration is in force; False when it was rejected (logged as
@@ -155,16 +154,13 @@ class Node:
             return False
         self.cfg = new
         set_level(new.log_level)
-        if self._service is not None:
-            self._service.allow = ShellAllowList(new.allow_shell)
         self._log.info("config_reloaded", changed=changed, file=str(config_file))
         return True
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        self._service = SchedulerService(self)
-        pb_grpc.add_SchedulerServicer_to_server(self._service, server)
+        pb_grpc.add_SchedulerServicer_to_server(SchedulerService(self), server)
         ppb_grpc.add_PeerServicer_to_server(PeerService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

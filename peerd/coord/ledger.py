@@ -83,9 +83,13 @@ def lock_value(run_key: bytes, node_id: str, lease_id: int) -> bytes:
     return b"%s|%s|%x" % (run_key, node_id.encode(), lease_id)
 
 
-def lock_run_key(value: bytes) -> bytes:
-    """The run key inside a :func:`lock_value`."""
-    return value.split(b"|", 1)[0]
+def lock_holder(value: bytes) -> tuple[int, str] | None:
+    """``(slot_ms, node_id)`` of the run a :func:`lock_value` names; None when malformed."""
+    try:
+        run_key, node, _ = value.decode().split("|")
+        return int(run_key.rsplit("/", 1)[1]), node
+    except (UnicodeDecodeError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from peerd.core.validate import (
 from peerd.errors import InvalidArgument, PermissionDenied, Unavailable
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
 from peerd.runner import python as python_runner
-from peerd.runner.shell import ShellAllowList
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -73,13 +72,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.allow = ShellAllowList(node.cfg.allow_shell)
         self.runs = RunsView(node.etcd, node.keys)
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _check_shell(self, spec: pb.TaskSpec, field: str) -> None:
-        if spec.WhichOneof("target") == "shell" and not self.allow.allows(spec.shell.argv):
+        # The engine's allow-list: the one the node runs shell tasks with (SIGHUP replaces it).
+        allow = self.node.engine.executors.shell.allow_list
+        if spec.WhichOneof("target") == "shell" and not allow.allows(spec.shell.argv):
             raise PermissionDenied(
                 f"{field}.shell.argv: command {shlex.join(spec.shell.argv)[:200]!r} is not allowed "
                 f"on node {self.node.cfg.node_id} (start nodes with --allow-shell PATTERN)"

@@ -33,7 +33,7 @@ from google.protobuf import json_format
 
 from peerd.clock import SystemClock
 from peerd.config import NodeConfig
-from peerd.coord.ledger import ClaimResult, Ledger, lock_run_key, lock_value
+from peerd.coord.ledger import ClaimResult, Ledger, lock_holder, lock_value
 from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache
 from peerd.core.overlap import QUEUE, effective, first_mode, needs_lock, when_busy
@@ -81,12 +81,10 @@ def _burst(rate_per_s: float) -> float:
 
 def _describe(holder: bytes) -> str:
     """'slot <time> on <node>' from a lock value (see :func:`peerd.coord.ledger.lock_value`)."""
-    try:
-        run_key, node, _ = holder.decode().split("|")
-        ms = int(run_key.rsplit("/", 1)[1])
-    except ValueError:
+    held = lock_holder(holder)
+    if held is None:
         return "another run"
-    return f"the run of slot {rfc3339(_from_ms(ms))} on {node}"
+    return f"the run of slot {rfc3339(_from_ms(held[0]))} on {held[1]}"
 
 
 def _ts(dt: datetime) -> float:
@@ -652,8 +650,9 @@ class Engine:
 
     def _skipped(self, o: Owned, slot: datetime, reason: str, now: datetime) -> pb.RunRecord:
         rec = self._record(o.spec.id, slot, pb.SKIPPED, now)
-        rec.fire_at.FromDatetime(o.fire_at(slot))
-        late = (now - o.fire_at(slot)).total_seconds()
+        fire_at = o.fire_at(slot)
+        rec.fire_at.FromDatetime(fire_at)
+        late = (now - fire_at).total_seconds()
         threshold = o.catch_up.misfire_threshold.total_seconds()
         if reason == "paused":
             rec.skip_reason = pb.SKIP_PAUSED
@@ -750,7 +749,7 @@ class Engine:
         slot = rec.scheduled_at.ToDatetime(UTC)
         fire_at = rec.fire_at.ToDatetime(UTC) if rec.HasField("fire_at") else slot
         try:
-            retry = retry_from_proto(spec.retry)
+            retry = retry_from_proto(spec.retry) if spec.HasField("retry") else NO_RETRY
         except PeerdError as exc:  # stored before a validation rule existed
             self._log.error("task_retry_policy_invalid", task_id=spec.id, error=str(exc))
             retry = NO_RETRY
@@ -928,13 +927,8 @@ class Engine:
                 await asyncio.sleep(LOCK_POLL_S)
 
     def _local_run(self, task_id: str, holder: bytes) -> asyncio.Task[None] | None:
-        if not holder:
-            return None
-        try:
-            slot = self.ledger.keys.slot_of(lock_run_key(holder))
-        except ValueError:
-            return None
-        return self._tasks.get((task_id, slot))
+        held = lock_holder(holder)
+        return self._tasks.get((task_id, held[0])) if held is not None else None
 
     async def _release_lock(self, rec: pb.RunRecord) -> None:
         """Release the lock; retried until done or until the lease it is on is gone."""
@@ -952,16 +946,15 @@ class Engine:
         this node is cancelled at once; one on another node cancels itself when it sees the lock
         change (within :data:`LOCK_POLL_S`); we wait up to :data:`REPLACE_WAIT_S` for it."""
         reason = f"replaced by slot {rfc3339(rec.scheduled_at.ToDatetime(UTC))} (overlap REPLACE)"
-        local = self._local_run(spec.id, holder)
+        held = lock_holder(holder)
+        if held is None:
+            return
+        slot = held[0]
+        local = self._tasks.get((spec.id, slot))
         if local is not None:
-            slot = self.ledger.keys.slot_of(lock_run_key(holder))
             self._cancel_reasons[(spec.id, slot)] = reason
             local.cancel()
             await asyncio.wait([local], timeout=REPLACE_WAIT_S)
-            return
-        try:
-            slot = self.ledger.keys.slot_of(lock_run_key(holder))
-        except ValueError:
             return
         deadline = self.clock.monotonic() + REPLACE_WAIT_S
         while self.clock.monotonic() < deadline:
