@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from peerd.core.durations import format_duration
 from peerd.core.schedule_spec import PB_DST_AMBIGUOUS, PB_DST_NONEXISTENT
-from peerd.runner.base import rfc3339
+from peerd.core.records import rfc3339
 from peerd.v1 import scheduler_pb2 as pb
 
 NONE = "-"

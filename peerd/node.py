@@ -1,4 +1,4 @@
-"""One peerd node: wires etcd, membership, the task cache, the engine and the gRPC server.
+"""One peerd node: the composition root. Every component is built and wired here, and only here.
 
 Start-up order matters:
 
@@ -8,20 +8,21 @@ Start-up order matters:
 3. start serving (health NOT_SERVING), watch members and tasks, start the engine;
 4. once both views are loaded, health turns SERVING.
 
-Shutdown on SIGTERM/SIGINT: health NOT_SERVING, stop planning, let running executions finish up
-to the grace period, revoke the lease (the member key disappears at once, so survivors take over
-without waiting for the TTL), stop the server, exit 0.
+Background loops (keepalive, member and task watches, the prober, the engine's loops) run under
+a :class:`peerd.supervise.Supervisor`: a crash is logged and the loop restarts with backoff,
+and the health of service :data:`LOOPS_HEALTH` is NOT_SERVING while any loop is degraded.
 
-SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields
-(:data:`peerd.config.RELOADABLE`: shell allow-list, run limits, catch-up rate, misfire threshold,
-log level, drain grace, runs kept) apply at once; the lease, the registration and the tasks are
-not touched. An invalid file is rejected and the node keeps running with its old configuration.
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING, hand every task over (drain), let running
+executions finish up to the grace period, revoke the lease (the member key disappears at once,
+so survivors take over without waiting for the TTL), stop the server, exit 0.
+
+SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields apply at once,
+all or nothing; the lease, the registration and the tasks are not touched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Mapping
@@ -35,19 +36,28 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from peerd import __version__
-from peerd.clock import SystemClock
+from peerd.clock import Clock, SystemClock
+from peerd.cluster import ClusterView
 from peerd.config import NodeConfig, changed_fields, reload_config
 from peerd.coord.etcd import Etcd
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
+from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskCache, TaskStore
+from peerd.core.backoff import Backoff
+from peerd.engine import Engine
+from peerd.engine.ownership import OwnershipView
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
+from peerd.healthcheck import check_async
 from peerd.log import set_level
-from peerd.peer import PeerLayer, PeerService
+from peerd.peer.client import PeerClient
+from peerd.peer.detection import PeerLayer
+from peerd.rpc.peer_service import PeerService
 from peerd.rpc.service import SchedulerService
-from peerd.runner.engine import Engine
+from peerd.runner.executors import Executors
+from peerd.supervise import Supervisor
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
@@ -59,16 +69,14 @@ ReloadSource = tuple[Mapping[str, Any], Mapping[str, str], Path | None]
 """What a node's configuration was built from: ``(flags, env, config_file)`` as passed to
 :func:`peerd.config.build_config`; SIGHUP re-reads it (:func:`peerd.config.reload_config`)."""
 
+LOOPS_HEALTH = "peerd.node.loops"
+"""grpc.health.v1 service name whose status is NOT_SERVING while a supervised loop is degraded
+(crashed and not yet running cleanly again)."""
 
-async def probe_health(address: str, timeout_s: float = 1.0) -> bool:
-    """True when a gRPC server at ``address`` answers grpc.health.v1 Check in time."""
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-            return True
-    except grpc.aio.AioRpcError:
-        return False
+
+async def _probe(address: str) -> bool:
+    """Whether a peerd node answers grpc.health.v1 at ``address`` (duplicate node ids)."""
+    return await check_async(address, timeout_s=1.0) is not None
 
 
 class Node:
@@ -84,31 +92,73 @@ class Node:
     def __init__(
         self,
         cfg: NodeConfig,
-        clock: SystemClock | None = None,
+        clock: Clock | None = None,
         reload_source: ReloadSource | None = None,
     ) -> None:
         self.cfg = cfg
         self._reload_source = reload_source
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
+        self._log = log.bind(node_id=cfg.node_id)
         self.etcd = Etcd(cfg.etcd)
-        self.keys = Keys(cfg.prefix)
+        keys = Keys(cfg.prefix)
         me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
         me.started_at.FromDatetime(self.clock.now())
-        self.membership = Membership(
-            self.etcd, self.keys, me, cfg.lease_ttl_s, probe_health, self.clock
+        self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, _probe, self.clock)
+        self.store = TaskStore(self.etcd, keys)
+        self.cache = TaskCache(self.etcd, keys)
+        self.ledger = Ledger(self.etcd, keys)
+        self.runs = RunsView(self.etcd, keys)
+        self.loops = Supervisor(self.clock, fatal=(DuplicateNode,), logger=self._log)
+        self.peer_client = PeerClient(cfg.node_id, self._address_of)
+        self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
+        self.ownership = OwnershipView(cfg.node_id, self.membership, self.peers)
+        self.executors = Executors(cfg, self.clock)
+        self.engine = Engine(
+            cfg,
+            self.membership,
+            self.cache,
+            self.ledger,
+            self.ownership,
+            self.executors,
+            self.peer_client.handoff,
+            self.clock,
+            Supervisor(self.clock, logger=self._log),
         )
-        self.store = TaskStore(self.etcd, self.keys)
-        self.cache = TaskCache(self.etcd, self.keys)
-        self.ledger = Ledger(self.etcd, self.keys)
-        self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
-        self.peers = PeerLayer(self)
-        self.engine.excluded = self.peers.excluded
-        self.engine.handoff = self._handoff
-        self.peers.on_change(self.engine.reconcile_all)
+        self.cluster = ClusterView(
+            cfg.cluster,
+            cfg.node_id,
+            self.membership,
+            lambda: self.ownership.owners,
+            self.peers,
+            lambda: self.cache.tasks,
+            self.engine.load,
+        )
         self.health = HealthServicer()
         self._stop = asyncio.Event()
-        self._fatal_msg = ""
-        self._log = log.bind(node_id=cfg.node_id)
+        for supervisor in (self.loops, self.engine.supervisor):
+            supervisor.on_change(self._loops_changed)
+
+    def _address_of(self, node_id: str) -> str | None:
+        member = self.membership.view.get(node_id)
+        return member.address if member is not None else None
+
+    def ping_answer(self) -> ppb.PingResponse:
+        """What this node says about itself in a Ping answer (the Peer servicer adds rumours)."""
+        load = self.engine.load()
+        return ppb.PingResponse(
+            node_id=self.cfg.node_id,
+            lease_id=self.membership.lease_id,
+            draining=self.ownership.draining,
+            claiming=self.membership.claim_ready.is_set(),
+            load=ppb.Load(active_runs=load.active, capacity=load.capacity, backlog=load.backlog),
+        )
+
+    def _loops_changed(self) -> None:
+        healthy = self.loops.healthy and self.engine.supervisor.healthy
+        status = health_pb2.HealthCheckResponse.SERVING if healthy else (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        asyncio.get_running_loop().create_task(self.health.set(LOOPS_HEALTH, status))
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (signal-handler safe when called from the loop)."""
@@ -118,12 +168,10 @@ class Node:
         """Re-read the configuration and apply its reloadable fields (SIGHUP; runs on the loop).
 
         Re-reads the config file with the flags and environment the node started with (they keep
-        precedence), then applies the :data:`peerd.config.RELOADABLE` fields: the log level, and
-        the engine (:meth:`Engine.apply_config`: executors, pools, limits; its shell allow-list
-        is also what the API checks new tasks against). Membership, the lease and the tasks are
-        not touched. Logs ``config_reloaded`` with the names of the changed fields (never their
-        values), and one ``config_reload_restart_needed`` per non-reloadable field that changed
-        in the file.
+        precedence). Everything is checked before anything changes: the engine and executors
+        take the new values all together, or the reload is rejected and nothing changes. Logs
+        ``config_reloaded`` with the names of the changed fields (never their values), and one
+        ``config_reload_restart_needed`` per non-reloadable field that changed in the file.
 
         Returns:
             True when the new configuration is in force; False when it was rejected (logged as
@@ -137,31 +185,34 @@ class Node:
         flags, env, config_file = self._reload_source
         try:
             new, warnings = reload_config(self.cfg, flags, env, config_file)
-        except InvalidArgument as exc:
+            self.engine.pools.check(new)
+        except (InvalidArgument, ValueError) as exc:
             self._log.error("config_reload_rejected", reason=str(exc), file=str(config_file))
             return False
         for warning in warnings:
             self._log.warning("config_reload_restart_needed", detail=warning)
         changed = changed_fields(self.cfg, new)
-        try:
-            self.engine.apply_config(new)
-        except Exception as exc:
-            self._log.error(
-                "config_reload_rejected",
-                reason=f"engine refused it: {type(exc).__name__}: {exc}",
-                exc_info=True,
-            )
-            return False
+        self.executors.configure(new)
+        self.engine.apply_config(new)
         self.cfg = new
         set_level(new.log_level)
         self._log.info("config_reloaded", changed=changed, file=str(config_file))
         return True
 
-    async def run(self) -> int:
-        """Run until stopped; returns the process exit code."""
+    def _server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_SchedulerServicer_to_server(SchedulerService(self), server)
-        ppb_grpc.add_PeerServicer_to_server(PeerService(self), server)
+        scheduler = SchedulerService(
+            self.store,
+            self.ledger,
+            self.runs,
+            self.executors,
+            self.engine,
+            self.cluster,
+            lambda: self.cfg,
+            self.clock,
+        )
+        pb_grpc.add_SchedulerServicer_to_server(scheduler, server)
+        ppb_grpc.add_PeerServicer_to_server(PeerService(self, self.peers, self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -172,14 +223,21 @@ class Node:
             ),
             server,
         )
+        return server
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        server = self._server()
         try:
             server.add_insecure_port(self.cfg.listen)
         except RuntimeError as exc:
             return _fatal(f"cannot listen on {self.cfg.listen}: {exc}", EXIT_ERROR)
         await self.etcd.connect()
-        if not await self._register():
-            return _fatal(self._fatal_msg, EXIT_ALREADY_EXISTS)
+        failure = await self._register()
+        if failure is not None:
+            return _fatal(failure, EXIT_ALREADY_EXISTS)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LOOPS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         self._log.info(
             "node_listening",
@@ -188,70 +246,55 @@ class Node:
             etcd=",".join(self.cfg.etcd),
             cluster=self.cfg.cluster,
         )
-        tasks = [
-            asyncio.create_task(self.membership.keepalive_loop(), name="keepalive"),
-            asyncio.create_task(self.membership.watch_loop(), name="members"),
-            asyncio.create_task(self.cache.run(), name="tasks"),
-            asyncio.create_task(self.engine.run(), name="engine"),
-            asyncio.create_task(self.peers.run(), name="peers"),
-        ]
-        stop_waiter = asyncio.create_task(self._stop.wait())
+        self.loops.spawn("membership.keepalive", self.membership.keepalive_loop)
+        self.loops.spawn("membership.watch", self.membership.watch_loop)
+        self.loops.spawn("tasks.watch", self.cache.run)
+        self.loops.spawn("peers.probe", self.peers.run)
+        await self.engine.start()
         ready = asyncio.create_task(self._mark_ready())
-        done, _ = await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop = asyncio.create_task(self._stop.wait())
+        fatal = asyncio.create_task(self.loops.wait_fatal())
+        await asyncio.wait([stop, fatal], return_when=asyncio.FIRST_COMPLETED)
         code = EXIT_OK
-        for t in done:
-            failure = None if t is stop_waiter else t.exception()
-            if failure is not None:
-                code = EXIT_ALREADY_EXISTS if isinstance(failure, DuplicateNode) else EXIT_ERROR
-                self._log.error("node_task_failed", task=t.get_name(), error=str(failure))
-                print(f"peerd: error: {failure}", file=sys.stderr)
-        self._log.info("node_stopping")
-        ready.cancel()
-        await self.health.enter_graceful_shutdown()
-        if code == EXIT_OK and self.membership.claim_ready.is_set():
-            # Drain: tell everyone we own nothing, hand every task over (no gap), then let
-            # running executions finish within the grace period.
-            await self.membership.set_draining()
-            await self.engine.drain()
-        await self.engine.stop(self.cfg.drain_grace_s)
-        await self.membership.revoke()
-        await self.peers.close()
-        for t in tasks:
+        if fatal.done():
+            error = fatal.result()
+            code = EXIT_ALREADY_EXISTS if isinstance(error, DuplicateNode) else EXIT_ERROR
+            print(f"peerd: error: {error}", file=sys.stderr)
+        for t in (stop, fatal, ready):
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        await server.stop(1.0)
-        await self.etcd.close()
+        await self._shutdown(server, drain=code == EXIT_OK)
         self._log.info("node_stopped", exit_code=code)
         return code
 
-    async def _handoff(self, target: str, request: ppb.HandoffRequest) -> list[str]:
-        member = self.membership.view.get(target)
-        if member is None:
-            return []
-        try:
-            resp = await self.peers.stub(member.address).Handoff(request, timeout=2.0)
-        except grpc.aio.AioRpcError as exc:
-            self._log.warning("handoff_failed", to_node=target, error=exc.code().name)
-            return []
-        return list(resp.accepted)
+    async def _shutdown(self, server: grpc.aio.Server, drain: bool) -> None:
+        self._log.info("node_stopping")
+        await self.health.enter_graceful_shutdown()
+        if drain and self.membership.claim_ready.is_set():
+            # Drain: tell everyone we own nothing, hand every task over (no gap), then let
+            # running executions finish within the grace period.
+            await self.membership.set_draining()
+            await self.engine.drain(timeout_s=3.0)
+        await self.engine.stop(self.cfg.drain_grace_s)
+        await self.executors.close()
+        await self.membership.revoke()
+        await self.loops.stop()
+        await self.peer_client.close()
+        await server.stop(1.0)
+        await self.etcd.close()
 
-    async def _register(self) -> bool:
-        backoff = 0.2
+    async def _register(self) -> str | None:
+        """Register this node, retrying while etcd is unreachable; the reason on failure."""
+        backoff = Backoff(0.2, 2.0)
         while not self._stop.is_set():
             try:
                 await self.membership.register(first=True)
-                return True
+                return None
             except DuplicateNode as exc:
-                self._fatal_msg = str(exc)
-                return False
+                return str(exc)
             except Unavailable as exc:
                 self._log.warning("waiting_for_etcd", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-        self._fatal_msg = "stopped before registering"
-        return False
+                await self.clock.sleep(backoff.next_delay_s())
+        return "stopped before registering"
 
     async def _mark_ready(self) -> None:
         await self.membership.view_ready.wait()

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from peerd.runner.base import rfc3339
+from peerd.core.records import rfc3339
 from peerd.runner.python import TaskContext
 
 

@@ -41,7 +41,7 @@ lock-taking slot per task (the engine plans one slot per overlap-controlled task
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peerd.coord.etcd import (
@@ -59,17 +59,20 @@ from peerd.coord.etcd import (
     txn_request,
 )
 from peerd.coord.keys import Keys
+from peerd.core.budget import MAX_TXN_OPS, pack
 from peerd.core.overlap import CLAIM_MODES, LOCK, QUEUE, REPLACE
+from peerd.core.records import FINAL, lock_value
 from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
-MAX_NESTED = 127
-"""Nested transactions per claim transaction. etcd (--max-txn-ops 128) lets a nested
-transaction use only the operations its parent leaves: 128 - 127 = 1 compare each, which is what
-a claim needs."""
-UPDATE_CHUNK = 64
-"""Nested transactions per update transaction: each has 2 compares (lease, existence), so the
-outer one may hold at most 126; 64 leaves room."""
+CLAIM_COST = {None: 1, LOCK: 2, QUEUE: 2, REPLACE: 3}
+"""Size of a claim's nested transaction by claim mode (``max(compares, success ops, failure
+ops)``, see :mod:`peerd.core.budget`): a plain claim 1, a lock or queue claim 2 (two compares,
+two puts, two reads), a REPLACE claim 3 (read the lock, put the run, put the lock)."""
+UPDATE_COST = 2
+"""Size of an update's nested transaction: two compares (lease, existence)."""
+TRIM_READ_LIMIT = 256
+"""Oldest records read per trim call; a longer backlog is trimmed over several calls."""
 CLAIM_TIMEOUT_S = 0.5
 """Deadline of a claim transaction (seconds; a healthy etcd answers a 64-claim batch in ~8 ms,
 bench/claims.py). Short, so an etcd leader change (writes forwarded to a dead leader hang ~7 s)
@@ -78,18 +81,16 @@ peers — within half a second. A claim that committed but timed out is recognis
 retry."""
 
 
-def lock_value(run_key: bytes, node_id: str, lease_id: int) -> bytes:
-    """The value of an ``active/`` or ``queued/`` key: who holds it for which run."""
-    return b"%s|%s|%x" % (run_key, node_id.encode(), lease_id)
 
 
-def lock_holder(value: bytes) -> tuple[int, str] | None:
-    """``(slot_ms, node_id)`` of the run a :func:`lock_value` names; None when malformed."""
-    try:
-        run_key, node, _ = value.decode().split("|")
-        return int(run_key.rsplit("/", 1)[1]), node
-    except (UnicodeDecodeError, ValueError, IndexError):
-        return None
+@dataclass
+class UpdateResult:
+    """What :meth:`Ledger.update` did: records ``written``, and records ``rejected`` because
+    their claimant no longer holds the lease they were claimed under (fenced off) or their key
+    is gone."""
+
+    written: list[pb.RunRecord] = field(default_factory=list)
+    rejected: list[pb.RunRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,18 @@ class Ledger:
 
         Raises:
             LeaseLost: ``member_key`` is not attached to ``lease_id``; nothing was written.
-            ValueError: more than 127 records, or ``modes`` of another length.
+            ValueError: the records do not fit one transaction (see :data:`CLAIM_COST` and
+                :func:`peerd.core.budget.pack`), or ``modes`` has another length.
         """
-        if len(records) > MAX_NESTED:
-            raise ValueError(f"at most {MAX_NESTED} claims per transaction")
         if not records:
             return []
         modes = list(modes) if modes is not None else [None] * len(records)
         if len(modes) != len(records):
             raise ValueError("one mode per record")
+        if len(records) + max(CLAIM_COST[m] for m in modes) > MAX_TXN_OPS:
+            raise ValueError(
+                f"{len(records)} claims do not fit one transaction of {MAX_TXN_OPS} operations"
+            )
         keys = [self.keys.run(r.task_id, _ms(r)) for r in records]
         resp = await self.etcd.txn(
             txn_request(
@@ -255,31 +259,37 @@ class Ledger:
         resp = await self.etcd.txn(txn_request([], ops))
         return any(op.response_txn.succeeded for op in resp.responses)
 
-    async def update(self, records: Sequence[pb.RunRecord]) -> int:
+    async def update(self, records: Sequence[pb.RunRecord]) -> UpdateResult:
         """Write each record if its claimant still holds the lease it claimed under
         (``claim_lease_id``; records without one: if the key's create revision is still the
         fencing token).
 
         Several records for the same run (e.g. RUNNING then SUCCEEDED) are coalesced: the last
-        one in ``records`` wins. (etcd rejects a transaction naming one key twice.)
+        one in ``records`` wins. (etcd rejects a transaction naming one key twice.) Batches are
+        sized from etcd's operation budget (:data:`UPDATE_COST`).
 
         Returns:
-            How many records were written (not: records whose claimant lost its lease, or whose
-            key was trimmed).
+            The records written and those that were not (their claimant lost its lease, or the
+            key was deleted): see :class:`UpdateResult`.
+        Raises:
+            Unavailable: etcd did not answer; records of the failed transaction may or may not
+                have been written (writing them again is harmless).
         """
         latest: dict[bytes, pb.RunRecord] = {}
         for r in records:
             latest[self.keys.run(r.task_id, _ms(r))] = r
         items = list(latest.items())
-        written = 0
-        for start in range(0, len(items), UPDATE_CHUNK):
+        result = UpdateResult()
+        for batch in pack([UPDATE_COST] * len(items), MAX_TXN_OPS):
+            chunk = items[batch.start : batch.stop]
             ops = [
                 op_txn(self._fence(key, r), [op_put(key, r.SerializeToString())])
-                for key, r in items[start : start + UPDATE_CHUNK]
+                for key, r in chunk
             ]
             resp = await self.etcd.txn(txn_request([], ops))
-            written += sum(bool(op.response_txn.succeeded) for op in resp.responses)
-        return written
+            for (_, r), op in zip(chunk, resp.responses, strict=True):
+                (result.written if op.response_txn.succeeded else result.rejected).append(r)
+        return result
 
     def _fence(self, key: bytes, r: pb.RunRecord) -> list[Any]:
         if r.claim_lease_id:
@@ -358,19 +368,37 @@ class Ledger:
         token = str(self.keys.slot_of(kvs[page_size - 1].key)) if len(kvs) > page_size else ""
         return runs, token
 
-    async def trim(self, task_id: str, keep: int) -> int:
-        """Delete all but the newest ``keep`` records of a task; returns how many were deleted."""
+    async def trim(self, task_id: str, keep: int, before_ms: int = 0) -> int:
+        """Delete finished records of a task: all but the newest ``keep``, and those of slots
+        before ``before_ms`` (epoch ms; 0 = no age limit).
+
+        Records still CLAIMED or RUNNING are never deleted, whatever their age or rank, and each
+        delete is compared on the mod revision read, so a record updated meanwhile stays. At
+        most :data:`TRIM_READ_LIMIT` of the oldest records are examined per call.
+
+        Returns:
+            How many records were deleted.
+        """
         prefix = self.keys.runs(task_id)
+        end = self.keys.run(task_id, before_ms) if before_ms > 0 else prefix
         kvs, count, _ = await self.etcd.range(
             prefix, prefix_end(prefix), limit=keep + 1, descending=True, keys_only=True
         )
-        if count <= keep:
+        if count > keep:
+            end = max(end, kvs[keep].key + b"\0")  # delete up to and including the (keep+1)th
+        if end <= prefix:
             return 0
-        oldest_kept_plus_one = kvs[keep].key  # the newest record to delete
-        resp = await self.etcd.txn(
-            txn_request([], [op_delete(prefix, oldest_kept_plus_one + b"\0")])
-        )
-        return int(resp.responses[0].response_delete_range.deleted)
+        old, _, _ = await self.etcd.range(prefix, end, limit=TRIM_READ_LIMIT)
+        done = [kv for kv in old if pb.RunRecord.FromString(kv.value).status in FINAL]
+        deleted = 0
+        for batch in pack([1] * len(done), MAX_TXN_OPS):
+            ops = [
+                op_txn([cmp_mod_revision(kv.key, kv.mod_revision)], [op_delete(kv.key)])
+                for kv in done[batch.start : batch.stop]
+            ]
+            resp = await self.etcd.txn(txn_request([], ops))
+            deleted += sum(bool(op.response_txn.succeeded) for op in resp.responses)
+        return deleted
 
 
 def _ms(record: pb.RunRecord) -> int:

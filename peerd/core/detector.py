@@ -201,3 +201,24 @@ class FailureDetector:
         return [
             Verdict(n, p.lease_id, True) for n, p in self._peers.items() if p.state is State.DEAD
         ]
+
+
+MAX_LOCAL_HEALTH = 8
+"""Highest local health score: probe timeouts grow to at most ``1 + 8`` times the base."""
+
+
+def local_health(score: int, round_s: float, timeout_s: float) -> int:
+    """This node's local health score after a probe round (Lifeguard's *local health
+    multiplier*: Dadgar, Phillips, Currey, "Lifeguard: Local Health Awareness for More Accurate
+    Failure Detection", DSN 2018).
+
+    A node whose own event loop is starved (CPU saturation, a long pause) sees its probes time
+    out and would accuse healthy peers. So a round that took more than twice its probe timeout
+    (``round_s > 2 * timeout_s``: this node was slow, whatever the peers did) raises the score by
+    one, up to :data:`MAX_LOCAL_HEALTH`, and a round on time lowers it by one, down to 0. The
+    prober multiplies its probe timeouts by ``1 + score`` and does not count the misses of a
+    round that overran.
+    """
+    if round_s > 2 * timeout_s:
+        return min(MAX_LOCAL_HEALTH, score + 1)
+    return max(0, score - 1)

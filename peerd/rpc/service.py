@@ -8,19 +8,20 @@ errors and mapped to gRPC status codes by :func:`peerd.rpc.errors.grpc_errors` (
 from __future__ import annotations
 
 import contextlib
-import shlex
-from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from peerd.clock import Clock
+from peerd.config import NodeConfig
+from peerd.coord.ledger import Ledger
 from peerd.coord.runs_view import RunsView
+from peerd.coord.store import TaskStore
 from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
-from peerd.core.ring import owner
 from peerd.core.schedule import (
     CompiledSchedule,
     normalise_cron,
@@ -33,14 +34,10 @@ from peerd.core.validate import (
     validate_task,
     validate_task_id,
 )
-from peerd.errors import InvalidArgument, PermissionDenied, Unavailable
+from peerd.errors import InvalidArgument
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
-from peerd.runner import python as python_runner
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
-
-if TYPE_CHECKING:
-    from peerd.node import Node
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -67,45 +64,68 @@ def _compile(schedule: pb.Schedule, created_at: datetime, field: str) -> Compile
     return CompiledSchedule(spec_from_proto(schedule, created_at, field))
 
 
+class TargetCheck(Protocol):
+    """Whether the answering node can run a task (:meth:`peerd.runner.executors.Executors.check`)."""
+
+    def check(self, spec: pb.TaskSpec, field: str) -> None: ...
+
+
+class Trigger(Protocol):
+    """Runs a task once now on this node (:meth:`peerd.engine.Engine.trigger`)."""
+
+    async def trigger(
+        self, spec: pb.TaskSpec, cause: pb.RunRecord | None = None
+    ) -> pb.RunRecord: ...
+
+
+ClusterView = Callable[[], pb.GetClusterResponse]
+"""``() -> the cluster as this node sees it`` (:func:`peerd.cluster.cluster_view`).
+
+Raises:
+    Unavailable: the member view is not loaded yet.
+"""
+
+
 class SchedulerService(pb_grpc.SchedulerServicer):
-    """The public API of one node."""
+    """The public API of one node.
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.runs = RunsView(node.etcd, node.keys)
+    Args:
+        store: task specs in etcd.
+        ledger: run records (ListRuns).
+        runs: read views of the ledger (AuditTask, WatchRuns).
+        targets: the executors' API checks.
+        trigger: manual runs.
+        cluster: the cluster view.
+        settings: ``() -> the node's current configuration`` (hot reload).
+        clock: time source.
+    """
 
-    # -- helpers ---------------------------------------------------------------------------------
-
-    def _check_shell(self, spec: pb.TaskSpec, field: str) -> None:
-        # The engine's allow-list: the one the node runs shell tasks with (SIGHUP replaces it).
-        allow = self.node.engine.executors.shell.allow_list
-        if spec.WhichOneof("target") == "shell" and not allow.allows(spec.shell.argv):
-            raise PermissionDenied(
-                f"{field}.shell.argv: command {shlex.join(spec.shell.argv)[:200]!r} is not allowed "
-                f"on node {self.node.cfg.node_id} (start nodes with --allow-shell PATTERN)"
-            )
-
-    def _check_python(self, spec: pb.TaskSpec, field: str) -> None:
-        """A python target must name an entry point installed on this node (the answering one;
-        a node without it fails such runs with the reason)."""
-        if spec.WhichOneof("target") != "python":
-            return
-        name = spec.python.name
-        if name in python_runner.available() or name in python_runner.available(refresh=True):
-            return
-        installed = ", ".join(sorted(python_runner.available())) or "none"
-        raise InvalidArgument(
-            f"{field}.python.name",
-            f"no entry point {name!r} in group {python_runner.GROUP} on node "
-            f"{self.node.cfg.node_id}; installed: {installed}",
-        )
+    def __init__(
+        self,
+        store: TaskStore,
+        ledger: Ledger,
+        runs: RunsView,
+        targets: TargetCheck,
+        trigger: Trigger,
+        cluster: ClusterView,
+        settings: Callable[[], NodeConfig],
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.runs = runs
+        self.targets = targets
+        self.engine = trigger
+        self.cluster = cluster
+        self.settings = settings
+        self.clock = clock
 
     def _prepare(self, given: pb.TaskSpec, field: str) -> pb.TaskSpec:
         spec = pb.TaskSpec()
         spec.CopyFrom(given)
         if not spec.id:
             spec.id = new_task_id()
-        now = self.node.clock.now()
+        now = self.clock.now()
         if spec.schedule.WhichOneof("kind") == "cron":
             cron, every = normalise_cron(spec.schedule.cron, f"{field}.schedule.cron")
             if every is not None:
@@ -113,8 +133,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             elif cron is not None:
                 spec.schedule.cron = cron
         validate_task(spec, now, field)
-        self._check_shell(spec, field)
-        self._check_python(spec, field)
+        self.targets.check(spec, field)
         if spec.WhichOneof("target") == "http":
             spec.http.method = spec.http.method.upper() or "POST"
         spec.created_at.FromDatetime(now)
@@ -130,7 +149,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.CreateTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
         spec = self._prepare(request.task, "task")
-        await self.node.store.create([spec])
+        await self.store.create([spec])
         return spec
 
     @grpc_errors
@@ -140,7 +159,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if not request.tasks:
             raise InvalidArgument("tasks", "at least one task is required")
         specs = [self._prepare(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
-        await self.node.store.create(specs)
+        await self.store.create(specs)
         return pb.CreateTasksResponse(tasks=specs)
 
     @grpc_errors
@@ -148,7 +167,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
         validate_task_id(request.id, "id")
-        spec, _ = await self.node.store.get(request.id)
+        spec, _ = await self.store.get(request.id)
         return spec
 
     @grpc_errors
@@ -158,7 +177,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         size = _page_size(request.page_size, DEFAULT_PAGE)
         if request.page_token:
             validate_task_id(request.page_token, "page_token")
-        specs, token = await self.node.store.list(size, request.page_token)
+        specs, token = await self.store.list(size, request.page_token)
         return pb.ListTasksResponse(tasks=specs, next_page_token=token)
 
     @grpc_errors
@@ -166,13 +185,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteTaskResponse:
         validate_task_id(request.id, "id")
-        await self.node.store.delete(request.id)
+        await self.store.delete(request.id)
         return pb.DeleteTaskResponse()
 
     async def _set_paused(self, task_id: str, paused: bool, note: str = "") -> pb.TaskSpec:
         validate_task_id(task_id, "id")
         validate_pause_note(note, "note")
-        now = self.node.clock.now()
+        now = self.clock.now()
 
         def mutate(spec: pb.TaskSpec) -> None:
             if paused and not spec.paused:
@@ -191,7 +210,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 return
             spec.updated_at.FromDatetime(now)
 
-        return await self.node.store.update(task_id, mutate)
+        return await self.store.update(task_id, mutate)
 
     @grpc_errors
     async def PauseTask(
@@ -214,9 +233,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.TriggerTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunRecord:
         validate_task_id(request.id, "id")
-        spec, _ = await self.node.store.get(request.id)
-        self._check_shell(spec, "task")
-        return await self.node.engine.trigger(spec)
+        spec, _ = await self.store.get(request.id)
+        if spec.WhichOneof("target") == "shell":
+            self.targets.check(spec, "task")  # this node runs it: it must allow the command
+        return await self.engine.trigger(spec)
 
     # -- runs and cluster ------------------------------------------------------------------------
 
@@ -228,9 +248,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         size = _page_size(request.page_size, 20)
         if request.page_token and not request.page_token.isdigit():
             raise InvalidArgument("page_token", "not a token returned by ListRuns")
-        runs, token = await self.node.ledger.list(request.task_id, size, request.page_token)
+        runs, token = await self.ledger.list(request.task_id, size, request.page_token)
         if not runs and not request.page_token:
-            await self.node.store.get(request.task_id)  # NOT_FOUND for an unknown task
+            await self.store.get(request.task_id)  # NOT_FOUND for an unknown task
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     # -- preview, audit, watch -------------------------------------------------------------------
@@ -255,12 +275,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 "count", f"must be between 1 and {MAX_PREVIEW}, got {request.count}"
             )
         count = request.count or DEFAULT_PREVIEW
-        now = self.node.clock.now()
+        now = self.clock.now()
         after = _timestamp(getattr(request, "from"), "from") if request.HasField("from") else now
         source = request.WhichOneof("source")
         if source == "task_id":
             validate_task_id(request.task_id, "task_id")
-            spec, _ = await self.node.store.get(request.task_id)
+            spec, _ = await self.store.get(request.task_id)
             schedule, task_id = spec.schedule, spec.id
             compiled = _compile(schedule, spec.created_at.ToDatetime(tzinfo=UTC), "task.schedule")
         elif source == "schedule":
@@ -308,25 +328,25 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 such task.
         """
         validate_task_id(request.task_id, "task_id")
-        now = self.node.clock.now()
+        now = self.clock.now()
         requested = _timestamp(request.since, "since") if request.HasField("since") else None
         if requested is not None and requested >= now:
             raise InvalidArgument("since", "must be in the past")
-        spec, _ = await self.node.store.get(request.task_id)
+        spec, _ = await self.store.get(request.task_id)
         entries, _ = await self.runs.entries(spec.id)
         created_at = spec.created_at.ToDatetime(tzinfo=UTC)
         compiled = _compile(spec.schedule, created_at, "task.schedule")
         threshold = (
             spec.misfire_threshold.ToTimedelta()
             if spec.HasField("misfire_threshold")
-            else self.node.cfg.misfire_threshold
+            else self.settings().misfire_threshold
         )
         jitter = (
             spec.schedule.jitter.ToTimedelta() if spec.schedule.HasField("jitter") else timedelta(0)
         )
         oldest = entries[0].record.scheduled_at.ToDatetime(tzinfo=UTC) if entries else None
         since, truncated = audit_core.audit_window(
-            requested, created_at, oldest, len(entries) >= self.node.cfg.runs_keep
+            requested, created_at, oldest, len(entries) >= self.settings().runs_keep
         )
         report = audit_core.audit(
             compiled,
@@ -364,7 +384,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         task_id = request.task_id or None
         if task_id is not None:
             validate_task_id(task_id, "task_id")
-            await self.node.store.get(task_id)
+            await self.store.get(task_id)
         entries, revision = await self.runs.newest(task_id, request.replay)
         for e in entries:
             yield e.filled()
@@ -377,24 +397,4 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def GetCluster(
         self, request: pb.GetClusterRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetClusterResponse:
-        membership = self.node.membership
-        if not membership.view_ready.is_set():
-            raise Unavailable("membership view not loaded yet")
-        members = membership.members()
-        owners = self.node.engine.ownership_members() or members
-        excluded = self.node.peers.excluded()
-        tasks = self.node.cache.tasks
-        counts = Counter(owner(t, owners) for t, s in tasks.items() if not s.paused)
-        out = pb.GetClusterResponse(
-            cluster=self.node.cfg.cluster,
-            node_id=self.node.cfg.node_id,
-            task_count=len(tasks),
-            revision=membership.view_revision,
-        )
-        for node_id in members:
-            m = out.members.add()
-            m.CopyFrom(membership.view[node_id])
-            m.owned_tasks = counts.get(node_id, 0)
-            m.suspected_dead = node_id in self.node.peers.detector.dead()
-            m.draining = m.draining or (node_id in excluded and not m.suspected_dead)
-        return out
+        return self.cluster()

@@ -6,7 +6,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from peerd.core.records import idempotency_key as _key
+from peerd.core.records import slot_ms
+from peerd.v1 import scheduler_pb2 as pb
+
+if TYPE_CHECKING:
+    from peerd.clock import Clock
+    from peerd.config import NodeConfig
 
 FAILURE_HTTP_5XX = "http_5xx"
 FAILURE_HTTP_429 = "http_429"
@@ -42,20 +51,6 @@ OUTPUT_TAIL_BYTES = 4096
 """Output kept per run (the last bytes of stdout+stderr or of the HTTP response body)."""
 
 
-def slot_ms(slot: datetime) -> int:
-    """Epoch milliseconds of an aware datetime (the slot's identity)."""
-    return round(slot.timestamp() * 1000)
-
-
-def idempotency_key(task_id: str, scheduled_at: datetime) -> str:
-    """``<task_id>/<scheduled_at epoch ms>``: the same for every attempt of one slot."""
-    return f"{task_id}/{slot_ms(scheduled_at)}"
-
-
-def rfc3339(ts: datetime) -> str:
-    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T06:00:01.000Z``."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
 
 def tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
     """The last ``limit`` bytes of ``data`` decoded as UTF-8 (invalid bytes replaced)."""
@@ -89,7 +84,8 @@ class Execution:
 
     @property
     def idempotency_key(self) -> str:
-        return idempotency_key(self.task_id, self.scheduled_at)
+        """``<task_id>/<slot epoch ms>`` (:func:`peerd.core.records.idempotency_key`)."""
+        return _key(self.task_id, slot_ms(self.scheduled_at))
 
 
 @dataclass
@@ -107,3 +103,41 @@ class Outcome:
     error: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     failure: str = ""
+
+
+class Executor(Protocol):
+    """What every executor implements (one module each; found through
+    :mod:`peerd.runner.executors`).
+
+    Attributes:
+        kind: the ``TaskSpec.target`` oneof field it runs (``"http"``), also its pool's name.
+        limit_setting: the :class:`~peerd.config.NodeConfig` field capping its concurrent runs.
+    """
+
+    kind: ClassVar[str]
+    limit_setting: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig, clock: Clock) -> Executor:
+        """The executor a node with ``cfg`` runs."""
+        ...
+
+    async def run(self, spec: pb.TaskSpec, execution: Execution) -> Outcome:
+        """Run one attempt; never raises for a failed run (see :class:`Outcome`)."""
+        ...
+
+    def check(self, spec: pb.TaskSpec, field: str) -> None:
+        """Whether this node can run ``spec`` (API validation on the answering node).
+
+        Raises:
+            InvalidArgument, PermissionDenied: naming ``{field}.<target>...`` and the reason.
+        """
+        ...
+
+    def configure(self, cfg: NodeConfig) -> None:
+        """Apply a reloaded configuration to runs that start from now on."""
+        ...
+
+    async def close(self) -> None:
+        """Release clients and threads (node shutdown)."""
+        ...

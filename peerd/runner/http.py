@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 
 from peerd import __version__
 from peerd.clock import Clock, SystemClock
+from peerd.core.records import rfc3339
 from peerd.runner.base import (
     FAILURE_CONFIG,
     FAILURE_CONNECTION,
@@ -29,10 +30,12 @@ from peerd.runner.base import (
     OUTPUT_TAIL_BYTES,
     Execution,
     Outcome,
-    rfc3339,
     tail,
 )
 from peerd.v1 import scheduler_pb2 as pb
+
+if TYPE_CHECKING:
+    from peerd.config import NodeConfig
 
 log = structlog.get_logger(__name__)
 
@@ -186,14 +189,34 @@ class HttpExecutor:
             self._clients[origin] = client
         return client
 
-    async def aclose(self) -> None:
+    kind = "http"
+    """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
+    limit_setting = "max_http_runs"
+    """The node setting that caps its concurrent runs."""
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig, clock: Clock) -> HttpExecutor:
+        """The executor a node with ``cfg`` runs."""
+        return cls(clock=clock)
+
+    def check(self, spec: pb.TaskSpec, field: str) -> None:
+        """API validation on the answering node: nothing beyond :mod:`peerd.core.validate`."""
+
+    def configure(self, cfg: NodeConfig) -> None:
+        """Nothing of the HTTP executor changes on a config reload."""
+
+    async def run(self, spec: pb.TaskSpec, execution: Execution) -> Outcome:
+        """Run one attempt of ``spec`` (its ``http`` target): see :meth:`run_target`."""
+        return await self.run_target(spec.http, execution)
+
+    async def close(self) -> None:
         """Close the HTTP client if this executor created it. Idempotent."""
         if self._owns_client:
             clients, self._clients = list(self._clients.values()), {}
             for client in clients:
                 await client.aclose()
 
-    async def run(self, target: pb.HttpTarget, execution: Execution) -> Outcome:
+    async def run_target(self, target: pb.HttpTarget, execution: Execution) -> Outcome:
         """Send one request for ``execution`` and report how it went.
 
         The method defaults to POST. ``execution.timeout`` bounds the whole request (connect,

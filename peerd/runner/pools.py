@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from peerd.config import NodeConfig
+from peerd.runner.executors import limits
 
-KINDS = ("http", "shell", "python")
-"""Executor kinds with a pool of their own (the ``TaskSpec.target`` oneof names)."""
 
 
 @dataclass(order=True)
@@ -155,15 +154,16 @@ class Pools:
         self.kinds: dict[str, PriorityLimiter] = {
             kind: PriorityLimiter(limit) for kind, limit in self._kind_limits(cfg).items()
         }
-        """One limiter per executor kind (keys :data:`KINDS`)."""
+        """One limiter per executor kind (:data:`peerd.runner.executors.KINDS`)."""
 
     @staticmethod
     def _kind_limits(cfg: NodeConfig) -> dict[str, int]:
-        return {
-            "http": cfg.max_http_runs,
-            "shell": cfg.max_shell_runs,
-            "python": cfg.max_python_runs,
-        }
+        return limits(cfg)
+
+    def check(self, cfg: NodeConfig) -> None:
+        """Raise ``ValueError`` (changing nothing) if :meth:`apply` would refuse ``cfg``."""
+        for limit in (*self._kind_limits(cfg).values(), cfg.max_concurrent_runs):
+            PriorityLimiter._check(limit)
 
     def apply(self, cfg: NodeConfig) -> None:
         """Take the limits of ``cfg`` (config reload); see :meth:`PriorityLimiter.set_limit`."""
@@ -196,7 +196,7 @@ class Pools:
             pool = self.kinds[kind]
         except KeyError:
             raise ValueError(
-                f"no executor pool for kind {kind!r}; expected one of {KINDS}"
+                f"no executor pool for kind {kind!r}; expected one of {sorted(self.kinds)}"
             ) from None
         async with pool.slot(priority, fire_at_s), self.node.slot(priority, fire_at_s):
             yield

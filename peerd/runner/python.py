@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -54,7 +54,11 @@ from peerd.runner.base import (
     tail,
 )
 from peerd.runner.http import parse_cause
+from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
+
+if TYPE_CHECKING:
+    from peerd.config import NodeConfig
 
 log = structlog.get_logger(__name__)
 
@@ -180,12 +184,50 @@ class PythonExecutor:
         )
         self._loaded: dict[str, Callable[[TaskContext], Any]] = {}
 
-    async def aclose(self) -> None:
+    kind = "python"
+    """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
+    node_id = ""
+    """The node it runs on (named in API errors)."""
+    limit_setting = "max_python_runs"
+    """The node setting that caps its concurrent runs (also the size of its thread pool)."""
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig, clock: Clock) -> PythonExecutor:
+        """The executor a node with ``cfg`` runs (``max_python_runs`` worker threads)."""
+        executor = cls(clock=clock, max_threads=cfg.max_python_runs)
+        executor.node_id = cfg.node_id
+        return executor
+
+    def check(self, spec: pb.TaskSpec, field: str) -> None:
+        """API validation on the answering node: the entry point must be installed here (a
+        node without it fails such runs with the reason).
+
+        Raises:
+            InvalidArgument: naming ``{field}.python.name`` and what is installed.
+        """
+        name = spec.python.name
+        if name in available() or name in available(refresh=True):
+            return
+        installed = ", ".join(sorted(available())) or "none"
+        raise InvalidArgument(
+            f"{field}.python.name",
+            f"no entry point {name!r} in group {GROUP} on node {self.node_id}; "
+            f"installed: {installed}",
+        )
+
+    def configure(self, cfg: NodeConfig) -> None:
+        """Nothing changes on a reload (the thread pool keeps its size until restart)."""
+
+    async def run(self, spec: pb.TaskSpec, execution: Execution) -> Outcome:
+        """Run one attempt of ``spec`` (its ``python`` target): see :meth:`run_target`."""
+        return await self.run_target(spec.python, execution)
+
+    async def close(self) -> None:
         """Stop the worker threads: queued calls are dropped, running ones are not waited for
         (they cannot be interrupted). Idempotent."""
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, target: pb.PythonTarget, execution: Execution) -> Outcome:
+    async def run_target(self, target: pb.PythonTarget, execution: Execution) -> Outcome:
         """Call the entry point ``target.name`` with a :class:`TaskContext` for ``execution``.
 
         ``execution.timeout`` bounds the call (see the module docstring for what a timeout does

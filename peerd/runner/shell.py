@@ -18,11 +18,12 @@ import shlex
 import signal
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from peerd.clock import Clock, SystemClock
+from peerd.core.records import rfc3339
 from peerd.runner.base import (
     FAILURE_CONFIG,
     FAILURE_CONNECTION,
@@ -31,10 +32,13 @@ from peerd.runner.base import (
     OUTPUT_TAIL_BYTES,
     Execution,
     Outcome,
-    rfc3339,
     tail,
 )
+from peerd.errors import PermissionDenied
 from peerd.v1 import scheduler_pb2 as pb
+
+if TYPE_CHECKING:
+    from peerd.config import NodeConfig
 
 log = structlog.get_logger(__name__)
 
@@ -202,6 +206,43 @@ class ShellExecutor:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._base_env = dict(base_env if base_env is not None else os.environ)
 
+    kind = "shell"
+    """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
+    node_id = ""
+    """The node it runs on (named in API errors)."""
+    limit_setting = "max_shell_runs"
+    """The node setting that caps its concurrent runs."""
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig, clock: Clock) -> ShellExecutor:
+        """The executor a node with ``cfg`` runs (its ``--allow-shell`` patterns)."""
+        executor = cls(ShellAllowList(cfg.allow_shell), clock=clock)
+        executor.node_id = cfg.node_id
+        return executor
+
+    def check(self, spec: pb.TaskSpec, field: str) -> None:
+        """API validation on the answering node: the command must match its allow-list.
+
+        Raises:
+            PermissionDenied: naming ``{field}.shell.argv``, the command and the node's flag.
+        """
+        if not self._allow.allows(spec.shell.argv):
+            raise PermissionDenied(
+                f"{field}.shell.argv: command {shlex.join(spec.shell.argv)[:200]!r} is not "
+                f"allowed on node {self.node_id} (start nodes with --allow-shell PATTERN)"
+            )
+
+    def configure(self, cfg: NodeConfig) -> None:
+        """Use the reloaded allow-list for runs that start from now on."""
+        self._allow = ShellAllowList(cfg.allow_shell)
+
+    async def close(self) -> None:
+        """Nothing to release (each run's process group is gone when it ends)."""
+
+    async def run(self, spec: pb.TaskSpec, execution: Execution) -> Outcome:
+        """Run one attempt of ``spec`` (its ``shell`` target): see :meth:`run_target`."""
+        return await self.run_target(spec.shell, execution)
+
     @property
     def allow_list(self) -> ShellAllowList:
         """The allow-list this executor enforces. Assigning a new one (config reload) applies to
@@ -212,7 +253,7 @@ class ShellExecutor:
     def allow_list(self, allow: ShellAllowList) -> None:
         self._allow = allow
 
-    async def run(self, target: pb.ShellTarget, execution: Execution) -> Outcome:
+    async def run_target(self, target: pb.ShellTarget, execution: Execution) -> Outcome:
         """Run ``target.argv`` for ``execution`` and report how it went.
 
         The command runs without a shell, in a new session (its own process group), with stdin

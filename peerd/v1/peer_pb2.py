@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from peerd.v1 import scheduler_pb2 as peerd_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13peerd/v1/peer.proto\x12\x08peerd.v1\x1a\x18peerd/v1/scheduler.proto\"8\n\x05Rumor\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x65\x61\x64\x18\x03 \x01(\x08\"A\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x1f\n\x06rumors\x18\x02 \x03(\x0b\x32\x0f.peerd.v1.Rumor\"v\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x1f\n\x06rumors\x18\x04 \x03(\x0b\x32\x0f.peerd.v1.Rumor\x12\x10\n\x08\x63laiming\x18\x05 \x01(\x08\"d\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x05\"=\n\x0fPingReqResponse\x12\x11\n\treachable\x18\x01 \x01(\x08\x12\x17\n\x0ftarget_lease_id\x18\x02 \x01(\x03\"g\n\rGossipRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x1f\n\x06rumors\x18\x02 \x03(\x0b\x32\x0f.peerd.v1.Rumor\x12\x15\n\x08\x63laiming\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_claiming\"\x10\n\x0eGossipResponse\"Y\n\x0bHandoffTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tcursor_ms\x18\x02 \x01(\x03\x12&\n\tin_flight\x18\x03 \x03(\x0b\x32\x13.peerd.v1.RunRecord\"y\n\x0eHandoffRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x15\n\rfrom_lease_id\x18\x02 \x01(\x03\x12\x17\n\x0fsender_draining\x18\x03 \x01(\x08\x12$\n\x05tasks\x18\x04 \x03(\x0b\x32\x15.peerd.v1.HandoffTask\"#\n\x0fHandoffResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\t2\xfa\x01\n\x04Peer\x12\x35\n\x04Ping\x12\x15.peerd.v1.PingRequest\x1a\x16.peerd.v1.PingResponse\x12>\n\x07PingReq\x12\x18.peerd.v1.PingReqRequest\x1a\x19.peerd.v1.PingReqResponse\x12;\n\x06Gossip\x12\x17.peerd.v1.GossipRequest\x1a\x18.peerd.v1.GossipResponse\x12>\n\x07Handoff\x12\x18.peerd.v1.HandoffRequest\x1a\x19.peerd.v1.HandoffResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13peerd/v1/peer.proto\x12\x08peerd.v1\x1a\x18peerd/v1/scheduler.proto\"8\n\x05Rumor\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x65\x61\x64\x18\x03 \x01(\x08\"A\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x1f\n\x06rumors\x18\x02 \x03(\x0b\x32\x0f.peerd.v1.Rumor\"\x94\x01\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x1f\n\x06rumors\x18\x04 \x03(\x0b\x32\x0f.peerd.v1.Rumor\x12\x10\n\x08\x63laiming\x18\x05 \x01(\x08\x12\x1c\n\x04load\x18\x06 \x01(\x0b\x32\x0e.peerd.v1.Load\">\n\x04Load\x12\x13\n\x0b\x61\x63tive_runs\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07\x62\x61\x63klog\x18\x03 \x01(\x05\"d\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x05\"=\n\x0fPingReqResponse\x12\x11\n\treachable\x18\x01 \x01(\x08\x12\x17\n\x0ftarget_lease_id\x18\x02 \x01(\x03\"g\n\rGossipRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x1f\n\x06rumors\x18\x02 \x03(\x0b\x32\x0f.peerd.v1.Rumor\x12\x15\n\x08\x63laiming\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_claiming\"\x10\n\x0eGossipResponse\"Y\n\x0bHandoffTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tcursor_ms\x18\x02 \x01(\x03\x12&\n\tin_flight\x18\x03 \x03(\x0b\x32\x13.peerd.v1.RunRecord\"y\n\x0eHandoffRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x15\n\rfrom_lease_id\x18\x02 \x01(\x03\x12\x17\n\x0fsender_draining\x18\x03 \x01(\x08\x12$\n\x05tasks\x18\x04 \x03(\x0b\x32\x15.peerd.v1.HandoffTask\"#\n\x0fHandoffResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\t2\xfa\x01\n\x04Peer\x12\x35\n\x04Ping\x12\x15.peerd.v1.PingRequest\x1a\x16.peerd.v1.PingResponse\x12>\n\x07PingReq\x12\x18.peerd.v1.PingReqRequest\x1a\x19.peerd.v1.PingReqResponse\x12;\n\x06Gossip\x12\x17.peerd.v1.GossipRequest\x1a\x18.peerd.v1.GossipResponse\x12>\n\x07Handoff\x12\x18.peerd.v1.HandoffRequest\x1a\x19.peerd.v1.HandoffResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,22 +36,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUMOR']._serialized_end=115
   _globals['_PINGREQUEST']._serialized_start=117
   _globals['_PINGREQUEST']._serialized_end=182
-  _globals['_PINGRESPONSE']._serialized_start=184
-  _globals['_PINGRESPONSE']._serialized_end=302
-  _globals['_PINGREQREQUEST']._serialized_start=304
-  _globals['_PINGREQREQUEST']._serialized_end=404
-  _globals['_PINGREQRESPONSE']._serialized_start=406
-  _globals['_PINGREQRESPONSE']._serialized_end=467
-  _globals['_GOSSIPREQUEST']._serialized_start=469
-  _globals['_GOSSIPREQUEST']._serialized_end=572
-  _globals['_GOSSIPRESPONSE']._serialized_start=574
-  _globals['_GOSSIPRESPONSE']._serialized_end=590
-  _globals['_HANDOFFTASK']._serialized_start=592
-  _globals['_HANDOFFTASK']._serialized_end=681
-  _globals['_HANDOFFREQUEST']._serialized_start=683
-  _globals['_HANDOFFREQUEST']._serialized_end=804
-  _globals['_HANDOFFRESPONSE']._serialized_start=806
-  _globals['_HANDOFFRESPONSE']._serialized_end=841
-  _globals['_PEER']._serialized_start=844
-  _globals['_PEER']._serialized_end=1094
+  _globals['_PINGRESPONSE']._serialized_start=185
+  _globals['_PINGRESPONSE']._serialized_end=333
+  _globals['_LOAD']._serialized_start=335
+  _globals['_LOAD']._serialized_end=397
+  _globals['_PINGREQREQUEST']._serialized_start=399
+  _globals['_PINGREQREQUEST']._serialized_end=499
+  _globals['_PINGREQRESPONSE']._serialized_start=501
+  _globals['_PINGREQRESPONSE']._serialized_end=562
+  _globals['_GOSSIPREQUEST']._serialized_start=564
+  _globals['_GOSSIPREQUEST']._serialized_end=667
+  _globals['_GOSSIPRESPONSE']._serialized_start=669
+  _globals['_GOSSIPRESPONSE']._serialized_end=685
+  _globals['_HANDOFFTASK']._serialized_start=687
+  _globals['_HANDOFFTASK']._serialized_end=776
+  _globals['_HANDOFFREQUEST']._serialized_start=778
+  _globals['_HANDOFFREQUEST']._serialized_end=899
+  _globals['_HANDOFFRESPONSE']._serialized_start=901
+  _globals['_HANDOFFRESPONSE']._serialized_end=936
+  _globals['_PEER']._serialized_start=939
+  _globals['_PEER']._serialized_end=1189
 # @@protoc_insertion_point(module_scope)

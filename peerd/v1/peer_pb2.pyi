@@ -26,18 +26,30 @@ class PingRequest(_message.Message):
     def __init__(self, from_node: _Optional[str] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ...) -> None: ...
 
 class PingResponse(_message.Message):
-    __slots__ = ("node_id", "lease_id", "draining", "rumors", "claiming")
+    __slots__ = ("node_id", "lease_id", "draining", "rumors", "claiming", "load")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RUMORS_FIELD_NUMBER: _ClassVar[int]
     CLAIMING_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     lease_id: int
     draining: bool
     rumors: _containers.RepeatedCompositeFieldContainer[Rumor]
     claiming: bool
-    def __init__(self, node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ..., claiming: _Optional[bool] = ...) -> None: ...
+    load: Load
+    def __init__(self, node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., rumors: _Optional[_Iterable[_Union[Rumor, _Mapping]]] = ..., claiming: _Optional[bool] = ..., load: _Optional[_Union[Load, _Mapping]] = ...) -> None: ...
+
+class Load(_message.Message):
+    __slots__ = ("active_runs", "capacity", "backlog")
+    ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    active_runs: int
+    capacity: int
+    backlog: int
+    def __init__(self, active_runs: _Optional[int] = ..., capacity: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
 
 class PingReqRequest(_message.Message):
     __slots__ = ("from_node", "target_node", "target_address", "timeout_ms")

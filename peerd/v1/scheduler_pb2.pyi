@@ -320,7 +320,7 @@ class RunRecord(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[_Union[SkipReason, str]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cause: _Optional[_Union[RunRecord, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead")
+    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead", "not_claiming", "active_runs", "run_capacity", "backlog")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,10 @@ class Member(_message.Message):
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     SUSPECTED_DEAD_FIELD_NUMBER: _ClassVar[int]
+    NOT_CLAIMING_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
+    RUN_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     started_at: _timestamp_pb2.Timestamp
@@ -337,7 +341,11 @@ class Member(_message.Message):
     lease_id: int
     draining: bool
     suspected_dead: bool
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ...) -> None: ...
+    not_claiming: bool
+    active_runs: int
+    run_capacity: int
+    backlog: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ..., not_claiming: _Optional[bool] = ..., active_runs: _Optional[int] = ..., run_capacity: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task",)

@@ -1,0 +1,117 @@
+"""The cluster as one node sees it: the GetCluster answer (``peerd cluster``).
+
+Members come from this node's member view; for each, the answer says how many tasks it owns in
+this node's ownership view, whether the failure detector here believes it dead, whether it is
+draining or not claiming (its own word), and its load: for this node, the engine's; for a peer,
+what it reported in its last Ping answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from peerd.core.ring import owner
+from peerd.engine import Load
+from peerd.errors import Unavailable
+from peerd.v1 import peer_pb2 as ppb
+from peerd.v1 import scheduler_pb2 as pb
+
+
+class Members(Protocol):
+    """This node's member view (a narrow view of Membership)."""
+
+    @property
+    def view(self) -> Mapping[str, pb.Member]: ...
+
+    @property
+    def view_revision(self) -> int: ...
+
+    @property
+    def view_ready(self) -> asyncio.Event: ...
+
+
+class PeerStates(Protocol):
+    """What the peer layer knows about the others."""
+
+    @property
+    def draining(self) -> set[str]: ...
+
+    @property
+    def not_claiming(self) -> set[str]: ...
+
+    @property
+    def loads(self) -> Mapping[str, ppb.Load]: ...
+
+    def dead(self) -> set[str]: ...
+
+
+class ClusterView:
+    """Builds the GetCluster answer of one node.
+
+    Args:
+        cluster: the cluster name.
+        node_id: this node.
+        members: the member view.
+        owners: ``() -> owning members`` (the ownership view).
+        peers: the peer layer's states.
+        tasks: ``() -> {task_id: spec}`` (the task view).
+        load: ``() -> this node's engine load``.
+    """
+
+    def __init__(
+        self,
+        cluster: str,
+        node_id: str,
+        members: Members,
+        owners: Callable[[], tuple[str, ...]],
+        peers: PeerStates,
+        tasks: Callable[[], Mapping[str, pb.TaskSpec]],
+        load: Callable[[], Load],
+    ) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.members = members
+        self.owners = owners
+        self.peers = peers
+        self.tasks = tasks
+        self.load = load
+
+    def __call__(self) -> pb.GetClusterResponse:
+        """The answer now.
+
+        Raises:
+            Unavailable: the member view is not loaded yet.
+        """
+        if not self.members.view_ready.is_set():
+            raise Unavailable("membership view not loaded yet")
+        view = self.members.view
+        owners = list(self.owners()) or sorted(view)
+        tasks = self.tasks()
+        counts = Counter(owner(t, owners) for t, s in tasks.items() if not s.paused)
+        dead = self.peers.dead()
+        out = pb.GetClusterResponse(
+            cluster=self.cluster,
+            node_id=self.node_id,
+            task_count=len(tasks),
+            revision=self.members.view_revision,
+        )
+        for node_id in sorted(view):
+            m = out.members.add()
+            m.CopyFrom(view[node_id])
+            m.owned_tasks = counts.get(node_id, 0)
+            m.suspected_dead = node_id in dead
+            m.draining = m.draining or node_id in self.peers.draining
+            m.not_claiming = node_id in self.peers.not_claiming
+            if node_id == self.node_id:
+                load = self.load()
+                m.active_runs, m.run_capacity, m.backlog = load.active, load.capacity, load.backlog
+            elif (peer := self.peers.loads.get(node_id)) is not None:
+                m.active_runs, m.run_capacity, m.backlog = (
+                    peer.active_runs,
+                    peer.capacity,
+                    peer.backlog,
+                )
+        return out

@@ -1,0 +1,253 @@
+"""Run records and lock values, built and read without I/O.
+
+Every ``RunRecord`` the engine writes is made here, from the facts it needs and ``now`` (the
+caller's clock): the claim of a scheduled or manual slot, a SKIPPED slot (misfire, catch-up
+window, paused, overlap), the next attempt of a run whose claimant lost its lease, and a run
+marked LOST. The idempotency key and the overlap lock's value are defined here once.
+
+=====================  ==========================================================
+record                 made by
+=====================  ==========================================================
+CLAIMED (scheduled)    :func:`claim_record`
+CLAIMED (manual)       :func:`claim_record` with ``manual=True`` (and ``cause``)
+SKIPPED (planning)     :func:`skipped_record` (reason misfire/catch-up/paused)
+SKIPPED (overlap)      :func:`overlap_skipped` (FORBID, or BUFFER_ONE queue full)
+CLAIMED (owner lost)   :func:`owner_lost_retry` (attempt + 1, history += LOST)
+LOST                   :func:`marked_lost`
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from peerd.v1 import scheduler_pb2 as pb
+
+CATCH_UP_NAMES = {"skip": "SKIP", "run_once": "RUN_ONCE", "run_all": "RUN_ALL"}
+"""Catch-up policy (``peerd.core.plan`` names) -> its proto name, for messages."""
+
+FINAL = frozenset({pb.SUCCEEDED, pb.FAILED, pb.SKIPPED, pb.LOST, pb.CANCELLED})
+"""Statuses after which a record never changes again (a trim may delete it)."""
+UNFINISHED = frozenset({pb.CLAIMED, pb.RUNNING})
+"""Statuses of a run still claimed or in progress (a lost owner's run is one of these)."""
+
+
+def slot_ms(slot: datetime) -> int:
+    """Epoch milliseconds of an aware datetime: a slot's identity."""
+    return round(slot.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    """The aware UTC datetime of epoch milliseconds."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def idempotency_key(task_id: str, scheduled_ms: int) -> str:
+    """``<task_id>/<scheduled_at epoch ms>``: the same for every attempt of one slot."""
+    return f"{task_id}/{scheduled_ms}"
+
+
+def rfc3339(ts: datetime) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T06:00:01.000Z``."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def run_key(rec: pb.RunRecord) -> tuple[str, int]:
+    """``(task_id, slot_ms)``: the identity of a run (one per slot, whatever the attempt)."""
+    return rec.task_id, rec.scheduled_at.ToMilliseconds()
+
+
+def copy(rec: pb.RunRecord) -> pb.RunRecord:
+    """A deep copy of ``rec``."""
+    out = pb.RunRecord()
+    out.CopyFrom(rec)
+    return out
+
+
+def claim_record(
+    task_id: str,
+    slot: datetime,
+    node_id: str,
+    lease_id: int,
+    now: datetime,
+    *,
+    fire_at: datetime | None = None,
+    priority: int = 0,
+    status: int = pb.CLAIMED,
+) -> pb.RunRecord:
+    """The record that claims ``slot`` for ``node_id`` under ``lease_id`` (attempt 1).
+
+    ``fire_at`` is the slot plus its jitter (None: not set); ``status`` is CLAIMED, or SKIPPED
+    for the skipped-slot records built on top of this one.
+    """
+    rec = pb.RunRecord(
+        task_id=task_id,
+        node_id=node_id,
+        attempt=1,
+        status=status,  # type: ignore[arg-type]
+        claim_lease_id=lease_id,
+        priority=priority,
+    )
+    rec.scheduled_at.FromDatetime(slot)
+    rec.claimed_at.FromDatetime(now)
+    rec.idempotency_key = idempotency_key(task_id, rec.scheduled_at.ToMilliseconds())
+    if fire_at is not None:
+        rec.fire_at.FromDatetime(fire_at)
+    return rec
+
+
+def manual_record(
+    task_id: str,
+    slot: datetime,
+    node_id: str,
+    lease_id: int,
+    now: datetime,
+    *,
+    priority: int = 0,
+    cause: pb.RunRecord | None = None,
+) -> pb.RunRecord:
+    """The claim of a manual run (TriggerTask, or a compensation run with ``cause``: the failed
+    run, kept one level deep). Its slot is the trigger time and fires at once."""
+    rec = claim_record(task_id, slot, node_id, lease_id, now, fire_at=slot, priority=priority)
+    rec.manual = True
+    if cause is not None:
+        rec.cause.CopyFrom(cause)
+        rec.cause.ClearField("cause")
+    return rec
+
+
+def skipped_record(
+    task_id: str,
+    slot: datetime,
+    fire_at: datetime,
+    reason: str,
+    node_id: str,
+    lease_id: int,
+    now: datetime,
+    *,
+    policy: str,
+    misfire_threshold: timedelta,
+    window: timedelta,
+) -> pb.RunRecord:
+    """A SKIPPED record for a slot the catch-up policy does not run.
+
+    Args:
+        reason: ``"paused"``, ``"catch_up_window"`` or ``"misfire"`` (see
+            :data:`peerd.core.plan.SKIP_REASONS`).
+        policy: the task's catch-up policy (``peerd.core.plan`` name), named in the message.
+        misfire_threshold, window: the task's catch-up settings, named in the message.
+    """
+    rec = claim_record(task_id, slot, node_id, lease_id, now, fire_at=fire_at, status=pb.SKIPPED)
+    late_s = (now - fire_at).total_seconds()
+    name = CATCH_UP_NAMES.get(policy, policy)
+    if reason == "paused":
+        rec.skip_reason = pb.SKIP_PAUSED
+        rec.error = (
+            f"missed while the task was paused ({late_s:.1f}s ago); catch-up policy {name} "
+            "does not replay it"
+        )
+    elif reason == "catch_up_window":
+        rec.skip_reason = pb.SKIP_CATCH_UP_WINDOW
+        rec.error = (
+            f"missed by {late_s:.1f}s, older than the {window.total_seconds():g}s catch-up window"
+        )
+    else:
+        rec.skip_reason = pb.SKIP_MISFIRE
+        rec.error = (
+            f"misfire: {late_s:.1f}s late, beyond the {misfire_threshold.total_seconds():g}s "
+            f"threshold; catch-up policy {name} does not replay it"
+        )
+    rec.finished_at.FromDatetime(now)
+    return rec
+
+
+def overlap_skipped(
+    rec: pb.RunRecord, holder: bytes, queue_full: bool, now: datetime
+) -> pb.RunRecord:
+    """``rec`` (a claim turned away by its task's overlap lock) as a SKIPPED record naming the
+    run in the way (``holder``: a :func:`lock_value`)."""
+    out = copy(rec)
+    out.status = pb.SKIPPED
+    out.skip_reason = pb.SKIP_OVERLAP
+    if queue_full:
+        out.error = f"overlap: {describe_holder(holder)} is already buffered (BUFFER_ONE); not run"
+    else:
+        out.error = f"overlap: {describe_holder(holder)} is still in progress (FORBID); not run"
+    out.finished_at.FromDatetime(now)
+    return out
+
+
+def attempt_of(rec: pb.RunRecord, status: int, error: str) -> pb.AttemptRecord:
+    """The current attempt of ``rec`` as a history entry (``finished_at`` left to the caller)."""
+    out = pb.AttemptRecord(
+        attempt=rec.attempt,
+        node_id=rec.node_id,
+        fencing_token=rec.fencing_token,
+        status=status,  # type: ignore[arg-type]
+        http_status=rec.http_status,
+        error=error,
+    )
+    if rec.HasField("started_at"):
+        out.started_at.CopyFrom(rec.started_at)
+    if rec.HasField("exit_code"):
+        out.exit_code = rec.exit_code
+    return out
+
+
+def owner_lost_reason(rec: pb.RunRecord) -> str:
+    """Why a run of a lost claimant is resolved: names the node, its lease and the status."""
+    return (
+        f"owner lost: {rec.node_id} lost its lease {rec.claim_lease_id:x} while the run was "
+        f"{pb.RunStatus.Name(rec.status)}"
+    )
+
+
+def owner_lost_retry(rec: pb.RunRecord, node_id: str, lease_id: int, now: datetime) -> pb.RunRecord:
+    """The next attempt of a run whose claimant lost its lease, claimed by ``node_id``: same
+    slot and idempotency key, attempt + 1, the lost attempt appended to ``history`` (the new
+    fencing token is the revision of the take-over, filled in by the caller)."""
+    reason = owner_lost_reason(rec)
+    new = copy(rec)
+    new.history.append(attempt_of(rec, pb.LOST, reason))
+    new.attempt = rec.attempt + 1
+    new.node_id = node_id
+    new.status = pb.CLAIMED
+    new.claim_lease_id = lease_id
+    new.claimed_at.FromDatetime(now)
+    new.error = f"retry: {reason}"
+    for name in ("started_at", "finished_at", "next_attempt_at", "exit_code"):
+        new.ClearField(name)  # type: ignore[arg-type]
+    new.http_status = 0
+    new.output_tail = ""
+    return new
+
+
+def marked_lost(rec: pb.RunRecord, now: datetime) -> pb.RunRecord:
+    """A run of a lost claimant recorded LOST (``on_owner_lost = MARK_LOST``)."""
+    new = copy(rec)
+    new.status = pb.LOST
+    new.error = owner_lost_reason(rec)
+    new.finished_at.FromDatetime(now)
+    return new
+
+
+def lock_value(run_key_bytes: bytes, node_id: str, lease_id: int) -> bytes:
+    """The value of an ``active/`` or ``queued/`` key: who holds it for which run key."""
+    return b"%s|%s|%x" % (run_key_bytes, node_id.encode(), lease_id)
+
+
+def lock_holder(value: bytes) -> tuple[int, str] | None:
+    """``(slot_ms, node_id)`` of the run a :func:`lock_value` names; None when malformed."""
+    try:
+        key, node, _ = value.decode().split("|")
+        return int(key.rsplit("/", 1)[1]), node
+    except (UnicodeDecodeError, ValueError, IndexError):
+        return None
+
+
+def describe_holder(value: bytes) -> str:
+    """'the run of slot <time> on <node>' for a lock value ('another run' if malformed)."""
+    held = lock_holder(value)
+    if held is None:
+        return "another run"
+    return f"the run of slot {rfc3339(from_ms(held[0]))} on {held[1]}"

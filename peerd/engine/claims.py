@@ -1,0 +1,109 @@
+"""Claiming: planned slots become run records in etcd, in batches fenced on this node's lease.
+
+:meth:`Claims.claim` sends the claims in transactions sized from etcd's operation budget
+(:func:`peerd.core.budget.pack` with :data:`peerd.coord.ledger.CLAIM_COST`), at most
+``claim_batch`` each. A claim of a task with an overlap policy that finds the task's lock taken
+is followed up in a next round: BUFFER_ONE claims the slot again as the one waiting slot, FORBID
+(or a full queue) records it SKIPPED naming the run in the way.
+
+Every claim reports back once, when it has *settled* (``on_settled``): claimed by us, lost to
+another claimant, or recorded SKIPPED after an overlap follow-up. The caller starts the runs of
+claimed CLAIMED records at that moment and moves cursors over settled slots only, so a round
+that fails after earlier batches committed loses nothing and repeats nothing: the committed
+claims have settled and run; the failed ones are planned again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from peerd.coord.ledger import CLAIM_COST, ClaimResult, Ledger
+from peerd.core.budget import pack
+from peerd.core.overlap import QUEUE, when_busy
+from peerd.core.records import describe_holder, overlap_skipped
+from peerd.engine.lock import Lease
+from peerd.v1 import scheduler_pb2 as pb
+
+
+@dataclass(eq=False)
+class Claim:
+    """One record to claim, the task it belongs to, and how it treats the overlap lock."""
+
+    spec: pb.TaskSpec
+    record: pb.RunRecord
+    mode: str | None
+
+
+Settled = Callable[[Claim, ClaimResult], None]
+"""``on_settled(claim, result)``: a claim's final answer (see the module docstring)."""
+
+
+class Claims:
+    """Claims slots for one node.
+
+    Args:
+        ledger: the run ledger.
+        lease: this node's lease (every claim is fenced on it).
+        batch: ``() -> claim_batch`` (at most this many claims per transaction; hot reload).
+        now: the clock's ``now`` (time of overlap SKIPPED records).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        lease: Lease,
+        batch: Callable[[], int],
+        now: Callable[[], object],
+    ) -> None:
+        self.ledger = ledger
+        self.lease = lease
+        self.batch = batch
+        self.now = now
+        self.lost_races = 0
+        """Claims another claimant won (since start)."""
+
+    async def claim(self, claims: Sequence[Claim], on_settled: Settled) -> None:
+        """Claim ``claims`` and their overlap follow-ups; ``on_settled`` is called for each
+        claim once, as soon as its answer is final.
+
+        Raises:
+            LeaseLost: this node's lease is gone (nothing of that transaction was written).
+            Unavailable: etcd did not answer; claims not yet settled may or may not have been
+                written (a retry recognises its own committed claims).
+            PeerdError: etcd refused a transaction.
+        """
+        pending = list(claims)
+        while pending:
+            follow: list[Claim] = []
+            for batch in pack([CLAIM_COST[c.mode] for c in pending], self.batch()):
+                part = pending[batch.start : batch.stop]
+                results = await self.ledger.claim(
+                    self.lease.member_key,
+                    self.lease.lease_id,
+                    [c.record for c in part],
+                    [c.mode for c in part],
+                )
+                for claim, res in zip(part, results, strict=True):
+                    nxt = self._follow_up(claim, res)
+                    if nxt is None:
+                        on_settled(claim, res)
+                    else:
+                        follow.append(nxt)
+            pending = follow
+
+    def _follow_up(self, claim: Claim, res: ClaimResult) -> Claim | None:
+        """The next round's claim for a claim the overlap lock turned away, else None."""
+        rec = claim.record
+        if res.claimed:
+            rec.fencing_token = res.token
+            return None
+        if res.busy is None or rec.status != pb.CLAIMED:
+            self.lost_races += 1
+            return None
+        if when_busy(claim.spec.overlap, claim.mode) == QUEUE:
+            rec.error = f"buffered: waiting for {describe_holder(res.busy)} to finish"
+            return Claim(claim.spec, rec, QUEUE)
+        now = self.now()
+        skip = overlap_skipped(rec, res.busy, claim.mode == QUEUE, now)  # type: ignore[arg-type]
+        return Claim(claim.spec, skip, None)

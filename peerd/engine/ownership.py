@@ -1,0 +1,105 @@
+"""Which members own tasks in this node's view, as one value with one change event.
+
+Ownership (:func:`peerd.core.ring.owner`, rendezvous hashing) is computed over the *owning
+members*: the members registered in etcd (this node's watched view), minus those that own
+nothing: confirmed dead by the failure detector, draining (their member key says so, or they
+told us), not claiming (they told us they are cut off from etcd), and this node itself while it
+drains. A node that is not registered in its own view owns nothing.
+
+These facts come from two sources (membership and the peer layer) and change independently;
+:class:`OwnershipView` folds them into one sorted tuple and calls its listeners once per change
+of that tuple, so the engine reconciles once per real change and never on noise (a keepalive, a
+rumour that changes nothing). Views of different nodes may differ for a moment; ownership is an
+optimisation, the fenced claim is what keeps a slot exactly-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from peerd.core.ring import owner
+from peerd.v1 import scheduler_pb2 as pb
+
+
+class MemberView(Protocol):
+    """This node's watched view of the member keys (a narrow view of Membership)."""
+
+    @property
+    def view(self) -> Mapping[str, pb.Member]: ...
+
+    def on_change(self, fn: Callable[[], None]) -> None: ...
+
+
+class Exclusions(Protocol):
+    """Members the peer layer says own nothing: dead, draining, or not claiming."""
+
+    def excluded(self) -> set[str]: ...
+
+    def on_change(self, fn: Callable[[], None]) -> None: ...
+
+
+class OwnershipView:
+    """The owning members of this node's view (see the module docstring).
+
+    Args:
+        node_id: this node.
+        members: the member view.
+        exclusions: the peer layer's verdicts.
+    """
+
+    def __init__(self, node_id: str, members: MemberView, exclusions: Exclusions) -> None:
+        self.node_id = node_id
+        self._members = members
+        self._exclusions = exclusions
+        self._draining = False
+        self._owners: tuple[str, ...] = ()
+        self._listeners: list[Callable[[], None]] = []
+        members.on_change(self.refresh)
+        exclusions.on_change(self.refresh)
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        """Owning members, sorted; empty while this node is not registered in its own view."""
+        return self._owners
+
+    @property
+    def draining(self) -> bool:
+        """Whether this node drains (then it owns nothing)."""
+        return self._draining
+
+    def set_draining(self) -> None:
+        """This node drains: it owns nothing from now on."""
+        self._draining = True
+        self.refresh()
+
+    def on_change(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every change of :attr:`owners`."""
+        self._listeners.append(fn)
+
+    def owner_of(self, task_id: str, among: tuple[str, ...] | None = None) -> str | None:
+        """The owner of ``task_id`` among ``among`` (default: the owning members)."""
+        return owner(task_id, list(self._owners if among is None else among))
+
+    def owns(self, spec: pb.TaskSpec) -> bool:
+        """Whether this node plans ``spec`` (owned here and not paused)."""
+        return not spec.paused and self.owner_of(spec.id) == self.node_id
+
+    def next_owner(self, task_id: str) -> str | None:
+        """Who owns ``task_id`` once this node gives it up (the owner among the others)."""
+        return self.owner_of(task_id, tuple(m for m in self._owners if m != self.node_id))
+
+    def refresh(self) -> None:
+        """Recompute :attr:`owners` from both sources; notify listeners if it changed."""
+        registered = self._members.view
+        if self.node_id not in registered:
+            owners: tuple[str, ...] = ()
+        else:
+            excluded = self._exclusions.excluded()
+            if self._draining:
+                excluded = excluded | {self.node_id}
+            owners = tuple(sorted(m for m in registered if m not in excluded))
+        if owners != self._owners:
+            self._owners = owners
+            for fn in self._listeners:
+                fn()

@@ -1,0 +1,291 @@
+"""The planner: the tasks this node owns, where each stands, and which slots are due now.
+
+Each owned task has a *cursor* (the last slot handled: claimed, recorded as skipped, or lost to
+another claimant) and a heap entry at the fire instant of its next slot. A newly acquired task
+has no cursor until it is loaded from the ledger (the newest run record; see
+:meth:`peerd.engine.Engine`), or given by a handoff. Planning touches only the tasks whose next
+slot is due, never every owned task.
+
+:meth:`Planner.plan` turns due tasks into :class:`TaskPlan` s with :func:`peerd.core.plan.plan_due`
+and the task's catch-up policy, within two budgets:
+
+* **Admission** (backpressure): at most ``admit(kind)`` new runs per executor kind, the room
+  the node has for runs it could start soon (see :mod:`peerd.engine.facade`). A due task that
+  does not fit is not planned: it stays due at the head of the heap, its cursor does not move,
+  and nothing is claimed for it, so an overloaded node never claims more than it can run. Its
+  slots become late, and past the misfire threshold its catch-up policy decides (by default:
+  run the latest, record the others SKIPPED). Higher priority tasks are admitted first.
+* **Replay rate**: missed slots that the catch-up policy replays draw on the node's share of
+  the cluster-wide ``--catch-up-rate`` (:class:`peerd.core.ratelimit.TokenBucket`); single
+  catch-up runs (SKIP, RUN_ONCE) before bulk replays (RUN_ALL).
+
+After the claims, :meth:`Planner.commit` moves each cursor to the last slot whose claim settled
+(claimed, lost to another claimant, or recorded), in slot order: a slot whose claim failed is
+planned again, one that settled never is.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from peerd.core.overlap import needs_lock
+from peerd.core.plan import CATCH_UP_RUN_ALL, CatchUp, Plan, catch_up_from_proto, plan_due
+from peerd.core.ratelimit import TokenBucket
+from peerd.core.records import slot_ms
+from peerd.core.schedule import CompiledSchedule, spec_from_proto
+from peerd.errors import PeerdError
+from peerd.v1 import scheduler_pb2 as pb
+
+log = structlog.get_logger("peerd.engine")
+
+MAX_FIRE = 1000
+"""Most slots of one task planned per tick (an ALLOW task far behind catches up in steps)."""
+
+
+@dataclass(eq=False)
+class Owned:
+    """A task this node plans. ``cursor`` is the last slot handled (None until loaded);
+    ``next_at`` the fire instant (slot + jitter) of the next slot to plan."""
+
+    spec: pb.TaskSpec
+    compiled: CompiledSchedule
+    generation: int
+    catch_up: CatchUp
+    cursor: datetime | None = None
+    next_at: datetime | None = None
+    claims_since_trim: int = 0
+
+    @property
+    def kind(self) -> str:
+        """The executor kind (``TaskSpec.target``)."""
+        return self.spec.WhichOneof("target") or ""
+
+    @property
+    def paused_until(self) -> datetime | None:
+        return self.spec.resumed_at.ToDatetime(UTC) if self.spec.HasField("resumed_at") else None
+
+    def fire_at(self, slot: datetime) -> datetime:
+        """When ``slot`` fires: the slot plus its deterministic jitter."""
+        return self.compiled.fire_at(self.spec.id, slot)
+
+
+@dataclass(eq=False)
+class TaskPlan:
+    """One task's plan for this tick, and which of its slots have settled."""
+
+    owned: Owned
+    plan: Plan
+    settled: set[int] = field(default_factory=set)
+    """``slot_ms`` of the slots whose claim settled."""
+
+    @property
+    def slots(self) -> list[datetime]:
+        """The listed slots in order: skipped ones first, then the ones to fire."""
+        return [s for s, _ in self.plan.skipped] + list(self.plan.fire)
+
+
+class Planner:
+    """The owned tasks of one node (see the module docstring).
+
+    Args:
+        node_id: for log lines.
+        misfire_threshold: the node's default (``--misfire-threshold``).
+    """
+
+    def __init__(self, node_id: str, misfire_threshold: timedelta) -> None:
+        self.owned: dict[str, Owned] = {}
+        self.invalid: dict[str, str] = {}
+        """Tasks this node should own but cannot plan, with the reason (a spec it cannot
+        decode, e.g. written by a newer peerd)."""
+        self.to_load: set[str] = set()
+        """Owned tasks whose cursor is still to be read from the ledger."""
+        self.misfire_threshold = misfire_threshold
+        self._heap: list[tuple[float, int, str]] = []
+        self._backlog: dict[str, list[tuple[int, bool, float, int, str]]] = {}
+        self._queued: set[str] = set()
+        self._generation = 0
+        self._log = log.bind(node_id=node_id)
+
+    # -- owning ----------------------------------------------------------------------------
+
+    def acquire(self, spec: pb.TaskSpec, cursor: datetime | None = None) -> Owned | None:
+        """Start planning ``spec`` (from ``cursor``, or once its cursor is loaded). A spec this
+        node cannot decode is logged, listed in :attr:`invalid` and not planned; None."""
+        try:
+            created_at = spec.created_at.ToDatetime(UTC)
+            compiled = CompiledSchedule(spec_from_proto(spec.schedule, created_at))
+            catch_up = catch_up_from_proto(spec, self.misfire_threshold)
+        except (PeerdError, ValueError) as exc:
+            self._refuse(spec.id, str(exc))
+            return None
+        self.invalid.pop(spec.id, None)
+        self._generation += 1
+        o = Owned(spec, compiled, self._generation, catch_up)
+        self.owned[spec.id] = o
+        if cursor is None:
+            self.to_load.add(spec.id)
+        else:
+            self.set_cursor(o, cursor)
+        return o
+
+    def _refuse(self, task_id: str, reason: str) -> None:
+        if self.invalid.get(task_id) != reason:
+            self._log.error("task_spec_invalid", task_id=task_id, error=reason)
+        self.invalid[task_id] = reason
+        self.drop(task_id)
+
+    def drop(self, task_id: str) -> None:
+        """Stop planning ``task_id`` (its heap entries go stale)."""
+        self.to_load.discard(task_id)
+        self.owned.pop(task_id, None)
+        self._queued.discard(task_id)
+
+    def forget_invalid(self, keep: Iterable[str]) -> None:
+        """Forget invalid tasks not in ``keep`` (deleted, or no longer owned here)."""
+        keep = set(keep)
+        for task_id in [t for t in self.invalid if t not in keep]:
+            del self.invalid[task_id]
+
+    def set_misfire_threshold(self, threshold: timedelta) -> None:
+        """Use a new default misfire threshold (hot reload): every owned task's catch-up
+        settings are recomputed (a task whose spec no longer decodes is refused)."""
+        self.misfire_threshold = threshold
+        for o in list(self.owned.values()):
+            try:
+                o.catch_up = catch_up_from_proto(o.spec, threshold)
+            except (PeerdError, ValueError) as exc:
+                self._refuse(o.spec.id, str(exc))
+
+    def set_cursor(self, o: Owned, cursor: datetime) -> None:
+        """Place ``o`` at ``cursor`` (loaded, or handed over) and schedule its next slot."""
+        o.cursor = cursor
+        nxt = o.compiled.next_after(cursor)
+        o.next_at = o.fire_at(nxt) if nxt is not None else None
+        self.to_load.discard(o.spec.id)
+        self.push(o)
+
+    def push(self, o: Owned, at_s: float | None = None) -> None:
+        """Schedule ``o`` for planning at its ``next_at`` (or at ``at_s``, epoch seconds)."""
+        if o.next_at is not None:
+            ts = o.next_at.timestamp() if at_s is None else at_s
+            heapq.heappush(self._heap, (ts, o.generation, o.spec.id))
+
+    def next_due_s(self) -> float | None:
+        """Epoch seconds of the earliest entry not yet due-collected (may be stale), or None."""
+        return self._heap[0][0] if self._heap else None
+
+    @property
+    def backlog(self) -> int:
+        """Due tasks waiting for admission (see :meth:`plan`)."""
+        return len(self._queued)
+
+    # -- planning --------------------------------------------------------------------------
+
+    def collect_due(self, now: datetime) -> None:
+        """Move the tasks due at ``now`` from the time heap to their kind's backlog."""
+        now_s = now.timestamp()
+        while self._heap and self._heap[0][0] <= now_s:
+            ts, gen, task_id = heapq.heappop(self._heap)
+            o = self.owned.get(task_id)
+            if o is None or o.generation != gen or o.cursor is None or task_id in self._queued:
+                continue
+            self._queued.add(task_id)
+            rank = (-o.spec.priority, o.catch_up.policy == CATCH_UP_RUN_ALL, ts, gen, task_id)
+            heapq.heappush(self._backlog.setdefault(o.kind, []), rank)
+
+    def _admit(self, kind: str, room: int) -> list[Owned]:
+        """Up to ``room`` backlog tasks of ``kind``, best first (priority, then due time)."""
+        backlog = self._backlog.get(kind, [])
+        out: list[Owned] = []
+        while backlog and len(out) < room:
+            *_, gen, task_id = heapq.heappop(backlog)
+            self._queued.discard(task_id)
+            o = self.owned.get(task_id)
+            if o is not None and o.generation == gen and o.cursor is not None:
+                out.append(o)
+        return out
+
+    def plan(
+        self,
+        now: datetime,
+        admit: dict[str, int],
+        replay: TokenBucket,
+        mono_s: float,
+        skip_record_limit: int,
+    ) -> list[TaskPlan]:
+        """Plan the backlog at ``now`` within the admission budget ``admit`` (new runs per
+        executor kind; decremented in place) and the replay bucket. Tasks that do not fit stay
+        in the backlog (:attr:`backlog`), ahead of tasks that become due later."""
+        budget = replay.available(mono_s)
+        plans: list[TaskPlan] = []
+        for kind in list(self._backlog):
+            room = admit.get(kind, 0)
+            while room > 0:
+                batch = self._admit(kind, room)
+                if not batch:
+                    break
+                for o in batch:
+                    plan = self._plan_one(o, now, max(1, room), budget, skip_record_limit)
+                    budget -= plan.missed_fired
+                    replay.take(plan.missed_fired, mono_s)
+                    room -= max(1, len(plan.fire))
+                    plans.append(TaskPlan(o, plan))
+            admit[kind] = room
+        return plans
+
+    def _plan_one(
+        self, o: Owned, now: datetime, room: int, budget: int, skip_record_limit: int
+    ) -> Plan:
+        assert o.cursor is not None
+        return plan_due(
+            o.compiled,
+            o.cursor,
+            now,
+            o.catch_up,
+            fire_at=o.fire_at,
+            paused_until=o.paused_until,
+            # One lock-taking claim per task per round (see peerd.coord.ledger); the rest of
+            # its due slots are planned at once in the next tick.
+            max_fire=min(room, 1 if needs_lock(o.spec.overlap) else MAX_FIRE),
+            replay_budget=budget,
+            # As many SKIPPED records as the ledger keeps, so an audit of what is kept finds no
+            # gap; the count in the log is always exact.
+            skip_record_limit=skip_record_limit,
+        )
+
+    def commit(self, tp: TaskPlan, now: datetime, replay_at_s: Callable[[], float]) -> int:
+        """Move the task's cursor over its settled slots and schedule it again.
+
+        Returns:
+            How many of its slots settled (for the trim cadence).
+        """
+        o, plan = tp.owned, tp.plan
+        if self.owned.get(o.spec.id) is not o:
+            return len(tp.settled)  # released (or re-acquired) while claiming
+        slots = tp.slots
+        done = 0
+        while done < len(slots) and slot_ms(slots[done]) in tp.settled:
+            done += 1
+        if done == len(slots):
+            cursor, next_at = plan.cursor, plan.next_at
+        elif done:
+            cursor = slots[done - 1]
+            nxt = o.compiled.next_after(cursor)
+            next_at = o.fire_at(nxt) if nxt is not None else None
+        else:
+            cursor, next_at = o.cursor, o.next_at
+        if o.cursor is None or (cursor is not None and cursor >= o.cursor):
+            o.cursor, o.next_at = cursor, next_at
+        elif o.cursor is not None:  # a handoff moved the cursor ahead meanwhile
+            nxt = o.compiled.next_after(o.cursor)
+            o.next_at = o.fire_at(nxt) if nxt is not None else None
+        if done == len(slots) and o.next_at is not None and o.next_at <= now and not plan.fire:
+            self.push(o, now.timestamp() + max(0.01, replay_at_s()))  # wait for replay budget
+        else:
+            self.push(o)
+        return len(tp.settled)

@@ -1,0 +1,221 @@
+"""The record writer: run record updates go to etcd in batches, and the ledger is trimmed.
+
+Writes per fire. A run's claim writes its record once (CLAIMED). Its final status is written
+once more. Progress records (RUNNING, waiting for a retry) are written only for runs still going
+after :data:`PROGRESS_DELAY_S`: a quick run's final record supersedes its RUNNING record before
+it is due, so a run that ends within the delay costs two writes in all (claim, final) instead of
+three. Nothing depends on the RUNNING write for safety: an unfinished run is CLAIMED or RUNNING
+either way, and a lost claimant's run is resolved the same way from both (see
+:mod:`peerd.engine.recovery`).
+
+Updates are keyed by run: a newer record for the same run replaces a pending one. The writer
+flushes every due update in one :meth:`peerd.coord.ledger.Ledger.update` (transactions sized
+from etcd's operation budget). A final record that etcd rejects because the claimant's lease is
+gone (fenced off) is logged (``run_record_fenced_off``), never dropped silently; its run is
+then the task owner's to resolve. While etcd is unreachable, updates stay pending and are
+retried with backoff; a record that etcd refuses for another reason is isolated and logged
+(``run_record_dropped``). The registry learns when a run's final record is written, and only
+then lets the run go.
+
+Trims delete finished records beyond ``runs_keep`` per task and older than ``runs_max_age``
+(:meth:`peerd.coord.ledger.Ledger.trim`; records still CLAIMED or RUNNING are never deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from peerd.clock import Clock, wait_event
+from peerd.coord.ledger import Ledger
+from peerd.core.backoff import Backoff
+from peerd.core.records import copy, rfc3339, run_key
+from peerd.engine.registry import Run, RunKey, RunRegistry
+from peerd.errors import PeerdError, Unavailable
+from peerd.v1 import scheduler_pb2 as pb
+
+log = structlog.get_logger("peerd.engine")
+
+PROGRESS_DELAY_S = 1.0
+"""A RUNNING (or retry-wait) record is written only if nothing newer for the run came within
+this many seconds."""
+MAX_BATCH = 512
+"""Updates written per flush at most (several transactions)."""
+TRIMS_PER_PASS = 64
+"""Task ledgers trimmed per pass of the loop at most (a sweep of every owned task is spread over
+several passes, between record flushes)."""
+
+
+@dataclass
+class _Pending:
+    record: pb.RunRecord
+    due_s: float
+    run: Run | None
+    """Set for a final record: the run to release once it is written."""
+
+
+class RecordWriter:
+    """Batched run record updates and ledger trims (see the module docstring).
+
+    Args:
+        ledger: where records go.
+        registry: told when a run's final record is written (or fenced off).
+        clock: time source (monotonic for due times; sleeps).
+        retention: ``() -> (runs_keep, runs_max_age_s)``, read at each trim (hot reload).
+        node_id: for log lines.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        registry: RunRegistry,
+        clock: Clock,
+        retention: Callable[[], tuple[int, float]],
+        node_id: str,
+        progress_delay_s: float = PROGRESS_DELAY_S,
+    ) -> None:
+        self.ledger = ledger
+        self.registry = registry
+        self.clock = clock
+        self.retention = retention
+        self.progress_delay_s = progress_delay_s
+        self._pending: dict[RunKey, _Pending] = {}
+        self._trims: set[str] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._backoff = Backoff(0.1, 2.0)
+        self._log = log.bind(node_id=node_id)
+
+    @property
+    def pending(self) -> int:
+        """Updates not yet written."""
+        return len(self._pending)
+
+    def progress(self, rec: pb.RunRecord) -> None:
+        """Write ``rec`` (RUNNING, or waiting for a retry) unless a newer record of the run
+        comes within the progress delay."""
+        key = run_key(rec)
+        due = self.clock.monotonic() + self.progress_delay_s
+        current = self._pending.get(key)
+        if current is not None and current.run is not None:
+            return  # a final record is pending: never go back
+        self._pending[key] = _Pending(copy(rec), current.due_s if current else due, None)
+        self._kick()
+
+    def final(self, run: Run, rec: pb.RunRecord) -> None:
+        """Write the final record of ``run`` as soon as possible; the registry lets the run go
+        once it is written (or fenced off)."""
+        self._pending[run.key] = _Pending(copy(rec), self.clock.monotonic(), run)
+        self._kick()
+
+    def trim(self, task_id: str) -> None:
+        """Trim ``task_id``'s ledger at the next flush."""
+        self._trims.add(task_id)
+        self._kick()
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush due updates and trims until cancelled (supervised by the engine)."""
+        while True:
+            now = self.clock.monotonic()
+            due = [k for k, p in self._pending.items() if p.due_s <= now][:MAX_BATCH]
+            if not due and not self._trims:
+                if not self._pending:
+                    self._idle.set()
+                self._wake.clear()
+                wait = min((p.due_s for p in self._pending.values()), default=now + 60.0) - now
+                await wait_event(self.clock, self._wake, max(0.0, wait))
+                continue
+            try:
+                if due:
+                    await self._flush(due)
+                await self._trim_all()
+                self._backoff.reset()
+            except Unavailable as exc:
+                delay = self._backoff.next_delay_s()
+                self._log.warning(
+                    "ledger_update_failed_retrying", error=str(exc), n=len(due), retry_in_s=delay
+                )
+                await self.clock.sleep(delay)
+
+    async def _flush(self, keys: list[RunKey]) -> None:
+        batch = [self._pending[k] for k in keys]
+        try:
+            result = await self.ledger.update([p.record for p in batch])
+        except Unavailable:
+            raise
+        except PeerdError as exc:  # not transient: isolate the record(s) at fault
+            self._log.error("ledger_update_batch_failed", error=str(exc), n=len(batch))
+            for key in keys:
+                await self._flush_one(key)
+            return
+        rejected = {run_key(r) for r in result.rejected}
+        for key, p in zip(keys, batch, strict=True):
+            if self._pending.get(key) is p:
+                del self._pending[key]
+            self._settle(p, written=key not in rejected)
+
+    async def _flush_one(self, key: RunKey) -> None:
+        p = self._pending[key]
+        try:
+            result = await self.ledger.update([p.record])
+        except Unavailable:
+            raise
+        except PeerdError as exc:
+            self._log.error(
+                "run_record_dropped",
+                task_id=key[0],
+                scheduled_at=rfc3339(p.record.scheduled_at.ToDatetime()),
+                status=pb.RunStatus.Name(p.record.status),
+                error=str(exc),
+            )
+            written = False
+        else:
+            written = bool(result.written)
+        if self._pending.get(key) is p:
+            del self._pending[key]
+        self._settle(p, written)
+
+    def _settle(self, p: _Pending, written: bool) -> None:
+        if not written:
+            rec = p.record
+            (self._log.warning if p.run is not None else self._log.info)(
+                "run_record_fenced_off",
+                task_id=rec.task_id,
+                scheduled_at=rfc3339(rec.scheduled_at.ToDatetime()),
+                status=pb.RunStatus.Name(rec.status),
+                fencing_token=rec.fencing_token,
+                claim_lease_id=f"{rec.claim_lease_id:x}",
+                reason="the claimant's lease is gone (or the record was deleted); the task's "
+                "owner resolves the run",
+            )
+        if p.run is not None:
+            self.registry.transition(p.run, "written" if written else "dropped")
+
+    async def _trim_all(self) -> None:
+        trims = [self._trims.pop() for _ in range(min(TRIMS_PER_PASS, len(self._trims)))]
+        keep, max_age_s = self.retention()
+        before_ms = round((self.clock.now().timestamp() - max_age_s) * 1000) if max_age_s else 0
+        for task_id in trims:
+            try:
+                await self.ledger.trim(task_id, keep, before_ms)
+            except Unavailable:
+                self._trims.add(task_id)
+                raise
+            except PeerdError as exc:
+                self._log.error("ledger_trim_failed", task_id=task_id, error=str(exc))
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every pending update is written, at most ``timeout_s``; returns whether
+        nothing is pending any more. Progress records become due at once."""
+        for p in self._pending.values():
+            p.due_s = min(p.due_s, self.clock.monotonic())
+        self._kick()
+        return await wait_event(self.clock, self._idle, timeout_s)
