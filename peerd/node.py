@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from peerd import __version__
 from peerd.clock import SystemClock
 from peerd.config import NodeConfig, changed_fields, reload_config
-from peerd.coord.etcd import Etcd
+from peerd.coord.etcd import Etcd, retry_backoff
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
@@ -98,7 +98,7 @@ class Node:
             self.etcd, self.keys, me, cfg.lease_ttl_s, probe_health, self.clock
         )
         self.store = TaskStore(self.etcd, self.keys)
-        self.cache = TaskCache(self.etcd, self.keys)
+        self.cache = TaskCache(self.etcd, self.keys, self.clock)
         self.ledger = Ledger(self.etcd, self.keys)
         self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
         self.peers = PeerLayer(self)
@@ -238,7 +238,7 @@ class Node:
         return list(resp.accepted)
 
     async def _register(self) -> bool:
-        backoff = 0.2
+        backoff = retry_backoff()
         while not self._stop.is_set():
             try:
                 await self.membership.register(first=True)
@@ -247,9 +247,9 @@ class Node:
                 self._fatal_msg = str(exc)
                 return False
             except Unavailable as exc:
-                self._log.warning("waiting_for_etcd", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                delay_s = backoff.next_delay_s()
+                self._log.warning("waiting_for_etcd", error=str(exc), retry_in_s=delay_s)
+                await self.clock.sleep(delay_s)
         self._fatal_msg = "stopped before registering"
         return False
 
