@@ -10,23 +10,14 @@ from typing import Any
 import pytest
 
 from peerd.clock import Clock, FakeClock, SystemClock, wait_event
+from tests.helpers import run_async, until
 
 TIMEOUT_S = 3.0
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(TIMEOUT_S):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    """Yield to the loop until ``cond()`` (bounded by the test's hard timeout)."""
-    while not cond():
-        await asyncio.sleep(0)
+    return run_async(main, TIMEOUT_S)
 
 
 def test_fake_clock_rejects_naive_start_and_going_backwards() -> None:

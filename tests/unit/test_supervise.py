@@ -4,7 +4,7 @@ and stop, all driven by a FakeClock (no real time passes)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,22 +15,13 @@ from peerd.clock import FakeClock
 from peerd.core.backoff import Backoff
 from peerd.errors import DuplicateNode
 from peerd.supervise import HEALTHY_AFTER_S, RESTART_INITIAL_S, RESTART_MAX_S, Supervisor
+from tests.helpers import run_async, until
 
 TIMEOUT_S = 3.0
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(TIMEOUT_S):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    """Yield to the loop until ``cond()`` (bounded by the test's hard timeout)."""
-    while not cond():
-        await asyncio.sleep(0)
+    return run_async(main, TIMEOUT_S)
 
 
 class Scripted:
@@ -72,7 +63,7 @@ async def crashes(loop: Scripted, n: int) -> None:
     await until(lambda: len(loop.ended) == n)
 
 
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aetcd import rpc
@@ -24,22 +24,18 @@ from peerd.core.backoff import Backoff
 from peerd.errors import Unavailable
 from peerd.etcd_server import EmbeddedEtcd
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import run_async, until
 
 TIMEOUT_S = 20.0
+POLL_S = 0.01
+"""How often a condition that waits on etcd is checked (seconds)."""
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(TIMEOUT_S):
-            return await main()
-
-    return asyncio.run(bounded())
+    return run_async(main, TIMEOUT_S)
 
 
-async def eventually(cond: Callable[[], bool]) -> None:
-    """Poll ``cond()`` until true (bounded by the test's hard timeout)."""
-    while not cond():
-        await asyncio.sleep(0.01)
+E = TypeVar("E", bound=Etcd)
 
 
 class Mirror:
@@ -56,6 +52,12 @@ class Mirror:
         self.state = {kv.key[len(self.prefix) :].decode(): kv.value for kv in kvs}
         self.revision = revision
         self.lists.append((dict(self.state), revision))
+
+    def follow(self, e: Etcd, clock: FakeClock) -> Coroutine[Any, Any, None]:
+        """list_then_watch into this mirror: backoff 0.2 s doubling to 2 s, events ``test_*``."""
+        return list_then_watch(
+            e, self.prefix, self.on_list, self.on_event, Backoff(0.2, 2.0), clock, "test"
+        )
 
     def on_event(self, ev: Event) -> None:
         name = ev.kv.key[len(self.prefix) :].decode()
@@ -104,6 +106,16 @@ class ChangeBeforeFirstWatch(Etcd):
 
 
 @contextlib.asynccontextmanager
+async def connected(e: E) -> AsyncIterator[E]:
+    """``e``, connected, and closed on the way out."""
+    await e.connect()
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+@contextlib.asynccontextmanager
 async def running(coro: Awaitable[None]) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.ensure_future(coro)
     try:
@@ -128,20 +140,15 @@ def test_compaction_between_list_and_watch_relists_the_whole_state(
         await compact_all(e)
 
     async def main() -> None:
-        e = ChangeBeforeFirstWatch([etcd_endpoint], change)
-        await e.connect()
-        clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
-        mirror = Mirror(prefix)
-        try:
+        async with connected(ChangeBeforeFirstWatch([etcd_endpoint], change)) as e:
+            clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+            mirror = Mirror(prefix)
             for name in (b"a", b"b", b"c"):
                 await e.put(prefix + name, b"1")
             await e.put(b"/peerd/" + cluster_name.encode() + b"/elsewhere", b"x")  # not watched
             with capture_logs() as logs:
-                loop = list_then_watch(
-                    e, prefix, mirror.on_list, mirror.on_event, Backoff(0.2, 2.0), clock, "test"
-                )
-                async with running(loop):
-                    await eventually(lambda: len(mirror.lists) == 2)
+                async with running(mirror.follow(e, clock)):
+                    await until(lambda: len(mirror.lists) == 2, POLL_S)
                     first, second = mirror.lists
                     assert first[0] == {"a": b"1", "b": b"1", "c": b"1"}
                     assert second == await etcd_state(e, prefix)  # the whole state, re-listed
@@ -152,14 +159,12 @@ def test_compaction_between_list_and_watch_relists_the_whole_state(
                     await e.put(prefix + b"e", b"1")
                     await e.put(prefix + b"a", b"2")
                     want = await etcd_state(e, prefix)
-                    await eventually(lambda: (mirror.state, mirror.revision) == want)
+                    await until(lambda: (mirror.state, mirror.revision) == want, POLL_S)
             compacted = [x for x in logs if x["event"] == "test_watch_compacted_relisting"]
             assert len(compacted) == 1 and compacted[0]["compact_revision"] > first[1] + 1
             assert [x for x in logs if x["event"] == "test_watch_broken"] == []
             assert clock.sleepers == 0  # a compaction re-lists at once, without backoff
             assert [kind for kind, _, _ in mirror.events] == ["put", "put"]
-        finally:
-            await e.close()
 
     run(main)
 
@@ -171,27 +176,20 @@ def test_compaction_under_a_live_watch_changes_nothing(
     prefix = f"/peerd/{cluster_name}/live/".encode()
 
     async def main() -> None:
-        e = Etcd([etcd_endpoint])
-        await e.connect()
-        mirror = Mirror(prefix)
-        clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
-        try:
+        async with connected(Etcd([etcd_endpoint])) as e:
+            mirror = Mirror(prefix)
+            clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
             await e.put(prefix + b"a", b"1")
-            loop = list_then_watch(
-                e, prefix, mirror.on_list, mirror.on_event, Backoff(0.2, 2.0), clock, "test"
-            )
-            async with running(loop):
-                await eventually(lambda: len(mirror.lists) == 1)
+            async with running(mirror.follow(e, clock)):
+                await until(lambda: len(mirror.lists) == 1, POLL_S)
                 await e.put(prefix + b"b", b"1")
-                await eventually(lambda: len(mirror.events) == 1)
+                await until(lambda: len(mirror.events) == 1, POLL_S)
                 await compact_all(e)
                 await e.put(prefix + b"c", b"1")
                 want = await etcd_state(e, prefix)
-                await eventually(lambda: (mirror.state, mirror.revision) == want)
+                await until(lambda: (mirror.state, mirror.revision) == want, POLL_S)
             assert len(mirror.lists) == 1
             assert [name for _, name, _ in mirror.events] == ["b", "c"]
-        finally:
-            await e.close()
 
     run(main)
 
@@ -203,21 +201,17 @@ def test_a_callback_exception_ends_the_loop(etcd_endpoint: str, cluster_name: st
         raise KeyError(ev.kv.key)
 
     async def main() -> None:
-        e = Etcd([etcd_endpoint])
-        await e.connect()
-        mirror = Mirror(prefix)
-        clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
-        try:
+        async with connected(Etcd([etcd_endpoint])) as e:
+            mirror = Mirror(prefix)
+            clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
             loop = asyncio.ensure_future(
                 list_then_watch(e, prefix, mirror.on_list, bad_event, Backoff(1, 1), clock, "t")
             )
-            await eventually(lambda: len(mirror.lists) == 1)
+            await until(lambda: len(mirror.lists) == 1, POLL_S)
             await e.put(prefix + b"x", b"1")
             with pytest.raises(KeyError):
                 await loop
             assert clock.sleepers == 0  # not retried
-        finally:
-            await e.close()
 
     run(main)
 
@@ -239,27 +233,25 @@ def test_task_cache_relists_after_compaction_and_tells_its_listeners(
         await compact_all(e)
 
     async def main() -> None:
-        e = ChangeBeforeFirstWatch([etcd_endpoint], change)
-        await e.connect()
-        store = TaskStore(e, keys)
-        cache = TaskCache(e, keys, FakeClock(datetime(2030, 1, 1, tzinfo=UTC)))
-        heard: list[tuple[str, str | None]] = []
-        cache.on_change(lambda tid, s: heard.append((tid, None if s is None else s.description)))
-        try:
+        async with connected(ChangeBeforeFirstWatch([etcd_endpoint], change)) as e:
+            store = TaskStore(e, keys)
+            cache = TaskCache(e, keys, FakeClock(datetime(2030, 1, 1, tzinfo=UTC)))
+            heard: list[tuple[str, str | None]] = []
+            cache.on_change(
+                lambda tid, s: heard.append((tid, None if s is None else s.description))
+            )
             await store.create([spec("t1"), spec("t2")])
             async with running(cache.run()):
-                await eventually(lambda: heard.count(("", None)) == 2)
+                await until(lambda: heard.count(("", None)) == 2, POLL_S)
                 assert sorted(cache.tasks) == ["t2", "t3"] and cache.ready.is_set()
                 await store.update("t2", lambda s: setattr(s, "description", "changed"))
                 await store.delete("t3")
-                await eventually(lambda: len(heard) == 4)
+                await until(lambda: len(heard) == 4, POLL_S)
             assert heard == [("", None), ("", None), ("t2", "changed"), ("t3", None)]
             assert list(cache.tasks) == ["t2"]
             assert cache.tasks["t2"].description == "changed"
             _, revision = await etcd_state(e, keys.tasks)
             assert cache.revision == revision
-        finally:
-            await e.close()
 
     run(main)
 
@@ -300,20 +292,15 @@ def test_broken_stream_backs_off_on_the_clock_and_relists(own_etcd: EmbeddedEtcd
     prefix = b"/peerd/outage/"
 
     async def main() -> None:
-        e = Etcd([own_etcd.endpoint], timeout_s=2.0)
-        await e.connect()
-        mirror = Mirror(prefix)
-        clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
-        try:
+        async with connected(Etcd([own_etcd.endpoint], timeout_s=2.0)) as e:
+            mirror = Mirror(prefix)
+            clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
             await e.put(prefix + b"x", b"1")
             with capture_logs() as logs:
-                loop = list_then_watch(
-                    e, prefix, mirror.on_list, mirror.on_event, Backoff(0.2, 2.0), clock, "test"
-                )
-                async with running(loop):
-                    await eventually(lambda: len(mirror.lists) == 1)
+                async with running(mirror.follow(e, clock)):
+                    await until(lambda: len(mirror.lists) == 1, POLL_S)
                     await e.put(prefix + b"y", b"1")
-                    await eventually(lambda: len(mirror.events) == 1)
+                    await until(lambda: len(mirror.events) == 1, POLL_S)
 
                     await asyncio.to_thread(own_etcd.kill)
                     await clock.wait_for_sleepers(1)  # backing off, on the fake clock only
@@ -324,19 +311,17 @@ def test_broken_stream_backs_off_on_the_clock_and_relists(own_etcd: EmbeddedEtcd
                     assert len(mirror.lists) == 1  # nothing happens until the clock moves
 
                     async with running(advance_whenever_asleep(clock)):
-                        await eventually(lambda: len(mirror.lists) == 2)
+                        await until(lambda: len(mirror.lists) == 2, POLL_S)
                     assert mirror.lists[1] == await etcd_state(e, prefix)
                     assert mirror.lists[1][0] == {"y": b"1", "z": b"1"}
                     await e.put(prefix + b"w", b"1")
                     want = await etcd_state(e, prefix)
-                    await eventually(lambda: (mirror.state, mirror.revision) == want)
+                    await until(lambda: (mirror.state, mirror.revision) == want, POLL_S)
             broken = [x for x in logs if x["event"] == "test_watch_broken"]
             delays = [x["retry_in_s"] for x in broken]
             assert delays[:1] == [pytest.approx(0.2)]  # the stream broke at least once
             assert delays == pytest.approx([min(2.0, 0.2 * 2**i) for i in range(len(delays))])
             assert all(x["log_level"] == "warning" for x in broken)
             assert [name for _, name, _ in mirror.events] == ["y", "w"]
-        finally:
-            await e.close()
 
     run(main)
