@@ -39,13 +39,12 @@ from peerd import __version__
 from peerd.clock import Clock, SystemClock
 from peerd.cluster import ClusterView
 from peerd.config import NodeConfig, changed_fields, reload_config
-from peerd.coord.etcd import Etcd
+from peerd.coord.etcd import Etcd, retry_backoff
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
 from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskCache, TaskStore
-from peerd.core.backoff import Backoff
 from peerd.engine import Engine
 from peerd.engine.ownership import OwnershipView
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
@@ -105,9 +104,9 @@ class Node:
         me.started_at.FromDatetime(self.clock.now())
         self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, _probe, self.clock)
         self.store = TaskStore(self.etcd, keys)
-        self.cache = TaskCache(self.etcd, keys)
+        self.cache = TaskCache(self.etcd, keys, self.clock)
         self.ledger = Ledger(self.etcd, keys)
-        self.runs = RunsView(self.etcd, keys)
+        self.runs = RunsView(self.etcd, keys, self.clock)
         self.loops = Supervisor(self.clock, fatal=(DuplicateNode,), logger=self._log)
         self.peer_client = PeerClient(cfg.node_id, self._address_of)
         self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
@@ -284,7 +283,7 @@ class Node:
 
     async def _register(self) -> str | None:
         """Register this node, retrying while etcd is unreachable; the reason on failure."""
-        backoff = Backoff(0.2, 2.0)
+        backoff = retry_backoff()
         while not self._stop.is_set():
             try:
                 await self.membership.register(first=True)
@@ -292,8 +291,9 @@ class Node:
             except DuplicateNode as exc:
                 return str(exc)
             except Unavailable as exc:
-                self._log.warning("waiting_for_etcd", error=str(exc))
-                await self.clock.sleep(backoff.next_delay_s())
+                delay_s = backoff.next_delay_s()
+                self._log.warning("waiting_for_etcd", error=str(exc), retry_in_s=delay_s)
+                await self.clock.sleep(delay_s)
         return "stopped before registering"
 
     async def _mark_ready(self) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,6 +63,24 @@ def assert_eventually(
                 f"{prefix}condition still false after {timeout:.1f}s (last value: {result!r})"
             )
         time.sleep(interval)
+
+
+def run_async(main: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+    """``asyncio.run(main())`` under a hard timeout: a hung async test fails with
+    ``TimeoutError`` after ``timeout_s`` seconds instead of hanging the run."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout_s):
+            return await main()
+
+    return asyncio.run(bounded())
+
+
+async def until(cond: Callable[[], bool], interval_s: float = 0.0) -> None:
+    """Await until ``cond()`` is true, checking it every ``interval_s`` seconds (0: after every
+    turn of the event loop). No deadline of its own: use it under :func:`run_async`."""
+    while not cond():
+        await asyncio.sleep(interval_s)
 
 
 class PeerdNode:

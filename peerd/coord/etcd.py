@@ -24,6 +24,7 @@ from aetcd import exceptions as aetcd_exceptions
 from aetcd import rpc
 from aetcd.watcher import Watcher
 
+from peerd.core.backoff import Backoff
 from peerd.errors import PeerdError, Unavailable
 
 _UNAVAILABLE = {
@@ -42,6 +43,19 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+
+RETRY_INITIAL_S = 0.2
+"""First delay (seconds) before retrying etcd after an error: the channel's own first reconnect
+attempt (``grpc.initial_reconnect_backoff_ms`` above) is due by then."""
+RETRY_MAX_S = 2.0
+"""Cap (seconds) of the delay between retries of etcd: a loop waiting for an unreachable etcd
+tries at most every 2 s, and notices a recovered etcd within 2 s."""
+
+
+def retry_backoff() -> Backoff:
+    """A fresh backoff for a loop that retries etcd: 0.2, 0.4, 0.8, 1.6, 2, 2, ... seconds
+    (:data:`RETRY_INITIAL_S` doubling to :data:`RETRY_MAX_S`, no jitter)."""
+    return Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,17 @@ import structlog
 
 from peerd.clock import Clock
 from peerd.coord.etcd import (
-    Compacted,
+    KV,
     Etcd,
+    Event,
     cmp_create_revision,
     op_get,
     op_put,
-    prefix_end,
+    retry_backoff,
     txn_request,
 )
 from peerd.coord.keys import Keys
+from peerd.coord.watch import list_then_watch
 from peerd.errors import DuplicateNode, PeerdError, Unavailable
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -176,7 +178,7 @@ class Membership:
                 )
             if not first and holder is not None and await self.probe(holder.address):
                 raise DuplicateNode(f"node id {self.me.node_id!r} was taken by {holder.address}")
-            await asyncio.sleep(0.5)
+            await self.clock.sleep(0.5)
 
     async def set_draining(self) -> None:
         """Rewrite this node's member key (same lease) with ``draining = True``, so every node
@@ -240,38 +242,38 @@ class Membership:
                 self._log.error("keepalive_error", error=str(exc))
 
     async def watch_loop(self) -> None:
-        """Keep :attr:`view` current: list, then watch from the list's revision + 1."""
-        backoff = 0.2
-        while not self._closing:
-            try:
-                kvs, _, revision = await self.etcd.range(
-                    self.keys.members, prefix_end(self.keys.members)
-                )
-                self.view = {
-                    self.keys.id_of(kv.key, self.keys.members): pb.Member.FromString(kv.value)
-                    for kv in kvs
-                }
-                self.view_revision = revision
-                self.view_ready.set()
-                self._notify()
-                backoff = 0.2
-                async for ev in self.etcd.watch_prefix(self.keys.members, revision + 1):
-                    node_id = self.keys.id_of(ev.kv.key, self.keys.members)
-                    if ev.kind == "put":
-                        self.view[node_id] = pb.Member.FromString(ev.kv.value)
-                    else:
-                        self.view.pop(node_id, None)
-                        if node_id == self.me.node_id and not self._closing:
-                            self._log.warning("own_member_key_deleted")
-                            self.lease_lost()
-                    self.view_revision = ev.revision
-                    self._notify()
-            except Compacted:
-                self._log.info("members_watch_compacted_relisting")
-            except PeerdError as exc:
-                self._log.warning("members_watch_broken", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        """Keep :attr:`view` current: list ``members/``, then watch from the list's revision + 1
+        (:func:`peerd.coord.watch.list_then_watch`). Runs until cancelled."""
+        await list_then_watch(
+            self.etcd,
+            self.keys.members,
+            self._on_members_listed,
+            self._on_member_event,
+            retry_backoff(),
+            self.clock,
+            "members",
+            self._log,
+        )
+
+    def _on_members_listed(self, kvs: list[KV], revision: int) -> None:
+        self.view = {
+            self.keys.id_of(kv.key, self.keys.members): pb.Member.FromString(kv.value) for kv in kvs
+        }
+        self.view_revision = revision
+        self.view_ready.set()
+        self._notify()
+
+    def _on_member_event(self, ev: Event) -> None:
+        node_id = self.keys.id_of(ev.kv.key, self.keys.members)
+        if ev.kind == "put":
+            self.view[node_id] = pb.Member.FromString(ev.kv.value)
+        else:
+            self.view.pop(node_id, None)
+            if node_id == self.me.node_id and not self._closing:
+                self._log.warning("own_member_key_deleted")
+                self.lease_lost()
+        self.view_revision = ev.revision
+        self._notify()
 
     def _notify(self) -> None:
         for fn in self._listeners:

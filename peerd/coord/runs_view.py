@@ -9,7 +9,6 @@ compares the two.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 from collections.abc import AsyncGenerator, Mapping
@@ -18,7 +17,8 @@ from typing import cast
 
 import structlog
 
-from peerd.coord.etcd import KV, Compacted, Etcd, Event, prefix_end
+from peerd.clock import Clock, SystemClock
+from peerd.coord.etcd import KV, Compacted, Etcd, Event, prefix_end, retry_backoff
 from peerd.coord.keys import Keys
 from peerd.errors import Unavailable
 from peerd.v1 import scheduler_pb2 as pb
@@ -27,7 +27,6 @@ log = structlog.get_logger("peerd.runs_view")
 
 PAGE = 1000
 """Keys per range read when a whole prefix is read."""
-MAX_BACKOFF_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,18 @@ def _entry(kv: KV) -> RunEntry:
 
 class RunsView:
     """Reads of ``runs/``. Methods raise :class:`peerd.errors.Unavailable` when etcd cannot be
-    reached (the watch retries instead, see :meth:`watch`)."""
+    reached (the watch retries instead, see :meth:`watch`).
 
-    def __init__(self, etcd: Etcd, keys: Keys) -> None:
+    Args:
+        etcd: the etcd client.
+        keys: the cluster keyspace.
+        clock: what the watch's retries sleep on (default :class:`SystemClock`).
+    """
+
+    def __init__(self, etcd: Etcd, keys: Keys, clock: Clock | None = None) -> None:
         self.etcd = etcd
         self.keys = keys
+        self.clock: Clock = clock if clock is not None else SystemClock()
 
     def _prefix(self, task_id: str | None) -> bytes:
         return self.keys.runs(task_id) if task_id else self.keys.runs_root
@@ -126,8 +132,9 @@ class RunsView:
         When etcd compacted ``start_revision`` away (or the revision reached after a broken
         stream), the prefix is re-listed: records written since the last delivered revision are
         yielded (oldest write first), then the watch goes on from the fresh revision. A broken
-        stream (etcd unreachable) is re-opened with backoff (0.2 s doubling to 2 s) from the
-        last delivered revision, so nothing is lost or repeated. Ends only when the consumer
+        stream (etcd unreachable) is re-opened with backoff
+        (:func:`peerd.coord.etcd.retry_backoff`: 0.2 s doubling to 2 s) from the last delivered
+        revision, so nothing is lost or repeated. Ends only when the consumer
         stops iterating (or the task is cancelled).
         """
         prefix = self._prefix(task_id)
@@ -135,7 +142,7 @@ class RunsView:
         skip_until = max(skip.values(), default=0)
         done_rev = start_revision - 1  # every change up to here was delivered (or read before)
         cur_rev, cur_keys = 0, set[bytes]()  # revision being delivered (one txn has many keys)
-        backoff = 0.2
+        backoff = retry_backoff()
 
         def fresh(entry: RunEntry) -> bool:
             if entry.mod_revision <= done_rev:
@@ -162,7 +169,7 @@ class RunsView:
                 )
                 async with contextlib.aclosing(events):
                     async for ev in events:
-                        backoff = 0.2
+                        backoff.reset()
                         if ev.kind != "put":
                             continue
                         entry = _entry(ev.kv)
@@ -184,14 +191,12 @@ class RunsView:
                 done_rev, cur_rev, cur_keys = revision, 0, set()
             except Unavailable as exc:
                 log.info("runs_watch_broken_retrying", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self.clock.sleep(backoff.next_delay_s())
 
     async def _relist(self, prefix: bytes) -> tuple[list[KV], int]:
-        backoff = 0.2
+        backoff = retry_backoff()
         while True:
             try:
                 return await self._scan(prefix)
             except Unavailable:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self.clock.sleep(backoff.next_delay_s())

@@ -11,17 +11,21 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from peerd.clock import Clock, SystemClock
 from peerd.coord.etcd import (
-    Compacted,
+    KV,
     Etcd,
+    Event,
     cmp_create_revision,
     cmp_mod_revision,
     op_delete,
     op_put,
     prefix_end,
+    retry_backoff,
     txn_request,
 )
 from peerd.coord.keys import Keys
+from peerd.coord.watch import list_then_watch
 from peerd.errors import AlreadyExists, InvalidArgument, NotFound, PeerdError
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -133,50 +137,57 @@ class TaskCache:
 
     ``listener(task_id, spec_or_None)`` is called for each change (``None`` = deleted) and with
     ``("", None)`` after a full re-list.
+
+    Args:
+        etcd: the etcd client.
+        keys: the cluster keyspace.
+        clock: what retries after etcd errors sleep on (default :class:`SystemClock`).
     """
 
-    def __init__(self, etcd: Etcd, keys: Keys) -> None:
+    def __init__(self, etcd: Etcd, keys: Keys, clock: Clock | None = None) -> None:
         self.etcd = etcd
         self.keys = keys
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.tasks: dict[str, pb.TaskSpec] = {}
         self.revision = 0
         self.ready = asyncio.Event()
         self._listeners: list[Callable[[str, pb.TaskSpec | None], None]] = []
 
     def on_change(self, fn: Callable[[str, pb.TaskSpec | None], None]) -> None:
+        """Call ``fn(task_id, spec_or_None)`` after every change (see the class)."""
         self._listeners.append(fn)
 
     async def run(self) -> None:
-        """List then watch forever; re-list after compaction or a broken watch."""
-        backoff = 0.2
-        while True:
-            try:
-                kvs, _, revision = await self.etcd.range(
-                    self.keys.tasks, prefix_end(self.keys.tasks)
-                )
-                self.tasks = {
-                    self.keys.id_of(kv.key, self.keys.tasks): pb.TaskSpec.FromString(kv.value)
-                    for kv in kvs
-                }
-                self.revision = revision
-                self.ready.set()
-                self._notify("", None)
-                backoff = 0.2
-                async for ev in self.etcd.watch_prefix(self.keys.tasks, revision + 1):
-                    task_id = self.keys.id_of(ev.kv.key, self.keys.tasks)
-                    spec = pb.TaskSpec.FromString(ev.kv.value) if ev.kind == "put" else None
-                    if spec is None:
-                        self.tasks.pop(task_id, None)
-                    else:
-                        self.tasks[task_id] = spec
-                    self.revision = ev.revision
-                    self._notify(task_id, spec)
-            except Compacted:
-                log.info("tasks_watch_compacted_relisting")
-            except PeerdError as exc:
-                log.warning("tasks_watch_broken", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        """List ``tasks/`` then watch it forever; re-list after compaction or a broken watch
+        (:func:`peerd.coord.watch.list_then_watch`). Runs until cancelled."""
+        await list_then_watch(
+            self.etcd,
+            self.keys.tasks,
+            self._on_listed,
+            self._on_event,
+            retry_backoff(),
+            self.clock,
+            "tasks",
+            log,
+        )
+
+    def _on_listed(self, kvs: list[KV], revision: int) -> None:
+        self.tasks = {
+            self.keys.id_of(kv.key, self.keys.tasks): pb.TaskSpec.FromString(kv.value) for kv in kvs
+        }
+        self.revision = revision
+        self.ready.set()
+        self._notify("", None)
+
+    def _on_event(self, ev: Event) -> None:
+        task_id = self.keys.id_of(ev.kv.key, self.keys.tasks)
+        spec = pb.TaskSpec.FromString(ev.kv.value) if ev.kind == "put" else None
+        if spec is None:
+            self.tasks.pop(task_id, None)
+        else:
+            self.tasks[task_id] = spec
+        self.revision = ev.revision
+        self._notify(task_id, spec)
 
     def _notify(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         for fn in self._listeners:

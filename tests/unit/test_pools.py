@@ -10,16 +10,13 @@ import pytest
 
 from peerd.config import NodeConfig
 from peerd.runner.pools import Pools, PriorityLimiter
+from tests.helpers import run_async
 
 TIMEOUT_S = 3.0
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(TIMEOUT_S):
-            return await main()
-
-    return asyncio.run(bounded())
+    return run_async(main, TIMEOUT_S)
 
 
 async def settle() -> None:

@@ -1,0 +1,103 @@
+"""List-then-watch: keep a local copy of an etcd prefix current (the informer pattern).
+
+The loop, run until cancelled::
+
+    +--> range(prefix): kvs at revision R -------> on_list(kvs, R)
+    |          | error                                   |
+    |          v                                         v
+    |    sleep backoff <------ stream broke ------ watch from R + 1 --> on_event(e), each change
+    |          |                                         |
+    +----------+<------------- Compacted (re-list at once)
+
+Guarantees for the callbacks:
+
+* ``on_list(kvs, revision)`` gets the *whole* state of the prefix at ``revision`` (every key, in
+  key order); the consumer replaces its copy with it. It is called first, and again after every
+  re-list, so a consumer never has to reconcile a gap itself.
+* ``on_event(event)`` gets every change after the last list, in revision order, exactly once
+  per watch; events of one transaction share a revision.
+* After a compaction removed revision ``R + 1`` (etcd answers the watch with ``Compacted``) the
+  loop re-lists at once, without backoff: the data is there, only the history is gone. Logged
+  as ``<log_name>_watch_compacted_relisting``.
+* When etcd cannot be reached, a read fails, or the watch stream breaks, the loop logs
+  ``<log_name>_watch_broken``, sleeps the next delay of ``backoff`` on ``clock``, and re-lists
+  (a broken stream is never resumed: changes made meanwhile arrive in the re-list). The
+  backoff is reset after every successful list.
+* An exception raised by a callback is not caught: it ends the loop (its supervisor restarts
+  it) and the watch is cancelled.
+
+This is the shape of Kubernetes' client-go reflector ("ListAndWatch": list, then watch from the
+list's resourceVersion, re-list on "410 Gone") applied to etcd revisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from typing import cast
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from peerd.clock import Clock
+from peerd.coord.etcd import KV, Compacted, Etcd, Event, prefix_end
+from peerd.core.backoff import Backoff
+from peerd.errors import PeerdError, Unavailable
+
+log: FilteringBoundLogger = structlog.get_logger("peerd.watch")
+
+OnList = Callable[[list[KV], int], None]
+"""``on_list(kvs, revision)``: the whole prefix as of ``revision``."""
+OnEvent = Callable[[Event], None]
+"""``on_event(event)``: one change after the last list."""
+
+
+async def list_then_watch(
+    etcd: Etcd,
+    prefix: bytes,
+    on_list: OnList,
+    on_event: OnEvent,
+    backoff: Backoff,
+    clock: Clock,
+    log_name: str,
+    logger: FilteringBoundLogger | None = None,
+) -> None:
+    """List ``prefix``, then watch it, forever (see the module docstring). Returns only by
+    cancellation or a callback's exception.
+
+    Args:
+        etcd: a connected client.
+        prefix: the key prefix to mirror.
+        on_list: called with the whole state after each (re-)list.
+        on_event: called with each change after the last list.
+        backoff: delays between retries after errors (reset after each successful list).
+        clock: what the backoff sleeps on.
+        log_name: prefix of the log event names, e.g. ``members``.
+        logger: structlog logger to log on (e.g. bound with ``node_id``); default
+            ``peerd.watch``.
+    """
+    logger = logger if logger is not None else log
+    while True:
+        try:
+            kvs, _, revision = await etcd.range(prefix, prefix_end(prefix))
+            on_list(kvs, revision)
+            backoff.reset()
+            await _follow(etcd, prefix, revision + 1, on_event)
+        except Compacted as exc:
+            logger.info(
+                f"{log_name}_watch_compacted_relisting", compact_revision=exc.compact_revision
+            )
+        except PeerdError as exc:
+            delay_s = backoff.next_delay_s()
+            logger.warning(f"{log_name}_watch_broken", error=str(exc), retry_in_s=delay_s)
+            await clock.sleep(delay_s)
+
+
+async def _follow(etcd: Etcd, prefix: bytes, start_revision: int, on_event: OnEvent) -> None:
+    """Feed every event from ``start_revision`` on to ``on_event``; closing the generator (on
+    any exit) cancels the etcd watch."""
+    events = cast(AsyncGenerator[Event, None], etcd.watch_prefix(prefix, start_revision))
+    async with contextlib.aclosing(events):
+        async for event in events:
+            on_event(event)
+    raise Unavailable("etcd watch ended")  # watch_prefix never ends on its own
