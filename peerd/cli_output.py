@@ -16,8 +16,8 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from peerd.core.durations import format_duration
-from peerd.core.schedule_spec import PB_DST_AMBIGUOUS, PB_DST_NONEXISTENT
 from peerd.core.records import rfc3339
+from peerd.core.schedule_spec import PB_DST_AMBIGUOUS, PB_DST_NONEXISTENT
 from peerd.v1 import scheduler_pb2 as pb
 
 NONE = "-"

@@ -148,14 +148,16 @@ class Node:
             node_id=self.cfg.node_id,
             lease_id=self.membership.lease_id,
             draining=self.ownership.draining,
-            claiming=self.membership.claim_ready.is_set(),
+            claiming=self.membership.claiming,
             load=ppb.Load(active_runs=load.active, capacity=load.capacity, backlog=load.backlog),
         )
 
     def _loops_changed(self) -> None:
         healthy = self.loops.healthy and self.engine.supervisor.healthy
-        status = health_pb2.HealthCheckResponse.SERVING if healthy else (
-            health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
         )
         asyncio.get_running_loop().create_task(self.health.set(LOOPS_HEALTH, status))
 

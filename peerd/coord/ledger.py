@@ -81,8 +81,6 @@ peers — within half a second. A claim that committed but timed out is recognis
 retry."""
 
 
-
-
 @dataclass
 class UpdateResult:
     """What :meth:`Ledger.update` did: records ``written``, and records ``rejected`` because

@@ -46,6 +46,9 @@ log = structlog.get_logger("peerd.membership")
 
 KEEPALIVE_TIMEOUT_S = 2.0
 """Deadline of one keepalive (seconds): a node cut off from etcd notices within this."""
+CHECK_TIMEOUT_S = 1.0
+"""Deadline of the keepalive that checks etcd after a claim timed out (seconds): a node cut off
+from etcd tells its peers within claim deadline + this (0.5 + 1.0 s)."""
 
 Probe = Callable[[str], Awaitable[bool]]
 """``probe(address) -> True`` when a peerd node answers at ``address``."""
@@ -76,6 +79,13 @@ class Membership:
         self.view: dict[str, pb.Member] = {}
         self.view_revision = 0
         self.claim_ready = asyncio.Event()
+        """Set while this node may claim (registered, last keepalive answered, no check
+        pending)."""
+        self.claiming = False
+        """What peers are told (Ping, Gossip): False once etcd did not answer a keepalive, or
+        while this node is not registered. Unlike :attr:`claim_ready` it does not drop while a
+        slow claim is being checked."""
+        self._check_deadline_s = KEEPALIVE_TIMEOUT_S
         self.registered_once = asyncio.Event()
         self.view_ready = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
@@ -98,23 +108,33 @@ class Membership:
         return sorted(self.view)
 
     def on_claim_paused(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` when :meth:`etcd_suspect` pauses claiming (to tell peers at once)."""
+        """Call ``fn()`` when :attr:`claiming` turns False (to tell peers at once)."""
         self._claim_listeners.append(fn)
 
     def etcd_suspect(self) -> None:
         """Report that etcd did not answer a claim in time: stop claiming at once and check the
-        lease now (claims resume when a keepalive succeeds). Peers learn that this node is not
-        claiming and take its tasks over without waiting for its lease to expire."""
+        lease now, with a short deadline (:data:`CHECK_TIMEOUT_S`). A slow etcd still answers
+        the keepalive (it is not a raft write): claims resume and peers notice nothing. Only
+        when the check fails too does :attr:`claiming` turn False, so peers take this node's
+        tasks over without waiting for its lease to expire."""
         if self.claim_ready.is_set():
-            self._log.warning("claims_paused_etcd_unreachable")
+            self._log.warning("claims_paused_checking_etcd")
             self.claim_ready.clear()
+        self._check_deadline_s = CHECK_TIMEOUT_S
+        self._check_now.set()
+
+    def _set_claiming(self, claiming: bool) -> None:
+        if claiming == self.claiming:
+            return
+        self.claiming = claiming
+        if not claiming:
             for fn in self._claim_listeners:
                 fn()
-        self._check_now.set()
 
     def lease_lost(self) -> None:
         """Report that a fenced write failed on the lease check: stop claiming and re-register."""
         self.claim_ready.clear()
+        self._set_claiming(False)
         self._lost.set()
 
     # -- registration --------------------------------------------------------------------------
@@ -146,6 +166,7 @@ class Membership:
                         await self.etcd.lease_revoke(old)
                 self._lost.clear()
                 self.claim_ready.set()
+                self._set_claiming(True)
                 self.registered_once.set()
                 self._log.info("member_registered", lease_id=lease_id, ttl_s=self.ttl_s)
                 return
@@ -219,22 +240,26 @@ class Membership:
                 return
             try:
                 if not self._lost.is_set():
+                    deadline_s, self._check_deadline_s = self._check_deadline_s, KEEPALIVE_TIMEOUT_S
                     ttl = await self.etcd.lease_keepalive(
-                        self.lease_id, timeout_s=min(KEEPALIVE_TIMEOUT_S, interval)
+                        self.lease_id, timeout_s=min(deadline_s, interval)
                     )
                     if ttl > 0:
                         if not self.claim_ready.is_set():
                             self._log.info("keepalive_recovered", ttl_s=ttl)
                         self.claim_ready.set()
+                        self._set_claiming(True)
                         continue
                     self._log.warning("lease_expired", lease_id=self.lease_id)
                 self.claim_ready.clear()
+                self._set_claiming(False)
                 await self.register(first=False)
                 self._notify()
             except Unavailable as exc:
-                if self.claim_ready.is_set():
+                if self.claiming:
                     self._log.warning("keepalive_failed_claims_paused", error=str(exc))
                 self.claim_ready.clear()
+                self._set_claiming(False)
             except DuplicateNode:
                 raise
             except PeerdError as exc:

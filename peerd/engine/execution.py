@@ -36,9 +36,8 @@ from peerd.engine.lock import OverlapLocks
 from peerd.engine.registry import Run, RunRegistry
 from peerd.engine.writer import RecordWriter
 from peerd.errors import PeerdError
-from peerd.runner.base import FAILURE_CONFIG, FAILURE_TIMEOUT
+from peerd.runner.base import FAILURE_CONFIG, FAILURE_TIMEOUT, Outcome
 from peerd.runner.base import Execution as Attempt
-from peerd.runner.base import Outcome
 from peerd.runner.pools import Pools
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -99,10 +98,10 @@ class Execution:
         locked = run.mode is not None or needs_lock(run.spec.overlap)
         watcher: asyncio.Task[None] | None = None
         try:
-            if locked and run.mode in (QUEUE, None):
-                if not await self.locks.wait(run, from_queue=run.mode == QUEUE):
-                    self.registry.transition(run, "abandon")  # the task's owner resolves it
-                    return
+            waits = locked and run.mode in (QUEUE, None)
+            if waits and not await self.locks.wait(run, from_queue=run.mode == QUEUE):
+                self.registry.transition(run, "abandon")  # the task's owner resolves it
+                return
             if run.mode == QUEUE:
                 run.record.error = ""  # no longer "buffered: waiting for ..."
             if run.replaced:

@@ -528,9 +528,7 @@ class Engine:
         skipped: dict[str, int] = {}
         tasks_skipping = 0
         for tp in plans:
-            settled = self.planner.commit(
-                tp, now, lambda: self._replay.next_at_s(mono) - mono
-            )
+            settled = self.planner.commit(tp, now, lambda: self._replay.next_at_s(mono) - mono)
             o = tp.owned
             o.claims_since_trim += settled
             if o.claims_since_trim >= TRIM_EVERY:
@@ -667,5 +665,3 @@ class Engine:
 
 async def _no_handoff(node_id: str, request: ppb.HandoffRequest) -> list[str]:
     return []
-
-

@@ -278,10 +278,11 @@ class Planner:
             nxt = o.compiled.next_after(cursor)
             next_at = o.fire_at(nxt) if nxt is not None else None
         else:
+            assert o.cursor is not None  # only tasks with a cursor are planned
             cursor, next_at = o.cursor, o.next_at
-        if o.cursor is None or (cursor is not None and cursor >= o.cursor):
+        if o.cursor is None or cursor >= o.cursor:
             o.cursor, o.next_at = cursor, next_at
-        elif o.cursor is not None:  # a handoff moved the cursor ahead meanwhile
+        else:  # a handoff moved the cursor ahead meanwhile
             nxt = o.compiled.next_after(o.cursor)
             o.next_at = o.fire_at(nxt) if nxt is not None else None
         if done == len(slots) and o.next_at is not None and o.next_at <= now and not plan.fire:

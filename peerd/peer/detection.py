@@ -51,7 +51,7 @@ class Registration(Protocol):
     def view(self) -> Mapping[str, pb.Member]: ...
 
     @property
-    def claim_ready(self) -> asyncio.Event: ...
+    def claiming(self) -> bool: ...
 
     @property
     def registered_once(self) -> asyncio.Event: ...
@@ -191,7 +191,7 @@ class PeerLayer:
     async def _announce_claiming(self) -> None:
         """Tell every member when this node's ability to claim changes, so that a node cut off
         from etcd (but not from its peers) loses its tasks at once, not after its lease TTL."""
-        claiming = self.registration.claim_ready.is_set()
+        claiming = self.registration.claiming
         if claiming == self._announced_claiming:
             return
         self._announced_claiming = claiming
@@ -202,7 +202,10 @@ class PeerLayer:
             a for n in self.registration.view if n != self.node_id if (a := self._address(n))
         ]
         await asyncio.gather(
-            *(self.client.gossip(a, claiming=claiming, timeout_s=self.timeout_s * 2) for a in addresses)
+            *(
+                self.client.gossip(a, claiming=claiming, timeout_s=self.timeout_s * 2)
+                for a in addresses
+            )
         )
 
     async def _round(self) -> None:

@@ -65,7 +65,7 @@ def _compile(schedule: pb.Schedule, created_at: datetime, field: str) -> Compile
 
 
 class TargetCheck(Protocol):
-    """Whether the answering node can run a task (:meth:`peerd.runner.executors.Executors.check`)."""
+    """Whether the answering node can run a task (see :class:`peerd.runner.executors.Executors`)."""
 
     def check(self, spec: pb.TaskSpec, field: str) -> None: ...
 

@@ -51,7 +51,6 @@ OUTPUT_TAIL_BYTES = 4096
 """Output kept per run (the last bytes of stdout+stderr or of the HTTP response body)."""
 
 
-
 def tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
     """The last ``limit`` bytes of ``data`` decoded as UTF-8 (invalid bytes replaced)."""
     return data[-limit:].decode("utf-8", errors="replace")

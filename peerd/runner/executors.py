@@ -59,7 +59,11 @@ class Executors:
         if executor is None:
             now = self.clock.now()
             return Outcome(
-                False, now, now, error=f"task has no executor target ({kind})", failure=FAILURE_CONFIG
+                False,
+                now,
+                now,
+                error=f"task has no executor target ({kind})",
+                failure=FAILURE_CONFIG,
             )
         return await executor.run(spec, execution)
 

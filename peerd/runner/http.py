@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 import structlog
@@ -189,9 +189,9 @@ class HttpExecutor:
             self._clients[origin] = client
         return client
 
-    kind = "http"
+    kind: ClassVar[str] = "http"
     """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
-    limit_setting = "max_http_runs"
+    limit_setting: ClassVar[str] = "max_http_runs"
     """The node setting that caps its concurrent runs."""
 
     @classmethod

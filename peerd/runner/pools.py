@@ -20,7 +20,6 @@ from peerd.config import NodeConfig
 from peerd.runner.executors import limits
 
 
-
 @dataclass(order=True)
 class _Waiter:
     key: tuple[int, float, int]

@@ -40,11 +40,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from peerd.clock import Clock, SystemClock
+from peerd.errors import InvalidArgument
 from peerd.runner.base import (
     FAILURE_CONFIG,
     FAILURE_EXCEPTION,
@@ -54,7 +55,6 @@ from peerd.runner.base import (
     tail,
 )
 from peerd.runner.http import parse_cause
-from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
@@ -184,11 +184,11 @@ class PythonExecutor:
         )
         self._loaded: dict[str, Callable[[TaskContext], Any]] = {}
 
-    kind = "python"
+    kind: ClassVar[str] = "python"
     """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
     node_id = ""
     """The node it runs on (named in API errors)."""
-    limit_setting = "max_python_runs"
+    limit_setting: ClassVar[str] = "max_python_runs"
     """The node setting that caps its concurrent runs (also the size of its thread pool)."""
 
     @classmethod

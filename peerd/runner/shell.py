@@ -18,12 +18,13 @@ import shlex
 import signal
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from peerd.clock import Clock, SystemClock
 from peerd.core.records import rfc3339
+from peerd.errors import PermissionDenied
 from peerd.runner.base import (
     FAILURE_CONFIG,
     FAILURE_CONNECTION,
@@ -34,7 +35,6 @@ from peerd.runner.base import (
     Outcome,
     tail,
 )
-from peerd.errors import PermissionDenied
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
@@ -206,11 +206,11 @@ class ShellExecutor:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._base_env = dict(base_env if base_env is not None else os.environ)
 
-    kind = "shell"
+    kind: ClassVar[str] = "shell"
     """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
     node_id = ""
     """The node it runs on (named in API errors)."""
-    limit_setting = "max_shell_runs"
+    limit_setting: ClassVar[str] = "max_shell_runs"
     """The node setting that caps its concurrent runs."""
 
     @classmethod
