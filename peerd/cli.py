@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -39,7 +39,7 @@ from peerd.cli_output import (
     to_json,
 )
 from peerd.client import SchedulerClient, describe_rpc_error
-from peerd.config import DEFAULT_LISTEN, build_config
+from peerd.config import DEFAULT_LISTEN, SETTINGS, build_config
 from peerd.core.durations import parse_duration
 from peerd.errors import InvalidArgument, PeerdError
 from peerd.exitcodes import (
@@ -147,42 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     serve = add(sub, "serve", _cmd_serve, "run a node until SIGTERM/SIGINT")
-    serve.add_argument("--node-id", metavar="ID")
-    serve.add_argument("--listen", metavar="HOST:PORT")
-    serve.add_argument("--etcd", metavar="HOST:PORT[,HOST:PORT...]")
-    serve.add_argument("--advertise", metavar="HOST:PORT")
-    serve.add_argument("--cluster", metavar="NAME")
-    serve.add_argument("--lease-ttl", dest="lease_ttl_s", type=int, metavar="SECONDS")
-    serve.add_argument("--allow-shell", action="append", metavar="PATTERN")
-    serve.add_argument("--misfire-threshold", metavar="DURATION")
-    serve.add_argument("--runs-keep", type=int, metavar="N")
-    serve.add_argument(
-        "--drain-grace",
-        dest="drain_grace_s",
-        metavar="DURATION",
-        help="on SIGTERM, time running executions get to finish (default 30s)",
+    serve.epilog = (
+        "Flags win over the PEERD_* environment variables, which win over the --config file. "
+        "All settings: docs/configuration.md."
     )
-    serve.add_argument(
-        "--max-concurrent-runs", type=int, metavar="N", help="runs at once on this node (512)"
-    )
-    serve.add_argument(
-        "--max-http-runs", type=int, metavar="N", help="HTTP runs at once (256, at most 256)"
-    )
-    serve.add_argument("--max-shell-runs", type=int, metavar="N", help="shell runs at once (32)")
-    serve.add_argument("--max-python-runs", type=int, metavar="N", help="Python runs at once (64)")
-    serve.add_argument(
-        "--catch-up-rate",
-        type=float,
-        metavar="SLOTS_PER_S",
-        help="cluster-wide cap on replays of missed slots, shared by the live nodes (50)",
-    )
-    serve.add_argument("--log-format", metavar="auto|json|console")
-    serve.add_argument("--log-level", metavar="LEVEL")
+    for setting in SETTINGS:
+        serve.add_argument(
+            setting.flag,
+            dest=setting.name,
+            action="append" if setting.kind.repeat else "store",
+            metavar=setting.kind.metavar,
+            help=setting.help_line(),
+        )
     serve.add_argument(
         "--config",
         type=Path,
         metavar="FILE.toml",
-        help="TOML file of settings; SIGHUP re-reads the reloadable ones (docs/scheduling.md)",
+        help="TOML file of settings (keys: docs/configuration.md); SIGHUP re-reads the "
+        "reloadable ones",
     )
 
     task = sub.add_parser("task", parents=[common], help="manage tasks")
@@ -647,15 +629,14 @@ def _print(args: argparse.Namespace, msg: object, text: Callable[[], str]) -> No
         print(text())
 
 
+def serve_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The node settings of a parsed ``serve`` command line, as :func:`build_config` takes them:
+    field name -> the flag's text (a list for repeatable flags), ``None`` when not given."""
+    return {s.name: getattr(args, s.name) for s in SETTINGS}
+
+
 def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    flags = {
-        name: getattr(args, name)
-        for name in (
-            "node_id", "listen", "advertise", "etcd", "cluster", "lease_ttl_s", "allow_shell",
-            "misfire_threshold", "runs_keep", "max_concurrent_runs", "log_format", "log_level",
-            "drain_grace_s", "max_http_runs", "max_shell_runs", "max_python_runs", "catch_up_rate",
-        )
-    }  # fmt: skip
+    flags = serve_flags(args)
     config = build_config(flags, env, args.config)
     try:
         from peerd.log import configure_logging
@@ -867,5 +848,6 @@ __all__ = [
     "parse_args",
     "parse_retry_on",
     "parse_rfc3339",
+    "serve_flags",
     "split_shell_argv",
 ]

@@ -1,12 +1,18 @@
 """Node configuration: flags override ``PEERD_*`` environment variables, which override an
 optional TOML file, which overrides the defaults. Nothing is read at import time; the environment
 is passed in as a mapping so tests never touch ``os.environ``.
+
+Each setting is defined once, as a field of :class:`NodeConfig` (:func:`peerd.settings.setting`):
+its flag, environment variable, TOML key (the field name), type, unit, default, bounds and
+whether SIGHUP reloads it. The ``serve`` flags, :data:`RELOADABLE`, validation and
+``docs/configuration.md`` are derived from :data:`SETTINGS`
+(``python -m peerd.config --markdown`` prints the docs table).
 """
 
 from __future__ import annotations
 
-import math
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -15,6 +21,24 @@ from pathlib import Path
 from typing import Any
 
 from peerd.errors import InvalidArgument
+from peerd.settings import (
+    DURATION,
+    GLOB_LIST,
+    HOSTPORT,
+    HOSTPORT_LIST,
+    INTEGER,
+    NUMBER,
+    OPTIONAL_HOSTPORT,
+    SECONDS,
+    WHOLE_SECONDS,
+    choice,
+    markdown_table,
+    matching,
+    parse_hostport,
+    replace_table,
+    setting,
+    settings_of,
+)
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 CLUSTER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -22,6 +46,10 @@ MIN_LEASE_TTL_S = 2
 MAX_HTTP_IN_FLIGHT = 256
 """Upper bound of ``max_http_runs``: :data:`peerd.runner.http.MAX_IN_FLIGHT` (kept equal by a
 test). More requests in flight per node queue inside httpcore, whose pool scan is quadratic."""
+MAX_CLAIM_BATCH = 127
+"""Upper bound of ``claim_batch``: etcd's default ``--max-txn-ops`` is 128 operations per
+transaction, and a claim batch is one outer transaction of nested ones
+(:mod:`peerd.coord.ledger`)."""
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_ETCD = "127.0.0.1:2379"
@@ -29,50 +57,199 @@ DEFAULT_ETCD = "127.0.0.1:2379"
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """Everything one ``peerd serve`` process needs.
+    """Everything one ``peerd serve`` process needs; each field is one setting (its ``help``
+    says what it means). Durations carry their unit in the name (``_s`` = seconds) or are
+    ``timedelta``."""
 
-    Durations carry their unit in the name (``_s`` = seconds) or are ``timedelta``.
-    """
-
-    node_id: str
-    """Unique name of this node in the cluster, ``[a-z0-9][a-z0-9._-]{0,62}``."""
-    listen: str = DEFAULT_LISTEN
-    """HOST:PORT the gRPC server binds (public API and, later, peer traffic)."""
-    advertise: str = ""
-    """HOST:PORT other nodes and clients should dial; defaults to ``listen``."""
-    etcd: tuple[str, ...] = (DEFAULT_ETCD,)
-    """etcd client endpoints, HOST:PORT each; the client fails over between them."""
-    cluster: str = "default"
-    """Cluster name; all keys live under ``/peerd/<cluster>/``."""
-    lease_ttl_s: int = 10
-    """Membership lease TTL in seconds (>= 2). Keepalives are sent every TTL/3."""
-    allow_shell: tuple[str, ...] = ()
-    """Glob patterns (fnmatch) matched against the shlex-joined argv of shell tasks. Empty = the
-    shell executor is off."""
-    misfire_threshold: timedelta = timedelta(seconds=5)
-    """A slot later than this when planned is a misfire: of a run of misfires only the most recent
-    one fires; the others are recorded SKIPPED."""
-    runs_keep: int = 100
-    """Run records kept per task; older ones are deleted."""
-    max_concurrent_runs: int = 512
-    """Executions running at once on this node; further claimed runs wait (lateness grows)."""
-    max_http_runs: int = 256
-    """HTTP executions running at once on this node (within ``max_concurrent_runs``)."""
-    max_shell_runs: int = 32
-    """Shell executions (child processes) running at once on this node."""
-    max_python_runs: int = 64
-    """Python-callable executions running at once on this node."""
-    catch_up_rate: float = 50.0
-    """Cluster-wide cap on replayed missed slots (``CATCH_UP_RUN_ALL``), slots per second,
-    shared by the nodes; > 0."""
-    drain_grace_s: float = 30.0
-    """On SIGTERM, seconds running executions get to finish after the node handed its tasks
-    over; then the lease is revoked and the process exits 0."""
-    claim_batch: int = 64
-    """Slots claimed per etcd transaction (nested transactions; etcd allows 128 ops)."""
-    log_format: str = "auto"
-    """``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise)."""
-    log_level: str = "info"
+    node_id: str = setting(
+        help="Unique name of this node in the cluster.",
+        flag="--node-id",
+        env="PEERD_NODE_ID",
+        kind=matching(NODE_ID_RE, "ID"),
+    )
+    listen: str = setting(
+        DEFAULT_LISTEN,
+        help="HOST:PORT the gRPC server binds (public API and peer traffic).",
+        flag="--listen",
+        env="PEERD_LISTEN",
+        kind=HOSTPORT,
+    )
+    advertise: str = setting(
+        "",
+        help="HOST:PORT other nodes and clients dial; empty: the --listen address.",
+        flag="--advertise",
+        env="PEERD_ADVERTISE",
+        kind=OPTIONAL_HOSTPORT,
+    )
+    etcd: tuple[str, ...] = setting(
+        (DEFAULT_ETCD,),
+        help="etcd client endpoints, comma-separated; the client fails over between them.",
+        flag="--etcd",
+        env="PEERD_ETCD",
+        kind=HOSTPORT_LIST,
+    )
+    cluster: str = setting(
+        "default",
+        help="Cluster name; all keys live under /peerd/<cluster>/.",
+        flag="--cluster",
+        env="PEERD_CLUSTER",
+        kind=matching(CLUSTER_RE, "NAME"),
+    )
+    lease_ttl_s: int = setting(
+        10,
+        help="Membership lease TTL; keepalives are sent every TTL/3.",
+        flag="--lease-ttl",
+        env="PEERD_LEASE_TTL",
+        kind=WHOLE_SECONDS,
+        unit="s",
+        minimum=MIN_LEASE_TTL_S,
+    )
+    allow_shell: tuple[str, ...] = setting(
+        (),
+        help="Glob patterns (fnmatch) matched against the shlex-joined argv of shell tasks; "
+        "none: the shell executor is off. Repeat the flag; separate with ; in the environment.",
+        flag="--allow-shell",
+        env="PEERD_ALLOW_SHELL",
+        kind=GLOB_LIST,
+        reloadable=True,
+    )
+    misfire_threshold: timedelta = setting(
+        timedelta(seconds=5),
+        help="A slot later than this when planned is a misfire: of a run of misfires only the "
+        "most recent fires, the others are recorded SKIPPED (tasks may set their own).",
+        flag="--misfire-threshold",
+        env="PEERD_MISFIRE_THRESHOLD",
+        kind=DURATION,
+        minimum=timedelta(0),
+        reloadable=True,
+    )
+    runs_keep: int = setting(
+        100,
+        help="Run records kept per task; older ones are deleted.",
+        flag="--runs-keep",
+        env="PEERD_RUNS_KEEP",
+        kind=INTEGER,
+        unit="records",
+        minimum=1,
+        reloadable=True,
+    )
+    runs_max_age: timedelta = setting(
+        timedelta(days=7),
+        help="Run records older than this are deleted (besides the --runs-keep limit).",
+        flag="--runs-max-age",
+        env="PEERD_RUNS_MAX_AGE",
+        kind=DURATION,
+        minimum=timedelta(minutes=1),
+        reloadable=True,
+    )
+    max_concurrent_runs: int = setting(
+        512,
+        help="Executions running at once on this node; further claimed runs wait (lateness grows).",
+        flag="--max-concurrent-runs",
+        env="PEERD_MAX_CONCURRENT_RUNS",
+        kind=INTEGER,
+        unit="runs",
+        minimum=1,
+        reloadable=True,
+    )
+    max_http_runs: int = setting(
+        256,
+        help="HTTP executions running at once on this node (within --max-concurrent-runs).",
+        flag="--max-http-runs",
+        env="PEERD_MAX_HTTP_RUNS",
+        kind=INTEGER,
+        unit="runs",
+        minimum=1,
+        maximum=MAX_HTTP_IN_FLIGHT,
+        bound_reason="the HTTP client's requests in flight per node",
+        reloadable=True,
+    )
+    max_shell_runs: int = setting(
+        32,
+        help="Shell executions (child processes) running at once on this node.",
+        flag="--max-shell-runs",
+        env="PEERD_MAX_SHELL_RUNS",
+        kind=INTEGER,
+        unit="runs",
+        minimum=1,
+        reloadable=True,
+    )
+    max_python_runs: int = setting(
+        64,
+        help="Python-callable executions running at once on this node.",
+        flag="--max-python-runs",
+        env="PEERD_MAX_PYTHON_RUNS",
+        kind=INTEGER,
+        unit="runs",
+        minimum=1,
+        reloadable=True,
+    )
+    catch_up_rate: float = setting(
+        50.0,
+        help="Cluster-wide cap on replays of missed slots (catch-up run-all), shared by the live "
+        "nodes.",
+        flag="--catch-up-rate",
+        env="PEERD_CATCH_UP_RATE",
+        kind=NUMBER,
+        unit="slots/s",
+        exclusive_minimum=0.0,
+        reloadable=True,
+    )
+    drain_grace_s: float = setting(
+        30.0,
+        help="On SIGTERM, time running executions get to finish after the node handed its "
+        "tasks over; then the lease is revoked and the process exits 0.",
+        flag="--drain-grace",
+        env="PEERD_DRAIN_GRACE",
+        kind=SECONDS,
+        unit="s",
+        minimum=0.0,
+        reloadable=True,
+    )
+    claim_batch: int = setting(
+        64,
+        help="Slots claimed per etcd transaction (nested transactions, one per slot).",
+        flag="--claim-batch",
+        env="PEERD_CLAIM_BATCH",
+        kind=INTEGER,
+        unit="slots",
+        minimum=1,
+        maximum=MAX_CLAIM_BATCH,
+        bound_reason="etcd's 128 operations per txn",
+    )
+    etcd_compaction_interval: timedelta = setting(
+        timedelta(minutes=5),
+        help="How often peerd compacts etcd's history; 0 turns peerd's compaction off (for "
+        "clusters that run etcd's own auto-compaction).",
+        flag="--etcd-compaction-interval",
+        env="PEERD_ETCD_COMPACTION_INTERVAL",
+        kind=DURATION,
+        minimum=timedelta(0),
+        reloadable=True,
+    )
+    etcd_compaction_retention: timedelta = setting(
+        timedelta(minutes=5),
+        help="peerd compacts to a revision at least this old.",
+        flag="--etcd-compaction-retention",
+        env="PEERD_ETCD_COMPACTION_RETENTION",
+        kind=DURATION,
+        minimum=timedelta(0),
+    )
+    log_format: str = setting(
+        "auto",
+        help="Log format; auto: console on a terminal, JSON otherwise.",
+        flag="--log-format",
+        env="PEERD_LOG_FORMAT",
+        kind=choice("auto", "json", "console"),
+    )
+    log_level: str = setting(
+        "info",
+        help="Log level (case-insensitive).",
+        flag="--log-level",
+        env="PEERD_LOG_LEVEL",
+        kind=choice("debug", "info", "warning", "error"),
+        reloadable=True,
+    )
 
     @property
     def address(self) -> str:
@@ -85,49 +262,11 @@ class NodeConfig:
         return f"/peerd/{self.cluster}/"
 
 
-_ENV = {
-    "node_id": "PEERD_NODE_ID",
-    "listen": "PEERD_LISTEN",
-    "advertise": "PEERD_ADVERTISE",
-    "etcd": "PEERD_ETCD",
-    "cluster": "PEERD_CLUSTER",
-    "lease_ttl_s": "PEERD_LEASE_TTL",
-    "allow_shell": "PEERD_ALLOW_SHELL",
-    "misfire_threshold": "PEERD_MISFIRE_THRESHOLD",
-    "runs_keep": "PEERD_RUNS_KEEP",
-    "max_concurrent_runs": "PEERD_MAX_CONCURRENT_RUNS",
-    "max_http_runs": "PEERD_MAX_HTTP_RUNS",
-    "max_shell_runs": "PEERD_MAX_SHELL_RUNS",
-    "max_python_runs": "PEERD_MAX_PYTHON_RUNS",
-    "catch_up_rate": "PEERD_CATCH_UP_RATE",
-    "log_format": "PEERD_LOG_FORMAT",
-    "log_level": "PEERD_LOG_LEVEL",
-    "drain_grace_s": "PEERD_DRAIN_GRACE",
-}
-"""Environment variable for each field. ``PEERD_ALLOW_SHELL`` holds patterns separated by ``;``
-and ``PEERD_ETCD`` endpoints separated by ``,``."""
+SETTINGS = settings_of(NodeConfig)
+"""Every node setting, in field order: the one table the rest is derived from."""
 
-
-def parse_hostport(value: str, field_name: str) -> str:
-    """Validate ``HOST:PORT`` (IPv6 as ``[::1]:PORT``) and return it unchanged.
-
-    Raises:
-        InvalidArgument: naming ``field_name`` when the value is not HOST:PORT with a port 0-65535.
-    """
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgument(field_name, f"expected HOST:PORT, got {value!r}")
-    return value.strip()
-
-
-def _as_seconds(value: Any, field_name: str) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    from peerd.core.durations import parse_duration
-
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    return parse_duration(str(value), field_name)
+RELOADABLE = frozenset(s.name for s in SETTINGS if s.reloadable)
+"""Fields a running node applies on SIGHUP (:func:`reload_config`); the others need a restart."""
 
 
 def build_config(
@@ -136,12 +275,14 @@ def build_config(
     """Merge flags (highest), ``PEERD_*`` env, a TOML file and defaults into a :class:`NodeConfig`.
 
     Args:
-        flags: field name -> value for flags the user gave (omit or ``None`` for not given).
-        env: the process environment (pass ``os.environ``).
+        flags: field name -> value for flags the user gave (omit, ``None`` or an empty list for
+            not given); strings as argparse gives them, or values of the field's type.
+        env: the process environment (pass ``os.environ``); empty variables count as unset.
         config_file: optional TOML file whose top-level keys are field names.
 
     Raises:
-        InvalidArgument: naming the field (``--flag`` spelling) and the reason.
+        InvalidArgument: naming the field (``--flag`` spelling) and the reason; ``--config``
+            when the file cannot be read or has unknown keys.
     """
     raw: dict[str, Any] = {}
     if config_file is not None:
@@ -149,126 +290,23 @@ def build_config(
             raw.update(tomllib.loads(config_file.read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument("--config", f"cannot read {config_file}: {exc}") from exc
-        unknown = set(raw) - {f.name for f in fields(NodeConfig)}
+        unknown = set(raw) - {s.name for s in SETTINGS}
         if unknown:
             raise InvalidArgument("--config", f"unknown keys {sorted(unknown)}")
-    for name, var in _ENV.items():
-        if env.get(var):
-            value: Any = env[var]
-            if name == "allow_shell":
-                value = [p for p in value.split(";") if p.strip()]
-            raw[name] = value
-    for name, value in flags.items():
-        if value is not None and value != [] and value != ():
-            raw[name] = value
-    return _validate(raw)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.removesuffix("_s").replace("_", "-")
-
-
-def _validate(raw: dict[str, Any]) -> NodeConfig:
+    for s in SETTINGS:
+        from_env = s.from_env(env)
+        if from_env is not None:
+            raw[s.name] = from_env
+        given = flags.get(s.name)
+        if given is not None and given != [] and given != ():
+            raw[s.name] = given
     kw: dict[str, Any] = {}
-    node_id = str(raw.get("node_id") or "")
-    if not NODE_ID_RE.match(node_id):
-        raise InvalidArgument(
-            "--node-id",
-            f"{node_id!r} must match [a-z0-9][a-z0-9._-]{{0,62}} (or set PEERD_NODE_ID)",
-        )
-    kw["node_id"] = node_id
-    if "listen" in raw:
-        kw["listen"] = parse_hostport(str(raw["listen"]), "--listen")
-    if raw.get("advertise"):
-        kw["advertise"] = parse_hostport(str(raw["advertise"]), "--advertise")
-    if "etcd" in raw:
-        value = raw["etcd"]
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        endpoints = tuple(parse_hostport(p, "--etcd") for p in parts if p.strip())
-        if not endpoints:
-            raise InvalidArgument("--etcd", "at least one HOST:PORT is required")
-        kw["etcd"] = endpoints
-    if "cluster" in raw:
-        cluster = str(raw["cluster"])
-        if not CLUSTER_RE.match(cluster):
-            raise InvalidArgument(
-                "--cluster", f"{cluster!r} must match [a-z0-9][a-z0-9._-]{{0,62}}"
-            )
-        kw["cluster"] = cluster
-    for name, minimum in (
-        ("lease_ttl_s", MIN_LEASE_TTL_S),
-        ("runs_keep", 1),
-        ("max_concurrent_runs", 1),
-        ("max_http_runs", 1),
-        ("max_shell_runs", 1),
-        ("max_python_runs", 1),
-        ("claim_batch", 1),
-    ):
-        if name in raw:
-            try:
-                number = int(raw[name])
-            except (TypeError, ValueError):
-                raise InvalidArgument(
-                    _flag(name), f"expected an integer, got {raw[name]!r}"
-                ) from None
-            if number < minimum:
-                raise InvalidArgument(_flag(name), f"must be >= {minimum}, got {number}")
-            kw[name] = number
-    if kw.get("max_http_runs", 1) > MAX_HTTP_IN_FLIGHT:
-        raise InvalidArgument(
-            "--max-http-runs",
-            f"must be <= {MAX_HTTP_IN_FLIGHT} (the HTTP client's requests in flight per node), "
-            f"got {kw['max_http_runs']}",
-        )
-    if kw.get("claim_batch", 1) > 127:
-        raise InvalidArgument("--claim-batch", "must be <= 127 (etcd's 128 operations per txn)")
-    if "allow_shell" in raw:
-        value = raw["allow_shell"]
-        kw["allow_shell"] = tuple([value] if isinstance(value, str) else value)
-    if "catch_up_rate" in raw:
-        value = raw["catch_up_rate"]
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            rate = float(value)
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                "--catch-up-rate", f"expected slots per second (a number), got {value!r}"
-            ) from None
-        if not math.isfinite(rate) or rate <= 0:
-            raise InvalidArgument("--catch-up-rate", f"must be a number > 0, got {value!r}")
-        kw["catch_up_rate"] = rate
-    if "drain_grace_s" in raw:
-        kw["drain_grace_s"] = _as_seconds(raw["drain_grace_s"], "--drain-grace").total_seconds()
-    if "misfire_threshold" in raw:
-        kw["misfire_threshold"] = _as_seconds(raw["misfire_threshold"], "--misfire-threshold")
-    if "log_format" in raw:
-        if raw["log_format"] not in ("auto", "json", "console"):
-            raise InvalidArgument("--log-format", "must be auto, json or console")
-        kw["log_format"] = raw["log_format"]
-    if "log_level" in raw:
-        level = str(raw["log_level"]).lower()
-        if level not in ("debug", "info", "warning", "error"):
-            raise InvalidArgument("--log-level", "must be debug, info, warning or error")
-        kw["log_level"] = level
+    for s in SETTINGS:
+        if s.name in raw:
+            kw[s.name] = s.parse(raw[s.name])
+        elif s.required:
+            raise InvalidArgument(s.flag, f"required (or set {s.env})")
     return NodeConfig(**kw)
-
-
-RELOADABLE = frozenset(
-    {
-        "allow_shell",
-        "max_concurrent_runs",
-        "max_http_runs",
-        "max_shell_runs",
-        "max_python_runs",
-        "catch_up_rate",
-        "misfire_threshold",
-        "log_level",
-        "drain_grace_s",
-        "runs_keep",
-    }
-)
-"""Fields a running node applies on SIGHUP (:func:`reload_config`); the others need a restart."""
 
 
 def reload_config(
@@ -301,9 +339,9 @@ def reload_config(
     fresh = build_config(flags, env, config_file)
     changes = {name: getattr(fresh, name) for name in RELOADABLE}
     warnings = [
-        f"{f.name} changed in the file; restart to apply"
-        for f in sorted(fields(NodeConfig), key=lambda f: f.name)
-        if f.name not in RELOADABLE and getattr(fresh, f.name) != getattr(current, f.name)
+        f"{name} changed in the file; restart to apply"
+        for name in changed_fields(current, fresh)
+        if name not in RELOADABLE
     ]
     return replace(current, **changes), warnings
 
@@ -315,13 +353,30 @@ def changed_fields(old: NodeConfig, new: NodeConfig) -> list[str]:
     )
 
 
+def _main(argv: list[str]) -> int:
+    """``--markdown``: print the settings table; ``--update FILE``: rewrite the table in FILE."""
+    if argv == ["--markdown"]:
+        print(markdown_table(SETTINGS), end="")
+        return 0
+    if len(argv) == 2 and argv[0] == "--update":
+        page = Path(argv[1])
+        page.write_text(replace_table(page.read_text(), markdown_table(SETTINGS)))
+        return 0
+    print("usage: python -m peerd.config --markdown | --update FILE", file=sys.stderr)
+    return 2
+
+
 __all__ = [
     "DEFAULT_ETCD",
     "DEFAULT_LISTEN",
     "RELOADABLE",
+    "SETTINGS",
     "NodeConfig",
     "build_config",
     "changed_fields",
     "parse_hostport",
     "reload_config",
 ]
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

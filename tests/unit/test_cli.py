@@ -16,10 +16,18 @@ import grpc
 import pytest
 
 from peerd import cli
-from peerd.cli import build_task_spec, main, parse_args, parse_rfc3339, split_shell_argv
+from peerd.cli import (
+    build_task_spec,
+    main,
+    parse_args,
+    parse_rfc3339,
+    serve_flags,
+    split_shell_argv,
+)
 from peerd.cli_crontab import build_crontab_specs, crontab_task_id, entry_script
 from peerd.cli_output import fmt_td, format_table, task_detail
 from peerd.client import exit_code_for_status
+from peerd.config import build_config
 from peerd.dev import choose_ports, node_command
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
@@ -710,5 +718,5 @@ def test_node_command_passes_flags() -> None:
     assert cmd[1:4] == ["-m", "peerd", "serve"]
     assert cmd[cmd.index("--listen") + 1] == "127.0.0.1:7071"
     assert cmd[-4:] == ["--allow-shell", "/bin/echo *", "--allow-shell", "x"]
-    args = parse_args(cmd[3:])
-    assert args.node_id == "node1" and args.lease_ttl_s == 10 and args.cluster == "dev"
+    cfg = build_config(serve_flags(parse_args(cmd[3:])), {})
+    assert cfg.node_id == "node1" and cfg.lease_ttl_s == 10 and cfg.cluster == "dev"

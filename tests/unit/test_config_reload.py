@@ -93,6 +93,8 @@ def test_reload_applies_reloadable_fields_from_the_file(tmp_path: Path) -> None:
         'misfire_threshold = "30s"\n'
         'log_level = "debug"\n'
         "drain_grace_s = 5\n"
+        'runs_max_age = "1d"\n'
+        'etcd_compaction_interval = "0s"\n'
     )
 
     new, warnings = reload_config(current, FLAGS, {}, path)
@@ -106,6 +108,8 @@ def test_reload_applies_reloadable_fields_from_the_file(tmp_path: Path) -> None:
     assert new.misfire_threshold == timedelta(seconds=30)
     assert new.log_level == "debug"
     assert new.drain_grace_s == 5.0
+    assert new.runs_max_age == timedelta(days=1)
+    assert new.etcd_compaction_interval == timedelta(0)
     assert changed_fields(current, new) == sorted(RELOADABLE)
 
 
