@@ -1,13 +1,13 @@
 """Catch-up after a full-cluster outage: what each catch-up policy runs, and the replay rate.
 
-Starts an etcd, a webhook sink (in this process, :class:`peerd.sink.WebhookSink`) and ``--nodes``
-``peerd serve`` processes on loopback with a cluster-wide replay rate of ``--catch-up-rate``
-slots/s (each live node replays at rate / N). Creates ``--tasks`` HTTP tasks ``every 1s`` at the
-sink, a third per catch-up policy (``skip``, ``run-once``, ``run-all`` with a 10 min window), all
-with a 1 s misfire threshold. After ``--warmup`` s of normal firing it stops *all* nodes (SIGTERM,
-waits for them to exit), waits ``--outage`` s, starts them again and waits (at most
-``--max-wait`` s) until every run-all task has caught up. Then, from the run ledger (ListRuns)
-and the sink's delivery log, it prints:
+Starts an etcd, a webhook sink (in this process, :class:`peerd.devtools.sink.WebhookSink`) and
+``--nodes`` ``peerd serve`` processes on loopback with a cluster-wide replay rate of
+``--catch-up-rate`` slots/s (each live node replays at rate / N). Creates ``--tasks`` HTTP tasks
+``every 1s`` at the sink, a third per catch-up policy (``skip``, ``run-once``, ``run-all`` with a 10
+min window), all with a 1 s misfire threshold. After ``--warmup`` s of normal firing it stops *all*
+nodes (SIGTERM, waits for them to exit), waits ``--outage`` s, starts them again and waits (at most
+``--max-wait`` s) until every run-all task has caught up. Then, from the run ledger (ListRuns) and
+the sink's delivery log, it prints:
 
 * per policy, the *outage slots* (fire time between the last node's exit and the restart): how
   many ran, were recorded SKIPPED (by reason) or have no record yet. A slot that came due less
@@ -67,8 +67,8 @@ from cluster import pct, start_node, wait_serving  # bench/ is sys.path[0] for `
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from peerd.client import SchedulerClient
-from peerd.etcd_server import EmbeddedEtcd, free_port
-from peerd.sink import Delivery, WebhookSink
+from peerd.devtools.etcd_server import EmbeddedEtcd, free_port
+from peerd.devtools.sink import Delivery, WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 
 POLICIES = {

@@ -30,7 +30,7 @@ import httpx
 
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
-from peerd.etcd_server import EmbeddedEtcd, free_port, parent_death_preexec
+from peerd.devtools.etcd_server import EmbeddedEtcd, free_port, parent_death_preexec
 from peerd.v1 import scheduler_pb2 as pb
 
 
@@ -106,7 +106,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "peerd.sink",
+            "peerd.devtools.sink",
             "--listen",
             f"127.0.0.1:{sink_port}",
             "--jsonl",

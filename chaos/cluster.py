@@ -3,10 +3,10 @@
 :class:`NodeProc` runs one node with a stable id, address and log file across restarts
 (optionally inside a network namespace, through ``ip netns exec``, which execs in place so the
 pid is the node's). :class:`EtcdHandle` gives the fault injector one interface over
-:class:`peerd.etcd_server.EmbeddedEtcd` and the (lazily imported) ``EtcdCluster``.
+:class:`peerd.devtools.etcd_server.EmbeddedEtcd` and the (lazily imported) ``EtcdCluster``.
 
 Every child runs in its own session and gets SIGKILL if the harness dies
-(:func:`peerd.etcd_server.parent_death_preexec`); spawn from the main thread.
+(:func:`peerd.devtools.etcd_server.parent_death_preexec`); spawn from the main thread.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from peerd.etcd_server import EmbeddedEtcd, parent_death_preexec
+from peerd.devtools.etcd_server import EmbeddedEtcd, parent_death_preexec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -351,11 +351,11 @@ class EtcdHandle:
 
 def _make_cluster(members: int, host: str, root: Path) -> Any:
     """Build an ``EtcdCluster``, passing only the keyword arguments its signature accepts."""
-    from peerd import etcd_server
+    from peerd.devtools import etcd_server
 
     cls = getattr(etcd_server, "EtcdCluster", None)
     if cls is None:
-        raise ImportError("peerd.etcd_server has no EtcdCluster yet")
+        raise ImportError("peerd.devtools.etcd_server has no EtcdCluster yet")
     params = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
     if "host" in params:

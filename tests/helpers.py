@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from peerd.etcd_server import free_port, parent_death_preexec
+from peerd.devtools.etcd_server import free_port, parent_death_preexec
 
 T = TypeVar("T")
 

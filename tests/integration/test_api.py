@@ -16,8 +16,8 @@ import pytest
 
 from peerd.client import SchedulerClient
 from peerd.coord.etcd import Etcd, prefix_end
-from peerd.etcd_server import EmbeddedEtcd
-from peerd.sink import WebhookSink
+from peerd.devtools.etcd_server import EmbeddedEtcd
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import PeerdNode, assert_eventually
 

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from peerd.client import SchedulerClient
-from peerd.sink import WebhookSink
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually
 

@@ -28,7 +28,7 @@ from peerd.cli_crontab import build_crontab_specs, crontab_task_id, entry_script
 from peerd.cli_output import fmt_td, format_table, task_detail
 from peerd.client import exit_code_for_status
 from peerd.config import build_config
-from peerd.dev import choose_ports, node_command
+from peerd.devtools.dev import choose_ports, node_command
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc

@@ -30,7 +30,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from peerd.config import NODE_ID_RE, build_config
-from peerd.etcd_server import free_port
+from peerd.devtools.etcd_server import free_port
 from peerd.healthcheck import default_address
 from tests.conftest import NodesFactory
 from tests.helpers import REPO_ROOT

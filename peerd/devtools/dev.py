@@ -185,7 +185,12 @@ def run_dev(
     Returns:
         0 after a clean stop; 4 when etcd is not installed; 1 when etcd or a node failed to start.
     """
-    from peerd.etcd_server import EmbeddedEtcd, EtcdNotInstalled, free_port, parent_death_preexec
+    from peerd.devtools.etcd_server import (
+        EmbeddedEtcd,
+        EtcdNotInstalled,
+        free_port,
+        parent_death_preexec,
+    )
 
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}
