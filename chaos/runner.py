@@ -23,7 +23,7 @@ from typing import IO, Any
 import peerd.devtools.sink
 from chaos import workload
 from chaos.checks import CheckParams, Delivery, LedgerRecord, evaluate, parse_delivery
-from chaos.cluster import ChaosError, EtcdHandle, NodeProc
+from chaos.cluster import HARNESS_ERRORS, EtcdHandle, NodeProc
 from chaos.faults import FaultInjector
 from chaos.netns import BRIDGE_IP, ETCD_IP, NetnsError, NetnsLab, availability, node_ip
 from chaos.profiles import RunConfig
@@ -119,7 +119,7 @@ class Runner:
                 )
             )
         for n in self.nodes:
-            n.start()
+            n.start(wait=False)
         for n in self.nodes:
             n.wait_ready(60.0)
         self.say("nodes SERVING: " + ", ".join(f"{n.node_id}@{n.address}" for n in self.nodes))
@@ -256,7 +256,7 @@ def run(cfg: RunConfig) -> int:
             workload_end_s, listed, ledger = runner.finish(ids)
             deliveries = runner.deliveries()
         except Exception as exc:
-            if not isinstance(exc, ChaosError | _Interrupted):
+            if not isinstance(exc, (*HARNESS_ERRORS, _Interrupted)):
                 traceback.print_exc()
             runner.say(f"run aborted: {type(exc).__name__}: {exc}")
             runner.say(f"node logs and etcd log are in {cfg.workdir}")

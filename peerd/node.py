@@ -44,6 +44,7 @@ from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache, TaskStore
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
+from peerd.healthcheck import check_async
 from peerd.log import set_level
 from peerd.peer import PeerLayer, PeerService
 from peerd.rpc.service import SchedulerService
@@ -61,14 +62,9 @@ ReloadSource = tuple[Mapping[str, Any], Mapping[str, str], Path | None]
 
 
 async def probe_health(address: str, timeout_s: float = 1.0) -> bool:
-    """True when a gRPC server at ``address`` answers grpc.health.v1 Check in time."""
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-            return True
-    except grpc.aio.AioRpcError:
-        return False
+    """True when a gRPC server at ``address`` answers grpc.health.v1 Check in time, whatever
+    the status (the membership probe asks whether a holder is alive, not whether it serves)."""
+    return await check_async(address, timeout_s) is not None
 
 
 class Node:
