@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from peerd.cli import parse_args
+from peerd.cli import parse_args, serve_flags
+from peerd.config import build_config
 from peerd.devtools.etcd_server import free_port
 from peerd.devtools.process import PeerdProcess, ProcessError, setting_args, stop_all
 from tests.helpers import REPO_ROOT, assert_eventually
@@ -35,12 +36,12 @@ def test_command_has_the_handle_flags_then_settings_then_extra_args(tmp_path: Pa
     assert cmd[:4] == ["ip", "netns", "exec", "ns1"]
     assert cmd[5:8] == ["-m", "peerd", "serve"]
     assert cmd[-2:] == ["--log-level", "debug"]
-    args = parse_args(cmd[7:])
-    assert (args.node_id, args.listen, args.etcd, args.cluster) == (
-        "n1", "10.0.0.3:7071", "127.0.0.1:2379,127.0.0.1:2381", "c1"
+    cfg = build_config(serve_flags(parse_args(cmd[7:])), {})
+    assert (cfg.node_id, cfg.listen, cfg.etcd, cfg.cluster) == (
+        "n1", "10.0.0.3:7071", ("127.0.0.1:2379", "127.0.0.1:2381"), "c1"
     )  # fmt: skip
-    assert args.lease_ttl_s == 5 and args.runs_keep == 500 and args.advertise == "a:1"
-    assert args.allow_shell == ["/bin/echo *", "x"]
+    assert cfg.lease_ttl_s == 5 and cfg.runs_keep == 500 and cfg.advertise == "a:1"
+    assert list(cfg.allow_shell) == ["/bin/echo *", "x"] and cfg.log_level == "debug"
     assert node.address == "10.0.0.3:7071"
     assert node.log_path == tmp_path / "n1.log"
 
