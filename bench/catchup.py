@@ -1,13 +1,13 @@
 """Catch-up after a full-cluster outage: what each catch-up policy runs, and the replay rate.
 
-Starts an etcd, a webhook sink (in this process, :class:`peerd.sink.WebhookSink`) and ``--nodes``
-``peerd serve`` processes on loopback with a cluster-wide replay rate of ``--catch-up-rate``
-slots/s (each live node replays at rate / N). Creates ``--tasks`` HTTP tasks ``every 1s`` at the
-sink, a third per catch-up policy (``skip``, ``run-once``, ``run-all`` with a 10 min window), all
-with a 1 s misfire threshold. After ``--warmup`` s of normal firing it stops *all* nodes (SIGTERM,
-waits for them to exit), waits ``--outage`` s, starts them again and waits (at most
-``--max-wait`` s) until every run-all task has caught up. Then, from the run ledger (ListRuns)
-and the sink's delivery log, it prints:
+Starts an etcd, a webhook sink (in this process, :class:`peerd.devtools.sink.WebhookSink`) and
+``--nodes`` ``peerd serve`` processes on loopback with a cluster-wide replay rate of
+``--catch-up-rate`` slots/s (each live node replays at rate / N). Creates ``--tasks`` HTTP tasks
+``every 1s`` at the sink, a third per catch-up policy (``skip``, ``run-once``, ``run-all`` with a 10
+min window), all with a 1 s misfire threshold. After ``--warmup`` s of normal firing it stops *all*
+nodes (SIGTERM, waits for them to exit), waits ``--outage`` s, starts them again and waits (at most
+``--max-wait`` s) until every run-all task has caught up. Then, from the run ledger (ListRuns) and
+the sink's delivery log, it prints:
 
 * per policy, the *outage slots* (fire time between the last node's exit and the restart): how
   many ran, were recorded SKIPPED (by reason) or have no record yet. A slot that came due less
@@ -54,7 +54,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,12 +62,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from cluster import pct, start_node, wait_serving  # bench/ is sys.path[0] for `python bench/...`
+from cluster import bench_node, pct  # bench/ is sys.path[0] for `python bench/...`
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from peerd.client import SchedulerClient
-from peerd.etcd_server import EmbeddedEtcd, free_port
-from peerd.sink import Delivery, WebhookSink
+from peerd.devtools.etcd_server import EmbeddedEtcd
+from peerd.devtools.process import stop_all
+from peerd.devtools.sink import Delivery, WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 
 POLICIES = {
@@ -96,36 +96,22 @@ class Nodes:
     """The ``peerd serve`` processes, on fixed ports across restarts."""
 
     def __init__(self, count: int, etcd: str, workdir: Path) -> None:
-        self.ports = {f"node{i + 1}": free_port() for i in range(count)}
-        self.etcd = etcd
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs = [bench_node(f"node{i + 1}", etcd, LEASE_TTL_S, workdir) for i in range(count)]
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{next(iter(self.ports.values()))}"
+        return self.procs[0].address
 
     def start(self) -> None:
-        self.procs = [
-            start_node(nid, port, self.etcd, LEASE_TTL_S, self.workdir)
-            for nid, port in self.ports.items()
-        ]
-        for port in self.ports.values():
-            wait_serving(f"127.0.0.1:{port}")
+        for p in self.procs:
+            p.start(wait=False)
+        for p in self.procs:
+            p.wait_ready(30)
 
     def stop(self, grace_s: float = 45) -> None:
         """SIGTERM every node at once, wait for all of them (SIGKILL after ``grace_s``)."""
-        live = [p for p in self.procs if p.poll() is None]
-        for p in live:
-            p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for p in live:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"node pid {p.pid} did not exit within {grace_s:g}s: SIGKILL")
-                p.kill()
-                p.wait()
+        for p in stop_all(self.procs, grace_s):
+            print(f"node {p.node_id} did not exit within {grace_s:g}s: SIGKILL")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from peerd.coord.etcd import Etcd
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
-from peerd.etcd_server import EmbeddedEtcd
+from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.v1 import scheduler_pb2 as pb
 
 

@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,12 @@ from collections import Counter
 from datetime import UTC
 from pathlib import Path
 
-import grpc
 import httpx
 
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
-from peerd.etcd_server import EmbeddedEtcd, free_port, parent_death_preexec
+from peerd.devtools.etcd_server import EmbeddedEtcd, free_port, parent_death_preexec
+from peerd.devtools.process import PeerdProcess, stop_all
 from peerd.v1 import scheduler_pb2 as pb
 
 
@@ -42,53 +41,18 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_node(
-    node_id: str, port: int, etcd: str, ttl: int, workdir: Path
-) -> subprocess.Popen[bytes]:
-    log = (workdir / f"{node_id}.log").open("ab")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "peerd",
-            "serve",
-            "--node-id",
-            node_id,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--etcd",
-            etcd,
-            "--cluster",
-            "bench",
-            "--lease-ttl",
-            str(ttl),
-            "--log-format",
-            "json",
-            "--log-level",
-            "warning",
-        ],
-        stdout=log,
-        stderr=log,
-        preexec_fn=parent_death_preexec(),
+def bench_node(node_id: str, etcd: str, lease_ttl_s: int, workdir: Path) -> PeerdProcess:
+    """One node of cluster ``bench`` on a free loopback port, logging JSON at warning level to
+    ``workdir/<node_id>.log``."""
+    return PeerdProcess(
+        node_id,
+        etcd,
+        "bench",
+        workdir,
+        lease_ttl_s=lease_ttl_s,
+        settings={"log_format": "json", "log_level": "warning"},
+        label="bench",
     )
-
-
-def wait_serving(address: str, timeout_s: float = 30) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with grpc.insecure_channel(address) as ch:
-                resp = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"node at {address} not serving after {timeout_s}s")
 
 
 def main() -> int:
@@ -106,7 +70,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "peerd.sink",
+            "peerd.devtools.sink",
             "--listen",
             f"127.0.0.1:{sink_port}",
             "--jsonl",
@@ -116,14 +80,16 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
         preexec_fn=parent_death_preexec(),
     )
-    ports = {f"node{i + 1}": free_port() for i in range(args.nodes)}
-    procs = {
-        nid: start_node(nid, p, etcd.endpoint, args.lease_ttl, workdir) for nid, p in ports.items()
+    nodes = {
+        f"node{i + 1}": bench_node(f"node{i + 1}", etcd.endpoint, args.lease_ttl, workdir)
+        for i in range(args.nodes)
     }
+    for node in nodes.values():
+        node.start(wait=False)
     try:
-        for p in ports.values():
-            wait_serving(f"127.0.0.1:{p}")
-        address = f"127.0.0.1:{next(iter(ports.values()))}"
+        for node in nodes.values():
+            node.wait_ready(30)
+        address = next(iter(nodes.values())).address
         ids = [f"bench-{i:05d}" for i in range(args.tasks)]
         with SchedulerClient(address, timeout_s=30) as client:
             for start in range(0, len(ids), 100):
@@ -139,16 +105,15 @@ def main() -> int:
             created = time.time()
             time.sleep(args.seconds)
             steady_end = time.time()
-            members = list(ports)
+            members = list(nodes)
             counts = Counter(owner(t, members) for t in ids)
             victim = counts.most_common(1)[0][0]
             victim_tasks = [t for t in ids if owner(t, members) == victim]
             killed_at = time.time()
-            procs[victim].send_signal(signal.SIGKILL)
-            procs[victim].wait()
+            nodes[victim].kill()
             time.sleep(args.lease_ttl + 6)
-            survivor = next(a for n, a in ports.items() if n != victim)
-        with SchedulerClient(f"127.0.0.1:{survivor}", timeout_s=30) as client:
+            survivor = next(node.address for nid, node in nodes.items() if nid != victim)
+        with SchedulerClient(survivor, timeout_s=30) as client:
             lateness_ms: list[float] = []
             succeeded_in_steady = 0
             failover_s: list[float] = []
@@ -210,14 +175,7 @@ def main() -> int:
         )
         return 1 if real else 0
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(nodes.values(), 15)
         sink.terminate()
         etcd.stop()
         if os.environ.get("PEERD_BENCH_KEEP") != "1":

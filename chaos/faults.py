@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from chaos.checks import FaultEvent
-from chaos.cluster import ChaosError, EtcdHandle, NodeProc
+from chaos.cluster import HARNESS_ERRORS, ChaosError, EtcdHandle, NodeProc
 from chaos.netns import ETCD_IP, NetnsLab, node_ip
 from chaos.profiles import FaultTimings
 
@@ -70,7 +70,7 @@ class FaultInjector:
                         note=f"found dead with exit code {code}, see {n.log_path}",
                     )
                 )
-                n.start()
+                n.start(wait=False)
         for n in self.nodes:
             n.wait_ready(self.ready_timeout_s)
 
@@ -85,9 +85,8 @@ class FaultInjector:
     def _restart(self, node: NodeProc) -> str:
         """Start ``node`` and wait until SERVING; returns "" or an error note."""
         try:
-            node.start()
-            node.wait_ready(self.ready_timeout_s)
-        except ChaosError as exc:
+            node.start(timeout_s=self.ready_timeout_s)
+        except HARNESS_ERRORS as exc:
             return str(exc).splitlines()[0]
         return ""
 
@@ -130,7 +129,11 @@ class FaultInjector:
         for node in self.nodes:
             members = self.live_members()
             at = time.time()
-            code = node.terminate(self.t.terminate_timeout_s)
+            code: int | None
+            try:
+                code = node.terminate(self.t.terminate_timeout_s)
+            except TimeoutError:  # it was SIGKILLed
+                code = None
             stopped_s = time.time() - at
             self.say(f"rolling_restart {node.node_id}: exit {code} after {stopped_s:.1f}s")
             notes = []

@@ -20,16 +20,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import peerd.sink
+import peerd.devtools.sink
 from chaos import workload
 from chaos.checks import CheckParams, Delivery, LedgerRecord, evaluate, parse_delivery
-from chaos.cluster import ChaosError, EtcdHandle, NodeProc
+from chaos.cluster import HARNESS_ERRORS, EtcdHandle, NodeProc
 from chaos.faults import FaultInjector
 from chaos.netns import BRIDGE_IP, ETCD_IP, NetnsError, NetnsLab, availability, node_ip
 from chaos.profiles import RunConfig
 from chaos.report import format_table, scan_log, write_outputs
-from peerd.etcd_server import free_port
-from peerd.sink import WebhookSink
+from peerd.devtools.etcd_server import free_port
+from peerd.devtools.sink import WebhookSink
 
 EXIT_PASS = 0
 EXIT_VIOLATION = 1
@@ -119,7 +119,7 @@ class Runner:
                 )
             )
         for n in self.nodes:
-            n.start()
+            n.start(wait=False)
         for n in self.nodes:
             n.wait_ready(60.0)
         self.say("nodes SERVING: " + ", ".join(f"{n.node_id}@{n.address}" for n in self.nodes))
@@ -256,7 +256,7 @@ def run(cfg: RunConfig) -> int:
             workload_end_s, listed, ledger = runner.finish(ids)
             deliveries = runner.deliveries()
         except Exception as exc:
-            if not isinstance(exc, ChaosError | _Interrupted):
+            if not isinstance(exc, (*HARNESS_ERRORS, _Interrupted)):
                 traceback.print_exc()
             runner.say(f"run aborted: {type(exc).__name__}: {exc}")
             runner.say(f"node logs and etcd log are in {cfg.workdir}")
@@ -286,12 +286,12 @@ def run(cfg: RunConfig) -> int:
 def _deepen_sink_backlog() -> None:
     """Give the sink a listen backlog that survives a burst of new connections.
 
-    ``peerd.sink`` binds with socketserver's default backlog of 5; the first slot (and every
-    catch-up after an etcd outage) opens up to 32 connections per node at once, and the overflow
-    comes back to the nodes as ``ReadError`` (runs FAILED, nothing recorded). That is a flaw of
-    the test sink, not of the scheduler, so the harness raises the backlog for its own sink.
+    ``peerd.devtools.sink`` binds with socketserver's default backlog of 5; the first slot (and
+    every catch-up after an etcd outage) opens up to 32 connections per node at once, and the
+    overflow comes back to the nodes as ``ReadError`` (runs FAILED, nothing recorded). That is a
+    flaw of the test sink, not of the scheduler, so the harness raises the backlog for its own sink.
     """
-    server_cls: Any = getattr(peerd.sink, "_Server", None)
+    server_cls: Any = getattr(peerd.devtools.sink, "_Server", None)
     if server_cls is not None and getattr(server_cls, "request_queue_size", 0) < SINK_BACKLOG:
         server_cls.request_queue_size = SINK_BACKLOG
 

@@ -17,7 +17,7 @@ import grpc
 from chaos.checks import LedgerRecord
 from chaos.cluster import ChaosError
 from peerd.client import SchedulerClient
-from peerd.sink import WebhookSink
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 
 T = TypeVar("T")

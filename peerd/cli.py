@@ -656,7 +656,7 @@ def _cmd_dev(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise InvalidArgument("--base-port", f"{args.base_port} is out of range")
     if args.lease_ttl < 2:
         raise InvalidArgument("--lease-ttl", f"must be >= 2, got {args.lease_ttl}")
-    from peerd.dev import run_dev
+    from peerd.devtools.dev import run_dev
 
     return run_dev(
         args.nodes, args.base_port, args.allow_shell, args.lease_ttl, args.cluster, args.data_dir

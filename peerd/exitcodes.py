@@ -1,4 +1,5 @@
-"""Process exit codes of the ``peerd`` command, shared by :mod:`peerd.cli` and :mod:`peerd.dev`.
+"""Process exit codes of the ``peerd`` command, shared by :mod:`peerd.cli` and
+:mod:`peerd.devtools.dev`.
 
 The gRPC status -> exit code mapping lives in :func:`peerd.client.exit_code_for_status`; the
 mapping for errors raised locally (before any RPC) is :func:`exit_code_for_error` here.

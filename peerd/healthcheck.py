@@ -45,8 +45,26 @@ def default_address(env: Mapping[str, str]) -> str:
     return f"{host}:{port}"
 
 
+_CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+"""Probe the address itself: an ``http_proxy`` in the environment would otherwise carry the call
+(and a proxy that refuses it reads as a dead node)."""
+
+
+def _status_name(response: health_pb2.HealthCheckResponse) -> str:
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return name
+
+
+def _probe(address: str, timeout_s: float, service: str) -> str:
+    """The status name at ``address``; raises :class:`grpc.RpcError` when there is no answer."""
+    with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        return _status_name(stub.Check(request, timeout=timeout_s))
+
+
 def check(address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = "") -> str | None:
-    """Ask ``grpc.health.v1.Health/Check`` at ``address``.
+    """Ask ``grpc.health.v1.Health/Check`` at ``address``, blocking.
 
     Args:
         address: ``HOST:PORT`` of the node's gRPC server.
@@ -54,20 +72,27 @@ def check(address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = "")
         service: health service name; ``""`` is the node's overall health.
 
     Returns:
-        ``None`` when the node answers SERVING, else a one-line reason.
+        The status name (``"SERVING"``, ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"``, ...), or
+        ``None`` when nothing answered in time (refused, unreachable, deadline exceeded, or any
+        other RPC error). Never raises for an RPC failure.
     """
     try:
-        with grpc.insecure_channel(address) as channel:
+        return _probe(address, timeout_s, service)
+    except grpc.RpcError:
+        return None
+
+
+async def check_async(
+    address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = ""
+) -> str | None:
+    """:func:`check` on the running event loop (``grpc.aio``): the same arguments and result."""
+    try:
+        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-    except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        name = code.name if code is not None else "ERROR"
-        return f"{address}: health check failed: {name}"
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        return f"{address}: {status}"
-    return None
+            request = health_pb2.HealthCheckRequest(service=service)
+            return _status_name(await stub.Check(request, timeout=timeout_s))
+    except grpc.RpcError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -102,9 +127,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print("peerd.healthcheck: --timeout must be > 0", file=sys.stderr)
         return EXIT_USAGE
     address = args.address or default_address(os.environ if env is None else env)
-    reason = check(address, args.timeout)
-    if reason is not None:
-        print(f"peerd.healthcheck: {reason}", file=sys.stderr)
+    try:
+        status = _probe(address, args.timeout, "")
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        status = f"health check failed: {code.name if code is not None else 'ERROR'}"
+    if status != "SERVING":
+        print(f"peerd.healthcheck: {address}: {status}", file=sys.stderr)
         return EXIT_UNHEALTHY
     return EXIT_SERVING
 

@@ -33,7 +33,7 @@ cat "$workdir/dev.out"
 $peerd cluster
 
 echo; echo "== webhook sink on 127.0.0.1:$SINK_PORT"
-.venv/bin/python -m peerd.sink --listen "127.0.0.1:$SINK_PORT" --jsonl "$workdir/sink.jsonl" > "$workdir/sink.out" 2>&1 &
+.venv/bin/python -m peerd.devtools.sink --listen "127.0.0.1:$SINK_PORT" --jsonl "$workdir/sink.jsonl" > "$workdir/sink.out" 2>&1 &
 sink_pid=$!
 sleep 1
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from peerd.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
-from peerd.sink import WebhookSink
+from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
+from peerd.devtools.sink import WebhookSink
 from tests.helpers import PeerdNode
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"

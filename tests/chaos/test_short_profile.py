@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from peerd.etcd_server import EtcdNotInstalled, find_etcd_binary
+from peerd.devtools.etcd_server import EtcdNotInstalled, find_etcd_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240

@@ -16,8 +16,8 @@ import pytest
 
 from peerd.client import SchedulerClient
 from peerd.coord.etcd import Etcd, prefix_end
-from peerd.etcd_server import EmbeddedEtcd
-from peerd.sink import WebhookSink
+from peerd.devtools.etcd_server import EmbeddedEtcd
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import PeerdNode, assert_eventually
 
@@ -262,7 +262,7 @@ def test_duplicate_node_id_refuses_to_start(
     dup = PeerdNode("n1", etcd_endpoint, cluster_name, tmp_path / "dup", lease_ttl_s=3)
     (tmp_path / "dup").mkdir()
     dup.start(wait=False)
-    code = dup.wait_exit(timeout=20)
+    code = dup.wait_exit(timeout_s=20)
     assert code != 0
     assert "already registered" in dup.log_text()
     assert first.is_running()

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
-from peerd.sink import WebhookSink
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually
 

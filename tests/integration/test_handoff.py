@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from peerd.client import SchedulerClient
-from peerd.sink import WebhookSink
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually
 
@@ -36,7 +36,7 @@ def test_rolling_restart_misses_and_duplicates_nothing(nodes, sink: WebhookSink)
         timeout=15,
     )
     for node in cluster:
-        assert node.terminate(timeout=40) == 0, node.log_tail()
+        assert node.terminate(timeout_s=40) == 0, node.log_tail()
         assert "handoff_done" in node.log_text()
         node.start()
         time.sleep(2)

@@ -6,7 +6,7 @@ import json
 
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
-from peerd.sink import WebhookSink
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
 from peerd.core.schedule import jitter_offset
+from peerd.devtools.sink import WebhookSink
 from peerd.exitcodes import EXIT_NOT_RUN
-from peerd.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually
 

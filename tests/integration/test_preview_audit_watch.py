@@ -24,8 +24,8 @@ from peerd.client import SchedulerClient
 from peerd.coord.etcd import Etcd
 from peerd.coord.keys import Keys
 from peerd.coord.runs_view import RunsView
-from peerd.etcd_server import EmbeddedEtcd
-from peerd.sink import WebhookSink
+from peerd.devtools.etcd_server import EmbeddedEtcd
+from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import PeerdNode, assert_eventually
 from tests.integration.test_api import etcd_state

@@ -28,7 +28,7 @@ from peerd.cli_crontab import build_crontab_specs, crontab_task_id, entry_script
 from peerd.cli_output import fmt_td, format_table, task_detail
 from peerd.client import exit_code_for_status
 from peerd.config import build_config
-from peerd.dev import choose_ports, node_command
+from peerd.devtools.dev import choose_ports, dev_node
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
@@ -713,8 +713,9 @@ def test_choose_ports_replaces_busy_port(capsys: pytest.CaptureFixture[str]) -> 
     assert "busy" in capsys.readouterr().out
 
 
-def test_node_command_passes_flags() -> None:
-    cmd = node_command("node1", 7071, "127.0.0.1:2379", "dev", 10, ["/bin/echo *", "x"])
+def test_dev_node_command_passes_flags(tmp_path: Path) -> None:
+    node = dev_node("node1", 7071, "127.0.0.1:2379", "dev", 10, ["/bin/echo *", "x"], tmp_path)
+    cmd = node.command()
     assert cmd[1:4] == ["-m", "peerd", "serve"]
     assert cmd[cmd.index("--listen") + 1] == "127.0.0.1:7071"
     assert cmd[-4:] == ["--allow-shell", "/bin/echo *", "--allow-shell", "x"]

@@ -18,22 +18,19 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from peerd.config import NODE_ID_RE, build_config
-from peerd.etcd_server import free_port
+from peerd.devtools.etcd_server import free_port
 from peerd.healthcheck import default_address
 from tests.conftest import NodesFactory
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, health_server
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -424,17 +421,8 @@ def test_healthcheck_fails_against_a_closed_port() -> None:
 @pytest.fixture
 def not_serving_server() -> Iterator[str]:
     """A gRPC server whose overall health is NOT_SERVING (as a draining or starting node)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        done: threading.Event = server.stop(grace=None)
-        done.wait(5)
+    with health_server({"": health_pb2.HealthCheckResponse.NOT_SERVING}) as (address, _):
+        yield address
 
 
 def test_healthcheck_fails_when_not_serving(not_serving_server: str) -> None:

@@ -17,14 +17,14 @@ import aetcd
 import httpx
 import pytest
 
-from peerd.errors import PeerdError
-from peerd.etcd_server import (
+from peerd.devtools.etcd_server import (
     INSTALL_HINT,
     EmbeddedEtcd,
     EtcdNotInstalled,
     find_etcd_binary,
     free_port,
 )
+from peerd.errors import PeerdError
 from tests.helpers import REPO_ROOT, assert_eventually
 
 try:
@@ -227,7 +227,7 @@ def test_etcd_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from peerd.etcd_server import EmbeddedEtcd
+        from peerd.devtools.etcd_server import EmbeddedEtcd
         etcd = EmbeddedEtcd()
         etcd.start()
         print(etcd.pid, etcd.data_dir.parent, flush=True)

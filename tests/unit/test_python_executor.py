@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from peerd.devtools.sink import WebhookSink
 from peerd.runner import base
 from peerd.runner import python as python_mod
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
 from peerd.runner.python import GROUP, PythonExecutor, TaskContext, available
-from peerd.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 
 SLOT = datetime(2026, 11, 21, 6, 0, 1, tzinfo=UTC)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from peerd.etcd_server import free_port
-from peerd.sink import Delivery, WebhookSink, format_delivery
+from peerd.devtools.etcd_server import free_port
+from peerd.devtools.sink import Delivery, WebhookSink, format_delivery
 from tests.helpers import REPO_ROOT, assert_eventually
 
 
@@ -179,7 +179,7 @@ def test_cli_prints_deliveries_and_stops_on_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "peerd.sink",
+            "peerd.devtools.sink",
             "--listen",
             f"127.0.0.1:{port}",
             "--jsonl",

@@ -21,8 +21,8 @@ from peerd.coord.keys import Keys
 from peerd.coord.store import TaskCache, TaskStore
 from peerd.coord.watch import list_then_watch
 from peerd.core.backoff import Backoff
+from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.errors import Unavailable
-from peerd.etcd_server import EmbeddedEtcd
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import run_async, until
 

@@ -15,8 +15,8 @@ peerd passes the slot's idempotency key and the claim's fencing token as the HTT
 ``Idempotency-Key`` and ``Peerd-Fencing-Token``; :meth:`WebhookSink.duplicates` reports keys
 delivered more than once.
 
-Command line: ``python -m peerd.sink --listen 127.0.0.1:8099 [--jsonl FILE] [--status 200]``
-prints one line per delivery; Ctrl-C or SIGTERM stops it cleanly.
+Command line: ``python -m peerd.devtools.sink --listen 127.0.0.1:8099 [--jsonl FILE]
+[--status 200]`` prints one line per delivery; Ctrl-C or SIGTERM stops it cleanly.
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 after a clean stop, 1 if the address cannot be bound (argparse exits 2 on bad usage).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m peerd.sink", description="Record and print every webhook delivery."
+        prog="python -m peerd.devtools.sink", description="Record and print every webhook delivery."
     )
     parser.add_argument(
         "--listen", type=_parse_listen, default=("127.0.0.1", 8099), help="HOST:PORT to bind"
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sink.start()
     except OSError as exc:
-        print(f"peerd.sink: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        print(f"peerd.devtools.sink: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
 
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
-    print(f"peerd.sink listening on {sink.url}", file=sys.stderr, flush=True)
+    print(f"peerd.devtools.sink listening on {sink.url}", file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.5):
             pass
@@ -438,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signum, handler)
     summary = sink.summary()
     print(
-        f"peerd.sink stopped: {summary['total']} deliveries, {summary['unique_keys']} unique keys, "
-        f"{summary['duplicate_keys']} duplicated",
+        f"peerd.devtools.sink stopped: {summary['total']} deliveries, "
+        f"{summary['unique_keys']} unique keys, {summary['duplicate_keys']} duplicated",
         file=sys.stderr,
         flush=True,
     )
