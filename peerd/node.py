@@ -186,15 +186,22 @@ class Node:
         flags, env, config_file = self._reload_source
         try:
             new, warnings = reload_config(self.cfg, flags, env, config_file)
-            self.engine.pools.check(new)
-        except (InvalidArgument, ValueError) as exc:
+        except InvalidArgument as exc:
             self._log.error("config_reload_rejected", reason=str(exc), file=str(config_file))
+            return False
+        try:
+            self.engine.apply_config(new)  # checks everything first: all or nothing
+        except Exception as exc:
+            self._log.error(
+                "config_reload_rejected",
+                reason=f"engine refused it: {type(exc).__name__}: {exc}",
+                file=str(config_file),
+            )
             return False
         for warning in warnings:
             self._log.warning("config_reload_restart_needed", detail=warning)
         changed = changed_fields(self.cfg, new)
         self.executors.configure(new)
-        self.engine.apply_config(new)
         self.cfg = new
         set_level(new.log_level)
         self._log.info("config_reloaded", changed=changed, file=str(config_file))

@@ -123,9 +123,9 @@ def run(target: pb.HttpTarget, ex: Execution, **kw: Any) -> Outcome:
     async def go() -> Outcome:
         executor = HttpExecutor(**kw)
         try:
-            return await executor.run(target, ex)
+            return await executor.run_target(target, ex)
         finally:
-            await executor.aclose()
+            await executor.close()
 
     return asyncio.run(go())
 
@@ -242,7 +242,7 @@ def test_redirect_not_followed_even_with_injected_following_client(server: Serve
 
     async def go() -> Outcome:
         async with httpx.AsyncClient(follow_redirects=True) as client:
-            out = await HttpExecutor(client=client).run(pb.HttpTarget(url=server.url), execution())
+            out = await HttpExecutor(client=client).run_target(pb.HttpTarget(url=server.url), execution())
             # The executor did not own (and so did not close) the injected client.
             assert not client.is_closed
             return out

@@ -51,9 +51,9 @@ def run(t: pb.PythonTarget, ex: Execution | None = None, **kw: Any) -> Outcome:
     async def go() -> Outcome:
         executor = PythonExecutor(**kw)
         try:
-            return await executor.run(t, ex or execution())
+            return await executor.run_target(t, ex or execution())
         finally:
-            await executor.aclose()
+            await executor.close()
 
     return asyncio.run(go())
 
@@ -354,13 +354,13 @@ def test_sync_runs_wait_for_a_free_thread_within_their_timeout(extra: None) -> N
     async def go() -> tuple[Outcome, Outcome]:
         executor = PythonExecutor(max_threads=1)
         first = asyncio.create_task(
-            executor.run(target("test.blocking", {"wait_s": 10}), execution(timeout=5))
+            executor.run_target(target("test.blocking", {"wait_s": 10}), execution(timeout=5))
         )
         await asyncio.sleep(0.1)
-        second = await executor.run(target("peerd.echo"), execution(timeout=0.3))
+        second = await executor.run_target(target("peerd.echo"), execution(timeout=0.3))
         RELEASE.set()
         done = await first
-        await executor.aclose()
+        await executor.close()
         return second, done
 
     second, first = asyncio.run(go())
@@ -380,7 +380,7 @@ def test_async_callable_is_cancelled_on_timeout(extra: None) -> None:
 
 def test_cancellation_propagates_and_cancels_the_callable(extra: None) -> None:
     async def go() -> None:
-        task = asyncio.create_task(PythonExecutor().run(target("test.records_cancel"), execution()))
+        task = asyncio.create_task(PythonExecutor().run_target(target("test.records_cancel"), execution()))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

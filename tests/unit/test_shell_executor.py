@@ -47,7 +47,7 @@ def run(
     allow: ShellAllowList = ALLOW_ALL,
     **kw: Any,
 ) -> Outcome:
-    return asyncio.run(ShellExecutor(allow, **kw).run(target, ex or execution()))
+    return asyncio.run(ShellExecutor(allow, **kw).run_target(target, ex or execution()))
 
 
 def pid_alive(pid: int) -> bool:
@@ -172,9 +172,9 @@ def test_allow_list_can_be_replaced_for_later_runs() -> None:
     executor = ShellExecutor(ShellAllowList([]))
     target = sh("echo hi")
 
-    denied = asyncio.run(executor.run(target, execution()))
+    denied = asyncio.run(executor.run_target(target, execution()))
     executor.allow_list = ShellAllowList([f"{SH} -c *"])
-    allowed = asyncio.run(executor.run(target, execution()))
+    allowed = asyncio.run(executor.run_target(target, execution()))
 
     assert denied.failure == base.FAILURE_CONFIG
     assert allowed.succeeded, allowed.error
@@ -186,7 +186,7 @@ def test_base_env_defaults_to_os_environ_at_construction(monkeypatch: pytest.Mon
     executor = ShellExecutor(ALLOW_ALL)
     monkeypatch.setenv("PEERD_TEST_CAPTURED", "changed-later")
 
-    out = asyncio.run(executor.run(sh('echo "$PEERD_TEST_CAPTURED"'), execution()))
+    out = asyncio.run(executor.run_target(sh('echo "$PEERD_TEST_CAPTURED"'), execution()))
     assert out.output_tail == "captured\n"
 
 
@@ -321,7 +321,7 @@ def test_cancellation_kills_process_group_and_reraises(tmp_path: Path) -> None:
     script = f"sleep 100 & echo $! > {pidfile}; wait"
 
     async def go() -> None:
-        task = asyncio.create_task(ShellExecutor(ALLOW_ALL).run(sh(script), execution()))
+        task = asyncio.create_task(ShellExecutor(ALLOW_ALL).run_target(sh(script), execution()))
         for _ in range(100):
             if pidfile.exists() and pidfile.read_text().strip():
                 break
