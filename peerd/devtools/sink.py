@@ -9,7 +9,9 @@ Any method on any path is recorded as a :class:`Delivery` and answered with the 
 Per-request overrides in the query string (the query string is recorded, not interpreted further):
 
 * ``?status=503`` answers that status instead of the sink's;
-* ``?delay_s=2.5`` waits that many seconds before answering (for executor timeout tests).
+* ``?delay_s=2.5`` waits that many seconds before answering (for executor timeout tests);
+* ``?delay_first_s=30`` waits only when this is the first delivery of its idempotency key (the
+  first attempt of a slot hangs, its retries do not: a deterministic "killed mid-attempt").
 
 peerd passes the slot's idempotency key and the claim's fencing token as the HTTP headers
 ``Idempotency-Key`` and ``Peerd-Fencing-Token``; :meth:`WebhookSink.duplicates` reports keys
@@ -185,12 +187,14 @@ class _Handler(BaseHTTPRequestHandler):
             body=raw_body.decode("utf-8", errors="replace"),
             query=url.query,
         )
-        sink._record(delivery)
+        first = sink._record(delivery)
         query = parse_qs(url.query)
         status = _parse_int(query.get("status", [""])[-1]) or 0
         if not 200 <= status <= 599:
             status = sink.status
         delay_s = query.get("delay_s", [""])[-1]
+        if first and not delay_s:
+            delay_s = query.get("delay_first_s", [""])[-1]
         with contextlib.suppress(ValueError):
             if delay_s:
                 time.sleep(min(max(float(delay_s), 0.0), MAX_DELAY_S))
@@ -235,6 +239,7 @@ class WebhookSink:
         self._on_delivery = on_delivery
         self._lock = threading.Lock()
         self._deliveries: list[Delivery] = []
+        self._keys: set[str] = set()
         self._jsonl: IO[str] | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -354,15 +359,22 @@ class WebhookSink:
         """Forget the deliveries recorded so far (the JSONL file is kept)."""
         with self._lock:
             self._deliveries.clear()
+            self._keys.clear()
 
-    def _record(self, delivery: Delivery) -> None:
+    def _record(self, delivery: Delivery) -> bool:
+        """Keep ``delivery``; True when it is the first with its idempotency key."""
         with self._lock:
+            key = delivery.idempotency_key
+            first = key is None or key not in self._keys
+            if key is not None:
+                self._keys.add(key)
             self._deliveries.append(delivery)
             if self._jsonl is not None:
                 self._jsonl.write(json.dumps(delivery.to_json()) + "\n")
                 self._jsonl.flush()
         if self._on_delivery is not None:
             self._on_delivery(delivery)
+        return first
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:

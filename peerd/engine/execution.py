@@ -177,8 +177,9 @@ class Execution:
                 else:
                     self._finish(run, pb.FAILED, outcome.error, failed=True)
                 return
-            self._wait_retry(run, outcome, nxt)
-            await self.clock.sleep(max(0.0, (nxt - now).total_seconds()))
+            wait_s = max(0.0, (nxt - now).total_seconds())
+            self._wait_retry(run, outcome, nxt, wait_s)
+            await self.clock.sleep(wait_s)
 
     def _start(self, run: Run, started: datetime, fire_at: datetime) -> None:
         rec = run.record
@@ -207,7 +208,7 @@ class Execution:
                 failure=FAILURE_CONFIG,
             )
 
-    def _wait_retry(self, run: Run, outcome: Outcome, at: datetime) -> None:
+    def _wait_retry(self, run: Run, outcome: Outcome, at: datetime, wait_s: float) -> None:
         rec = run.record
         prev = attempt_of(rec, pb.FAILED, outcome.error)
         prev.finished_at.FromDatetime(outcome.finished_at)
@@ -215,7 +216,7 @@ class Execution:
         rec.attempt += 1
         rec.next_attempt_at.FromDatetime(at)
         rec.error = f"attempt {prev.attempt} failed ({outcome.failure}): {outcome.error}"
-        self.writer.progress(rec)
+        self.writer.progress(rec, lasting_s=wait_s)
         self._log.info(
             "run_retrying",
             task_id=run.spec.id,

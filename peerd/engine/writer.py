@@ -95,15 +95,17 @@ class RecordWriter:
         """Updates not yet written."""
         return len(self._pending)
 
-    def progress(self, rec: pb.RunRecord) -> None:
+    def progress(self, rec: pb.RunRecord, *, lasting_s: float = 0.0) -> None:
         """Write ``rec`` (RUNNING, or waiting for a retry) unless a newer record of the run
-        comes within the progress delay."""
+        comes within the progress delay; at once when the state is known to last longer than
+        that (``lasting_s``: a retry backoff)."""
         key = run_key(rec)
-        due = self.clock.monotonic() + self.progress_delay_s
+        now = self.clock.monotonic()
+        due = now if lasting_s > self.progress_delay_s else now + self.progress_delay_s
         current = self._pending.get(key)
         if current is not None and current.run is not None:
             return  # a final record is pending: never go back
-        self._pending[key] = _Pending(copy(rec), current.due_s if current else due, None)
+        self._pending[key] = _Pending(copy(rec), min(current.due_s, due) if current else due, None)
         self._kick()
 
     def final(self, run: Run, rec: pb.RunRecord) -> None:

@@ -336,26 +336,33 @@ def test_retries_deadline_and_compensation(nodes, sink: WebhookSink) -> None:  #
 
 
 def test_retries_continue_across_an_owner_change(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
+    """The owner dies during the first attempt; the new owner continues the same slot: the lost
+    attempt stays in the history, attempts keep counting, one idempotency key, a new token.
+
+    Deterministic: the sink holds only the first delivery of the slot (``delay_first_s``), so
+    the kill lands while attempt 1 is RUNNING whatever the timing. (It used to kill during a
+    retry backoff, which full jitter makes anywhere from 0 to 3 s long: flaky when short.)"""
     cluster = nodes(3, lease_ttl_s=3)
     members = [n.node_id for n in cluster]
     victim = cluster[1]
     tid = owned_by(victim.node_id, members, "retry-move")
-    retry = pb.RetryPolicy(max_attempts=4, multiplier=1.0)
-    retry.initial_backoff.FromSeconds(3)
-    retry.max_backoff.FromSeconds(3)
-    spec = pb.TaskSpec(id=tid, http=pb.HttpTarget(url=f"{sink.url}/move?status=503"), retry=retry)
+    retry = pb.RetryPolicy(max_attempts=3, multiplier=1.0)
+    retry.initial_backoff.FromMilliseconds(200)
+    retry.max_backoff.FromMilliseconds(200)
+    url = f"{sink.url}/move?status=503&delay_first_s=60"
+    spec = pb.TaskSpec(id=tid, http=pb.HttpTarget(url=url), retry=retry)
     spec.schedule.at.FromDatetime(_soon(1.5))
     with SchedulerClient(cluster[0].address) as client:
         client.create_task(spec)
 
-        def waiting_for_retry() -> pb.RunRecord:
+        def running() -> pb.RunRecord:
             runs = client.list_runs(tid, 1)
-            assert runs and runs[0].HasField("next_attempt_at") and runs[0].attempt == 2, runs
+            assert runs and runs[0].status == pb.RUNNING and runs[0].attempt == 1, runs
             return runs[0]
 
-        before = assert_eventually(waiting_for_retry, timeout=10)
+        before = assert_eventually(running, timeout=15)
         assert before.node_id == victim.node_id
-        victim.kill()  # dies during the backoff
+        victim.kill()  # dies during attempt 1
 
         def failed_elsewhere() -> pb.RunRecord:
             (run,) = client.list_runs(tid, 1)
@@ -363,12 +370,14 @@ def test_retries_continue_across_an_owner_change(nodes, sink: WebhookSink) -> No
             return run
 
         run = assert_eventually(failed_elsewhere, timeout=25)
-    assert run.node_id != victim.node_id and run.attempt == 4
-    assert [h.status for h in run.history] == [pb.FAILED, pb.LOST, pb.FAILED], run.history
+    assert run.node_id != victim.node_id and run.attempt == 3
+    assert [h.status for h in run.history] == [pb.LOST, pb.FAILED], run.history
+    assert run.history[0].node_id == victim.node_id
     assert run.fencing_token > before.fencing_token  # the new owner claimed it anew
     hits = [d for d in sink.deliveries() if d.path == "/move"]
-    assert len(hits) == 3  # attempts 1, 3 and 4 were sent; attempt 2 died with its node
+    assert len(hits) == 3  # attempt 1 (held, its node died), then attempts 2 and 3
     assert len({d.idempotency_key for d in hits}) == 1
+    assert len({d.fencing_token for d in hits}) == 2  # the lost claim's, then the new one's
 
 
 def test_priority_jitter_and_trigger_under_forbid(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
