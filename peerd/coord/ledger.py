@@ -332,14 +332,6 @@ class Ledger:
         resp = await self.etcd.txn(txn_request(compare, [op_put(key, new.SerializeToString())]))
         return int(resp.header.revision) if resp.succeeded else None
 
-    async def last_slot_ms(self, task_id: str) -> int | None:
-        """The newest claimed slot of a task (epoch ms), or None: one range read, limit 1."""
-        prefix = self.keys.runs(task_id)
-        kvs, _, _ = await self.etcd.range(
-            prefix, prefix_end(prefix), limit=1, descending=True, keys_only=True
-        )
-        return self.keys.slot_of(kvs[0].key) if kvs else None
-
     async def get(self, task_id: str, slot_ms: int) -> pb.RunRecord | None:
         """One run record, with its fencing token filled in from the create revision."""
         kv = await self.etcd.get(self.keys.run(task_id, slot_ms))

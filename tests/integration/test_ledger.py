@@ -63,7 +63,8 @@ def test_each_slot_is_claimed_once_across_members(etcd_endpoint: str, cluster_na
         stored = await ledger.get("t", 50_000)
         assert stored is not None and stored.node_id == "a"
         assert stored.fencing_token == first[0].token
-        assert await ledger.last_slot_ms("t") == 100_000
+        ((newest, _),) = await ledger.recent("t", 1)
+        assert newest.scheduled_at.ToMilliseconds() == 100_000
 
     run(etcd_endpoint, cluster_name, body)
 
@@ -75,7 +76,7 @@ def test_claim_without_live_lease_writes_nothing(etcd_endpoint: str, cluster_nam
         await etcd.lease_revoke(a.lease_id)
         with pytest.raises(LeaseLost):
             await ledger.claim(a.member_key, a.lease_id, [record("t", 5000)])
-        assert await ledger.last_slot_ms("t") is None
+        assert await ledger.recent("t", 1) == []
         await a.register(first=False)  # a new lease: claims work again
         (res,) = await ledger.claim(a.member_key, a.lease_id, [record("t", 5000)])
         assert res.claimed
@@ -95,8 +96,10 @@ def test_updates_coalesce_and_are_fenced(etcd_endpoint: str, cluster_name: str) 
         stale = record("t", 7000, status=pb.FAILED)
         stale.fencing_token = res.token - 1  # an older claimant's token
         # RUNNING and SUCCEEDED of one run in one batch (the bug that wedged the writer)
-        assert await ledger.update([running, done]) == 1
-        assert await ledger.update([stale]) == 0
+        result = await ledger.update([running, done])
+        assert result.written == [done] and result.rejected == []
+        result = await ledger.update([stale])
+        assert result.written == [] and result.rejected == [stale]
         stored = await ledger.get("t", 7000)
         assert stored is not None and stored.status == pb.SUCCEEDED
 
@@ -107,16 +110,28 @@ def test_trim_and_paging(etcd_endpoint: str, cluster_name: str) -> None:
     async def body(etcd: Etcd, keys: Keys) -> None:
         a = await member(etcd, keys, "a")
         ledger = Ledger(etcd, keys)
-        await ledger.claim(a.member_key, a.lease_id, [record("t", 1000 * i) for i in range(1, 31)])
-        assert await ledger.trim("t", 10) == 20
+        recs = [record("t", 1000 * i) for i in range(1, 31)]
+        for rec in recs:
+            rec.claim_lease_id = a.lease_id
+        await ledger.claim(a.member_key, a.lease_id, recs)
+        # Unfinished records are never trimmed, however old; finished ones are.
         assert await ledger.trim("t", 10) == 0
+        for rec in recs:
+            rec.status = pb.SUCCEEDED if rec.scheduled_at.ToMilliseconds() != 3000 else pb.RUNNING
+        assert len((await ledger.update(recs)).written) == 30
+        assert await ledger.trim("t", 10) == 19  # 1..20 s minus the RUNNING one at 3 s
+        assert await ledger.trim("t", 10) == 0
+        assert await ledger.get("t", 3000) is not None
+        # By age: slots before the cutoff go, whatever the count.
+        assert await ledger.trim("t", 100, before_ms=22_000) == 1  # 21 s (3 s is RUNNING)
+        await ledger.trim("t", 10)
         page1, token = await ledger.list("t", 4, "")
         assert [r.scheduled_at.ToMilliseconds() for r in page1] == [30_000, 29_000, 28_000, 27_000]
         seen = [r.scheduled_at.ToMilliseconds() for r in page1]
         while token:
             page, token = await ledger.list("t", 4, token)
             seen += [r.scheduled_at.ToMilliseconds() for r in page]
-        assert seen == [1000 * i for i in range(30, 20, -1)]
+        assert seen == [1000 * i for i in range(30, 21, -1)] + [3000]
 
     run(etcd_endpoint, cluster_name, body)
 
@@ -145,14 +160,14 @@ def test_lease_fenced_updates_and_take_over(etcd_endpoint: str, cluster_name: st
         await etcd.lease_revoke(a.lease_id)  # a dies
         running = record("t", 9000, status=pb.RUNNING)
         running.claim_lease_id = a.lease_id
-        assert await ledger.update([running]) == 0  # a can no longer write it
+        assert (await ledger.update([running])).rejected == [running]  # a can no longer write it
         token = await ledger.take_over(stored, mod, b.member_key, b.lease_id, new)
         assert token is not None and token > res.token
         # a second take-over of the same version fails (someone already did it)
         assert await ledger.take_over(stored, mod, b.member_key, b.lease_id, new) is None
         done = record("t", 9000, node="b", status=pb.SUCCEEDED)
         done.attempt, done.claim_lease_id, done.fencing_token = 2, b.lease_id, token
-        assert await ledger.update([done]) == 1
+        assert (await ledger.update([done])).written == [done]
         final = await ledger.get("t", 9000)
         assert final is not None and final.attempt == 2 and final.fencing_token == token
 
@@ -179,7 +194,7 @@ def test_a_claim_whose_answer_was_lost_is_recognised_as_ours(
         # once the run moved on (RUNNING), a re-claim is not mistaken for an ambiguous one
         running = record("t", 4000, status=pb.RUNNING)
         running.claim_lease_id = a.lease_id
-        assert await ledger.update([running]) == 1
+        assert (await ledger.update([running])).written == [running]
         (late,) = await ledger.claim(a.member_key, a.lease_id, [rec])
         assert not late.claimed
 
@@ -204,6 +219,10 @@ def test_large_batches_fit_etcds_operation_budget(etcd_endpoint: str, cluster_na
         assert all(r.claimed for r in results)
         for rec in claims:
             rec.status = pb.SUCCEEDED
-        assert await ledger.update(claims) == 300
+        assert len((await ledger.update(claims)).written) == 300
+        # A batch that does not fit one transaction is refused before anything is sent:
+        # 127 claims that take a lock need 127 + 2 operations.
+        with pytest.raises(ValueError, match="do not fit"):
+            await ledger.claim(a.member_key, a.lease_id, claims[:127], ["lock"] * 127)
 
     run(etcd_endpoint, cluster_name, body)

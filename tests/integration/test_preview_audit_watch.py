@@ -145,7 +145,9 @@ def test_preview_dst_days_via_rpc_and_cli(nodes) -> None:  # type: ignore[no-unt
 
 def test_runs_audit_clean_and_watch_sees_every_transition(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
     n1, n2 = nodes(2)
-    spec = pb.TaskSpec(id="tick", http=pb.HttpTarget(url=f"{sink.url}/tick?delay_s=0.3"))
+    # Runs last longer than the writer's progress delay (1 s), so their RUNNING record is
+    # written too (a run that ends sooner goes from CLAIMED straight to its final status).
+    spec = pb.TaskSpec(id="tick", http=pb.HttpTarget(url=f"{sink.url}/tick?delay_s=1.5"))
     spec.schedule.every.FromSeconds(1)
     spec.misfire_threshold.FromSeconds(1)  # the audit expects slots up to now - 1 s
     with SchedulerClient(n1.address) as client, SchedulerClient(n2.address) as watcher:
