@@ -1,0 +1,137 @@
+"""Exactly-once risks of the engine, each reproduced on a real etcd with a real lease, task cache
+and ledger (faults injected by :mod:`tests.faults`; the engine is driven through
+:mod:`tests.engine_harness`, the one module that knows its API).
+
+Every test fails on the engine these risks were found in and is marked ``xfail(strict=True)``
+until the fix lands; the marker's reason names the risk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from peerd.coord.ledger import lock_value
+from peerd.v1 import scheduler_pb2 as pb
+from tests.engine_harness import EngineHarness
+from tests.helpers import assert_eventually_async, run_async
+
+pytestmark = pytest.mark.integration
+
+TEST_TIMEOUT_S = 60.0
+"""Hard limit of one test's event loop (each takes well under 30 s, even when it fails)."""
+FINAL = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.SKIPPED, pb.LOST)
+"""Statuses a run record ends in."""
+UNKNOWN_CATCH_UP = 99
+"""A ``CatchUpPolicy`` value this peerd does not know (as a newer peerd might write)."""
+
+
+def _now() -> datetime:
+    """Now, in whole seconds: a task created then has its slots at ``created_at + k s``
+    (an ``every`` schedule is anchored at ``created_at`` truncated to the second)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _ms(dt: datetime) -> int:
+    return round(dt.timestamp() * 1000)
+
+
+def task(task_id: str, created_at: datetime, **fields: Any) -> pb.TaskSpec:
+    """A task firing every second from ``created_at`` (its schedule's anchor); the target is
+    ``peerd.sleep`` with 0 seconds (no thread, no network)."""
+    spec = pb.TaskSpec(
+        id=task_id,
+        python=pb.PythonTarget(name="peerd.sleep", args_json=json.dumps({"seconds": 0})),
+        **fields,
+    )
+    spec.schedule.every.FromSeconds(1)
+    spec.created_at.FromDatetime(created_at)
+    return spec
+
+
+Body = Callable[[EngineHarness], Coroutine[Any, Any, None]]
+"""A test body: ``async def body(h: EngineHarness) -> None``."""
+WithEngine = Callable[[Body], None]
+
+
+@pytest.fixture
+def with_engine(etcd_endpoint: str, cluster_name: str) -> WithEngine:
+    """``with_engine(body)``: run ``await body(h)`` on a fresh event loop (at most
+    :data:`TEST_TIMEOUT_S`), ``h`` an :class:`EngineHarness` on this test's cluster."""
+
+    def run(body: Body) -> None:
+        async def main() -> None:
+            async with EngineHarness(etcd_endpoint, cluster_name) as h:
+                await body(h)
+
+        run_async(main, TEST_TIMEOUT_S)
+
+    return run
+
+
+def _problems(h: EngineHarness) -> list[str]:
+    """Warnings and errors the engine logged, as ``event: error`` (for failure messages)."""
+    return [
+        f"{e['event']}: {e.get('error', '')}"
+        for e in h.logs
+        if e.get("log_level") in ("warning", "error", "critical")
+    ]
+
+
+# -- risk 1 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="risk 1: a failed follow-up claim round makes the next tick re-claim and re-run "
+    "the first round's slots",
+)
+def test_risk1_failed_follow_up_round_does_not_rerun_claimed_slots(
+    with_engine: WithEngine,
+) -> None:
+    """An ALLOW task and a FORBID task are due in the same tick; FORBID's lock is held by
+    another lease, so its claim is busy and needs a follow-up round (record it SKIPPED). That
+    follow-up claim call fails (Unavailable). Updates are held, so the ALLOW slot's record
+    stays CLAIMED. Each (task, slot) must still start once."""
+
+    async def body(h: EngineHarness) -> None:
+        created = _now()
+        await h.put_specs(
+            [task("allow", created), task("forbid", created, overlap=pb.OVERLAP_FORBID)]
+        )
+        other_lease = await h.etcd.lease_grant(60)  # outlives the test, then expires
+        lock = lock_value(h.keys.run("forbid", 0), "elsewhere", other_lease)
+        await h.etcd.put(h.keys.active("forbid"), lock, other_lease)
+        h.faults.hold_updates()
+        h.faults.fail_claim(
+            match=lambda recs: any(r.task_id == "forbid" and r.status == pb.SKIPPED for r in recs)
+        )
+        # Misfire threshold far above any stall of a busy machine: the re-planned slot
+        # must still be on time when it is claimed again.
+        await h.start(misfire_threshold=timedelta(seconds=30))
+
+        def later_slots_ran() -> None:
+            assert h.faults.claim_failures, "the follow-up claim round was never tried"
+            slot = h.faults.claim_failures[0][0].scheduled_at.ToMilliseconds()
+            later = {s.slot_ms for s in h.starts("allow") if s.slot_ms > slot}
+            assert len(later) >= 2, f"only {len(later)} later slots of 'allow' started"
+
+        await assert_eventually_async(later_slots_ran, timeout=15)
+        # The failed round followed up the slot both tasks were due at; 'allow' ran it.
+        slot = h.faults.claim_failures[0][0].scheduled_at.ToMilliseconds()
+        assert any(s.slot_ms == slot for s in h.starts("allow")), "the shared slot never ran"
+        runs: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
+        for s in h.started:
+            runs[(s.task_id, s.slot_ms)].append((s.fencing_token, s.attempt))
+        repeated = {k: v for k, v in runs.items() if len(v) > 1}
+        assert not repeated, (
+            f"slots started more than once, as (fencing token, attempt) per start: {repeated}"
+        )
+
+    with_engine(body)
