@@ -135,3 +135,35 @@ def test_risk1_failed_follow_up_round_does_not_rerun_claimed_slots(
         )
 
     with_engine(body)
+
+
+# -- risk 2 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="risk 2: claim_batch=127 with lock-taking claims exceeds etcd's nested-txn op "
+    "budget; the batch is rejected forever",
+)
+def test_risk2_full_claim_batch_of_forbid_tasks_fires(with_engine: WithEngine) -> None:
+    """claim_batch=127 (the documented maximum) and 127 FORBID tasks due in the same tick: all
+    fire. (A claim that takes a lock needs 2 compares in its nested transaction; with 127 nested
+    ones etcd --max-txn-ops 128 leaves each only 1.)"""
+
+    async def body(h: EngineHarness) -> None:
+        created = _now()
+        ids = [f"forbid-{i:03d}" for i in range(127)]
+        await h.put_specs([task(t, created, overlap=pb.OVERLAP_FORBID) for t in ids])
+        await h.start(claim_batch=127)
+
+        def all_fired() -> None:
+            idle = [t for t in ids if not h.starts(t)]
+            assert not idle, (
+                f"{len(idle)} of {len(ids)} FORBID tasks never fired; the engine logged: "
+                f"{sorted(set(_problems(h)))}"
+            )
+
+        await assert_eventually_async(all_fired, timeout=15)
+
+    with_engine(body)
