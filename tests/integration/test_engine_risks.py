@@ -249,3 +249,41 @@ def test_risk3_peer_handoff_answers_despite_unknown_catch_up_value(
             code, details = exc.code(), exc.details()
             assert code != grpc.StatusCode.UNKNOWN, f"Handoff answered {code.name}: {details}"
             assert "Traceback" not in (details or ""), f"Handoff answered a traceback: {details}"
+
+
+# -- risk 4 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="risk 4: an unexpected exception kills the record writer silently; records stay "
+    "CLAIMED/RUNNING",
+)
+def test_risk4_record_writer_survives_an_unexpected_exception(
+    with_engine: WithEngine,
+) -> None:
+    """The ledger's update raises RuntimeError once; the runs of that batch still reach their
+    final status in etcd."""
+
+    async def body(h: EngineHarness) -> None:
+        await h.put_specs([task("steady", _now())])
+        h.faults.crash_update(RuntimeError("injected: update crashed"))
+        await h.start()
+        await assert_eventually_async(lambda: h.faults.update_crashes, timeout=10)
+        [batch] = h.faults.update_crashes
+
+        async def all_final() -> None:
+            for r in batch:
+                slot = r.scheduled_at.ToMilliseconds()
+                stored = await h.ledger.get(r.task_id, slot)
+                status = pb.RunStatus.Name(stored.status) if stored else "deleted"
+                assert stored is not None and stored.status in FINAL, (
+                    f"run {r.task_id}/{slot} is still {status} in etcd after the record "
+                    f"writer's update raised ({len(h.starts('steady'))} runs started, "
+                    f"{h.faults.update_calls} update calls so far)"
+                )
+
+        await assert_eventually_async(all_final, timeout=10)
+
+    with_engine(body)
