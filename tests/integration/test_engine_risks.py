@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from peerd.coord.ledger import lock_value
+from peerd.runner.base import rfc3339
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
@@ -285,5 +286,95 @@ def test_risk4_record_writer_survives_an_unexpected_exception(
                 )
 
         await assert_eventually_async(all_final, timeout=10)
+
+    with_engine(body)
+
+
+# -- risk 5 ------------------------------------------------------------------------------------
+
+
+def _names_run(entry: Mapping[str, Any], task_id: str, slot_ms: int) -> bool:
+    """Whether a log entry names the task and the slot (as ms, RFC 3339 or idempotency key)."""
+    values = {str(v) for v in entry.values()}
+    key = f"{task_id}/{slot_ms}"
+    slot = {str(slot_ms), rfc3339(datetime.fromtimestamp(slot_ms / 1000, UTC)), key}
+    return (task_id in values or key in values) and bool(values & slot)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="risk 5: a fenced-off final update vanishes without a log line",
+)
+def test_risk5_fenced_off_final_update_is_logged(with_engine: WithEngine) -> None:
+    """The final (SUCCEEDED) update of one run is fenced off by etcd (written under a lease the
+    node does not hold); once later records are written, a warning names the task and slot."""
+
+    async def body(h: EngineHarness) -> None:
+        await h.put_specs([task("fenced", _now())])
+        h.faults.fence_updates(lambda r: r.task_id == "fenced" and r.status == pb.SUCCEEDED)
+        await h.start()
+        await assert_eventually_async(lambda: h.faults.fenced, timeout=10)
+        slot = h.faults.fenced[0].scheduled_at.ToMilliseconds()
+
+        async def later_run_recorded() -> None:
+            later = sorted({s.slot_ms for s in h.starts("fenced") if s.slot_ms > slot})
+            for ms in later:
+                stored = await h.ledger.get("fenced", ms)
+                if stored is not None and stored.status == pb.SUCCEEDED:
+                    return
+            raise AssertionError(f"no later run of 'fenced' recorded yet ({later})")
+
+        await assert_eventually_async(later_run_recorded, timeout=10)
+        named = [
+            e
+            for e in h.logs
+            if e.get("log_level") in ("warning", "error", "critical")
+            and _names_run(e, "fenced", slot)
+        ]
+        assert named, (
+            f"no warning names the fenced-off final update of fenced/{slot}; warnings and "
+            f"errors logged: {_problems(h)}"
+        )
+
+    with_engine(body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="risk 5: Ledger.trim deletes a record that is still RUNNING",
+)
+def test_risk5_trim_keeps_a_running_record(with_engine: WithEngine) -> None:
+    """runs_keep=3; a task 40 s behind replays its missed slots (RUN_ALL) while its first slot
+    is still running (held). Once newer records have been trimmed, the first slot's RUNNING
+    record is still there, and it ends SUCCEEDED when the run finishes."""
+
+    async def body(h: EngineHarness) -> None:
+        created = _now() - timedelta(seconds=40)
+        first, second = _ms(created) + 1000, _ms(created) + 2000
+        h.hold_executions(lambda s: s.task_id == "long" and s.slot_ms == first)
+        await h.put_specs([task("long", created, catch_up=pb.CATCH_UP_RUN_ALL)])
+        await h.start(runs_keep=3, catch_up_rate=1000.0)
+
+        async def second_trimmed() -> None:
+            slots = {s.slot_ms for s in h.starts("long")}
+            assert first in slots, "the first slot has not started"
+            assert second in slots, "the second slot has not started"
+            assert await h.ledger.get("long", second) is None, "no trim yet"
+
+        await assert_eventually_async(second_trimmed, timeout=15)
+        stored = await h.ledger.get("long", first)
+        assert stored is not None and stored.status == pb.RUNNING, (
+            f"the record of long/{first} was trimmed while its run was still in progress "
+            f"(record now: {pb.RunStatus.Name(stored.status) if stored else None})"
+        )
+        h.release_executions()
+
+        async def first_succeeded() -> None:
+            done = await h.ledger.get("long", first)
+            assert done is not None and done.status == pb.SUCCEEDED, f"long/{first}: {done}"
+
+        await assert_eventually_async(first_succeeded, timeout=10)
 
     with_engine(body)
