@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from tests.conftest import NodesFactory
-from tests.engine_harness import EngineHarness
+from tests.engine_harness import AppliedConfig, EngineHarness
 from tests.helpers import assert_eventually_async, run_async
 
 pytestmark = pytest.mark.integration
@@ -376,5 +377,51 @@ def test_risk5_trim_keeps_a_running_record(with_engine: WithEngine) -> None:
             assert done is not None and done.status == pb.SUCCEEDED, f"long/{first}: {done}"
 
         await assert_eventually_async(first_succeeded, timeout=10)
+
+    with_engine(body)
+
+
+# -- risk 6 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="risk 6: a rejected config reload leaves the engine half on the new config",
+)
+def test_risk6_rejected_reload_changes_nothing(with_engine: WithEngine) -> None:
+    """A config the engine cannot apply (a negative misfire threshold, which fails when the
+    engine re-derives the catch-up policy of an owned task) together with a new shell allow-list
+    and pool limits: after the engine refuses it, its config, allow-list and pool limits are all
+    the old ones; had it accepted, all would be the new ones. (The config layer now rejects a
+    negative threshold itself, so the engine is handed one directly: the point is that
+    ``apply_config`` is all-or-nothing, whatever step refuses.)"""
+
+    async def body(h: EngineHarness) -> None:
+        await h.put_specs([task("owned", _now())])
+        await h.start(allow_shell=("/bin/true",), max_concurrent_runs=100, max_python_runs=10)
+        await assert_eventually_async(lambda: h.starts("owned"), timeout=10)  # owned here
+        before = h.applied_config()
+        new = replace(
+            before.cfg,
+            allow_shell=("/bin/false",),
+            max_concurrent_runs=7,
+            max_python_runs=3,
+            misfire_threshold=timedelta(seconds=-5),
+        )
+        applied = h.apply_config(new)
+        after = h.applied_config()
+        expected = before
+        if applied:
+            limits = {"http": new.max_http_runs, "shell": new.max_shell_runs}
+            limits |= {"python": new.max_python_runs, "node": new.max_concurrent_runs}
+            expected = AppliedConfig(new, new.allow_shell, limits)
+        verdict = "accepted" if applied else "rejected"
+        assert after == expected, (
+            f"the engine {verdict} the reload but now runs with allow_shell "
+            f"{after.allow_shell} (old {before.allow_shell}), pool limits "
+            f"{after.pool_limits} (old {before.pool_limits}), misfire threshold "
+            f"{after.cfg.misfire_threshold} (old {before.cfg.misfire_threshold})"
+        )
 
     with_engine(body)
