@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -53,15 +54,64 @@ def assert_eventually(
             if result is None or result:
                 return result  # type: ignore[return-value]
         if time.monotonic() >= deadline:
-            prefix = f"{message}: " if message else ""
-            if last_error is not None:
-                if message:
-                    raise AssertionError(f"{prefix}{last_error}") from last_error
-                raise last_error
-            raise AssertionError(
-                f"{prefix}condition still false after {timeout:.1f}s (last value: {result!r})"
-            )
+            raise _gave_up(last_error, result, timeout, message)
         time.sleep(interval)
+
+
+@overload
+async def assert_eventually_async(
+    fn: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ..., message: str = ...
+) -> T: ...
+
+
+@overload
+async def assert_eventually_async(
+    fn: Callable[[], T], timeout: float = ..., interval: float = ..., message: str = ...
+) -> T: ...
+
+
+async def assert_eventually_async(
+    fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1, message: str = ""
+) -> Any:
+    """:func:`assert_eventually` for a test on an event loop: ``fn`` may be a coroutine
+    function (it is awaited), and the wait between calls is ``asyncio.sleep``, so the loop (an
+    in-process engine, its etcd watches) keeps running while the test waits. Unlike
+    :func:`until`, it has a deadline of its own and fails with ``fn``'s assertion message.
+
+    Same arguments, return value and ``AssertionError`` at the deadline as
+    :func:`assert_eventually`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last_error: AssertionError | None = None
+        result: Any = None
+        try:
+            value = fn()
+            result = await value if inspect.isawaitable(value) else value
+        except AssertionError as exc:
+            last_error = exc
+        else:
+            if result is None or result:
+                return result
+        if time.monotonic() >= deadline:
+            raise _gave_up(last_error, result, timeout, message)
+        await asyncio.sleep(interval)
+
+
+def _gave_up(
+    last_error: AssertionError | None, result: object, timeout: float, message: str
+) -> AssertionError:
+    """What an eventually-assertion raises at its deadline (see :func:`assert_eventually`)."""
+    prefix = f"{message}: " if message else ""
+    if last_error is not None:
+        if not message:
+            return last_error
+        error = AssertionError(f"{prefix}{last_error}")
+        error.__cause__ = last_error  # as ``raise ... from last_error``
+        return error
+    return AssertionError(
+        f"{prefix}condition still false after {timeout:.1f}s (last value: {result!r})"
+    )
 
 
 def run_async(main: Callable[[], Awaitable[T]], timeout_s: float) -> T:
