@@ -201,7 +201,6 @@ class Node:
         for warning in warnings:
             self._log.warning("config_reload_restart_needed", detail=warning)
         changed = changed_fields(self.cfg, new)
-        self.executors.configure(new)
         self.cfg = new
         set_level(new.log_level)
         self._log.info("config_reloaded", changed=changed, file=str(config_file))

@@ -4,29 +4,34 @@ how an engine is built, started, stopped, reconfigured and observed.
 The tests (``tests/integration/test_engine_risks.py``) speak only to :class:`EngineHarness`. To
 point them at another engine, change this module; the test bodies stay as they are.
 
-What the harness relies on (today's :class:`peerd.runner.engine.Engine`):
+What the harness relies on (the engine facade, :class:`peerd.engine.Engine`; the tests were
+first written against the engine before it, ``peerd/runner/engine.py``, and failed there):
 
-1. **Construction**: ``Engine(cfg, membership, cache, ledger, clock)`` with a
-   :class:`peerd.config.NodeConfig`, a :class:`peerd.coord.membership.Membership` (registered
-   on a real lease before the engine runs), a :class:`peerd.coord.store.TaskCache` and a ledger
-   (here a :class:`tests.faults.FaultyLedger` around the real ``Ledger``). The engine subscribes
-   to membership and cache changes in its constructor, so it is built before their loops start.
-2. **Start**: ``engine.run()`` runs until cancelled, next to ``membership.keepalive_loop()``,
-   ``membership.watch_loop()`` and ``cache.run()`` (the order ``peerd.node.Node.run`` uses).
+1. **Construction**: ``Engine(cfg, lease, tasks, ledger, ownership, executors, send_handoff,
+   clock, supervisor)`` with a :class:`peerd.config.NodeConfig`, a
+   :class:`peerd.coord.membership.Membership` (registered on a real lease before the engine
+   starts), a :class:`peerd.coord.store.TaskCache`, a ledger (here a
+   :class:`tests.faults.FaultyLedger` around the real ``Ledger``), an
+   :class:`peerd.engine.ownership.OwnershipView` over that membership with no peer verdicts,
+   the node's :class:`peerd.runner.executors.Executors`, no handoff, and a
+   :class:`peerd.supervise.Supervisor`. The engine subscribes to membership and cache changes
+   in its constructor, so it is built before their loops start.
+2. **Start**: ``await engine.start()`` starts the engine's supervised loops, next to
+   ``membership.keepalive_loop()``, ``membership.watch_loop()`` and ``cache.run()``.
 3. **Stop**: ``await engine.stop(grace_s)`` (waits for running executions, flushes the record
-   writer), then the lease is revoked and the loops are cancelled.
-4. **Dispatch**: every attempt of every run goes through ``engine.executors.run(spec,
-   execution)`` with a :class:`peerd.runner.base.Execution`; the harness replaces that one
-   attribute with a wrapper that records a :class:`Started` (and can hold the attempt).
+   writer, stops the loops), then the lease is revoked and the other loops are cancelled.
+4. **Dispatch**: every attempt of every run goes through ``executors.run(spec, execution)``
+   with a :class:`peerd.runner.base.Execution`; the harness replaces that one attribute with a
+   wrapper that records a :class:`Started` (and can hold the attempt).
 5. **Config**: ``engine.apply_config(cfg)`` raises to reject a config (as ``Node.reload``
-   expects); the config in force is read from ``engine.cfg``,
-   ``engine.executors.shell.allow_list.patterns``, ``engine.pools.node.limit`` and
+   expects) and then changes nothing; the config in force is read from ``engine.cfg``, the
+   shell executor's ``allow_list.patterns``, ``engine.pools.node.limit`` and
    ``engine.pools.kinds[kind].limit``.
 6. **Logs**: the engine logs through structlog; the harness captures every event
    (``structlog.testing.capture_logs``) from :meth:`EngineHarness.start` to the end.
 7. **Ledger calls**: the engine claims through ``ledger.claim(member_key, lease_id, records,
-   modes)`` and writes records through ``ledger.update(records) -> int`` (how many were
-   written); those are the two calls :class:`tests.faults.FaultyLedger` can fail.
+   modes)`` and writes records through ``ledger.update(records) -> UpdateResult``; those are
+   the two calls :class:`tests.faults.FaultyLedger` can fail.
 
 Each test runs on its own event loop (``asyncio.run``); leaving the harness cancels and awaits
 everything still running on it.
@@ -50,8 +55,13 @@ from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
 from peerd.coord.store import TaskCache, TaskStore
-from peerd.runner.base import Execution, Outcome, slot_ms
-from peerd.runner.engine import Engine
+from peerd.core.records import slot_ms
+from peerd.engine import Engine
+from peerd.engine.ownership import OwnershipView
+from peerd.runner.base import Execution, Outcome
+from peerd.runner.executors import Executors
+from peerd.runner.shell import ShellExecutor
+from peerd.supervise import Supervisor
 from peerd.v1 import scheduler_pb2 as pb
 from tests.faults import FaultyLedger
 
@@ -91,6 +101,16 @@ async def _settle() -> None:
     await asyncio.gather(*rest, return_exceptions=True)
 
 
+class _NoVerdicts:
+    """The peer layer of a node alone: nobody is dead, draining or not claiming."""
+
+    def excluded(self) -> set[str]:
+        return set()
+
+    def on_change(self, fn: Callable[[], None]) -> None:
+        return None
+
+
 async def _never_alive(address: str) -> bool:
     """Membership's duplicate-node probe: no other process ever holds the harness's node id."""
     return False
@@ -126,6 +146,7 @@ class EngineHarness:
         """Every structlog event since :meth:`start` (``event``, ``log_level``, bound keys)."""
         self._holds: list[tuple[Callable[[Started], bool], asyncio.Event]] = []
         self._engine: Engine | None = None
+        self._executors: Executors | None = None
         self._membership: Membership | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._capture: contextlib.ExitStack | None = None
@@ -165,8 +186,19 @@ class EngineHarness:
         me = pb.Member(node_id=self.cfg.node_id, address="127.0.0.1:1")
         membership = Membership(self.etcd, self.keys, me, self.cfg.lease_ttl_s, _never_alive, clock)
         cache = TaskCache(self.etcd, self.keys, clock)
-        engine = Engine(self.cfg, membership, cache, self.faults, clock)
-        dispatch = engine.executors.run
+        executors = Executors(self.cfg, clock)
+        engine = Engine(
+            self.cfg,
+            membership,
+            cache,
+            self.faults,
+            OwnershipView(self.cfg.node_id, membership, _NoVerdicts()),
+            executors,
+            None,
+            clock,
+            Supervisor(clock),
+        )
+        dispatch = executors.run
 
         async def recording_run(spec: pb.TaskSpec, execution: Execution) -> Outcome:
             started = Started(
@@ -181,15 +213,15 @@ class EngineHarness:
                     await released.wait()
             return await dispatch(spec, execution)
 
-        engine.executors.run = recording_run  # type: ignore[method-assign]
+        executors.run = recording_run  # type: ignore[method-assign]
         await membership.register(first=True)
-        self._engine, self._membership = engine, membership
+        self._engine, self._membership, self._executors = engine, membership, executors
         self._loops = [
             asyncio.create_task(membership.keepalive_loop()),
             asyncio.create_task(membership.watch_loop()),
             asyncio.create_task(cache.run()),
-            asyncio.create_task(engine.run()),
         ]
+        await engine.start()
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -228,7 +260,9 @@ class EngineHarness:
         engine = self._running()
         limits = {kind: pool.limit for kind, pool in engine.pools.kinds.items()}
         limits["node"] = engine.pools.node.limit
-        return AppliedConfig(engine.cfg, engine.executors.shell.allow_list.patterns, limits)
+        shell = self._executors.get("shell") if self._executors is not None else None
+        assert isinstance(shell, ShellExecutor)
+        return AppliedConfig(engine.cfg, shell.allow_list.patterns, limits)
 
     # -- tear-down ---------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from peerd.coord.ledger import ClaimResult, Ledger
+from peerd.coord.ledger import ClaimResult, Ledger, UpdateResult
 from peerd.errors import Unavailable
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -149,7 +149,7 @@ class FaultyLedger(Ledger):
         committed = "after" if fault[0] else "before"
         raise Unavailable(f"injected: claim call {self.claim_calls} timed out ({committed} commit)")
 
-    async def update(self, records: Sequence[pb.RunRecord]) -> int:
+    async def update(self, records: Sequence[pb.RunRecord]) -> UpdateResult:
         """:meth:`Ledger.update`, after any hold; an armed crash raises, an armed fence rewrites
         the matching records so that etcd rejects them."""
         self.update_calls += 1

@@ -44,8 +44,14 @@ from peerd.clock import Clock, wait_event
 from peerd.config import NodeConfig
 from peerd.coord.ledger import ClaimResult, Ledger
 from peerd.core.backoff import Backoff
+from peerd.core.budget import MAX_TXN_OPS
 from peerd.core.overlap import first_mode
-from peerd.core.plan import SKIP_REASON_PB
+from peerd.core.plan import (
+    CATCH_UP_RUN_ONCE,
+    DEFAULT_CATCH_UP_WINDOW,
+    SKIP_REASON_PB,
+    CatchUp,
+)
 from peerd.core.ratelimit import TokenBucket, share
 from peerd.core.records import (
     claim_record,
@@ -56,7 +62,7 @@ from peerd.core.records import (
     slot_ms,
 )
 from peerd.engine.claims import Claim, Claims
-from peerd.engine.execution import Execution, Executors
+from peerd.engine.execution import Execution
 from peerd.engine.handoff import Handoffs, SendHandoff
 from peerd.engine.lock import OverlapLocks
 from peerd.engine.ownership import OwnershipView
@@ -65,6 +71,8 @@ from peerd.engine.recovery import RECENT_SCAN, OwnerLostRecovery
 from peerd.engine.registry import Run, RunRegistry
 from peerd.engine.writer import RecordWriter
 from peerd.errors import LeaseLost, PeerdError, Unavailable
+from peerd.runner.base import Execution as Attempt
+from peerd.runner.base import Outcome
 from peerd.runner.pools import Pools
 from peerd.supervise import Supervisor
 from peerd.v1 import peer_pb2 as ppb
@@ -145,6 +153,14 @@ class Load:
         return self.backlog > 0
 
 
+class Executors(Protocol):
+    """The node's executors (:class:`peerd.runner.executors.Executors`)."""
+
+    async def run(self, spec: pb.TaskSpec, execution: Attempt) -> Outcome: ...
+
+    def configure(self, cfg: NodeConfig) -> None: ...
+
+
 class Engine:
     """Plans, claims and executes the slots of the tasks this node owns.
 
@@ -183,6 +199,7 @@ class Engine:
         self.supervisor = supervisor
         self.claims_blocked = claims_blocked
         self.stats = EngineStats()
+        self.executors = executors
         self.registry = RunRegistry()
         self.planner = Planner(self.node_id, cfg.misfire_threshold)
         self.pools = Pools(cfg)
@@ -339,11 +356,18 @@ class Engine:
     # -- configuration and state -----------------------------------------------------------
 
     def apply_config(self, cfg: NodeConfig) -> None:
-        """Apply a reloaded configuration (SIGHUP): limits, replay rate, misfire threshold,
-        retention, batch size. All or nothing: values are checked first (raising
-        ``ValueError`` changes nothing); running executions keep what they started with."""
+        """Apply a reloaded configuration (SIGHUP): executors (the shell allow-list), pool
+        limits, replay rate, misfire threshold, retention, batch size.
+
+        All or nothing: every value is checked first, and a refused configuration raises
+        ``ValueError`` having changed nothing. Running executions keep what they started with.
+        """
         self.pools.check(cfg)
+        CatchUp(CATCH_UP_RUN_ONCE, DEFAULT_CATCH_UP_WINDOW, cfg.misfire_threshold)  # >= 0
+        if not 1 <= cfg.claim_batch <= MAX_TXN_OPS - 1:
+            raise ValueError(f"claim_batch must be 1..{MAX_TXN_OPS - 1}, got {cfg.claim_batch}")
         self.cfg = cfg
+        self.executors.configure(cfg)
         self.pools.apply(cfg)
         self.planner.set_misfire_threshold(cfg.misfire_threshold)
         self.reconcile()

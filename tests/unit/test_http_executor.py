@@ -242,7 +242,9 @@ def test_redirect_not_followed_even_with_injected_following_client(server: Serve
 
     async def go() -> Outcome:
         async with httpx.AsyncClient(follow_redirects=True) as client:
-            out = await HttpExecutor(client=client).run_target(pb.HttpTarget(url=server.url), execution())
+            out = await HttpExecutor(client=client).run_target(
+                pb.HttpTarget(url=server.url), execution()
+            )
             # The executor did not own (and so did not close) the injected client.
             assert not client.is_closed
             return out

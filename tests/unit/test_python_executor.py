@@ -380,7 +380,9 @@ def test_async_callable_is_cancelled_on_timeout(extra: None) -> None:
 
 def test_cancellation_propagates_and_cancels_the_callable(extra: None) -> None:
     async def go() -> None:
-        task = asyncio.create_task(PythonExecutor().run_target(target("test.records_cancel"), execution()))
+        task = asyncio.create_task(
+            PythonExecutor().run_target(target("test.records_cancel"), execution())
+        )
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
