@@ -25,6 +25,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from grpc_reflection.v1alpha import reflection
 from peerd import __version__
 from peerd.clock import SystemClock
 from peerd.config import NodeConfig, changed_fields, reload_config
+from peerd.coord.alarms import AlarmMonitor
+from peerd.coord.compaction import Compactor, space_hint
 from peerd.coord.etcd import Etcd, retry_backoff
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
@@ -86,7 +89,8 @@ class Node:
         self.cfg = cfg
         self._reload_source = reload_source
         self.clock = clock or SystemClock()
-        self.etcd = Etcd(cfg.etcd)
+        interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
+        self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention))
         self.keys = Keys(cfg.prefix)
         me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
         me.started_at.FromDatetime(self.clock.now())
@@ -97,6 +101,14 @@ class Node:
         self.cache = TaskCache(self.etcd, self.keys, self.clock)
         self.ledger = Ledger(self.etcd, self.keys)
         self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
+        self.alarms = AlarmMonitor(self.etcd, cfg.node_id)
+        self.engine.etcd_space = self.alarms.space_ok
+        self.compactor: Compactor | None = None  # etcd_compaction_interval 0: the operator's job
+        if interval > timedelta(0):
+            self.compactor = Compactor(
+                self.etcd, self.keys, cfg.node_id, self.membership, self.alarms, self.clock,
+                interval, retention,
+            )  # fmt: skip
         self.peers = PeerLayer(self)
         self.engine.excluded = self.peers.excluded
         self.engine.handoff = self._handoff
@@ -190,7 +202,10 @@ class Node:
             asyncio.create_task(self.cache.run(), name="tasks"),
             asyncio.create_task(self.engine.run(), name="engine"),
             asyncio.create_task(self.peers.run(), name="peers"),
+            asyncio.create_task(self.alarms.run(), name="etcd-alarms"),
         ]
+        if self.compactor is not None:
+            tasks.append(asyncio.create_task(self.compactor.run(), name="etcd-compactor"))
         stop_waiter = asyncio.create_task(self._stop.wait())
         ready = asyncio.create_task(self._mark_ready())
         done, _ = await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -204,6 +219,8 @@ class Node:
         self._log.info("node_stopping")
         ready.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.compactor is not None:
+            await self.compactor.release()  # the next node takes compaction over at once
         if code == EXIT_OK and self.membership.claim_ready.is_set():
             # Drain: tell everyone we own nothing, hand every task over (no gap), then let
             # running executions finish within the grace period.
