@@ -209,7 +209,10 @@ class Compactor:
             if target is not None:
                 fresh = await self.etcd.compact(target)
                 self.plan.compacted_to(target)
-                self._log.info("etcd_compacted", revision=target, already_compacted=not fresh)
+                took_ms = round((self.clock.monotonic() - now_s) * 1000)
+                self._log.info(
+                    "etcd_compacted", revision=target, already_compacted=not fresh, took_ms=took_ms
+                )
         if (
             self.alarms.nospace
             and recovery_node(self.holder, self.member.members()) == self.node_id
