@@ -21,19 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -44,6 +47,7 @@ from peerd.errors import PeerdError
 from peerd.etcd_server import EmbeddedEtcd, free_port, parent_death_preexec
 from peerd.v1 import scheduler_pb2 as pb
 
+T = TypeVar("T")
 MIB = 1024 * 1024
 RUNS_KEEP = 100
 """The nodes' --runs-keep (the default): records kept per task."""
@@ -198,12 +202,21 @@ def report(rows: list[Row], args: argparse.Namespace, workdir: Path) -> int:
         (workdir / f"node{i}.log").read_text().count('"etcd_compacted"') for i in range(args.nodes)
     )
     alarmed = any(r.status.alarms for r in rows)
+    # History per fire: how fast the size in use grows between compactions (median of the
+    # sample intervals in which it grew), per request the sink answered.
+    growth = [
+        (b.status.db_size_in_use - a.status.db_size_in_use) / (b.fires - a.fires)
+        for a, b in itertools.pairwise(rows[warmup:])
+        if b.status.db_size_in_use > a.status.db_size_in_use and b.fires > a.fires
+    ]
     print(
         f"\nnodes {args.nodes}, tasks {args.tasks} every 1s, {span / 60:.1f} min, quota "
         f"{args.quota_mib} MiB, compaction every {args.compaction_interval} keeping "
         f"{args.compaction_retention}: {compactions} compactions"
     )
-    print(f"writes/s {writes:.0f}, fires/s {fires:.0f}; alarm raised: {alarmed}")
+    per_fire = f"{statistics.median(growth) / 1024:.2f} KiB" if growth else "n/a"
+    print(f"writes/s {writes:.0f}, fires/s {fires:.0f}, history {per_fire} per fire")
+    print(f"alarm raised: {alarmed}")
     for name, ok, a, b in (
         ("db size", size_flat, size_a, size_b),
         ("db size in use", use_flat, use_a, use_b),
@@ -214,6 +227,33 @@ def report(rows: list[Row], args: argparse.Namespace, workdir: Path) -> int:
             f"{warmup_s:.0f} s warm-up): {verdict}"
         )
     return 0 if size_flat and use_flat and not alarmed else 1
+
+
+async def with_etcd(endpoint: str, fn: Callable[[Etcd], Awaitable[T]]) -> T:
+    etcd = Etcd([endpoint])
+    try:
+        return await fn(etcd)
+    finally:
+        await etcd.close()
+
+
+async def live_keyspace(etcd: Etcd) -> int:
+    """Bytes in use once all history is compacted and the file defragmented (nodes stopped)."""
+    status = await etcd.status()
+    await etcd.compact(status.revision)
+    await etcd.defragment(etcd.endpoints[0])
+    return (await etcd.status()).db_size_in_use
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def main() -> int:
@@ -241,23 +281,16 @@ def main() -> int:
         wait_members(address, args.nodes)
         create_tasks(address, args.tasks, f"http://127.0.0.1:{sink.server_address[1]}")
 
-        async def run() -> list[Row]:
-            etcd = Etcd([etcd_server.endpoint])
-            try:
-                return await sample_loop(etcd, sink, args)
-            finally:
-                await etcd.close()
-
-        rows = asyncio.run(run())
+        rows = asyncio.run(with_etcd(etcd_server.endpoint, lambda e: sample_loop(e, sink, args)))
+        stop(procs)
+        live = asyncio.run(with_etcd(etcd_server.endpoint, live_keyspace))
+        print(
+            f"\nlive keyspace (all history compacted, defragmented): {live / MIB:.2f} MiB = "
+            f"{live / args.tasks / 1024:.1f} KiB per task at --runs-keep {RUNS_KEEP}"
+        )
         return report(rows, args, workdir)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         sink.shutdown()
         etcd_server.stop()
         if args.keep:

@@ -5,11 +5,12 @@ Start-up order matters:
 1. bind the gRPC port (fails fast if it is taken) but do not serve yet;
 2. register ``members/<node_id>`` on a lease, retrying while etcd is unreachable (a duplicate
    live node id is fatal);
-3. start serving (health NOT_SERVING), watch members and tasks, start the engine;
+3. start serving (health NOT_SERVING), watch members and tasks, start the engine, the etcd alarm
+   monitor and (unless ``etcd_compaction_interval`` is 0) the compactor;
 4. once both views are loaded, health turns SERVING.
 
-Shutdown on SIGTERM/SIGINT: health NOT_SERVING, stop planning, let running executions finish up
-to the grace period, revoke the lease (the member key disappears at once, so survivors take over
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING, give the compactor key up, stop planning, let
+running executions finish up to the grace period, revoke the lease (the member key disappears at once, so survivors take over
 without waiting for the TTL), stop the server, exit 0.
 
 SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields
