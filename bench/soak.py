@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,13 +35,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
 from peerd.client import SchedulerClient
 from peerd.coord.etcd import Etcd, MemberStatus
 from peerd.core.durations import parse_duration
+from peerd.devtools.etcd_server import EmbeddedEtcd
+from peerd.devtools.process import PeerdProcess, stop_all
 from peerd.errors import PeerdError
-from peerd.etcd_server import EmbeddedEtcd, free_port, parent_death_preexec
 from peerd.v1 import scheduler_pb2 as pb
 
 T = TypeVar("T")
@@ -96,21 +92,22 @@ class Row:
     fires: int
 
 
-def start_node(
-    i: int, port: int, etcd: str, args: argparse.Namespace, workdir: Path
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable, "-m", "peerd", "serve",
-        "--node-id", f"node{i}",
-        "--listen", f"127.0.0.1:{port}",
-        "--etcd", etcd,
-        "--cluster", "soak",
-        "--etcd-compaction-interval", args.compaction_interval,
-        "--etcd-compaction-retention", args.compaction_retention,
-        "--log-format", "json",
-    ]  # fmt: skip
-    log = (workdir / f"node{i}.log").open("ab")
-    return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=parent_death_preexec())
+def soak_node(i: int, etcd: str, args: argparse.Namespace, workdir: Path) -> PeerdProcess:
+    """Node ``i`` of cluster ``soak`` on a free loopback port, logging JSON at info level (the
+    ``etcd_compacted`` events) to ``workdir/node<i>.log``."""
+    return PeerdProcess(
+        f"node{i}",
+        etcd,
+        "soak",
+        workdir,
+        lease_ttl_s=10,
+        settings={
+            "etcd_compaction_interval": args.compaction_interval,
+            "etcd_compaction_retention": args.compaction_retention,
+            "log_format": "json",
+        },
+        label="soak",
+    )
 
 
 def create_tasks(address: str, count: int, url: str) -> None:
@@ -123,21 +120,6 @@ def create_tasks(address: str, count: int, url: str) -> None:
                 spec.timeout.FromSeconds(5)
                 specs.append(spec)
             client.create_tasks(specs)
-
-
-def wait_members(address: str, count: int, timeout_s: float = 60) -> None:
-    """Wait until the node at ``address`` is ready and sees ``count`` members."""
-    with SchedulerClient(address, timeout_s=5) as client:
-        if not client.wait_ready(timeout_s):
-            raise SystemExit(f"no node answers at {address}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with contextlib.suppress(grpc.RpcError):  # UNAVAILABLE until its views are loaded
-                if len(client.get_cluster().members) >= count:
-                    return
-            if time.monotonic() > deadline:
-                raise SystemExit(f"fewer than {count} members after {timeout_s:g}s")
-            time.sleep(0.2)
 
 
 def flat(values: list[int], warmup: int) -> tuple[bool, int, int]:
@@ -245,17 +227,6 @@ async def live_keyspace(etcd: Etcd) -> int:
     return (await etcd.status()).db_size_in_use
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=3)
@@ -274,15 +245,16 @@ def main() -> int:
     etcd_server.start()
     sink = CountingSink()
     threading.Thread(target=sink.serve_forever, daemon=True).start()
-    ports = [free_port() for _ in range(args.nodes)]
-    procs = [start_node(i, p, etcd_server.endpoint, args, workdir) for i, p in enumerate(ports)]
+    nodes = [soak_node(i, etcd_server.endpoint, args, workdir) for i in range(args.nodes)]
     try:
-        address = f"127.0.0.1:{ports[0]}"
-        wait_members(address, args.nodes)
-        create_tasks(address, args.tasks, f"http://127.0.0.1:{sink.server_address[1]}")
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_ready(60)
+        create_tasks(nodes[0].address, args.tasks, f"http://127.0.0.1:{sink.server_address[1]}")
 
         rows = asyncio.run(with_etcd(etcd_server.endpoint, lambda e: sample_loop(e, sink, args)))
-        stop(procs)
+        stop_all(nodes, 30)
         live = asyncio.run(with_etcd(etcd_server.endpoint, live_keyspace))
         print(
             f"\nlive keyspace (all history compacted, defragmented): {live / MIB:.2f} MiB = "
@@ -290,7 +262,7 @@ def main() -> int:
         )
         return report(rows, args, workdir)
     finally:
-        stop(procs)
+        stop_all(nodes, 30)
         sink.shutdown()
         etcd_server.stop()
         if args.keep:

@@ -10,13 +10,14 @@ Start-up order matters:
 4. once both views are loaded, health turns SERVING.
 
 Shutdown on SIGTERM/SIGINT: health NOT_SERVING, give the compactor key up, stop planning, let
-running executions finish up to the grace period, revoke the lease (the member key disappears at once, so survivors take over
-without waiting for the TTL), stop the server, exit 0.
+running executions finish up to the grace period, revoke the lease (the member key disappears at
+once, so survivors take over without waiting for the TTL), stop the server, exit 0.
 
 SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields
 (:data:`peerd.config.RELOADABLE`: shell allow-list, run limits, catch-up rate, misfire threshold,
-log level, drain grace, runs kept) apply at once; the lease, the registration and the tasks are
-not touched. An invalid file is rejected and the node keeps running with its old configuration.
+log level, drain grace, runs kept, etcd compaction interval) apply at once; the lease, the
+registration and the tasks are not touched. An invalid file is rejected and the node keeps
+running with its old configuration.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import contextlib
 import signal
 import sys
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +102,12 @@ class Node:
         self.cache = TaskCache(self.etcd, self.keys, self.clock)
         self.ledger = Ledger(self.etcd, self.keys)
         self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
-        self.alarms = AlarmMonitor(self.etcd, cfg.node_id)
+        self.alarms = AlarmMonitor(self.etcd, cfg.node_id, self.clock)
         self.engine.etcd_space = self.alarms.space_ok
-        self.compactor: Compactor | None = None  # etcd_compaction_interval 0: the operator's job
-        if interval > timedelta(0):
-            self.compactor = Compactor(
-                self.etcd, self.keys, cfg.node_id, self.membership, self.alarms, self.clock,
-                interval, retention,
-            )  # fmt: skip
+        self.compactor = Compactor(
+            self.etcd, self.keys, cfg.node_id, self.membership, self.alarms, self.clock,
+            interval, retention,
+        )  # fmt: skip
         self.peers = PeerLayer(self)
         self.engine.excluded = self.peers.excluded
         self.engine.handoff = self._handoff
@@ -163,6 +161,10 @@ class Node:
             return False
         self.cfg = new
         set_level(new.log_level)
+        self.compactor.set_interval(new.etcd_compaction_interval)
+        self.etcd.space_hint = space_hint(
+            new.etcd_compaction_interval, new.etcd_compaction_retention
+        )
         self._log.info("config_reloaded", changed=changed, file=str(config_file))
         return True
 
@@ -204,9 +206,8 @@ class Node:
             asyncio.create_task(self.engine.run(), name="engine"),
             asyncio.create_task(self.peers.run(), name="peers"),
             asyncio.create_task(self.alarms.run(), name="etcd-alarms"),
+            asyncio.create_task(self.compactor.run(), name="etcd-compactor"),
         ]
-        if self.compactor is not None:
-            tasks.append(asyncio.create_task(self.compactor.run(), name="etcd-compactor"))
         stop_waiter = asyncio.create_task(self._stop.wait())
         ready = asyncio.create_task(self._mark_ready())
         done, _ = await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -220,8 +221,7 @@ class Node:
         self._log.info("node_stopping")
         ready.cancel()
         await self.health.enter_graceful_shutdown()
-        if self.compactor is not None:
-            await self.compactor.release()  # the next node takes compaction over at once
+        await self.compactor.release()  # the next node takes compaction over at once
         if code == EXIT_OK and self.membership.claim_ready.is_set():
             # Drain: tell everyone we own nothing, hand every task over (no gap), then let
             # running executions finish within the grace period.

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import structlog
 
+from peerd.clock import Clock
 from peerd.coord.etcd import NOSPACE, Alarm, Etcd, MemberStatus
 from peerd.errors import PeerdError
 
@@ -48,11 +49,13 @@ class AlarmMonitor:
     Args:
         etcd: the etcd client.
         node_id: for the log.
+        clock: time source (the wait between polls).
         poll_s: seconds between polls.
     """
 
-    def __init__(self, etcd: Etcd, node_id: str, poll_s: float = POLL_S) -> None:
+    def __init__(self, etcd: Etcd, node_id: str, clock: Clock, poll_s: float = POLL_S) -> None:
         self.etcd = etcd
+        self.clock = clock
         self.poll_s = poll_s
         self.alarms: tuple[Alarm, ...] = ()
         self.status: MemberStatus | None = None
@@ -77,7 +80,7 @@ class AlarmMonitor:
         """Poll until cancelled."""
         while True:
             await self.poll()
-            await asyncio.sleep(self.poll_s)
+            await self.clock.sleep(self.poll_s)
 
     async def poll(self) -> None:
         """One Status call; updates :attr:`alarms`, :attr:`status` and :attr:`nospace`. etcd

@@ -50,13 +50,12 @@ maintenance, this recovery included, to the operator (docs/operations.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 from typing import Protocol
 
 import structlog
 
-from peerd.clock import Clock
+from peerd.clock import Clock, wait_event
 from peerd.coord.alarms import POLL_S, AlarmMonitor
 from peerd.coord.etcd import (
     NOSPACE,
@@ -123,9 +122,9 @@ class Compactor:
         node_id: this node.
         member: this node's membership (lease id, member view).
         alarms: the alarm monitor (NOSPACE state; polled again after a recovery).
-        clock: time source (monotonic seconds for the plan).
-        interval: time between compactions (> 0).
-        retention: history kept for watchers (> 0).
+        clock: time source (monotonic seconds for the plan, and the waits).
+        interval: time between compactions; 0 = off (see :meth:`set_interval`).
+        retention: history kept for watchers (>= 0).
     """
 
     def __init__(
@@ -145,7 +144,9 @@ class Compactor:
         self.member = member
         self.alarms = alarms
         self.clock = clock
-        self.plan = CompactionPlan(interval, retention)
+        self.retention = retention
+        self.plan: CompactionPlan | None = None
+        """The schedule while compaction is on; None while it is off (interval 0)."""
         self.backoff = RecoveryBackoff()
         self.holder: str | None = None
         """The compactor key's holder as last read ("" or None: nobody)."""
@@ -153,11 +154,23 @@ class Compactor:
         self._closing = False
         self._log = log.bind(node_id=node_id)
         alarms.on_change(lambda nospace: self._wake.set())
+        self.set_interval(interval)
 
     @property
     def holding(self) -> bool:
         """True while this node holds the compactor key (as of the last check)."""
         return self.holder == self.node_id
+
+    def set_interval(self, interval: timedelta) -> None:
+        """Compact every ``interval`` from now on (SIGHUP may change it); 0 turns compaction and
+        the NOSPACE recovery off, and the key is given up at the next round."""
+        if interval <= timedelta(0):
+            self.plan = None
+        elif self.plan is None:
+            self.plan = CompactionPlan(interval, self.retention)
+        else:
+            self.plan.interval_s = interval.total_seconds()
+        self._wake.set()
 
     async def run(self) -> None:
         """Check, compact and recover until cancelled or :meth:`release` d. etcd errors are
@@ -166,20 +179,26 @@ class Compactor:
         while not self._closing:
             self._wake.clear()
             try:
-                await self._round()
+                if self.plan is None:
+                    await self._give_up()
+                else:
+                    await self._round(self.plan)
                 failing = False
             except PeerdError as exc:
                 if not failing:
                     self._log.warning("etcd_compaction_round_failed", error=str(exc))
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._delay_s())
+            await wait_event(self.clock, self._wake, self._delay_s())
 
     async def release(self) -> None:
         """Stop, and delete the compactor key if this node holds it (drain), so another node
         takes it over at its next check. Best effort: etcd errors are logged."""
         self._closing = True
         self._wake.set()
+        await self._give_up()
+
+    async def _give_up(self) -> None:
+        """Delete the compactor key if this node holds it; etcd errors are logged."""
         if not self.holding or not self.member.lease_id:
             return
         key = self.keys.compactor
@@ -193,6 +212,8 @@ class Compactor:
         self._log.info("etcd_compactor_released")
 
     def _delay_s(self) -> float:
+        if self.plan is None:
+            return HOLDER_CHECK_S
         now_s = self.clock.monotonic()
         delay = min(HOLDER_CHECK_S, self.plan.interval_s)
         if self.holding:
@@ -201,14 +222,14 @@ class Compactor:
             delay = min(delay, max(POLL_S, self.backoff.seconds_until_ready(now_s)))
         return delay
 
-    async def _round(self) -> None:
+    async def _round(self, plan: CompactionPlan) -> None:
         revision = await self._check_holder()
         now_s = self.clock.monotonic()
-        if self.holding and self.plan.seconds_until_due(now_s) == 0:
-            target = self.plan.sample(now_s, revision)
+        if self.holding and plan.seconds_until_due(now_s) == 0:
+            target = plan.sample(now_s, revision)
             if target is not None:
                 fresh = await self.etcd.compact(target)
-                self.plan.compacted_to(target)
+                plan.compacted_to(target)
                 took_ms = round((self.clock.monotonic() - now_s) * 1000)
                 self._log.info(
                     "etcd_compacted", revision=target, already_compacted=not fresh, took_ms=took_ms
@@ -252,10 +273,11 @@ class Compactor:
         if holder == self.holder:
             return
         if holder == self.node_id:
-            self._log.info("etcd_compactor_acquired", interval_s=self.plan.interval_s)
+            self._log.info("etcd_compactor_acquired")
         elif self.holding:
             self._log.warning("etcd_compactor_lost", holder=holder)
-            self.plan.reset()
+            if self.plan is not None:
+                self.plan.reset()
         self.holder = holder
 
     async def _recover(self) -> None:
@@ -271,7 +293,8 @@ class Compactor:
         try:
             status = await self.etcd.status()
             await self.etcd.compact(status.revision)
-            self.plan.compacted_to(status.revision)
+            if self.plan is not None:
+                self.plan.compacted_to(status.revision)
             for member in await self._members_to_defragment():
                 try:
                     await self.etcd.defragment(member.endpoint)

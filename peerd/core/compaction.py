@@ -50,16 +50,17 @@ class CompactionPlan:
     """The holder's samples and the revision it last compacted to.
 
     Args:
-        interval: time between samples (> 0).
-        retention: minimum age of the revision compacted to (> 0).
+        interval: time between samples (> 0); :attr:`interval_s` may be changed later.
+        retention: minimum age of the revision compacted to (>= 0; 0 compacts to each sample
+            as it is taken: no history is kept).
 
     Raises:
-        ValueError: a duration is not positive.
+        ValueError: ``interval`` is not positive, or ``retention`` is negative.
     """
 
     def __init__(self, interval: timedelta, retention: timedelta) -> None:
-        if interval <= timedelta(0) or retention <= timedelta(0):
-            raise ValueError(f"interval and retention must be > 0, got {interval}, {retention}")
+        if interval <= timedelta(0) or retention < timedelta(0):
+            raise ValueError(f"need interval > 0 and retention >= 0, got {interval}, {retention}")
         self.interval_s = interval.total_seconds()
         self.retention_s = retention.total_seconds()
         self.samples: list[Sample] = []

@@ -387,13 +387,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         excluded = self.node.peers.excluded()
         tasks = self.node.cache.tasks
         counts = Counter(owner(t, owners) for t, s in tasks.items() if not s.paused)
-        compactor = self.node.compactor
         out = pb.GetClusterResponse(
             cluster=self.node.cfg.cluster,
             node_id=self.node.cfg.node_id,
             task_count=len(tasks),
             revision=membership.view_revision,
-            etcd_compactor=(compactor.holder or "") if compactor else "",
+            etcd_compactor=self.node.compactor.holder or "",
         )
         for alarm in self.node.alarms.alarms:
             out.etcd_alarms.add(member_id=alarm.member_id, alarm=alarm.kind)

@@ -28,10 +28,10 @@ import pytest
 
 from peerd.client import SchedulerClient
 from peerd.coord.etcd import Compacted, Etcd, op_delete, prefix_end, txn_request
+from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
+from peerd.devtools.sink import WebhookSink
 from peerd.errors import ResourceExhausted
-from peerd.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
 from peerd.exitcodes import EXIT_NO_SPACE
-from peerd.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.conftest import NodesFactory
 from tests.helpers import PeerdNode, assert_eventually

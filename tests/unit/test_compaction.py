@@ -103,11 +103,26 @@ def test_due_timing_and_reset(clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize(
-    ("interval", "retention"), [(timedelta(0), MINUTE), (MINUTE, timedelta(0)), (-MINUTE, MINUTE)]
+    ("interval", "retention"), [(timedelta(0), MINUTE), (-MINUTE, MINUTE), (MINUTE, -MINUTE)]
 )
-def test_plan_rejects_non_positive_durations(interval: timedelta, retention: timedelta) -> None:
-    with pytest.raises(ValueError, match="must be > 0"):
+def test_plan_rejects_bad_durations(interval: timedelta, retention: timedelta) -> None:
+    with pytest.raises(ValueError, match="need interval > 0 and retention >= 0"):
         CompactionPlan(interval, retention)
+
+
+def test_zero_retention_compacts_to_each_sample_as_it_is_taken(clock: FakeClock) -> None:
+    plan = CompactionPlan(MINUTE, timedelta(0))
+    assert drive(plan, clock, [10, 20, 30]) == [10, 20, 30]
+
+
+def test_a_changed_interval_applies_from_the_next_sample(clock: FakeClock) -> None:
+    plan = CompactionPlan(MINUTE, MINUTE)
+    plan.sample(clock.monotonic(), 1)
+    plan.interval_s = 10.0  # SIGHUP: the next sample is still due a minute after the last
+    assert plan.seconds_until_due(clock.monotonic()) == 60
+    clock.advance(60)
+    plan.sample(clock.monotonic(), 2)
+    assert plan.seconds_until_due(clock.monotonic()) == 10
 
 
 def test_first_recovery_at_once_then_backoff_doubles_and_caps(clock: FakeClock) -> None:
