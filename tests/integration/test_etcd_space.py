@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,13 +26,14 @@ import pytest
 
 from peerd.client import SchedulerClient
 from peerd.coord.etcd import Compacted, Etcd, op_delete, prefix_end, txn_request
-from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
+from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.devtools.sink import WebhookSink
 from peerd.errors import ResourceExhausted
 from peerd.exitcodes import EXIT_NO_SPACE
 from peerd.v1 import scheduler_pb2 as pb
-from tests.conftest import NodesFactory
+from tests.conftest import NodesFactory, running_etcd
 from tests.helpers import PeerdNode, assert_eventually
+from tests.integration.test_preview_audit_watch import cli
 
 T = TypeVar("T")
 QUOTA_BYTES = 8 * 1024 * 1024
@@ -45,16 +44,8 @@ FAST_COMPACTION = ["--etcd-compaction-interval", "1s", "--etcd-compaction-retent
 @pytest.fixture
 def space_etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
     """A fresh etcd of this test only, with a :data:`QUOTA_BYTES` quota."""
-    try:
-        find_etcd_binary()
-    except EtcdNotInstalled as exc:
-        pytest.skip(f"integration tests need a real etcd: {exc}")
-    server = EmbeddedEtcd(tmp_path / "etcd", quota_backend_bytes=QUOTA_BYTES)
-    server.start()
-    try:
+    with running_etcd(tmp_path / "etcd", quota_backend_bytes=QUOTA_BYTES) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -125,15 +116,6 @@ async def delete_filler(etcd: Etcd) -> Any:
     return await etcd.txn(txn_request([], [op_delete(FILLER, prefix_end(FILLER))]))
 
 
-def cli(node: PeerdNode, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", "--server", node.address, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def every_second(task_id: str, url: str) -> pb.TaskSpec:
     spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url=url))
     spec.schedule.every.FromSeconds(1)
@@ -179,7 +161,7 @@ def test_one_node_compacts_and_the_key_moves_on(
     assert_eventually(lambda: logged(by_id[second], "etcd_compacted"), timeout=30)
 
     # The new holder drains: it gives the key up, and the last node takes it.
-    assert by_id[second].terminate(timeout=30) == 0
+    assert by_id[second].terminate(timeout_s=30) == 0
     assert logged(by_id[second], "etcd_compactor_released")
     (last,) = set(by_id) - {first, second}
     assert_eventually(lambda: holder(ep, cluster_name) == last, timeout=30)
