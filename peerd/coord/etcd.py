@@ -10,12 +10,9 @@ connection and a watch stream that ends all become :class:`peerd.errors.Unavaila
 "database space exceeded" (the NOSPACE alarm) becomes :class:`peerd.errors.ResourceExhausted`;
 anything else becomes :class:`peerd.errors.PeerdError`. No other module imports aetcd.
 
-Maintenance (:meth:`Etcd.status`, :meth:`Etcd.alarms`, :meth:`Etcd.disarm`, :meth:`Etcd.compact`,
-:meth:`Etcd.defragment`) is here too. Status and defragment act on the member the request
-reaches, so they can be sent to one endpoint over a channel of its own.
-
-etcd lets nested transactions (claims, record updates) past its space quota and through the
-NOSPACE alarm: see :mod:`peerd.coord.alarms` for the source and what peerd does about it.
+Maintenance is here too (status, alarms, compact, defragment: used by :mod:`.alarms` and
+:mod:`.compaction`); status and defragment act on the member the request reaches, so they can go
+to one endpoint over a channel of its own.
 """
 
 from __future__ import annotations
@@ -111,12 +108,9 @@ class Alarm:
 
 @dataclass(frozen=True)
 class MemberStatus:
-    """One member's ``Maintenance.Status``. Sizes are bytes.
-
-    ``db_size`` is the size of the backend file as etcd's quota counts it (its high-water
-    mark, including free pages); ``db_size_in_use`` excludes the free pages, which a
-    defragmentation gives back. ``endpoint`` is the endpoint asked ("" = the client's channel).
-    """
+    """One member's ``Maintenance.Status`` (``endpoint``: the one asked, "" = the client's).
+    Bytes: ``db_size`` is the file as etcd's quota counts it (free pages included);
+    ``db_size_in_use`` leaves out the free pages, which a defragmentation gives back."""
 
     endpoint: str
     member_id: int
@@ -174,25 +168,22 @@ def _parse_alarm(text: str) -> Alarm | None:
         text_format.Parse(text, member)
     except text_format.ParseError:
         return None
-    if member.alarm == rpc.NONE:
-        return None
+    return _alarm(member) if member.alarm != rpc.NONE else None
+
+
+def _alarm(member: Any) -> Alarm:
     return Alarm(int(member.memberID), rpc.AlarmType.Name(member.alarm))
 
 
 def _status(endpoint: str, resp: Any) -> MemberStatus:
-    errors = tuple(str(e) for e in resp.errors)
+    errors = [str(e) for e in resp.errors]
     alarms = tuple(a for a in map(_parse_alarm, errors) if a is not None)
+    others = tuple(e for e in errors if _parse_alarm(e) is None)
+    h = resp.header  # protobuf integers are Python ints
     return MemberStatus(
-        endpoint=endpoint,
-        member_id=int(resp.header.member_id),
-        leader_id=int(resp.leader),
-        revision=int(resp.header.revision),
-        raft_index=int(resp.raftIndex),
-        db_size=int(resp.dbSize),
-        db_size_in_use=int(resp.dbSizeInUse),
-        alarms=alarms,
-        errors=tuple(e for e in errors if _parse_alarm(e) is None),
-    )
+        endpoint, h.member_id, resp.leader, h.revision, resp.raftIndex, resp.dbSize,
+        resp.dbSizeInUse, alarms, others,
+    )  # fmt: skip
 
 
 def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
@@ -373,16 +364,18 @@ class Etcd:
         """``Maintenance.Status`` of the member ``endpoint`` (``HOST:PORT``; "" = the member the
         client is connected to). Answered locally by that member: cheap, no consensus round.
         Its alarms are the cluster's (alarms are replicated through raft)."""
-        req = rpc.StatusRequest()
-        resp = await self._call("maintenance", "Status", req, STATUS_TIMEOUT_S, endpoint)
+        resp = await self._call(
+            "maintenance", "Status", rpc.StatusRequest(), STATUS_TIMEOUT_S, endpoint
+        )
         return _status(endpoint, resp)
 
     async def alarms(self) -> list[Alarm]:
         """Every active alarm of the cluster (``Maintenance.Alarm`` GET; linearizable: etcd 3.4
         sends it through raft, so prefer :meth:`status` for frequent polls)."""
-        req = rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE)
-        resp = await self._call("maintenance", "Alarm", req)
-        return [Alarm(int(a.memberID), rpc.AlarmType.Name(a.alarm)) for a in resp.alarms]
+        resp = await self._call(
+            "maintenance", "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET)
+        )
+        return [_alarm(a) for a in resp.alarms]
 
     async def disarm(self, alarm: Alarm) -> None:
         """Deactivate one alarm. etcd raises NOSPACE again on the next write that does not fit."""
@@ -394,16 +387,9 @@ class Etcd:
         await self._call("maintenance", "Alarm", req)
 
     async def compact(self, revision: int, timeout_s: float = COMPACT_TIMEOUT_S) -> bool:
-        """Drop every revision older than ``revision`` from etcd's history (physical: returns
-        once the backend has deleted them). Watches that start below it then get
-        :class:`Compacted`.
-
-        Returns:
-            True when compacted now; False when ``revision`` was compacted already (by this
-            node before, another node or etcd's own ``--auto-compaction-*``): nothing to do.
-        Raises:
-            PeerdError: ``revision`` is in the future.
-        """
+        """Drop the history older than ``revision`` (physical: returns once the backend deleted
+        it); watches from below it then get :class:`Compacted`. Returns False when ``revision``
+        was compacted already (by anyone): nothing to do. Raises PeerdError for a future one."""
         await self.connect()
         req = rpc.CompactionRequest(revision=revision, physical=True)
         try:
@@ -431,12 +417,7 @@ class Etcd:
         }
 
     async def _call(
-        self,
-        stub: str,
-        method: str,
-        req: Any,
-        timeout_s: float | None = None,
-        endpoint: str = "",
+        self, stub: str, method: str, req: Any, timeout_s: float | None = None, endpoint: str = ""
     ) -> Any:
         await self.connect()
         target = self._stubs[stub]
