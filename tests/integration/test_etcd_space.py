@@ -9,6 +9,8 @@ etcd of conftest, so filling it up cannot disturb other tests).
   the cause and the fix, the CLI exits 8, ``peerd cluster`` shows the alarm, reads keep working,
   no slot is claimed while the alarm is on, and claims resume once the operator cleared it.
 * NOSPACE with compaction on: the compactor compacts, defragments and disarms by itself.
+* SIGHUP with a new ``etcd_compaction_interval``: 0 gives the compactor key up, a new value
+  takes it again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from peerd.v1 import scheduler_pb2 as pb
 from tests.conftest import NodesFactory, running_etcd
 from tests.helpers import PeerdNode, assert_eventually
 from tests.integration.test_preview_audit_watch import cli
+from tests.integration.test_reload import hup
 
 T = TypeVar("T")
 QUOTA_BYTES = 8 * 1024 * 1024
@@ -253,3 +256,23 @@ def test_compactor_recovers_from_nospace_by_itself(
     assert_eventually(lambda: delivered_after(sink, recovered_at + 1), timeout=20)
     created = cli(started[1], "task", "create", "new", "--every", "1m", "--http-post", sink.url)
     assert created.returncode == 0, created.stderr
+
+
+def test_sighup_turns_compaction_off_and_on(
+    nodes: NodesFactory, space_etcd: EmbeddedEtcd, cluster_name: str, tmp_path: Path
+) -> None:
+    ep = space_etcd.endpoint
+    config = tmp_path / "peerd.toml"
+    config.write_text('etcd_compaction_interval = "1s"\netcd_compaction_retention = "1s"\n')
+    (node,) = nodes(1, extra_args=["--config", str(config)])
+    assert_eventually(lambda: holder(ep, cluster_name) == node.node_id, timeout=20)
+    assert_eventually(lambda: logged(node, "etcd_compacted"), timeout=30)
+
+    config.write_text('etcd_compaction_interval = "0"\netcd_compaction_retention = "1s"\n')
+    hup(node)
+    assert_eventually(lambda: logged(node, "etcd_compactor_released"), timeout=20)
+    assert holder(ep, cluster_name) is None
+
+    config.write_text('etcd_compaction_interval = "2s"\netcd_compaction_retention = "1s"\n')
+    hup(node)
+    assert_eventually(lambda: holder(ep, cluster_name) == node.node_id, timeout=20)
