@@ -49,7 +49,8 @@ class ResourceExhausted(PeerdError):
     disarmed (see docs/operations.md, "NOSPACE"). The message names the cause and the fix.
 
     Args:
-        detail: what etcd said (e.g. ``etcdserver: mvcc: database space exceeded``).
+        detail: what refused the write, e.g. ``etcd said: etcdserver: mvcc: database space
+            exceeded``.
         hint: what this node does about it (e.g. how often it compacts etcd).
     """
 
@@ -57,7 +58,7 @@ class ResourceExhausted(PeerdError):
         hint = f" {hint.strip()}" if hint.strip() else ""
         super().__init__(
             f"etcd is out of space (NOSPACE alarm: the database reached etcd's "
-            f"--quota-backend-bytes; etcd said: {detail}); writes are refused, reads go on.{hint} "
+            f"--quota-backend-bytes; {detail}); writes are refused, reads go on.{hint} "
             "Fix by hand: see docs/operations.md (NOSPACE): compact, defragment each member, "
             "then `etcdctl alarm disarm`."
         )

@@ -6,7 +6,7 @@ Start-up order matters:
 2. register ``members/<node_id>`` on a lease, retrying while etcd is unreachable (a duplicate
    live node id is fatal);
 3. start serving (health NOT_SERVING), watch members and tasks, start the engine, the etcd alarm
-   monitor and (unless ``etcd_compaction_interval`` is 0) the compactor;
+   monitor and the compactor (idle while ``etcd_compaction_interval`` is 0);
 4. once both views are loaded, health turns SERVING.
 
 Shutdown on SIGTERM/SIGINT: health NOT_SERVING, give the compactor key up, stop planning, let

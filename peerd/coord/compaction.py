@@ -259,10 +259,10 @@ class Compactor:
                 self._set_holder(None)
                 return revision
             revision = int(resp.header.revision)
-            kvs = [] if resp.succeeded else range_kvs(resp.responses[0])
             if resp.succeeded:
                 self._set_holder(self.node_id)
                 return revision
+            kvs = range_kvs(resp.responses[0])  # someone else took it meanwhile
         holder = kvs[0].value.decode() if kvs else None
         if holder == self.node_id and kvs[0].lease != lease_id:
             holder = None  # ours from a lease that is going away: wait for it to expire

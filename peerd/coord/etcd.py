@@ -192,7 +192,7 @@ def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
             return Unavailable(f"etcd unavailable: {exc.code().name}: {exc.details()}")
         details = exc.details() or ""
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _NOSPACE_DETAIL in details:
-            return ResourceExhausted(details, space_hint)
+            return ResourceExhausted(f"etcd said: {details}", space_hint)
         return PeerdError(f"etcd error: {exc.code().name}: {details}")
     if isinstance(exc, aetcd_exceptions.RevisionCompactedError):
         return Compacted(exc.compacted_revision)

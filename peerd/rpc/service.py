@@ -217,7 +217,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         spec, _ = await self.node.store.get(request.id)
         self._check_shell(spec, "task")
         if self.node.alarms.nospace:  # a claim is a nested txn: etcd would let it past the quota
-            raise ResourceExhausted("the NOSPACE alarm is on", self.node.etcd.space_hint)
+            detail = "no node claims while the alarm is on"
+            raise ResourceExhausted(detail, self.node.etcd.space_hint)
         return await self.node.engine.trigger(spec)
 
     # -- runs and cluster ------------------------------------------------------------------------
