@@ -5,17 +5,19 @@ Start-up order matters:
 1. bind the gRPC port (fails fast if it is taken) but do not serve yet;
 2. register ``members/<node_id>`` on a lease, retrying while etcd is unreachable (a duplicate
    live node id is fatal);
-3. start serving (health NOT_SERVING), watch members and tasks, start the engine;
+3. start serving (health NOT_SERVING), watch members and tasks, start the engine, the etcd alarm
+   monitor and the compactor (idle while ``etcd_compaction_interval`` is 0);
 4. once both views are loaded, health turns SERVING.
 
-Shutdown on SIGTERM/SIGINT: health NOT_SERVING, stop planning, let running executions finish up
-to the grace period, revoke the lease (the member key disappears at once, so survivors take over
-without waiting for the TTL), stop the server, exit 0.
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING, give the compactor key up, stop planning, let
+running executions finish up to the grace period, revoke the lease (the member key disappears at
+once, so survivors take over without waiting for the TTL), stop the server, exit 0.
 
 SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields
 (:data:`peerd.config.RELOADABLE`: shell allow-list, run limits, catch-up rate, misfire threshold,
-log level, drain grace, runs kept) apply at once; the lease, the registration and the tasks are
-not touched. An invalid file is rejected and the node keeps running with its old configuration.
+log level, drain grace, runs kept, etcd compaction interval) apply at once; the lease, the
+registration and the tasks are not touched. An invalid file is rejected and the node keeps
+running with its old configuration.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from grpc_reflection.v1alpha import reflection
 from peerd import __version__
 from peerd.clock import SystemClock
 from peerd.config import NodeConfig, changed_fields, reload_config
+from peerd.coord.alarms import AlarmMonitor
+from peerd.coord.compaction import Compactor, space_hint
 from peerd.coord.etcd import Etcd, retry_backoff
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
@@ -86,7 +90,8 @@ class Node:
         self.cfg = cfg
         self._reload_source = reload_source
         self.clock = clock or SystemClock()
-        self.etcd = Etcd(cfg.etcd)
+        interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
+        self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention))
         self.keys = Keys(cfg.prefix)
         me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
         me.started_at.FromDatetime(self.clock.now())
@@ -97,6 +102,12 @@ class Node:
         self.cache = TaskCache(self.etcd, self.keys, self.clock)
         self.ledger = Ledger(self.etcd, self.keys)
         self.engine = Engine(cfg, self.membership, self.cache, self.ledger, self.clock)
+        self.alarms = AlarmMonitor(self.etcd, cfg.node_id, self.clock)
+        self.engine.etcd_space = self.alarms.space_ok
+        self.compactor = Compactor(
+            self.etcd, self.keys, cfg.node_id, self.membership, self.alarms, self.clock,
+            interval, retention,
+        )  # fmt: skip
         self.peers = PeerLayer(self)
         self.engine.excluded = self.peers.excluded
         self.engine.handoff = self._handoff
@@ -150,6 +161,10 @@ class Node:
             return False
         self.cfg = new
         set_level(new.log_level)
+        self.compactor.set_interval(new.etcd_compaction_interval)
+        self.etcd.space_hint = space_hint(
+            new.etcd_compaction_interval, new.etcd_compaction_retention
+        )
         self._log.info("config_reloaded", changed=changed, file=str(config_file))
         return True
 
@@ -190,6 +205,8 @@ class Node:
             asyncio.create_task(self.cache.run(), name="tasks"),
             asyncio.create_task(self.engine.run(), name="engine"),
             asyncio.create_task(self.peers.run(), name="peers"),
+            asyncio.create_task(self.alarms.run(), name="etcd-alarms"),
+            asyncio.create_task(self.compactor.run(), name="etcd-compactor"),
         ]
         stop_waiter = asyncio.create_task(self._stop.wait())
         ready = asyncio.create_task(self._mark_ready())
@@ -204,6 +221,7 @@ class Node:
         self._log.info("node_stopping")
         ready.cancel()
         await self.health.enter_graceful_shutdown()
+        await self.compactor.release()  # the next node takes compaction over at once
         if code == EXIT_OK and self.membership.claim_ready.is_set():
             # Drain: tell everyone we own nothing, hand every task over (no gap), then let
             # running executions finish within the grace period.

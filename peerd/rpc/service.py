@@ -33,7 +33,7 @@ from peerd.core.validate import (
     validate_task,
     validate_task_id,
 )
-from peerd.errors import InvalidArgument, PermissionDenied, Unavailable
+from peerd.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
 from peerd.runner import python as python_runner
 from peerd.v1 import scheduler_pb2 as pb
@@ -216,6 +216,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         validate_task_id(request.id, "id")
         spec, _ = await self.node.store.get(request.id)
         self._check_shell(spec, "task")
+        if self.node.alarms.nospace:  # a claim is a nested txn: etcd would let it past the quota
+            detail = "no node claims while the alarm is on"
+            raise ResourceExhausted(detail, self.node.etcd.space_hint)
         return await self.node.engine.trigger(spec)
 
     # -- runs and cluster ------------------------------------------------------------------------
@@ -390,7 +393,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             node_id=self.node.cfg.node_id,
             task_count=len(tasks),
             revision=membership.view_revision,
+            etcd_compactor=self.node.compactor.holder or "",
         )
+        for alarm in self.node.alarms.alarms:
+            out.etcd_alarms.add(member_id=alarm.member_id, alarm=alarm.kind)
+        if self.node.alarms.status is not None:
+            out.etcd_db_size_bytes = self.node.alarms.status.db_size
+            out.etcd_db_size_in_use_bytes = self.node.alarms.status.db_size_in_use
         for node_id in members:
             m = out.members.add()
             m.CopyFrom(membership.view[node_id])

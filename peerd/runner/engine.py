@@ -42,7 +42,7 @@ from peerd.core.ratelimit import TokenBucket, share
 from peerd.core.retry import NO_RETRY, attempt_timeout, next_attempt, retry_from_proto
 from peerd.core.ring import owner
 from peerd.core.schedule import CompiledSchedule, spec_from_proto
-from peerd.errors import LeaseLost, PeerdError, Unavailable
+from peerd.errors import LeaseLost, PeerdError, ResourceExhausted, Unavailable
 from peerd.runner.base import FAILURE_CONFIG, FAILURE_TIMEOUT, Execution, Outcome, rfc3339
 from peerd.runner.http import HttpExecutor
 from peerd.runner.pools import Pools
@@ -216,6 +216,10 @@ class Engine:
         self.excluded: Callable[[], set[str]] = set
         """Members not to count as owners (set by the node: the failure detector's dead set and
         draining peers)."""
+        self.etcd_space = asyncio.Event()
+        """Set while etcd has space: the node replaces it with its alarm monitor's ``space_ok``
+        (:mod:`peerd.coord.alarms`); no claim round runs while it is clear."""
+        self.etcd_space.set()
         self.handoff: Callable[[str, ppb.HandoffRequest], Awaitable[list[str]]] | None = None
         """Sends a HandoffRequest to a node id and returns the accepted task ids (set by the
         node; None disables handoff)."""
@@ -460,6 +464,11 @@ class Engine:
         while not self._stopping:
             if not self.membership.claim_ready.is_set():
                 await self.membership.claim_ready.wait()
+                continue
+            if not self.etcd_space.is_set():  # NOSPACE: claims (nested txns) pass etcd's quota
+                self._log.warning("claims_paused_etcd_nospace")
+                await self.etcd_space.wait()
+                self._log.info("claims_resumed_etcd_space")
                 continue
             try:
                 if self._to_load:
@@ -1083,7 +1092,7 @@ class Engine:
                     continue
                 try:
                     await self._resolve_orphan(o.spec, rec, mod)
-                except Unavailable:
+                except (Unavailable, ResourceExhausted):  # retried when etcd is back / has space
                     continue
                 except PeerdError as exc:
                     self._log.error(
