@@ -1,7 +1,8 @@
 """The ``peerd`` command: ``serve`` and ``dev`` run nodes; the other subcommands are API clients.
 
 Exit codes are in :mod:`peerd.exitcodes` (0 ok, 1 error, 2 invalid input or usage, 3 not found,
-4 unavailable, 5 already exists, 6 permission denied, 7 not run by the task's policy). Every
+4 unavailable, 5 already exists, 6 permission denied, 7 not run by the task's policy, 8 etcd out
+of space: the NOSPACE alarm refuses writes, see docs/operations.md). Every
 expected error is reported as one line ``peerd: error: <message>`` on stderr, never as a
 traceback.
 """

@@ -485,9 +485,9 @@ def audit_text(a: pb.AuditTaskResponse, max_gaps: int = 20) -> str:
 
 
 def cluster_text(c: pb.GetClusterResponse) -> str:
-    """Summary line plus one row per member: node, address, state (alive, draining, or dead as
-    confirmed by the answering node's failure detector while the lease still holds), started,
-    version, owned tasks."""
+    """Summary line, etcd's database size and alarms, then one row per member: node, address,
+    state (alive, draining, or dead as confirmed by the answering node's failure detector while
+    the lease still holds), started, version, owned tasks."""
     head = (
         f"cluster {c.cluster}: {len(c.members)} members, {c.task_count} tasks "
         f"(answered by {c.node_id}, revision {c.revision})"
@@ -508,7 +508,27 @@ def cluster_text(c: pb.GetClusterResponse) -> str:
         for m in sorted(c.members, key=lambda m: m.node_id)
     ]
     table = format_table(["NODE", "ADDRESS", "STATE", "STARTED", "VERSION", "OWNED TASKS"], rows)
-    return f"{head}\n{table}"
+    return "\n".join([head, *_etcd_lines(c), table])
+
+
+def _etcd_lines(c: pb.GetClusterResponse) -> list[str]:
+    """The etcd line (database size, compactor) and one line per alarm in force."""
+    lines = []
+    if c.etcd_db_size_bytes:
+        mib = 1024 * 1024
+        lines.append(
+            f"etcd: database {c.etcd_db_size_bytes / mib:.1f} MiB "
+            f"({c.etcd_db_size_in_use_bytes / mib:.1f} MiB in use), "
+            f"compactor {c.etcd_compactor or NONE}"
+        )
+    for a in c.etcd_alarms:
+        what = (
+            "etcd is out of space: writes are refused and no node claims; see docs/operations.md"
+            if a.alarm == "NOSPACE"
+            else "see etcd's documentation"
+        )
+        lines.append(f"ALARM {a.alarm} on etcd member {a.member_id:x}: {what}")
+    return lines
 
 
 def import_table(tasks: Sequence[pb.TaskSpec]) -> str:

@@ -18,6 +18,7 @@ from peerd.exitcodes import (
     EXIT_ALREADY_EXISTS,
     EXIT_ERROR,
     EXIT_INVALID,
+    EXIT_NO_SPACE,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_PERMISSION_DENIED,
@@ -36,7 +37,8 @@ def exit_code_for_status(code: grpc.StatusCode | None) -> int:
     """The CLI exit code for a gRPC status code (the one place this mapping lives).
 
     INVALID_ARGUMENT/OUT_OF_RANGE -> 2, NOT_FOUND -> 3, UNAVAILABLE/DEADLINE_EXCEEDED -> 4,
-    ALREADY_EXISTS -> 5, PERMISSION_DENIED/UNAUTHENTICATED -> 6, OK -> 0, anything else -> 1.
+    ALREADY_EXISTS -> 5, PERMISSION_DENIED/UNAUTHENTICATED -> 6, RESOURCE_EXHAUSTED -> 8 (etcd's
+    NOSPACE alarm), OK -> 0, anything else -> 1.
     """
     mapping = {
         grpc.StatusCode.OK: EXIT_OK,
@@ -48,6 +50,7 @@ def exit_code_for_status(code: grpc.StatusCode | None) -> int:
         grpc.StatusCode.ALREADY_EXISTS: EXIT_ALREADY_EXISTS,
         grpc.StatusCode.PERMISSION_DENIED: EXIT_PERMISSION_DENIED,
         grpc.StatusCode.UNAUTHENTICATED: EXIT_PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: EXIT_NO_SPACE,
     }
     return mapping.get(code, EXIT_ERROR) if code is not None else EXIT_ERROR
 

@@ -3,7 +3,8 @@
 Members come from this node's member view; for each, the answer says how many tasks it owns in
 this node's ownership view, whether the failure detector here believes it dead, whether it is
 draining or not claiming (its own word), and its load: for this node, the engine's; for a peer,
-what it reported in its last Ping answer.
+what it reported in its last Ping answer. The etcd part (alarms, database size, the compactor)
+is this node's last Status poll (:mod:`peerd.coord.alarms`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from peerd.coord.alarms import AlarmMonitor
 from peerd.core.ring import owner
 from peerd.engine import Load
 from peerd.errors import Unavailable
@@ -59,6 +61,8 @@ class ClusterView:
         peers: the peer layer's states.
         tasks: ``() -> {task_id: spec}`` (the task view).
         load: ``() -> this node's engine load``.
+        alarms: the etcd alarm monitor (alarms, database size).
+        compactor: ``() -> the node holding the compactor key`` (None: nobody).
     """
 
     def __init__(
@@ -70,6 +74,8 @@ class ClusterView:
         peers: PeerStates,
         tasks: Callable[[], Mapping[str, pb.TaskSpec]],
         load: Callable[[], Load],
+        alarms: AlarmMonitor,
+        compactor: Callable[[], str | None],
     ) -> None:
         self.cluster = cluster
         self.node_id = node_id
@@ -78,6 +84,8 @@ class ClusterView:
         self.peers = peers
         self.tasks = tasks
         self.load = load
+        self.alarms = alarms
+        self.compactor = compactor
 
     def __call__(self) -> pb.GetClusterResponse:
         """The answer now.
@@ -97,7 +105,13 @@ class ClusterView:
             node_id=self.node_id,
             task_count=len(tasks),
             revision=self.members.view_revision,
+            etcd_compactor=self.compactor() or "",
         )
+        for alarm in self.alarms.alarms:
+            out.etcd_alarms.add(member_id=alarm.member_id, alarm=alarm.kind)
+        if self.alarms.status is not None:
+            out.etcd_db_size_bytes = self.alarms.status.db_size
+            out.etcd_db_size_in_use_bytes = self.alarms.status.db_size_in_use
         for node_id in sorted(view):
             m = out.members.add()
             m.CopyFrom(view[node_id])

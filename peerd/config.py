@@ -219,8 +219,9 @@ class NodeConfig:
     )
     etcd_compaction_interval: timedelta = setting(
         timedelta(minutes=5),
-        help="How often peerd compacts etcd's history; 0 turns peerd's compaction off (for "
-        "clusters that run etcd's own auto-compaction).",
+        help="How often one node compacts etcd's history; 0 turns peerd's compaction and its "
+        "NOSPACE recovery off (etcd compacted by its own --auto-compaction-* or an operator; "
+        "docs/operations.md).",
         flag="--etcd-compaction-interval",
         env="PEERD_ETCD_COMPACTION_INTERVAL",
         kind=DURATION,
@@ -229,7 +230,8 @@ class NodeConfig:
     )
     etcd_compaction_retention: timedelta = setting(
         timedelta(minutes=5),
-        help="peerd compacts to a revision at least this old.",
+        help="peerd compacts to a revision at least this old: the history a watcher has to "
+        "catch up in before it re-lists.",
         flag="--etcd-compaction-retention",
         env="PEERD_ETCD_COMPACTION_RETENTION",
         kind=DURATION,

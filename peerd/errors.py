@@ -42,6 +42,29 @@ class Unavailable(PeerdError):
     """etcd (or another dependency) cannot be reached; nothing was written."""
 
 
+class ResourceExhausted(PeerdError):
+    """etcd refused a write because its database reached its space quota (the NOSPACE alarm).
+
+    Nothing was written. Reads keep working; writes fail until space is freed and the alarm is
+    disarmed (see docs/operations.md, "NOSPACE"). The message names the cause and the fix.
+
+    Args:
+        detail: what refused the write, e.g. ``etcd said: etcdserver: mvcc: database space
+            exceeded``.
+        hint: what this node does about it (e.g. how often it compacts etcd).
+    """
+
+    def __init__(self, detail: str, hint: str = "") -> None:
+        hint = f" {hint.strip()}" if hint.strip() else ""
+        super().__init__(
+            f"etcd is out of space (NOSPACE alarm: the database reached etcd's "
+            f"--quota-backend-bytes; {detail}); writes are refused, reads go on.{hint} "
+            "Fix by hand: see docs/operations.md (NOSPACE): compact, defragment each member, "
+            "then `etcdctl alarm disarm`."
+        )
+        self.detail = detail
+
+
 class LeaseLost(PeerdError):
     """This node's membership lease is gone; it must not claim until it has re-registered."""
 

@@ -13,6 +13,7 @@ from peerd.errors import (
     NotFound,
     PeerdError,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -34,6 +35,9 @@ EXIT_PERMISSION_DENIED = 6
 EXIT_NOT_RUN = 7
 """The request was valid but the task's policy did not run it: ``task trigger`` answered with a
 SKIPPED record (overlap FORBID, or BUFFER_ONE with a slot already waiting)."""
+EXIT_NO_SPACE = 8
+"""etcd is out of space (its NOSPACE alarm is on): the write was refused, nothing changed. Reads
+still work; see docs/operations.md (NOSPACE) for the fix."""
 
 
 def exit_code_for_error(exc: PeerdError) -> int:
@@ -48,6 +52,8 @@ def exit_code_for_error(exc: PeerdError) -> int:
         return EXIT_ALREADY_EXISTS
     if isinstance(exc, PermissionDenied):
         return EXIT_PERMISSION_DENIED
+    if isinstance(exc, ResourceExhausted):
+        return EXIT_NO_SPACE
     return EXIT_ERROR
 
 
@@ -57,6 +63,7 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",
     "EXIT_NOT_RUN",
+    "EXIT_NO_SPACE",
     "EXIT_OK",
     "EXIT_PERMISSION_DENIED",
     "EXIT_UNAVAILABLE",

@@ -5,16 +5,17 @@ Start-up order matters:
 1. bind the gRPC port (fails fast if it is taken) but do not serve yet;
 2. register ``members/<node_id>`` on a lease, retrying while etcd is unreachable (a duplicate
    live node id is fatal);
-3. start serving (health NOT_SERVING), watch members and tasks, start the engine;
+3. start serving (health NOT_SERVING), watch members and tasks, start the engine, the etcd alarm
+   monitor and the compactor (idle while ``etcd_compaction_interval`` is 0);
 4. once both views are loaded, health turns SERVING.
 
 Background loops (keepalive, member and task watches, the prober, the engine's loops) run under
 a :class:`peerd.supervise.Supervisor`: a crash is logged and the loop restarts with backoff,
 and the health of service :data:`LOOPS_HEALTH` is NOT_SERVING while any loop is degraded.
 
-Shutdown on SIGTERM/SIGINT: health NOT_SERVING, hand every task over (drain), let running
-executions finish up to the grace period, revoke the lease (the member key disappears at once,
-so survivors take over without waiting for the TTL), stop the server, exit 0.
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING, give the compactor key up, hand every task over
+(drain), let running executions finish up to the grace period, revoke the lease (the member key
+disappears at once, so survivors take over without waiting for the TTL), stop the server, exit 0.
 
 SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields apply at once,
 all or nothing; the lease, the registration and the tasks are not touched.
@@ -39,6 +40,8 @@ from peerd import __version__
 from peerd.clock import Clock, SystemClock
 from peerd.cluster import ClusterView
 from peerd.config import NodeConfig, changed_fields, reload_config
+from peerd.coord.alarms import AlarmMonitor
+from peerd.coord.compaction import Compactor, space_hint
 from peerd.coord.etcd import Etcd, retry_backoff
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
@@ -98,7 +101,8 @@ class Node:
         self._reload_source = reload_source
         self.clock: Clock = clock or SystemClock()
         self._log = log.bind(node_id=cfg.node_id)
-        self.etcd = Etcd(cfg.etcd)
+        interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
+        self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention))
         keys = Keys(cfg.prefix)
         me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
         me.started_at.FromDatetime(self.clock.now())
@@ -112,6 +116,11 @@ class Node:
         self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
         self.ownership = OwnershipView(cfg.node_id, self.membership, self.peers)
         self.executors = Executors(cfg, self.clock)
+        self.alarms = AlarmMonitor(self.etcd, cfg.node_id, self.clock)
+        self.compactor = Compactor(
+            self.etcd, keys, cfg.node_id, self.membership, self.alarms, self.clock,
+            interval, retention,
+        )  # fmt: skip
         self.engine = Engine(
             cfg,
             self.membership,
@@ -122,6 +131,7 @@ class Node:
             self.peer_client.handoff,
             self.clock,
             Supervisor(self.clock, logger=self._log),
+            self.alarms.space_ok,
         )
         self.cluster = ClusterView(
             cfg.cluster,
@@ -131,6 +141,8 @@ class Node:
             self.peers,
             lambda: self.cache.tasks,
             self.engine.load,
+            self.alarms,
+            lambda: self.compactor.holder,
         )
         self.health = HealthServicer()
         self._stop = asyncio.Event()
@@ -203,6 +215,10 @@ class Node:
         changed = changed_fields(self.cfg, new)
         self.cfg = new
         set_level(new.log_level)
+        self.compactor.set_interval(new.etcd_compaction_interval)
+        self.etcd.space_hint = space_hint(
+            new.etcd_compaction_interval, new.etcd_compaction_retention
+        )
         self._log.info("config_reloaded", changed=changed, file=str(config_file))
         return True
 
@@ -257,6 +273,8 @@ class Node:
         self.loops.spawn("membership.watch", self.membership.watch_loop)
         self.loops.spawn("tasks.watch", self.cache.run)
         self.loops.spawn("peers.probe", self.peers.run)
+        self.loops.spawn("etcd.alarms", self.alarms.run)
+        self.loops.spawn("etcd.compactor", self.compactor.run)
         await self.engine.start()
         ready = asyncio.create_task(self._mark_ready())
         stop = asyncio.create_task(self._stop.wait())
@@ -276,6 +294,7 @@ class Node:
     async def _shutdown(self, server: grpc.aio.Server, drain: bool) -> None:
         self._log.info("node_stopping")
         await self.health.enter_graceful_shutdown()
+        await self.compactor.release()  # the next node takes compaction over at once
         if drain and self.membership.claim_ready.is_set():
             # Drain: tell everyone we own nothing, hand every task over (no gap), then let
             # running executions finish within the grace period.

@@ -3,6 +3,7 @@ webhook sink. Tests under ``tests/integration`` are marked ``integration`` autom
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -48,20 +49,27 @@ def pytest_runtest_makereport(
     return report
 
 
-@pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
-    """One real etcd for the whole session (skips dependent tests if etcd is not installed)."""
+@contextlib.contextmanager
+def running_etcd(root: Path, **kw: Any) -> Iterator[EmbeddedEtcd]:
+    """A started :class:`EmbeddedEtcd` with its data and log under ``root`` (``kw`` goes to its
+    constructor), stopped on exit; skips the test if etcd is not installed."""
     try:
         find_etcd_binary()
     except EtcdNotInstalled as exc:
         pytest.skip(f"integration tests need a real etcd: {exc}")
-    root = tmp_path_factory.mktemp("etcd")
-    server = EmbeddedEtcd(root / "data", name="peerd-test", log_path=root / "etcd.log")
+    server = EmbeddedEtcd(root / "data", log_path=root / "etcd.log", **kw)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
+    """One real etcd for the whole session (skips dependent tests if etcd is not installed)."""
+    with running_etcd(tmp_path_factory.mktemp("etcd"), name="peerd-test") as server:
+        yield server
 
 
 @pytest.fixture

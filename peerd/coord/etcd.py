@@ -6,8 +6,13 @@ given: with more than one endpoint the channel target is ``ipv4:A:P1,B:P2,...`` 
 ``pick_first`` policy fails over to the next endpoint when the connected one goes away.
 
 Every etcd error is translated here: UNAVAILABLE, DEADLINE_EXCEEDED, a broken or refused
-connection and a watch stream that ends all become :class:`peerd.errors.Unavailable`; anything
-else becomes :class:`peerd.errors.PeerdError`. No other module imports aetcd.
+connection and a watch stream that ends all become :class:`peerd.errors.Unavailable`; etcd's
+"database space exceeded" (the NOSPACE alarm) becomes :class:`peerd.errors.ResourceExhausted`;
+anything else becomes :class:`peerd.errors.PeerdError`. No other module imports aetcd.
+
+Maintenance is here too (status, alarms, compact, defragment: used by :mod:`.alarms` and
+:mod:`.compaction`); status and defragment act on the member the request reaches, so they can go
+to one endpoint over a channel of its own.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import grpc
 from aetcd import exceptions as aetcd_exceptions
 from aetcd import rpc
 from aetcd.watcher import Watcher
+from google.protobuf import text_format
 
 from peerd.core.backoff import Backoff
-from peerd.errors import PeerdError, Unavailable
+from peerd.errors import PeerdError, ResourceExhausted, Unavailable
 
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -44,6 +50,18 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
+NOSPACE = "NOSPACE"
+"""etcd's alarm for a database that reached ``--quota-backend-bytes``."""
+_NOSPACE_DETAIL = "database space exceeded"
+_COMPACTED = "required revision has been compacted"
+STATUS_TIMEOUT_S = 2.0
+"""Deadline of one Status call (seconds): the member answers it locally, no consensus round."""
+DEFRAGMENT_TIMEOUT_S = 300.0
+"""Deadline of one Defragment (seconds). etcd copies the member's live data to a new file and
+blocks that member meanwhile: well under a second for tens of MiB, minutes for many GiB."""
+COMPACT_TIMEOUT_S = 60.0
+"""Deadline of one physical compaction (seconds): etcd deletes old revisions in batches of
+1,000 keys before it answers."""
 RETRY_INITIAL_S = 0.2
 """First delay (seconds) before retrying etcd after an error: the channel's own first reconnect
 attempt (``grpc.initial_reconnect_backoff_ms`` above) is due by then."""
@@ -77,6 +95,32 @@ class Event:
     kind: str
     kv: KV
     revision: int
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """An active etcd alarm: ``kind`` is ``"NOSPACE"`` or ``"CORRUPT"``; ``member_id`` is the
+    member that raised it."""
+
+    member_id: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One member's ``Maintenance.Status`` (``endpoint``: the one asked, "" = the client's).
+    Bytes: ``db_size`` is the file as etcd's quota counts it (free pages included);
+    ``db_size_in_use`` leaves out the free pages, which a defragmentation gives back."""
+
+    endpoint: str
+    member_id: int
+    leader_id: int
+    revision: int
+    raft_index: int
+    db_size: int
+    db_size_in_use: int
+    alarms: tuple[Alarm, ...]
+    errors: tuple[str, ...]
 
 
 class Compacted(PeerdError):
@@ -116,11 +160,40 @@ def _target(endpoints: Sequence[str]) -> str:
     return "ipv4:" + ",".join(resolved)
 
 
-def _map_error(exc: BaseException) -> PeerdError:
+def _parse_alarm(text: str) -> Alarm | None:
+    """An alarm from one of Status's ``errors`` strings (etcd writes ``AlarmMember`` in protobuf
+    text format, e.g. ``memberID:123 alarm:NOSPACE``); None for other errors ("no leader")."""
+    member = rpc.AlarmMember()
+    try:
+        text_format.Parse(text, member)
+    except text_format.ParseError:
+        return None
+    return _alarm(member) if member.alarm != rpc.NONE else None
+
+
+def _alarm(member: Any) -> Alarm:
+    return Alarm(int(member.memberID), rpc.AlarmType.Name(member.alarm))
+
+
+def _status(endpoint: str, resp: Any) -> MemberStatus:
+    errors = [str(e) for e in resp.errors]
+    alarms = tuple(a for a in map(_parse_alarm, errors) if a is not None)
+    others = tuple(e for e in errors if _parse_alarm(e) is None)
+    h = resp.header  # protobuf integers are Python ints
+    return MemberStatus(
+        endpoint, h.member_id, resp.leader, h.revision, resp.raftIndex, resp.dbSize,
+        resp.dbSizeInUse, alarms, others,
+    )  # fmt: skip
+
+
+def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
     if isinstance(exc, grpc.aio.AioRpcError):
         if exc.code() in _UNAVAILABLE:
             return Unavailable(f"etcd unavailable: {exc.code().name}: {exc.details()}")
-        return PeerdError(f"etcd error: {exc.code().name}: {exc.details()}")
+        details = exc.details() or ""
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _NOSPACE_DETAIL in details:
+            return ResourceExhausted(f"etcd said: {details}", space_hint)
+        return PeerdError(f"etcd error: {exc.code().name}: {details}")
     if isinstance(exc, aetcd_exceptions.RevisionCompactedError):
         return Compacted(exc.compacted_revision)
     if isinstance(exc, aetcd_exceptions.ClientError | OSError | asyncio.TimeoutError):
@@ -134,35 +207,48 @@ class Etcd:
     Args:
         endpoints: ``HOST:PORT`` strings.
         timeout_s: deadline in seconds for each unary call (not for watches).
+        space_hint: added to the message of :class:`peerd.errors.ResourceExhausted`: what this
+            node does about a full etcd (e.g. how often it compacts).
 
-    All methods raise :class:`peerd.errors.Unavailable` when etcd cannot be reached in time and
+    All methods raise :class:`peerd.errors.Unavailable` when etcd cannot be reached in time,
+    :class:`peerd.errors.ResourceExhausted` for a write refused by the NOSPACE alarm and
     :class:`peerd.errors.PeerdError` for other etcd errors.
     """
 
-    def __init__(self, endpoints: Sequence[str], timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout_s: float = 5.0, space_hint: str = ""
+    ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout_s = timeout_s
+        self.space_hint = space_hint
         self._channel: grpc.aio.Channel | None = None
-        self._kv: Any = None
-        self._lease: Any = None
+        self._stubs: dict[str, Any] = {}
         self._watcher: Watcher | None = None
+        self._member_channels: dict[str, grpc.aio.Channel] = {}
 
     async def connect(self) -> None:
         """Open the channel (lazy: no round trip). Raises Unavailable if a name cannot resolve."""
         if self._channel is not None:
             return
         self._channel = grpc.aio.insecure_channel(_target(self.endpoints), options=CHANNEL_OPTIONS)
-        self._kv = rpc.KVStub(self._channel)
-        self._lease = rpc.LeaseStub(self._channel)
+        self._stubs = {
+            "kv": rpc.KVStub(self._channel),
+            "lease": rpc.LeaseStub(self._channel),
+            "maintenance": rpc.MaintenanceStub(self._channel),
+            "cluster": rpc.ClusterStub(self._channel),
+        }
         self._watcher = Watcher(rpc.WatchStub(self._channel))
 
     async def close(self) -> None:
-        """Close watches and the channel."""
+        """Close watches and the channels."""
         if self._watcher is not None:
             await self._watcher.shutdown()
         if self._channel is not None:
             await self._channel.close()
         self._channel = None
+        for channel in self._member_channels.values():
+            await channel.close()
+        self._member_channels = {}
 
     # -- KV ------------------------------------------------------------------------------------
 
@@ -221,7 +307,7 @@ class Etcd:
         """Refresh a lease once. Returns the new TTL in seconds; 0 or less means it has expired."""
         await self.connect()
         try:
-            stream = self._lease.LeaseKeepAlive(
+            stream = self._stubs["lease"].LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout_s or self.timeout_s
             )
             async for reply in stream:
@@ -272,13 +358,78 @@ class Etcd:
                 with contextlib.suppress(Exception):  # the stream may be gone already
                     await self._watcher.cancel(cb.watch_id)
 
-    async def _call(self, stub: str, method: str, req: Any, timeout_s: float | None = None) -> Any:
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def status(self, endpoint: str = "") -> MemberStatus:
+        """``Maintenance.Status`` of the member ``endpoint`` (``HOST:PORT``; "" = the member the
+        client is connected to). Answered locally by that member: cheap, no consensus round.
+        Its alarms are the cluster's (alarms are replicated through raft)."""
+        resp = await self._call(
+            "maintenance", "Status", rpc.StatusRequest(), STATUS_TIMEOUT_S, endpoint
+        )
+        return _status(endpoint, resp)
+
+    async def alarms(self) -> list[Alarm]:
+        """Every active alarm of the cluster (``Maintenance.Alarm`` GET; linearizable: etcd 3.4
+        sends it through raft, so prefer :meth:`status` for frequent polls)."""
+        resp = await self._call(
+            "maintenance", "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET)
+        )
+        return [_alarm(a) for a in resp.alarms]
+
+    async def disarm(self, alarm: Alarm) -> None:
+        """Deactivate one alarm. etcd raises NOSPACE again on the next write that does not fit."""
+        req = rpc.AlarmRequest(
+            action=rpc.AlarmRequest.DEACTIVATE,
+            memberID=alarm.member_id,
+            alarm=rpc.AlarmType.Value(alarm.kind),
+        )
+        await self._call("maintenance", "Alarm", req)
+
+    async def compact(self, revision: int, timeout_s: float = COMPACT_TIMEOUT_S) -> bool:
+        """Drop the history older than ``revision`` (physical: returns once the backend deleted
+        it); watches from below it then get :class:`Compacted`. Returns False when ``revision``
+        was compacted already (by anyone): nothing to do. Raises PeerdError for a future one."""
         await self.connect()
-        call = getattr(self._kv if stub == "kv" else self._lease, method)
+        req = rpc.CompactionRequest(revision=revision, physical=True)
         try:
-            return await call(req, timeout=timeout_s or self.timeout_s)
+            await self._stubs["kv"].Compact(req, timeout=timeout_s)
         except Exception as exc:
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
+            if _COMPACTED in (details or ""):  # OUT_OF_RANGE "mvcc: required revision has been ..."
+                return False
             raise _map_error(exc) from exc
+        return True
+
+    async def defragment(self, endpoint: str, timeout_s: float = DEFRAGMENT_TIMEOUT_S) -> None:
+        """Defragment the member at ``endpoint`` (``HOST:PORT``): it rewrites its database file
+        without the free pages, so ``db_size`` falls to ``db_size_in_use``. The member answers
+        nothing else meanwhile (see :data:`DEFRAGMENT_TIMEOUT_S`)."""
+        await self._call("maintenance", "Defragment", rpc.DefragmentRequest(), timeout_s, endpoint)
+
+    async def member_endpoints(self) -> dict[int, list[str]]:
+        """``{member id: [HOST:PORT, ...]}``: each member's advertised client URLs
+        (``Cluster.MemberList``), scheme stripped."""
+        resp = await self._call("cluster", "MemberList", rpc.MemberListRequest())
+        return {
+            int(m.ID): [url.split("://", 1)[-1].rstrip("/") for url in m.clientURLs]
+            for m in resp.members
+        }
+
+    async def _call(
+        self, stub: str, method: str, req: Any, timeout_s: float | None = None, endpoint: str = ""
+    ) -> Any:
+        await self.connect()
+        target = self._stubs[stub]
+        if endpoint:  # a channel to that member alone (kept until close()); maintenance only
+            if endpoint not in self._member_channels:
+                channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+                self._member_channels[endpoint] = channel
+            target = rpc.MaintenanceStub(self._member_channels[endpoint])
+        try:
+            return await getattr(target, method)(req, timeout=timeout_s or self.timeout_s)
+        except Exception as exc:
+            raise _map_error(exc, self.space_hint) from exc
 
 
 # -- transaction building (pure) ---------------------------------------------------------------

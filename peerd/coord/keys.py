@@ -8,6 +8,7 @@ key                                value                       lifetime
 ``<prefix>runs/<task_id>/<ms>``    ``pb.RunRecord``            durable, last K kept per task
 ``<prefix>active/<task_id>``       run key of the running run  on the claimant's lease
 ``<prefix>queued/<task_id>``       run key of the waiting run  on the claimant's lease
+``<prefix>compactor``              node id of the compactor    on that node's lease
 =================================  ==========================  ==============================
 
 ``active/`` and ``queued/`` exist only for tasks whose overlap policy is not ALLOW: the first is
@@ -50,6 +51,11 @@ class Keys:
     def queued(self, task_id: str) -> bytes:
         """The waiting slot of an OVERLAP_BUFFER_ONE task (value: its run key)."""
         return f"{self.prefix}queued/{task_id}".encode()
+
+    @property
+    def compactor(self) -> bytes:
+        """Held by the one node that compacts etcd's history (:mod:`peerd.coord.compaction`)."""
+        return f"{self.prefix}compactor".encode()
 
     def member(self, node_id: str) -> bytes:
         return self.members + node_id.encode()

@@ -29,6 +29,10 @@ STOP_GRACE_S = 10.0
 """How long nodes get after SIGTERM before SIGKILL."""
 LOG_TAIL_LINES = 30
 POLL_S = 0.5
+ETCD_QUOTA_BYTES = 256 * 1024 * 1024
+"""``--quota-backend-bytes`` of the dev etcd: room for about 1,000 tasks at the default
+``--runs-keep`` plus the history of 100 fires/s between compactions, twice over (sizing in
+docs/operations.md), while a runaway experiment meets NOSPACE before it fills the disk."""
 
 
 def _say(msg: str) -> None:
@@ -180,7 +184,12 @@ def run_dev(
     running: list[PeerdProcess] = []
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        etcd = EmbeddedEtcd(workdir / "etcd", name="peerd-dev", log_path=workdir / "etcd.log")
+        etcd = EmbeddedEtcd(
+            workdir / "etcd",
+            name="peerd-dev",
+            log_path=workdir / "etcd.log",
+            quota_backend_bytes=ETCD_QUOTA_BYTES,
+        )
         failed = _start_etcd(etcd)
         if failed is not None:
             return failed

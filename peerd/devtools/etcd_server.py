@@ -188,6 +188,8 @@ class EmbeddedEtcd(_StartStop):
         binary: the etcd executable (see :func:`find_etcd_binary`); ``None`` = ``etcd`` on PATH.
         log_path: where etcd's stdout/stderr are appended; ``None`` = ``etcd.log`` in a temporary
             directory that :meth:`stop` removes.
+        quota_backend_bytes: etcd's ``--quota-backend-bytes`` (the database size at which it
+            raises NOSPACE and refuses writes); ``0`` = etcd's default (2 GiB).
     """
 
     def __init__(
@@ -200,7 +202,9 @@ class EmbeddedEtcd(_StartStop):
         peer_port: int = 0,
         binary: str | None = None,
         log_path: Path | None = None,
+        quota_backend_bytes: int = 0,
     ) -> None:
+        self._quota_backend_bytes = quota_backend_bytes
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
         self._name = name
         self._host = host
@@ -448,6 +452,7 @@ class EmbeddedEtcd(_StartStop):
             "--logger", "zap",
             "--log-level", "warn",
             "--log-outputs", "stderr",
+            *(["--quota-backend-bytes", str(q)] if (q := self._quota_backend_bytes) else []),
         ]  # fmt: skip
 
     def _launch(self, binary: str) -> None:

@@ -70,7 +70,7 @@ from peerd.engine.planner import Owned, Planner, TaskPlan
 from peerd.engine.recovery import RECENT_SCAN, OwnerLostRecovery
 from peerd.engine.registry import Run, RunRegistry
 from peerd.engine.writer import RecordWriter
-from peerd.errors import LeaseLost, PeerdError, Unavailable
+from peerd.errors import LeaseLost, PeerdError, ResourceExhausted, Unavailable
 from peerd.runner.base import Execution as Attempt
 from peerd.runner.base import Outcome
 from peerd.runner.pools import Pools
@@ -173,7 +173,9 @@ class Engine:
         executors: runs attempts per executor kind.
         send_handoff: the peer client's handoff call (None disables handoff).
         clock: time source for every loop.
-        claims_blocked: ``() -> reason or None``: why claiming must pause (etcd NOSPACE).
+        etcd_space: set while etcd has space (the node's :class:`peerd.coord.alarms.
+            AlarmMonitor`); no claim is sent while it is clear, because claims are nested
+            transactions, which etcd 3.4 lets past its quota (see that module).
     """
 
     def __init__(
@@ -187,7 +189,7 @@ class Engine:
         send_handoff: SendHandoff | None,
         clock: Clock,
         supervisor: Supervisor,
-        claims_blocked: Callable[[], str | None] = lambda: None,
+        etcd_space: asyncio.Event | None = None,
     ) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
@@ -197,7 +199,10 @@ class Engine:
         self.ownership = ownership
         self.clock = clock
         self.supervisor = supervisor
-        self.claims_blocked = claims_blocked
+        if etcd_space is None:
+            etcd_space = asyncio.Event()
+            etcd_space.set()
+        self.etcd_space = etcd_space
         self.stats = EngineStats()
         self.executors = executors
         self.registry = RunRegistry()
@@ -255,7 +260,6 @@ class Engine:
         self._room = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._blocked: str | None = None
         self._saturated_since: float | None = None
         self._log = log.bind(node_id=self.node_id)
         self.registry.on_leave(self._room.set)
@@ -409,8 +413,10 @@ class Engine:
             if not self.lease.claim_ready.is_set():
                 await self.lease.claim_ready.wait()
                 continue
-            if self._check_blocked():
-                await wait_event(self.clock, self._wake, MAX_SLEEP_S)
+            if not self.etcd_space.is_set():
+                self._log.warning("claims_paused_etcd_nospace")
+                await self.etcd_space.wait()
+                self._log.info("claims_resumed_etcd_space")
                 continue
             try:
                 if self.planner.to_load:
@@ -431,16 +437,6 @@ class Engine:
                 await self.clock.sleep(backoff.next_delay_s())
                 continue
             await self._sleep_until_due()
-
-    def _check_blocked(self) -> bool:
-        reason = self.claims_blocked()
-        if reason != self._blocked:
-            if reason:
-                self._log.warning("claims_paused", reason=reason)
-            else:
-                self._log.info("claims_resumed", after=self._blocked)
-            self._blocked = reason
-        return reason is not None
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()
@@ -605,9 +601,14 @@ class Engine:
 
         Raises:
             Unavailable: etcd unreachable, or this node has no live lease.
+            ResourceExhausted: etcd's NOSPACE alarm is on.
         """
         if not self.lease.claim_ready.is_set():
             raise Unavailable("this node has no live membership lease; try another node")
+        if not self.etcd_space.is_set():  # a claim is a nested txn: etcd would let it past
+            raise ResourceExhausted(
+                "no node claims while the alarm is on", self.ledger.etcd.space_hint
+            )
         now = self.clock.now()
         ms = slot_ms(now)
         answer: list[pb.RunRecord] = []

@@ -26,7 +26,7 @@ from peerd.coord.ledger import Ledger
 from peerd.core.records import UNFINISHED, marked_lost, owner_lost_retry, rfc3339, run_key
 from peerd.engine.lock import Lease
 from peerd.engine.registry import RunKey, RunRegistry
-from peerd.errors import PeerdError, Unavailable
+from peerd.errors import PeerdError, ResourceExhausted, Unavailable
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
@@ -131,7 +131,7 @@ class OwnerLostRecovery:
                     continue
                 try:
                     await self._resolve(spec, rec, mod)
-                except Unavailable:
+                except (Unavailable, ResourceExhausted):  # retried when etcd is back / has space
                     continue
                 except PeerdError as exc:
                     self._log.error(

@@ -7,6 +7,7 @@ InvalidArgument             INVALID_ARGUMENT
 NotFound                    NOT_FOUND
 AlreadyExists               ALREADY_EXISTS
 PermissionDenied            PERMISSION_DENIED
+ResourceExhausted           RESOURCE_EXHAUSTED (etcd's NOSPACE alarm)
 Unavailable, LeaseLost      UNAVAILABLE
 other PeerdError            INTERNAL
 ==========================  ====================
@@ -29,6 +30,7 @@ from peerd.errors import (
     NotFound,
     PeerdError,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -39,6 +41,7 @@ _CODES: list[tuple[type[PeerdError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (LeaseLost, grpc.StatusCode.UNAVAILABLE),
 ]

@@ -542,15 +542,31 @@ class GetClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterResponse(_message.Message):
-    __slots__ = ("cluster", "node_id", "members", "task_count", "revision")
+    __slots__ = ("cluster", "node_id", "members", "task_count", "revision", "etcd_alarms", "etcd_db_size_bytes", "etcd_db_size_in_use_bytes", "etcd_compactor")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     TASK_COUNT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    ETCD_ALARMS_FIELD_NUMBER: _ClassVar[int]
+    ETCD_DB_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ETCD_DB_SIZE_IN_USE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ETCD_COMPACTOR_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
     task_count: int
     revision: int
-    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., task_count: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+    etcd_alarms: _containers.RepeatedCompositeFieldContainer[EtcdAlarm]
+    etcd_db_size_bytes: int
+    etcd_db_size_in_use_bytes: int
+    etcd_compactor: str
+    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., task_count: _Optional[int] = ..., revision: _Optional[int] = ..., etcd_alarms: _Optional[_Iterable[_Union[EtcdAlarm, _Mapping]]] = ..., etcd_db_size_bytes: _Optional[int] = ..., etcd_db_size_in_use_bytes: _Optional[int] = ..., etcd_compactor: _Optional[str] = ...) -> None: ...
+
+class EtcdAlarm(_message.Message):
+    __slots__ = ("member_id", "alarm")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    member_id: int
+    alarm: str
+    def __init__(self, member_id: _Optional[int] = ..., alarm: _Optional[str] = ...) -> None: ...

@@ -268,6 +268,18 @@ def test_etcd_static_initial_cluster_is_consistent() -> None:
     assert len(set(data_volumes)) == 3, f"each member needs its own data volume: {data_volumes}"
 
 
+def test_etcd_members_share_a_stated_space_quota() -> None:
+    """Each member's quota counts its own file: the same explicit size on every member
+    (docs/operations.md sizes it), within what etcd supports well (<= 8 GiB)."""
+    quotas = {
+        name: _flags(_argv(svc.get("command") or [])[1:]).get("quota-backend-bytes")
+        for name, svc in _etcd_services(_load_compose()).items()
+    }
+    assert None not in quotas.values(), f"--quota-backend-bytes missing: {quotas}"
+    (quota,) = set(quotas.values())
+    assert quota is not None and 0 < int(quota) <= 8 * 1024**3, quotas
+
+
 def test_peerd_environment_is_a_valid_node_config() -> None:
     compose = _load_compose()
     etcd, peerd = _etcd_services(compose), _peerd_services(compose)

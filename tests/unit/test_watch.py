@@ -83,7 +83,7 @@ async def delete(e: Etcd, key: bytes) -> None:
 async def compact_all(e: Etcd) -> int:
     """Compact etcd at its current revision (physical: done when this returns)."""
     _, _, revision = await e.range(b"\0", count_only=True)
-    await e._kv.Compact(rpc.CompactionRequest(revision=revision, physical=True))
+    assert await e.compact(revision)
     return revision
 
 
