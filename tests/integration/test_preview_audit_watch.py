@@ -369,7 +369,7 @@ def test_runs_view_watch_relists_after_compaction(tmp_path) -> None:  # type: ig
             await e.put(*rec("a", 3))
             await e.put(*rec("b", 2))
             resp = await e.txn(rpc.TxnRequest(success=[]))
-            await e._kv.Compact(rpc.CompactionRequest(revision=resp.header.revision, physical=True))
+            await e.compact(resp.header.revision)
             changes = view.watch("a", revision + 1)
             with structlog.testing.capture_logs() as logs:
                 got = [await asyncio.wait_for(anext(changes), 5) for _ in range(2)]
