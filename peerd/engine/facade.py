@@ -61,6 +61,7 @@ from peerd.core.records import (
     skipped_record,
     slot_ms,
 )
+from peerd.engine.backpressure import Backpressure
 from peerd.engine.claims import Claim, Claims
 from peerd.engine.execution import Execution
 from peerd.engine.handoff import Handoffs, SendHandoff
@@ -208,6 +209,13 @@ class Engine:
         self.registry = RunRegistry()
         self.planner = Planner(self.node_id, cfg.misfire_threshold)
         self.pools = Pools(cfg)
+        self.backpressure = Backpressure(
+            self.pools.node,
+            cfg.max_concurrent_runs,
+            lambda: self.planner.backlog > 0 or self.pools.node.waiting > 0,
+            clock,
+            self.node_id,
+        )
         self.claims = Claims(ledger, lease, lambda: self.cfg.claim_batch, clock.now)
         self.writer = RecordWriter(
             ledger,
@@ -373,6 +381,7 @@ class Engine:
         self.cfg = cfg
         self.executors.configure(cfg)
         self.pools.apply(cfg)
+        self.backpressure.set_maximum(cfg.max_concurrent_runs)
         self.planner.set_misfire_threshold(cfg.misfire_threshold)
         self.reconcile()
 
@@ -398,6 +407,7 @@ class Engine:
         self.supervisor.spawn("engine.recovery", self.recovery.run)
         self.supervisor.spawn("engine.planner", self._plan_loop)
         self.supervisor.spawn("engine.sweep", self._sweep_loop)
+        self.supervisor.spawn("engine.backpressure", self.backpressure.run)
         self.reconcile()
 
     async def _sweep_loop(self) -> None:

@@ -15,7 +15,10 @@ fenced claim in etcd, not this detector, guarantees that a slot runs once.
 A busy node is not a dead node, and a slow prober must not accuse: the probe deadline grows
 with this node's *local health* score (:func:`peerd.core.detector.local_health`, after
 Lifeguard): a round that overran twice its deadline means this node's own event loop was late,
-so its misses are not counted and later rounds wait longer.
+so its misses are not counted and later rounds wait longer. A peer whose last answer said it is
+saturated (a backlog of due tasks) gets :data:`BUSY_FACTOR` times the deadline: it keeps its
+event loop responsive by claiming less (:mod:`peerd.engine.backpressure`), but its answers may
+still be slower than an idle node's.
 
 The peer layer also tracks what peers say about themselves: draining (owns nothing, hands its
 tasks over) and not claiming (cut off from etcd). Every change of the excluded set (dead,
@@ -42,6 +45,8 @@ PROBE_INTERVAL_S = 0.25
 PROBE_TIMEOUT_S = 0.25
 SUSPECT_AFTER = 3
 INDIRECT_HELPERS = 2
+BUSY_FACTOR = 2
+"""Probe deadlines for a peer that said it is saturated are this many times longer."""
 
 
 class Registration(Protocol):
@@ -208,11 +213,17 @@ class PeerLayer:
             )
         )
 
+    def _timeout_for(self, target: str) -> float:
+        """A peer that reported a backlog (saturated: busy, not dead) gets twice the deadline."""
+        load = self.loads.get(target)
+        busy = load is not None and load.backlog > 0
+        return self.probe_timeout_s * (BUSY_FACTOR if busy else 1)
+
     async def _round(self) -> None:
         timeout_s = self.probe_timeout_s
         started = self.clock.monotonic()
         targets = [(t, a) for t in self.detector.probe_targets() if (a := self._address(t))]
-        results = await asyncio.gather(*(self.ping(a, timeout_s) for _, a in targets))
+        results = await asyncio.gather(*(self.ping(a, self._timeout_for(t)) for t, a in targets))
         overran = self.clock.monotonic() - started > 2 * timeout_s
         self.local_health = local_health(
             self.local_health, self.clock.monotonic() - started, timeout_s

@@ -1,0 +1,71 @@
+"""How many runs a node executes at once, adapted to its own event loop's lag (pure).
+
+A node's event loop also answers peer probes and keeps its etcd lease alive. When executions
+take all of its CPU, the loop falls behind: probe answers and keepalives wait, peers declare the
+node dead although it is only busy, its lease may expire, and work moves and repeats. So the
+node's execution concurrency is not a constant: :class:`AdaptiveLimit` lowers it while the loop
+lags and raises it again while the loop keeps up and there is work waiting.
+
+Algorithm: additive increase, multiplicative decrease (AIMD; Chiu and Jain, "Analysis of the
+Increase and Decrease Algorithms for Congestion Avoidance in Computer Networks", 1989; the same
+rule as TCP congestion control and Netflix's concurrency-limits ``AIMDLimit``), driven by the
+loop lag measured since the last step:
+
+=======================================  =================================================
+condition at a step                      new limit
+=======================================  =================================================
+lag > ``high_lag_s``                     ``max(minimum, floor(limit * decrease))``
+lag < ``low_lag_s`` and work waiting     ``min(maximum, limit + max(1, limit * increase))``
+otherwise                                unchanged
+=======================================  =================================================
+
+The caller steps it once per measurement window (the worst lag of the window), so one slow
+iteration lowers the limit once. The defaults keep the lag well under the peers' probe deadline
+(250 ms): a lag above 50 ms is backed off, below 10 ms is room to grow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AdaptiveLimit:
+    """The execution limit of one node (see the module docstring).
+
+    Attributes:
+        maximum: the configured limit (``--max-concurrent-runs``); the limit never exceeds it.
+        minimum: the limit never goes below this (>= 1).
+        limit: the current limit (starts at ``maximum``).
+
+    Raises:
+        ValueError: ``minimum`` < 1 or ``maximum`` < ``minimum``.
+    """
+
+    maximum: int
+    minimum: int = 4
+    high_lag_s: float = 0.05
+    low_lag_s: float = 0.01
+    decrease: float = 0.75
+    increase: float = 0.05
+    limit: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.minimum < 1 or self.maximum < self.minimum:
+            raise ValueError(f"need 1 <= minimum <= maximum, got {self.minimum}, {self.maximum}")
+        self.limit = self.maximum
+
+    def set_maximum(self, maximum: int) -> None:
+        """A new configured limit (hot reload); the current limit is clamped to it."""
+        self.maximum = max(self.minimum, maximum)
+        self.limit = min(self.limit, self.maximum)
+
+    def step(self, lag_s: float, waiting: bool) -> int:
+        """Adapt to ``lag_s`` (the loop's worst lag in the window just ended, seconds);
+        ``waiting``: whether runs are waiting for room. Returns the new limit."""
+        if lag_s > self.high_lag_s:
+            self.limit = max(self.minimum, math.floor(self.limit * self.decrease))
+        elif lag_s < self.low_lag_s and waiting:
+            self.limit = min(self.maximum, self.limit + max(1, int(self.limit * self.increase)))
+        return self.limit
