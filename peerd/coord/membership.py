@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from peerd.clock import Clock
+from peerd.clock import Clock, wait_event
 from peerd.coord.etcd import (
     KV,
     Etcd,
@@ -136,6 +136,7 @@ class Membership:
         self.claim_ready.clear()
         self._set_claiming(False)
         self._lost.set()
+        self._check_now.set()
 
     # -- registration --------------------------------------------------------------------------
 
@@ -228,13 +229,8 @@ class Membership:
             # Refresh every TTL/3; while claims are paused, check every second (and at once when
             # asked), so that claiming resumes soon after etcd answers again.
             wait_s = interval if self.claim_ready.is_set() else min(interval, 1.0)
-            waiters = [
-                asyncio.ensure_future(self._lost.wait()),
-                asyncio.ensure_future(self._check_now.wait()),
-            ]
-            await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            if not self._lost.is_set():
+                await wait_event(self.clock, self._check_now, wait_s)
             self._check_now.clear()
             if self._closing:
                 return
