@@ -97,6 +97,9 @@ class Execution:
         """Run one claimed slot to its final record (started by the run registry)."""
         locked = run.mode is not None or needs_lock(run.spec.overlap)
         watcher: asyncio.Task[None] | None = None
+        if run.kind not in self.pools.kinds:  # a target this node has no executor for
+            self._finish(run, pb.FAILED, f"no executor for target {run.kind or 'none'!r} here")
+            return
         try:
             waits = locked and run.mode in (QUEUE, None)
             if waits and not await self.locks.wait(run, from_queue=run.mode == QUEUE):

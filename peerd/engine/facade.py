@@ -137,8 +137,6 @@ class EngineStats:
     skipped: int = 0
     succeeded: int = 0
     failed: int = 0
-    deferred: int = 0
-    """Due tasks left unplanned for lack of room, summed over ticks."""
 
 
 @dataclass(frozen=True)
@@ -207,8 +205,8 @@ class Engine:
         self.stats = EngineStats()
         self.executors = executors
         self.registry = RunRegistry()
-        self.planner = Planner(self.node_id, cfg.misfire_threshold)
         self.pools = Pools(cfg)
+        self.planner = Planner(self.node_id, cfg.misfire_threshold, self.pools.kinds)
         self.backpressure = Backpressure(
             self.pools.node,
             cfg.max_concurrent_runs,
@@ -576,7 +574,6 @@ class Engine:
 
     def _note_saturation(self, mono: float) -> None:
         backlog = self.planner.backlog
-        self.stats.deferred += backlog
         if backlog and self._saturated_since is None:
             self._saturated_since = mono
             self._log.warning(

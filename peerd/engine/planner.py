@@ -27,7 +27,7 @@ planned again, one that settled never is.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -95,9 +95,14 @@ class Planner:
     Args:
         node_id: for log lines.
         misfire_threshold: the node's default (``--misfire-threshold``).
+        kinds: the executor kinds this node has; a task of another kind (written by a newer
+            peerd, say) is refused rather than left due forever.
     """
 
-    def __init__(self, node_id: str, misfire_threshold: timedelta) -> None:
+    def __init__(
+        self, node_id: str, misfire_threshold: timedelta, kinds: Collection[str] = ()
+    ) -> None:
+        self.kinds = frozenset(kinds)
         self.owned: dict[str, Owned] = {}
         self.invalid: dict[str, str] = {}
         """Tasks this node should own but cannot plan, with the reason (a spec it cannot
@@ -116,6 +121,10 @@ class Planner:
     def acquire(self, spec: pb.TaskSpec, cursor: datetime | None = None) -> Owned | None:
         """Start planning ``spec`` (from ``cursor``, or once its cursor is loaded). A spec this
         node cannot decode is logged, listed in :attr:`invalid` and not planned; None."""
+        kind = spec.WhichOneof("target") or ""
+        if self.kinds and kind not in self.kinds:
+            self._refuse(spec.id, f"task.target: this node has no executor for {kind or 'none'!r}")
+            return None
         try:
             created_at = spec.created_at.ToDatetime(UTC)
             compiled = CompiledSchedule(spec_from_proto(spec.schedule, created_at))

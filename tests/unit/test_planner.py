@@ -128,3 +128,12 @@ def test_dropped_tasks_leave_the_backlog() -> None:
     p.drop("a")
     plans = p.plan(T0 + S, {"http": 10}, bucket(), 0.0, 100)
     assert [tp.owned.spec.id for tp in plans] == ["b"] and p.backlog == 0
+
+
+def test_a_task_of_an_executor_kind_this_node_lacks_is_refused_not_left_due() -> None:
+    p = Planner("n1", timedelta(seconds=5), kinds=("http",))
+    assert p.acquire(spec("py", kind="python"), cursor=T0) is None
+    assert "no executor" in p.invalid["py"]
+    assert p.acquire(spec("h"), cursor=T0) is not None
+    assert [tp.owned.spec.id for tp in plan(p, T0 + S, {"http": 5})] == ["h"]
+    assert p.backlog == 0
