@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from peerd.coord.alarms import AlarmMonitor
-from peerd.core.ring import owner
 from peerd.engine import Load
 from peerd.errors import Unavailable
 from peerd.v1 import peer_pb2 as ppb
@@ -57,7 +56,7 @@ class ClusterView:
         cluster: the cluster name.
         node_id: this node.
         members: the member view.
-        owners: ``() -> owning members`` (the ownership view).
+        owner_of: ``(spec) -> its owner or None`` (the ownership view, filters applied).
         peers: the peer layer's states.
         tasks: ``() -> {task_id: spec}`` (the task view).
         load: ``() -> this node's engine load``.
@@ -70,7 +69,7 @@ class ClusterView:
         cluster: str,
         node_id: str,
         members: Members,
-        owners: Callable[[], tuple[str, ...]],
+        owner_of: Callable[[pb.TaskSpec], str | None],
         peers: PeerStates,
         tasks: Callable[[], Mapping[str, pb.TaskSpec]],
         load: Callable[[], Load],
@@ -80,7 +79,7 @@ class ClusterView:
         self.cluster = cluster
         self.node_id = node_id
         self.members = members
-        self.owners = owners
+        self.owner_of = owner_of
         self.peers = peers
         self.tasks = tasks
         self.load = load
@@ -96,9 +95,8 @@ class ClusterView:
         if not self.members.view_ready.is_set():
             raise Unavailable("membership view not loaded yet")
         view = self.members.view
-        owners = list(self.owners()) or sorted(view)
         tasks = self.tasks()
-        counts = Counter(owner(t, owners) for t, s in tasks.items() if not s.paused)
+        counts = Counter(self.owner_of(s) for s in tasks.values() if not s.paused)
         dead = self.peers.dead()
         out = pb.GetClusterResponse(
             cluster=self.cluster,

@@ -137,7 +137,7 @@ class Node:
             cfg.cluster,
             cfg.node_id,
             self.membership,
-            lambda: self.ownership.owners,
+            self.ownership.owner_of,
             self.peers,
             lambda: self.cache.tasks,
             self.engine.load,

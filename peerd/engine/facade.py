@@ -322,7 +322,7 @@ class Engine:
         o = self.planner.owned.get(task_id)
         if o is None:
             return
-        target = self.ownership.next_owner(task_id) if to_peer else None
+        target = self.ownership.next_owner(o.spec) if to_peer else None
         if (
             target
             and o.cursor is not None

@@ -11,6 +11,13 @@ These facts come from two sources (membership and the peer layer) and change ind
 of that tuple, so the engine reconciles once per real change and never on noise (a keepalive, a
 rumour that changes nothing). Views of different nodes may differ for a moment; ownership is an
 optimisation, the fenced claim is what keeps a slot exactly-once.
+
+Not every owning member may own every task: *eligibility filters* (:meth:`OwnershipView.
+add_filter`) narrow the members a task is hashed over, e.g. to the nodes whose labels match its
+node selector, or whose time-zone rules are the cluster's. A task's owner is the rendezvous
+winner among the owning members that every filter accepts for it; with none, the task is
+*unschedulable* and nobody owns it. A filter whose answers change without a member-key change
+(an agreed setting read from etcd) calls :meth:`OwnershipView.changed`.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ class Exclusions(Protocol):
     def on_change(self, fn: Callable[[], None]) -> None: ...
 
 
+Eligible = Callable[[pb.TaskSpec, pb.Member], bool]
+"""``(spec, member) -> whether the member may own the task`` (pure, cheap: called per task and
+member on every reconcile)."""
+
+
 class OwnershipView:
     """The owning members of this node's view (see the module docstring).
 
@@ -55,6 +67,7 @@ class OwnershipView:
         self._draining = False
         self._owners: tuple[str, ...] = ()
         self._listeners: list[Callable[[], None]] = []
+        self._filters: list[Eligible] = []
         members.on_change(self.refresh)
         exclusions.on_change(self.refresh)
 
@@ -77,17 +90,42 @@ class OwnershipView:
         """Call ``fn()`` after every change of :attr:`owners`."""
         self._listeners.append(fn)
 
-    def owner_of(self, task_id: str, among: tuple[str, ...] | None = None) -> str | None:
-        """The owner of ``task_id`` among ``among`` (default: the owning members)."""
-        return owner(task_id, list(self._owners if among is None else among))
+    def add_filter(self, eligible: Eligible) -> None:
+        """Narrow the members each task may be owned by (see the module docstring)."""
+        self._filters.append(eligible)
+        self.changed()
+
+    def changed(self) -> None:
+        """The answers of a filter changed: notify listeners (they reconcile)."""
+        for fn in self._listeners:
+            fn()
+
+    def eligible(self, spec: pb.TaskSpec) -> tuple[str, ...]:
+        """The owning members that may own ``spec`` (every filter accepts them)."""
+        if not self._filters:
+            return self._owners
+        view = self._members.view
+        return tuple(
+            m
+            for m in self._owners
+            if (member := view.get(m)) is not None and all(f(spec, member) for f in self._filters)
+        )
+
+    def owner_of(self, spec: pb.TaskSpec, exclude_self: bool = False) -> str | None:
+        """The owner of ``spec`` among its eligible members (None: unschedulable, or no
+        members); ``exclude_self``: the owner once this node gives it up."""
+        among = self.eligible(spec)
+        if exclude_self:
+            among = tuple(m for m in among if m != self.node_id)
+        return owner(spec.id, list(among))
 
     def owns(self, spec: pb.TaskSpec) -> bool:
         """Whether this node plans ``spec`` (owned here and not paused)."""
-        return not spec.paused and self.owner_of(spec.id) == self.node_id
+        return not spec.paused and self.owner_of(spec) == self.node_id
 
-    def next_owner(self, task_id: str) -> str | None:
-        """Who owns ``task_id`` once this node gives it up (the owner among the others)."""
-        return self.owner_of(task_id, tuple(m for m in self._owners if m != self.node_id))
+    def next_owner(self, spec: pb.TaskSpec) -> str | None:
+        """Who owns ``spec`` once this node gives it up (the owner among the others)."""
+        return self.owner_of(spec, exclude_self=True)
 
     def refresh(self) -> None:
         """Recompute :attr:`owners` from both sources; notify listeners if it changed."""
