@@ -4,6 +4,7 @@
 module                   job
 =======================  ==================================================================
 ``ownership``            which members own tasks (membership + detector + drains), one event
+``fireloop``             the loop: plan what is due and fits, claim it, start the claimed runs
 ``planner``              the owned tasks, their cursors, what is due, admission
 ``claims``               fenced claim batches sized from etcd's budget, overlap follow-ups
 ``registry``             one entry per run from claim to final record; spawns at most once
@@ -12,7 +13,11 @@ module                   job
 ``recovery``             runs of claimants whose lease is gone (retry or mark LOST)
 ``writer``               batched record updates, fenced-off finals logged, trims
 ``handoff``              tasks moving to a new owner with their cursor, no gap
+``backpressure``         the node-wide execution limit, adapted to the event loop's lag
 =======================  ==================================================================
+
+The facade wires them, reconciles ownership with the task view, accepts handoffs, applies
+reloaded configuration, runs manual triggers and compensations, drains and stops.
 
 The planning loop, the writer, the handoff sender and the owner-lost recovery run as supervised
 loops (:class:`peerd.supervise.Supervisor`): an unexpected exception is logged, the loop
@@ -20,14 +25,16 @@ restarts with backoff, and the node's health degrades meanwhile. Every loop take
 the injected clock.
 
 **Backpressure.** A node claims only what it can run soon: each executor pool admits as many new
-runs as it has slots plus as many waiting to start (:data:`QUEUE_FACTOR`), counting every run in
-the registry (claimed, running, or waiting for its final record to be written, so a slow etcd
-also slows claiming). Due tasks beyond that wait in the planner's backlog, unclaimed; their
-slots grow late and their catch-up policy decides once they pass the misfire threshold. The node
-is *saturated* while its backlog is not empty: it logs ``node_saturated`` once (and
-``node_saturation_cleared``), and peers see it in its Ping answers (``peerd cluster``). So an
-overloaded node keeps running at its capacity instead of queueing without bound, and its event
-loop stays free for lease keepalives and probes: a busy node is not a dead node.
+runs as it has slots plus as many waiting to start (:data:`peerd.engine.fireloop.QUEUE_FACTOR`),
+counting every run in the registry (claimed, running, or waiting for its final record to be
+written, so a slow etcd also slows claiming), and the node-wide limit follows the event loop's
+lag (:mod:`peerd.engine.backpressure`). Due tasks beyond that wait in the planner's backlog,
+unclaimed; their slots grow late and their catch-up policy decides once they pass the misfire
+threshold. The node is *saturated* while its backlog is not empty: it logs ``node_saturated``
+once (and ``node_saturation_cleared``), and peers see it in its Ping answers (``peerd
+cluster``). So an overloaded node keeps running at its capacity instead of queueing without
+bound, and its event loop stays free for lease keepalives and probes: a busy node is not a dead
+node.
 """
 
 from __future__ import annotations
@@ -35,40 +42,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
-from peerd.clock import Clock, wait_event
+from peerd.clock import Clock
 from peerd.config import NodeConfig
 from peerd.coord.ledger import ClaimResult, Ledger
-from peerd.core.backoff import Backoff
 from peerd.core.budget import MAX_TXN_OPS
 from peerd.core.overlap import first_mode
 from peerd.core.plan import (
     CATCH_UP_RUN_ONCE,
     DEFAULT_CATCH_UP_WINDOW,
-    SKIP_REASON_PB,
     CatchUp,
 )
-from peerd.core.ratelimit import TokenBucket, share
 from peerd.core.records import (
-    claim_record,
     from_ms,
     manual_record,
-    run_key,
-    skipped_record,
     slot_ms,
 )
 from peerd.engine.backpressure import Backpressure
 from peerd.engine.claims import Claim, Claims
 from peerd.engine.execution import Execution
+from peerd.engine.fireloop import FireLoop
 from peerd.engine.handoff import Handoffs, SendHandoff
 from peerd.engine.lock import OverlapLocks
 from peerd.engine.ownership import OwnershipView
-from peerd.engine.planner import Owned, Planner, TaskPlan
-from peerd.engine.recovery import RECENT_SCAN, OwnerLostRecovery
+from peerd.engine.planner import Planner
+from peerd.engine.recovery import OwnerLostRecovery
 from peerd.engine.registry import Run, RunRegistry
 from peerd.engine.writer import RecordWriter
 from peerd.errors import LeaseLost, PeerdError, ResourceExhausted, Unavailable
@@ -81,21 +82,8 @@ from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
 
-TRIM_EVERY = 20
-"""Trim a task's ledger after this many of its slots settled."""
-MAX_SLEEP_S = 1.0
-"""The planning loop wakes at least this often (seconds) even with nothing due."""
-QUEUE_FACTOR = 2
-"""A pool admits runs up to this many times its limit (its slots, plus as many waiting)."""
-SATURATED_PAUSE_S = 0.01
-"""While saturated, the loop waits this long after room frees up, so a claim batch gathers
-more than one slot."""
 TRIGGER_TRIES = 5
 """Manual slots tried (1 ms apart) when a trigger's slot is taken."""
-SWEEP_MIN_S, SWEEP_MAX_S = 60.0, 3600.0
-"""Every owned task's ledger is trimmed by age every ``runs_max_age / 10`` within these bounds
-(seconds), besides the trim after every :data:`TRIM_EVERY` of its slots, so tasks that stopped
-firing (paused, one-shot, ended) lose their old records too."""
 
 
 class NodeLease(Protocol):
@@ -129,14 +117,13 @@ class TaskView(Protocol):
     def on_change(self, fn: Callable[[str, pb.TaskSpec | None], None]) -> None: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineStats:
     """Counters since start (exported as metrics)."""
 
-    claimed: int = 0
-    skipped: int = 0
-    succeeded: int = 0
-    failed: int = 0
+    claimed: int
+    lost_races: int
+    skipped: int
 
 
 @dataclass(frozen=True)
@@ -202,7 +189,6 @@ class Engine:
             etcd_space = asyncio.Event()
             etcd_space.set()
         self.etcd_space = etcd_space
-        self.stats = EngineStats()
         self.executors = executors
         self.registry = RunRegistry()
         self.pools = Pools(cfg)
@@ -257,18 +243,23 @@ class Engine:
             clock,
         )
         self._handoff_enabled = send_handoff is not None
-        rate = share(cfg.catch_up_rate, 1)
-        # Empty at start: the first node back after a cluster-wide outage sees itself as the
-        # only member (and takes the whole rate) until the others register; a full bucket
-        # would add a burst on top (bench/catchup.py: ~2x the rate for a second).
-        self._replay = TokenBucket(rate, max(1.0, rate), clock.monotonic(), tokens=0.0)
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
+        self.fire = FireLoop(
+            self.node_id,
+            lambda: self.cfg,
+            lease,
+            self.planner,
+            self.claims,
+            self.registry,
+            self.pools,
+            self.writer,
+            self.recovery,
+            ledger,
+            self._spawn,
+            self.etcd_space,
+            clock,
+        )
         self._background: set[asyncio.Task[None]] = set()
-        self._stopping = False
-        self._saturated_since: float | None = None
         self._log = log.bind(node_id=self.node_id)
-        self.registry.on_leave(self._room.set)
         ownership.on_change(self.reconcile)
         tasks.on_change(self._on_task_change)
         lease.on_change(self._on_members)
@@ -281,12 +272,7 @@ class Engine:
 
     def reconcile(self) -> None:
         """Recompute the owned set from the owning members and the task view."""
-        owners = self.ownership.owners
-        self._replay.set_rate(
-            share(self.cfg.catch_up_rate, max(1, len(owners))),
-            self.clock.monotonic(),
-            max(1.0, share(self.cfg.catch_up_rate, max(1, len(owners)))),
-        )
+        self.fire.set_owners(len(self.ownership.owners))
         specs = self.tasks.tasks
         wanted = {tid for tid, spec in specs.items() if self.ownership.owns(spec)}
         for task_id in list(self.planner.owned):
@@ -297,7 +283,7 @@ class Engine:
             if task_id not in self.planner.owned:
                 self.planner.acquire(specs[task_id])
         self.planner.forget_invalid(wanted)
-        self._wake.set()
+        self.fire.wake()
 
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         if not task_id:
@@ -314,7 +300,7 @@ class Engine:
                 self.planner.acquire(spec)
         else:
             self.planner.acquire(spec)
-        self._wake.set()
+        self.fire.wake()
 
     def _release(self, task_id: str, to_peer: bool) -> None:
         """Stop planning ``task_id``: hand it to its new owner when that is a live peer (it
@@ -360,7 +346,7 @@ class Engine:
                 )
         if accepted:
             self._log.info("handoff_accepted", from_node=request.from_node, tasks=len(accepted))
-            self._wake.set()
+            self.fire.wake()
         return accepted
 
     # -- configuration and state -----------------------------------------------------------
@@ -385,15 +371,12 @@ class Engine:
 
     def load(self) -> Load:
         """How busy this node is (for Ping answers and ``peerd cluster``)."""
-        capacity = QUEUE_FACTOR * self.pools.node.limit
-        return Load(len(self.registry), capacity, self.planner.backlog)
+        return Load(len(self.registry), self.fire.capacity, self.planner.backlog)
 
-    def _room_per_kind(self) -> dict[str, int]:
-        node_room = QUEUE_FACTOR * self.pools.node.limit - self.registry.active()
-        return {
-            kind: max(0, min(node_room, QUEUE_FACTOR * pool.limit - self.registry.active(kind)))
-            for kind, pool in self.pools.kinds.items()
-        }
+    @property
+    def stats(self) -> EngineStats:
+        """Counters since start."""
+        return EngineStats(self.fire.claimed, self.claims.lost_races, self.fire.skipped)
 
     # -- the planning loop -----------------------------------------------------------------
 
@@ -403,190 +386,10 @@ class Engine:
         self.supervisor.spawn("engine.writer", self.writer.run)
         self.supervisor.spawn("engine.handoff", self.handoffs.run)
         self.supervisor.spawn("engine.recovery", self.recovery.run)
-        self.supervisor.spawn("engine.planner", self._plan_loop)
-        self.supervisor.spawn("engine.sweep", self._sweep_loop)
+        self.supervisor.spawn("engine.planner", self.fire.run)
+        self.supervisor.spawn("engine.sweep", self.fire.sweep)
         self.supervisor.spawn("engine.backpressure", self.backpressure.run)
         self.reconcile()
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            age_s = self.cfg.runs_max_age.total_seconds()
-            await self.clock.sleep(min(SWEEP_MAX_S, max(SWEEP_MIN_S, age_s / 10)))
-            for task_id in list(self.planner.owned):
-                self.writer.trim(task_id)
-
-    async def _plan_loop(self) -> None:
-        backoff = Backoff(0.1, 2.0)
-        while not self._stopping:
-            if not self.lease.claim_ready.is_set():
-                await self.lease.claim_ready.wait()
-                continue
-            if not self.etcd_space.is_set():
-                self._log.warning("claims_paused_etcd_nospace")
-                await self.etcd_space.wait()
-                self._log.info("claims_resumed_etcd_space")
-                continue
-            try:
-                if self.planner.to_load:
-                    await self._load_cursors()
-                await self._tick()
-                backoff.reset()
-            except LeaseLost:
-                self._log.warning("claim_rejected_lease_lost")
-                self.lease.lease_lost()
-                continue
-            except Unavailable as exc:
-                self._log.warning("etcd_unavailable_no_claims", error=str(exc))
-                self.lease.etcd_suspect()
-                await self.clock.sleep(backoff.next_delay_s())
-                continue
-            except PeerdError as exc:  # not transient, but one bad batch must not stop us
-                self._log.error("claim_round_failed", error=str(exc))
-                await self.clock.sleep(backoff.next_delay_s())
-                continue
-            await self._sleep_until_due()
-
-    async def _sleep_until_due(self) -> None:
-        self._wake.clear()
-        if self.planner.backlog:
-            self._room.clear()
-            if await wait_event(self.clock, self._room, MAX_SLEEP_S):
-                await self.clock.sleep(SATURATED_PAUSE_S)
-            return
-        delay = MAX_SLEEP_S
-        due_s = self.planner.next_due_s()
-        if due_s is not None:
-            delay = min(delay, max(0.0, due_s - self.clock.now().timestamp()))
-        if delay > 0 and not self.planner.to_load:
-            await wait_event(self.clock, self._wake, delay)
-
-    async def _load_cursors(self) -> None:
-        ids = list(self.planner.to_load)
-        sem = asyncio.Semaphore(32)
-
-        async def load(task_id: str) -> None:
-            async with sem:
-                recent = await self.ledger.recent(task_id, RECENT_SCAN)
-            o = self.planner.owned.get(task_id)
-            if o is None or task_id not in self.planner.to_load:
-                return
-            # Manual runs (TriggerTask: slot = the time of the trigger) are not schedule slots:
-            # the cursor is the newest scheduled one. With none among the records read, the
-            # floor is safe: slots already claimed are lost races, never run twice.
-            scheduled = [r.scheduled_at.ToMilliseconds() for r, _ in recent if not r.manual]
-            self.recovery.note(recent)
-            # Slots missed while the task was paused are planned like any missed slot: the
-            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED).
-            floor = o.spec.created_at.ToDatetime(UTC)
-            cursor = max(floor, from_ms(scheduled[0])) if scheduled else floor
-            self.planner.set_cursor(o, cursor)
-
-        await asyncio.gather(*(load(t) for t in ids))
-
-    async def _tick(self) -> None:
-        now = self.clock.now()
-        mono = self.clock.monotonic()
-        self.planner.collect_due(now)
-        plans = self.planner.plan(
-            now, self._room_per_kind(), self._replay, mono, self.cfg.runs_keep
-        )
-        self._note_saturation(mono)
-        if not plans:
-            return
-        by_run: dict[tuple[str, int], TaskPlan] = {}
-        claims: list[Claim] = []
-        for tp in plans:
-            for c in self._claims_of(tp, now):
-                by_run[run_key(c.record)] = tp
-                claims.append(c)
-
-        def settled(claim: Claim, res: ClaimResult) -> None:
-            tp = by_run.get(run_key(claim.record))
-            if tp is not None:
-                tp.settled.add(claim.record.scheduled_at.ToMilliseconds())
-            if res.claimed and claim.record.status == pb.CLAIMED:
-                self.stats.claimed += 1
-                self._spawn(claim.spec, claim.record, claim.mode, res.replaced)
-
-        try:
-            await self.claims.claim(claims, settled)
-        finally:
-            self._commit(plans, now, mono)
-
-    def _claims_of(self, tp: TaskPlan, now: datetime) -> list[Claim]:
-        o, plan = tp.owned, tp.plan
-        lease_id = self.lease.lease_id
-        out = [
-            Claim(o.spec, self._skipped(o, slot, reason, now, lease_id), None)
-            for slot, reason in plan.skipped
-        ]
-        mode = first_mode(o.spec.overlap)
-        for slot in plan.fire:
-            rec = claim_record(
-                o.spec.id,
-                slot,
-                self.node_id,
-                lease_id,
-                now,
-                fire_at=o.fire_at(slot),
-                priority=o.spec.priority,
-            )
-            out.append(Claim(o.spec, rec, mode))
-        return out
-
-    def _skipped(
-        self, o: Owned, slot: datetime, reason: str, now: datetime, lease_id: int
-    ) -> pb.RunRecord:
-        rec = skipped_record(
-            o.spec.id,
-            slot,
-            o.fire_at(slot),
-            reason,
-            self.node_id,
-            lease_id,
-            now,
-            policy=o.catch_up.policy,
-            misfire_threshold=o.catch_up.misfire_threshold,
-            window=o.catch_up.window,
-        )
-        assert rec.skip_reason == SKIP_REASON_PB[reason]
-        return rec
-
-    def _commit(self, plans: list[TaskPlan], now: datetime, mono: float) -> None:
-        skipped: dict[str, int] = {}
-        tasks_skipping = 0
-        for tp in plans:
-            settled = self.planner.commit(tp, now, lambda: self._replay.next_at_s(mono) - mono)
-            o = tp.owned
-            o.claims_since_trim += settled
-            if o.claims_since_trim >= TRIM_EVERY:
-                o.claims_since_trim = 0
-                self.writer.trim(o.spec.id)
-            if tp.plan.skipped_count and len(tp.settled) == len(tp.slots):
-                tasks_skipping += 1
-                for reason, n in tp.plan.skipped_counts.items():
-                    if n:
-                        skipped[reason] = skipped.get(reason, 0) + n
-        if skipped:
-            total = sum(skipped.values())
-            self.stats.skipped += total
-            self._log.info("slots_skipped", count=total, tasks=tasks_skipping, reasons=skipped)
-
-    def _note_saturation(self, mono: float) -> None:
-        backlog = self.planner.backlog
-        if backlog and self._saturated_since is None:
-            self._saturated_since = mono
-            self._log.warning(
-                "node_saturated",
-                backlog=backlog,
-                active_runs=len(self.registry),
-                capacity=QUEUE_FACTOR * self.pools.node.limit,
-            )
-        elif not backlog and self._saturated_since is not None:
-            self._log.info(
-                "node_saturation_cleared", after_s=round(mono - self._saturated_since, 3)
-            )
-            self._saturated_since = None
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -598,7 +401,6 @@ class Engine:
         self.registry.spawn(run, self.execution.execute)
 
     def _retry(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
-        self.stats.claimed += 1
         self._spawn(spec, rec, None, None)
 
     async def trigger(self, spec: pb.TaskSpec, cause: pb.RunRecord | None = None) -> pb.RunRecord:
@@ -625,7 +427,6 @@ class Engine:
                 return
             answer.append(claim.record)
             if claim.record.status == pb.CLAIMED:
-                self.stats.claimed += 1
                 self._spawn(claim.spec, claim.record, claim.mode, res.replaced)
 
         for offset in range(TRIGGER_TRIES):
@@ -686,8 +487,8 @@ class Engine:
     async def stop(self, grace_s: float) -> None:
         """Stop planning; wait up to ``grace_s`` seconds for running executions, flush the
         record writer, stop the loops."""
-        self._stopping = True
-        self._wake.set()
+        self.fire.stopping = True
+        self.fire.wake()
         running = self.registry.tasks() + list(self._background)
         if running:
             await asyncio.wait(running, timeout=grace_s)
