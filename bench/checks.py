@@ -171,3 +171,14 @@ def cpu_line(before: dict[str, float], after: dict[str, float], seconds: float) 
     """Mean CPU (cores) by role over ``seconds``."""
     parts = [f"{k} {(after[k] - before.get(k, 0.0)) / seconds:.2f}" for k in after]
     return "CPU, cores used on average: " + ", ".join(parts)
+
+
+def log_summary(events: list[LogEvent]) -> list[str]:
+    """One line per node: its warning/error events (and member_registered) by name."""
+    by_node: dict[str, Counter[str]] = {}
+    for e in events:
+        by_node.setdefault(e.node, Counter())[e.event] += 1
+    return [
+        f"log {node}: " + ", ".join(f"{name} x{n}" for name, n in counts.most_common())
+        for node, counts in sorted(by_node.items())
+    ]

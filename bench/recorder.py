@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peerd.coord.etcd import Etcd
+from peerd.coord.etcd import Etcd, prefix_end
 from peerd.v1 import scheduler_pb2 as pb
 
 FLUSH_S = 0.5
@@ -195,6 +195,28 @@ def tally(writes: list[Write], rev_from: int, rev_to: int) -> WriteTally:
             revs.add(w.rev)
     t.txns = len(revs)
     return t
+
+
+async def unfinished(endpoint: str, prefix: str, page: int = 1000) -> list[tuple[str, str, str]]:
+    """Run records under ``prefix`` that are CLAIMED or RUNNING now, read from etcd page by page:
+    ``(key without the prefix, status name, node id)``."""
+    etcd = Etcd([endpoint], timeout_s=30)
+    await etcd.connect()
+    start, end = f"{prefix}runs/".encode(), prefix_end(f"{prefix}runs/".encode())
+    out: list[tuple[str, str, str]] = []
+    try:
+        while True:
+            kvs, _, _ = await etcd.range(start, end, limit=page)
+            for kv in kvs:
+                rec = pb.RunRecord.FromString(kv.value)
+                if rec.status in (pb.CLAIMED, pb.RUNNING):
+                    key = kv.key[len(prefix) :].decode()
+                    out.append((key, pb.RunStatus.Name(rec.status), rec.node_id))
+            if len(kvs) < page:
+                return out
+            start = kvs[-1].key + b"\0"
+    finally:
+        await etcd.close()
 
 
 def latest_runs(runs: list[RunRow]) -> dict[tuple[str, int], RunRow]:
