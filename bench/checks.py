@@ -134,11 +134,14 @@ def log_checks(events: list[LogEvent], killed_at: float, victim: str | None) -> 
     registered = Counter(e.node for e in events if e.event == "member_registered" and counted(e))
     rereg = sum(max(0, n - 1) for n in registered.values())
     lost = expired + paused + rereg
+    missed = sum(1 for e in events if e.event == "etcd_unavailable_no_claims" and counted(e))
     return [
         Check("false peer_confirmed_dead verdicts before the kill", str(len(false_deaths)), "0",
               not false_deaths),
         Check("lost leases: lease_expired/keepalive_failed_paused/re-registered",
               f"{expired}/{paused}/{rereg}", "0", lost == 0),
+        Check("claim rounds past etcd's deadline (etcd_unavailable_no_claims)", str(missed), "-",
+              None),
     ]  # fmt: skip
 
 
