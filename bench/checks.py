@@ -94,7 +94,8 @@ def victim_moves(
     rows: list[RunRow], active: Iterable[str], victim: str, killed_at: float
 ) -> dict[str, float]:
     """For each active task whose last slot before the kill was the victim's: seconds from the
-    kill to the first start of one of its runs on another node (``inf``: never)."""
+    kill to the first start of one of its runs on another node (``inf``: never). A slot's
+    first record (its claim) names its claimant; rows are in revision order."""
     kill_ms = killed_at * 1000
     active = set(active)
     last: dict[str, tuple[int, str]] = {}
@@ -102,7 +103,7 @@ def victim_moves(
     for r in rows:
         if r.task not in active:
             continue
-        if r.fire_ms < kill_ms and r.slot_ms >= last.get(r.task, (-1, ""))[0]:
+        if r.fire_ms < kill_ms and r.slot_ms > last.get(r.task, (-1, ""))[0]:
             last[r.task] = (r.slot_ms, r.node)
         if r.node != victim and r.started_ms > kill_ms:
             first_move[r.task] = min(first_move.get(r.task, math.inf), r.started_ms / 1000)
