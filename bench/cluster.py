@@ -41,6 +41,7 @@ from checks import (
     failover_checks,
     kill_busiest,
     log_checks,
+    log_summary,
     node_cpu,
     print_checks,
     repeat_checks,
@@ -105,6 +106,8 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
     for line in write_lines(tally(writes, rev0, rev1), round(delivered * window)):
         print(line)
     print(cpu_line(cpu0, cpu1, window))
+    for line in log_summary(events):
+        print(line)
     moves = victim_moves(runs, bench.active, victim, killed_at)
     checks = [
         *failover_checks(victim, moves),
