@@ -72,17 +72,19 @@ def write_lines(t: WriteTally, fires: int) -> list[str]:
     return out
 
 
-def kill_busiest(bench: Bench, cpu_before: dict[str, float]) -> tuple[str, float]:
+def kill_busiest(bench: Bench, cpu_before: dict[str, float]) -> tuple[str, float, int]:
     """SIGKILL the node that used the most CPU since ``cpu_before`` (node id -> CPU seconds);
-    later API calls go to the survivors. Returns (victim, epoch seconds of the kill)."""
+    later API calls go to the survivors. Returns (victim, epoch seconds of the kill, etcd's
+    revision just before it)."""
     cpu = {n: cpu_s(p.pid) - cpu_before.get(n, 0.0) for n, p in bench.procs.items()}
     victim = max(cpu, key=lambda n: cpu[n])
     survivors = [p.address for n, p in bench.procs.items() if n != victim]
     bench.prober.targets = survivors
     bench.use_node(survivors[0])
+    kill_rev = bench.revision()
     killed_at = time.time()
     bench.procs[victim].kill()
-    return victim, killed_at
+    return victim, killed_at, kill_rev
 
 
 def node_cpu(bench: Bench) -> dict[str, float]:
@@ -91,11 +93,12 @@ def node_cpu(bench: Bench) -> dict[str, float]:
 
 
 def victim_moves(
-    rows: list[RunRow], active: Iterable[str], victim: str, killed_at: float
+    rows: list[RunRow], active: Iterable[str], victim: str, killed_at: float, kill_rev: int
 ) -> dict[str, float]:
-    """For each active task whose last slot before the kill was the victim's: seconds from the
-    kill to the first start of one of its runs on another node (``inf``: never). A slot's
-    first record (its claim) names its claimant; rows are in revision order."""
+    """For each active task owned by the victim at the kill (it wrote the newest slot of the
+    task written up to revision ``kill_rev``; a slot's first record, its claim or SKIPPED,
+    names its owner; rows are in revision order): seconds from the kill to the first start of
+    one of its runs on another node (``inf``: never)."""
     kill_ms = killed_at * 1000
     active = set(active)
     last: dict[str, tuple[int, str]] = {}
@@ -103,7 +106,7 @@ def victim_moves(
     for r in rows:
         if r.task not in active:
             continue
-        if r.fire_ms < kill_ms and r.slot_ms > last.get(r.task, (-1, ""))[0]:
+        if r.rev <= kill_rev and r.slot_ms > last.get(r.task, (-1, ""))[0]:
             last[r.task] = (r.slot_ms, r.node)
         if r.node != victim and r.started_ms > kill_ms:
             first_move[r.task] = min(first_move.get(r.task, math.inf), r.started_ms / 1000)

@@ -84,7 +84,7 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
     rev0, cpu0, ncpu0 = bench.revision(), bench.cpu(), node_cpu(bench)
     bench.sleep_until(t1)
     rev1, cpu1 = bench.revision(), bench.cpu()
-    victim, killed_at = kill_busiest(bench, ncpu0)
+    victim, killed_at, kill_rev = kill_busiest(bench, ncpu0)
     bench.sleep_until(killed_at + args.lease_ttl + 6)
     bench.poll()
     bench.prober.stop()
@@ -108,7 +108,7 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
     print(cpu_line(cpu0, cpu1, window))
     for line in log_summary(events):
         print(line)
-    moves = victim_moves(runs, bench.active, victim, killed_at)
+    moves = victim_moves(runs, bench.active, victim, killed_at, kill_rev)
     checks = [
         *failover_checks(victim, moves),
         *repeat_checks(repeats(bench.deliveries, killed_at)),

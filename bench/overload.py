@@ -186,7 +186,7 @@ def overload_run(bench: Bench, args: argparse.Namespace) -> int:
     rec = hold(bench, f"{RECOVER_FACTOR}x", n_rec, args.recover_seconds)
     reduced_at, rec_tasks = rec.t0, set(bench.active)
     phases.append(rec)
-    victim, killed_at = kill_busiest(bench, ncpu)
+    victim, killed_at, kill_rev = kill_busiest(bench, ncpu)
     print(f"  kill -9 {victim}", flush=True)
     kill = Phase("kill", n_rec, killed_at, killed_at + args.lease_ttl + 6)
     bench.sleep_until(kill.w0)
@@ -218,7 +218,7 @@ def overload_run(bench: Bench, args: argparse.Namespace) -> int:
     print(cpu_line(cpu_start, cpu_end, end - start))
     for line in log_summary(events):
         print(line)
-    moves = victim_moves(runs, rec_tasks, victim, killed_at)
+    moves = victim_moves(runs, rec_tasks, victim, killed_at, kill_rev)
     overload_rates = [distinct_rate(bench.deliveries, p.w0, p.t1) for p in overloaded]
     checks = [
         Check("goodput at 2x / 5x, share of C",
