@@ -120,9 +120,10 @@ def ramp(bench: Bench, args: argparse.Namespace) -> tuple[list[Phase], float]:
         steps.append(ph)
         rate = distinct_rate(bench.deliveries, ph.w0, ph.t1)
         print(f"  ramp: {n} tasks -> {rate:.0f} slots/s delivered", flush=True)
-        if rate < SATURATED * n and rate < GAIN * best:
-            break
+        saturated_flat = rate < SATURATED * n and rate < GAIN * best
         best = max(best, rate)
+        if saturated_flat:
+            break
         n += args.ramp_step
     return steps, best
 
