@@ -7,8 +7,9 @@ every write and every run record) and N ``peerd serve`` nodes (JSON logs at leve
 loopback, and HTTP tasks firing every second at the receiver.
 
 Default run: ``--tasks`` tasks for ``--seconds``; over the steady window (the first 5 s left
-out) it prints delivered slots/s (distinct idempotency keys at the receiver), lateness from the
-run ledger, and etcd writes, transactions and key+value bytes per fire; then it ``kill -9``s the
+out) it prints goodput (slots due in the window that reached the receiver, per second),
+lateness from the run ledger, and etcd writes, transactions and key+value bytes per fire (fires:
+distinct idempotency keys the receiver logged in the window); then it ``kill -9``s the
 busiest node (most CPU) and measures, for each of its tasks, the time from the kill to the first
 start of one of the task's runs on a survivor (ledger). ``--overload`` runs the phases of
 ``bench/overload.py`` instead (ramp to the peak, 2x, 5x, back to 0.5x, kill -9).
@@ -22,7 +23,7 @@ recovery time, API latency) or 2 (the run could not be set up).
     .venv/bin/python bench/cluster.py --tasks 300 --seconds 65 --runs-keep 20   # writes per fire
     .venv/bin/python bench/cluster.py ... --peerd-src /tmp/peerd-old   # nodes from another tree
     .venv/bin/python bench/cluster.py --overload [--ramp-start 100] [--ramp-step 100]
-        [--ramp-seconds 20] [--hold-seconds 60] [--recover-seconds 90]
+        [--ramp-seconds 25] [--hold-seconds 60] [--recover-seconds 90]
 
 ``--keep`` keeps the workdir (node logs, ``ledger.tsv``, the receiver's access log).
 """
@@ -48,7 +49,7 @@ from checks import (
     victim_moves,
     write_lines,
 )
-from harness import Bench, distinct_rate, pct, repeats, scan_logs, window_runs
+from harness import Bench, distinct_rate, pct, repeats, scan_logs, slot_rate, window_runs
 from receiver import ReceiverError, measure_ceiling
 from recorder import latest_runs, load, tally
 
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overload", action="store_true", help="the overload phases instead")
     p.add_argument("--ramp-start", type=int, default=100)
     p.add_argument("--ramp-step", type=int, default=100)
-    p.add_argument("--ramp-seconds", type=float, default=20)
+    p.add_argument("--ramp-seconds", type=float, default=25)
     p.add_argument("--hold-seconds", type=float, default=60, help="each of 2x and 5x")
     p.add_argument("--recover-seconds", type=float, default=90, help="0.5x after the overload")
     return p.parse_args(argv)
@@ -93,17 +94,18 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
 
     writes, runs = load(bench.ledger_path)
     lateness, skipped, succeeded = window_runs(latest_runs(runs).values(), t0, t1)
-    delivered = distinct_rate(bench.deliveries, t0, t1)
+    delivered = slot_rate(bench.deliveries, t0, t1)
+    received = distinct_rate(bench.deliveries, t0, t1)
     window = t1 - t0
     lat_ms = [v * 1000 for v in lateness]
     print(f"nodes {args.nodes}, tasks {args.tasks} every 1s, lease TTL {args.lease_ttl}s, "
           f"steady window {window:.0f}s")  # fmt: skip
-    print(f"delivered slots/s (receiver, distinct keys) {delivered:.0f}; SUCCEEDED runs/s "
-          f"(ledger) {succeeded / window:.0f}; SKIPPED/s {skipped / window:.1f}")  # fmt: skip
+    print(f"goodput: slots due in the window delivered/s {delivered:.0f}; SUCCEEDED "
+          f"runs/s {succeeded / window:.0f}; SKIPPED/s {skipped / window:.1f}")  # fmt: skip
     if lat_ms:
         print(f"lateness ms  p50 {pct(lat_ms, 0.5):.1f}  p99 {pct(lat_ms, 0.99):.1f}  "
               f"max {max(lat_ms):.1f}  (n={len(lat_ms)})")  # fmt: skip
-    for line in write_lines(tally(writes, rev0, rev1), round(delivered * window)):
+    for line in write_lines(tally(writes, rev0, rev1), round(received * window)):
         print(line)
     print(cpu_line(cpu0, cpu1, window))
     for line in log_summary(events):
