@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from harness import Bench, LogEvent, Probe, Repeats, cpu_s, pct
+from harness import Bench, LogEvent, Probe, Repeats, cpu_s, pct, repeats
 from recorder import RunRow, WriteTally
 
 RET_OK = 0
@@ -188,4 +188,23 @@ def log_summary(events: list[LogEvent]) -> list[str]:
     return [
         f"log {node}: " + ", ".join(f"{name} x{n}" for name, n in counts.most_common())
         for node, counts in sorted(by_node.items())
+    ]
+
+
+def run_checks(
+    bench: Bench,
+    runs: list[RunRow],
+    active: Iterable[str],
+    kill: tuple[str, float, int],
+    events: list[LogEvent],
+) -> list[Check]:
+    """The checks both runs share: failover of the killed node's tasks, repeated deliveries,
+    node logs, API latency. ``kill``: what :func:`kill_busiest` returned."""
+    victim, killed_at, kill_rev = kill
+    moves = victim_moves(runs, active, victim, killed_at, kill_rev)
+    return [
+        *failover_checks(victim, moves),
+        *repeat_checks(repeats(bench.deliveries, killed_at)),
+        *log_checks(events, killed_at, victim),
+        *api_checks(bench.prober.probes),
     ]

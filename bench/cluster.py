@@ -35,21 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from checks import (
-    RET_SETUP,
-    api_checks,
-    cpu_line,
-    failover_checks,
-    kill_busiest,
-    log_checks,
-    log_summary,
-    node_cpu,
-    print_checks,
-    repeat_checks,
-    victim_moves,
-    write_lines,
-)
-from harness import Bench, distinct_rate, pct, repeats, scan_logs, slot_rate, window_runs
+import checks
+from harness import Bench, distinct_rate, pct, scan_logs, slot_rate, window_runs
 from receiver import ReceiverError, measure_ceiling
 from recorder import latest_runs, load, tally
 
@@ -82,11 +69,11 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
     created = time.time()
     t0, t1 = created + SETTLE_S, created + args.seconds
     bench.sleep_until(t0)
-    rev0, cpu0, ncpu0 = bench.revision(), bench.cpu(), node_cpu(bench)
+    rev0, cpu0, ncpu0 = bench.revision(), bench.cpu(), checks.node_cpu(bench)
     bench.sleep_until(t1)
     rev1, cpu1 = bench.revision(), bench.cpu()
-    victim, killed_at, kill_rev = kill_busiest(bench, ncpu0)
-    bench.sleep_until(killed_at + args.lease_ttl + 6)
+    kill = checks.kill_busiest(bench, ncpu0)
+    bench.sleep_until(kill[1] + args.lease_ttl + 6)
     bench.poll()
     bench.prober.stop()
     events = scan_logs(bench.procs.values())
@@ -105,19 +92,12 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
     if lat_ms:
         print(f"lateness ms  p50 {pct(lat_ms, 0.5):.1f}  p99 {pct(lat_ms, 0.99):.1f}  "
               f"max {max(lat_ms):.1f}  (n={len(lat_ms)})")  # fmt: skip
-    for line in write_lines(tally(writes, rev0, rev1), round(received * window)):
+    for line in checks.write_lines(tally(writes, rev0, rev1), round(received * window)):
         print(line)
-    print(cpu_line(cpu0, cpu1, window))
-    for line in log_summary(events):
+    print(checks.cpu_line(cpu0, cpu1, window))
+    for line in checks.log_summary(events):
         print(line)
-    moves = victim_moves(runs, bench.active, victim, killed_at, kill_rev)
-    checks = [
-        *failover_checks(victim, moves),
-        *repeat_checks(repeats(bench.deliveries, killed_at)),
-        *log_checks(events, killed_at, victim),
-        *api_checks([p for p in bench.prober.probes if p.at_s < killed_at]),
-    ]
-    return print_checks(checks)
+    return checks.print_checks(checks.run_checks(bench, runs, bench.active, kill, events))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: could not start: {exc}", file=sys.stderr)
         bench.stop()
         bench.cleanup()
-        return RET_SETUP
+        return checks.RET_SETUP
     try:
         ceiling = measure_ceiling(bench.receiver, seconds=2.0)
         src = args.peerd_src or "this tree"

@@ -39,26 +39,13 @@ import math
 import time
 from dataclasses import dataclass
 
-from checks import (
-    Check,
-    api_checks,
-    cpu_line,
-    failover_checks,
-    kill_busiest,
-    log_checks,
-    log_summary,
-    node_cpu,
-    print_checks,
-    repeat_checks,
-    victim_moves,
-)
+from checks import Check, cpu_line, kill_busiest, log_summary, node_cpu, print_checks, run_checks
 from harness import (
     PREFIX,
     TASK_TIMEOUT_S,
     Bench,
     distinct_rate,
     pct,
-    repeats,
     scan_logs,
     slot_rate,
     window_runs,
@@ -194,7 +181,8 @@ def overload_run(bench: Bench, args: argparse.Namespace) -> int:
     rec = hold(bench, f"{RECOVER_FACTOR}x", n_rec, args.recover_seconds)
     reduced_at, rec_tasks = rec.t0, set(bench.active)
     phases.append(rec)
-    victim, killed_at, kill_rev = kill_busiest(bench, ncpu)
+    kill_info = kill_busiest(bench, ncpu)
+    victim, killed_at, _ = kill_info
     print(f"  kill -9 {victim}", flush=True)
     kill = Phase("kill", n_rec, killed_at, killed_at + args.lease_ttl + 6)
     bench.sleep_until(kill.w0)
@@ -226,9 +214,8 @@ def overload_run(bench: Bench, args: argparse.Namespace) -> int:
     print(cpu_line(cpu_start, cpu_end, end - start))
     for line in log_summary(events):
         print(line)
-    moves = victim_moves(runs, rec_tasks, victim, killed_at, kill_rev)
     overload_rates = [slot_rate(bench.deliveries, p.w0, p.t1) for p in overloaded]
-    checks = [
+    results = [
         Check("goodput at 2x / 5x, share of C",
               " / ".join(f"{r / capacity:.0%}" for r in overload_rates), f">= {GOODPUT:.0%}",
               all(r >= GOODPUT * capacity for r in overload_rates), hard=False),
@@ -237,11 +224,8 @@ def overload_run(bench: Bench, args: argparse.Namespace) -> int:
               hard=False),
         Check("records CLAIMED/RUNNING after the end (+ timeout + 10 s)", str(len(stuck)), "0",
               not stuck),
-        *failover_checks(victim, moves),
-        *repeat_checks(repeats(bench.deliveries, killed_at)),
-        *log_checks(events, killed_at, victim),
-        *api_checks(bench.prober.probes),
+        *run_checks(bench, runs, rec_tasks, kill_info, events),
     ]  # fmt: skip
     for key, status, node in stuck[:10]:
         print(f"stuck: {key} {status} {node}")
-    return print_checks(checks)
+    return print_checks(results)
