@@ -20,8 +20,14 @@ otherwise                                unchanged
 =======================================  =================================================
 
 The caller steps it once per measurement window (the worst lag of the window), so one slow
-iteration lowers the limit once. The defaults keep the lag well under the peers' probe deadline
-(250 ms): a lag above 50 ms is backed off, below 10 ms is room to grow.
+iteration lowers the limit once. The limit starts low (``start``) and grows while the loop keeps
+up, like TCP's slow start, so a burst of due work at start-up (a thousand tasks created at once)
+cannot flood the loop before the first measurement. The thresholds keep the lag well under the
+peers' probe deadline (250 ms): above 100 ms is backed off, below 40 ms is room to grow. They
+are not tighter on purpose: the lag also counts time the process waits for a CPU the machine
+gives to others (on a 2-core box running 3 nodes, etcd and a receiver, the lag never fell under
+10 ms, whatever the node's own load; ``bench/cluster.py --overload``), and a controller that
+reacts to that only starves its own node.
 """
 
 from __future__ import annotations
@@ -36,29 +42,33 @@ class AdaptiveLimit:
 
     Attributes:
         maximum: the configured limit (``--max-concurrent-runs``); the limit never exceeds it.
-        minimum: the limit never goes below this (>= 1).
-        limit: the current limit (starts at ``maximum``).
+        minimum: the limit never goes below this (clamped to ``maximum``).
+        start: the first limit (clamped to ``minimum..maximum``).
+        limit: the current limit.
 
     Raises:
-        ValueError: ``minimum`` < 1 or ``maximum`` < ``minimum``.
+        ValueError: ``maximum`` < 1.
     """
 
     maximum: int
-    minimum: int = 4
-    high_lag_s: float = 0.05
-    low_lag_s: float = 0.01
+    minimum: int = 16
+    start: int = 32
+    high_lag_s: float = 0.1
+    low_lag_s: float = 0.04
     decrease: float = 0.75
-    increase: float = 0.05
+    increase: float = 0.1
     limit: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.minimum < 1 or self.maximum < self.minimum:
-            raise ValueError(f"need 1 <= minimum <= maximum, got {self.minimum}, {self.maximum}")
-        self.limit = self.maximum
+        if self.maximum < 1:
+            raise ValueError(f"maximum must be >= 1, got {self.maximum}")
+        self.minimum = max(1, min(self.minimum, self.maximum))
+        self.limit = min(self.maximum, max(self.minimum, self.start))
 
     def set_maximum(self, maximum: int) -> None:
         """A new configured limit (hot reload); the current limit is clamped to it."""
-        self.maximum = max(self.minimum, maximum)
+        self.maximum = max(1, maximum)
+        self.minimum = min(self.minimum, self.maximum)
         self.limit = min(self.limit, self.maximum)
 
     def step(self, lag_s: float, waiting: bool) -> int:

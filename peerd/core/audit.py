@@ -46,6 +46,7 @@ MAX_GAPS = 1000
 """Gaps listed by timestamp; :attr:`AuditReport.gap_count` is exact regardless."""
 GIVEN_UP = frozenset({pb.LOST, pb.FAILED, pb.CANCELLED})
 """Statuses of an attempt that was abandoned, so another attempt of the slot is a retry."""
+_US = timedelta(microseconds=1)
 _MS = timedelta(milliseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCAN_PAGE = 1000
@@ -265,6 +266,31 @@ def _is_slot(compiled: CompiledSchedule, slot: datetime) -> bool:
     return compiled.count_between(slot - _MS, slot) == 1
 
 
+def _skipped_ranges(
+    entries: list[LedgerEntry], since: datetime, until: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The slots that SKIPPED records stand for besides their own (``skipped_slots`` > 1), as
+    ``(lo, hi]`` bounds clipped to ``(since, until]``: ``skipped_from`` up to just before the
+    record's own slot. Ranges of one task's records never overlap (each starts after the
+    previous record's slot)."""
+    out = []
+    for e in entries:
+        rec = e.record
+        if rec.status != pb.SKIPPED or rec.skipped_slots <= 1 or not rec.HasField("skipped_from"):
+            continue
+        lo = max(since, _dt(rec.skipped_from) - _US)
+        hi = min(until, _dt(rec.scheduled_at) - _US)
+        if hi > lo:
+            out.append((lo, hi))
+    return out
+
+
+def _keys_between(keys_ms: set[int], lo: datetime, hi: datetime) -> int:
+    """How many of ``keys_ms`` fall in ``(lo, hi]``."""
+    lo_ms, hi_ms = _ms(lo), _ms(hi)
+    return sum(1 for ms in keys_ms if lo_ms < ms <= hi_ms)
+
+
 def audit(
     compiled: CompiledSchedule,
     entries: Sequence[LedgerEntry],
@@ -308,6 +334,10 @@ def audit(
         if not e.record.manual and _dt(e.record.scheduled_at) <= expected_until
     }
     matched = sum(1 for ms in scheduled_ms if _is_slot(compiled, _EPOCH + ms * _MS))
+    ranges = _skipped_ranges(in_window, since, expected_until)
+    matched += sum(
+        compiled.count_between(lo, hi) - _keys_between(scheduled_ms, lo, hi) for lo, hi in ranges
+    )
     gap_count = max(0, expected - matched)
     gaps: list[datetime] = []
     cursor = since
@@ -316,7 +346,8 @@ def audit(
         if not page:
             break
         for slot in page:
-            if _ms(slot) not in scheduled_ms:
+            covered = any(lo < slot <= hi for lo, hi in ranges)
+            if _ms(slot) not in scheduled_ms and not covered:
                 gaps.append(slot)
                 if len(gaps) >= MAX_GAPS:
                     break

@@ -128,6 +128,7 @@ def skipped_record(
     policy: str,
     misfire_threshold: timedelta,
     window: timedelta,
+    covers: tuple[datetime, int] | None = None,
 ) -> pb.RunRecord:
     """A SKIPPED record for a slot the catch-up policy does not run.
 
@@ -136,6 +137,8 @@ def skipped_record(
             :data:`peerd.core.plan.SKIP_REASONS`).
         policy: the task's catch-up policy (``peerd.core.plan`` name), named in the message.
         misfire_threshold, window: the task's catch-up settings, named in the message.
+        covers: ``(first slot, count)`` when this record stands for ``count`` skipped slots
+            from ``first slot`` up to ``slot`` (``RunRecord.skipped_slots``/``skipped_from``).
     """
     rec = claim_record(task_id, slot, node_id, lease_id, now, fire_at=fire_at, status=pb.SKIPPED)
     late_s = (now - fire_at).total_seconds()
@@ -157,6 +160,11 @@ def skipped_record(
             f"misfire: {late_s:.1f}s late, beyond the {misfire_threshold.total_seconds():g}s "
             f"threshold; catch-up policy {name} does not replay it"
         )
+    if covers is not None and covers[1] > 1:
+        first, count = covers
+        rec.skipped_slots = count
+        rec.skipped_from.FromDatetime(first)
+        rec.error = f"{count} slots from {rfc3339(first)} to this one skipped: {rec.error}"
     rec.finished_at.FromDatetime(now)
     return rec
 

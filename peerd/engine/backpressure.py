@@ -47,7 +47,8 @@ class Backpressure:
         node_id: str,
     ) -> None:
         self.node_pool = node_pool
-        self.limit = AdaptiveLimit(maximum, minimum=min(4, maximum))
+        self.limit = AdaptiveLimit(maximum)
+        node_pool.set_limit(self.limit.limit)
         self.waiting = waiting
         self.clock = clock
         self.lag_s = 0.0

@@ -241,9 +241,10 @@ class FireLoop:
         now = self.clock.now()
         mono = self.clock.monotonic()
         self.planner.collect_due(now)
-        plans = self.planner.plan(
-            now, self.room_per_kind(), self.replay, mono, self.settings().runs_keep
-        )
+        # Saturated: a task's skipped slots go in one record (it stands for all of them), so
+        # bookkeeping does not grow with the load the node cannot run.
+        limit = 1 if self._saturated_since is not None else self.settings().runs_keep
+        plans = self.planner.plan(now, self.room_per_kind(), self.replay, mono, limit)
         self._note_saturation(mono)
         if not plans:
             return
@@ -270,10 +271,16 @@ class FireLoop:
     def _claims_of(self, tp: TaskPlan, now: datetime) -> list[Claim]:
         o, plan = tp.owned, tp.plan
         lease_id = self.lease.lease_id
-        out = [
-            Claim(o.spec, self._skipped(o, slot, reason, now, lease_id), None)
-            for slot, reason in plan.skipped
-        ]
+        out = []
+        unlisted = plan.skipped_count - len(plan.skipped)
+        for i, (slot, reason) in enumerate(plan.skipped):
+            covers = None
+            if i == 0 and unlisted > 0 and o.cursor is not None:
+                # The oldest listed record stands for the skipped slots not listed before it.
+                first = o.compiled.next_after(o.cursor)
+                covers = (first, unlisted + 1) if first is not None else None
+            rec = self._skipped(o, slot, reason, now, lease_id, covers)
+            out.append(Claim(o.spec, rec, None))
         mode = first_mode(o.spec.overlap)
         for slot in plan.fire:
             rec = claim_record(
@@ -289,7 +296,13 @@ class FireLoop:
         return out
 
     def _skipped(
-        self, o: Owned, slot: datetime, reason: str, now: datetime, lease_id: int
+        self,
+        o: Owned,
+        slot: datetime,
+        reason: str,
+        now: datetime,
+        lease_id: int,
+        covers: tuple[datetime, int] | None,
     ) -> pb.RunRecord:
         rec = skipped_record(
             o.spec.id,
@@ -302,6 +315,7 @@ class FireLoop:
             policy=o.catch_up.policy,
             misfire_threshold=o.catch_up.misfire_threshold,
             window=o.catch_up.window,
+            covers=covers,
         )
         assert rec.skip_reason == SKIP_REASON_PB[reason]
         return rec

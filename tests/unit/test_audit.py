@@ -114,6 +114,26 @@ def test_missing_slots_are_gaps_but_skipped_ones_are_not() -> None:
     assert report.started == 2  # a SKIPPED slot never started
 
 
+def test_a_skipped_record_standing_for_several_slots_fills_their_gaps() -> None:
+    # A saturated node skipped T0+20 .. T0+50 and recorded them in one record at T0+50.
+    ranged = record(T0 + 50 * S, pb.SKIPPED, late=None)
+    ranged.skipped_slots = 4
+    ranged.skipped_from.FromDatetime(T0 + 20 * S)
+    recs = [record(T0 + 10 * S), ranged, record(T0 + 60 * S)]
+    report = audit(every(), entries(*recs), T0, T0 + 85 * S, THRESHOLD)
+    assert report.expected_slots == 8  # T0+10 .. T0+80
+    assert report.gaps == [T0 + 70 * S, T0 + 80 * S] and report.gap_count == 2
+    # A slot inside the range that has a record of its own is counted once.
+    inside = record(T0 + 30 * S)
+    report = audit(every(), entries(*recs, inside), T0, T0 + 85 * S, THRESHOLD)
+    assert report.gap_count == 2
+    # A range reaching before the window only counts its part inside it.
+    report = audit(
+        every(), entries(ranged, record(T0 + 60 * S)), T0 + 35 * S, T0 + 65 * S, THRESHOLD
+    )
+    assert report.expected_slots == 3 and report.gap_count == 0  # T0+40 (range), 50, 60
+
+
 def test_gap_list_is_capped_but_count_is_exact() -> None:
     until = T0 + timedelta(days=1)
     report = audit(every(1), [], T0, until, THRESHOLD)

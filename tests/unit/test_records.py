@@ -49,6 +49,11 @@ def test_skipped_records_name_reason_and_policy() -> None:
     window = records.skipped_record("t", SLOT, SLOT, "catch_up_window", **common)  # type: ignore[arg-type]
     assert window.skip_reason == pb.SKIP_CATCH_UP_WINDOW and "3600s" in window.error
     assert misfire.finished_at.ToDatetime(UTC) == NOW
+    assert not misfire.skipped_slots and not misfire.HasField("skipped_from")
+    first = SLOT - timedelta(seconds=9)
+    many = records.skipped_record("t", SLOT, SLOT, "misfire", covers=(first, 10), **common)  # type: ignore[arg-type]
+    assert many.skipped_slots == 10 and many.skipped_from.ToDatetime(UTC) == first
+    assert many.error.startswith("10 slots from 2026-11-30T11:59:51.000Z to this one skipped")
 
 
 def test_overlap_skipped_names_the_holder() -> None:
