@@ -61,7 +61,7 @@ def test_one_event_per_real_change() -> None:
 
 
 def test_not_registered_owns_nothing() -> None:
-    ov, members, _, _ = view("b", "c")
+    ov, _, _, _ = view("b", "c")
     assert ov.owners == ()
     assert not ov.owns(pb.TaskSpec(id="t"))
 
