@@ -51,9 +51,10 @@ MAX_SLEEP_S = 1.0
 """The loop wakes at least this often (seconds) even with nothing due."""
 QUEUE_FACTOR = 2
 """A pool admits runs up to this many times its limit (its slots, plus as many waiting)."""
-SATURATED_PAUSE_S = 0.01
-"""While saturated, the loop waits this long after room frees up, so a claim batch gathers
-more than one slot."""
+SATURATED_PAUSE_S = 0.05
+"""While saturated, the loop waits this long after room frees up, so a claim batch gathers the
+room of many finished runs instead of one transaction per run (measured with
+``bench/cluster.py --overload``: 10 ms gave claim transactions of one or two slots)."""
 SWEEP_MIN_S, SWEEP_MAX_S = 60.0, 3600.0
 """Every owned task's ledger is trimmed by age every ``runs_max_age / 10`` within these bounds
 (seconds), besides the trim after every :data:`TRIM_EVERY` of its slots, so tasks that stopped

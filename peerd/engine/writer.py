@@ -44,6 +44,9 @@ PROGRESS_DELAY_S = 1.0
 this many seconds."""
 MAX_BATCH = 512
 """Updates written per flush at most (several transactions)."""
+GATHER_S = 0.01
+"""After the first due update, the writer waits this long for more, so records of runs that end
+together share a transaction."""
 TRIMS_PER_PASS = 64
 """Task ledgers trimmed per pass of the loop at most (a sweep of every owned task is spread over
 several passes, between record flushes)."""
@@ -88,6 +91,7 @@ class RecordWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._backoff = Backoff(0.1, 2.0)
+        self._gathered = False
         self._log = log.bind(node_id=node_id)
 
     @property
@@ -128,6 +132,11 @@ class RecordWriter:
         while True:
             now = self.clock.monotonic()
             due = [k for k, p in self._pending.items() if p.due_s <= now][:MAX_BATCH]
+            if due and len(due) < MAX_BATCH and not self._gathered:
+                self._gathered = True
+                await self.clock.sleep(GATHER_S)
+                continue
+            self._gathered = False
             if not due and not self._trims:
                 if not self._pending:
                     self._idle.set()
