@@ -171,6 +171,11 @@ def api_checks(probes: list[Probe]) -> list[Check]:
         ok = bool(lat) and max(lat) < API_LIMIT_S * 1000 and not failed
         name = f"{call} ms p50/p99/max ({len(lat)} calls, {failed} failed)"
         out.append(Check(name, value, f"< {API_LIMIT_S * 1000:.0f}", ok, hard=False))
+        calls = [p for p in probes if p.call == call]
+        if calls:
+            slowest = max(calls, key=lambda p: p.latency_s)
+            when = time.strftime("%H:%M:%S", time.localtime(slowest.at_s - slowest.latency_s))
+            out.append(Check(f"{call}: slowest call started at", when, "-", None))
     return out
 
 

@@ -172,18 +172,19 @@ def overload_run(bench: Bench, args: argparse.Namespace) -> int:
     overloaded = []
     for f in FACTORS:
         n = max(10, round(f * capacity / 10) * 10)
-        print(f"  {f}x: {n} tasks", flush=True)
+        print(f"  {time.strftime('%H:%M:%S')} {f}x: {n} tasks", flush=True)
         overloaded.append(hold(bench, f"{f}x", n, args.hold_seconds))
     phases += overloaded
     n_rec = max(10, round(RECOVER_FACTOR * capacity / 10) * 10)
     reduce_start = time.time()
+    print(f"  {time.strftime('%H:%M:%S')} {RECOVER_FACTOR}x: {n_rec} tasks", flush=True)
     ncpu = node_cpu(bench)
     rec = hold(bench, f"{RECOVER_FACTOR}x", n_rec, args.recover_seconds)
     reduced_at, rec_tasks = rec.t0, set(bench.active)
     phases.append(rec)
     kill_info = kill_busiest(bench, ncpu)
     victim, killed_at, _ = kill_info
-    print(f"  kill -9 {victim}", flush=True)
+    print(f"  {time.strftime('%H:%M:%S', time.localtime(killed_at))} kill -9 {victim}", flush=True)
     kill = Phase("kill", n_rec, killed_at, killed_at + args.lease_ttl + 6)
     bench.sleep_until(kill.w0)
     kill.rev0, kill.cpu0 = bench.revision(), bench.cpu()["nodes"]
