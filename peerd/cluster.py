@@ -4,7 +4,9 @@ Members come from this node's member view; for each, the answer says how many ta
 this node's ownership view, whether the failure detector here believes it dead, whether it is
 draining or not claiming (its own word), and its load: for this node, the engine's; for a peer,
 what it reported in its last Ping answer. The etcd part (alarms, database size, the compactor)
-is this node's last Status poll (:mod:`peerd.coord.alarms`).
+is this node's last Status poll (:mod:`peerd.coord.alarms`). Each member's tzdata version is
+its own (its member key); the agreed one, and whether it is pinned, this node's view of
+``tzdata/`` (:mod:`peerd.coord.tzdata`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class ClusterView:
         load: ``() -> this node's engine load``.
         alarms: the etcd alarm monitor (alarms, database size).
         compactor: ``() -> the node holding the compactor key`` (None: nobody).
+        tzdata: ``() -> (agreed tzdata version or None, pinned)``.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ClusterView:
         load: Callable[[], Load],
         alarms: AlarmMonitor,
         compactor: Callable[[], str | None],
+        tzdata: Callable[[], tuple[str | None, bool]],
     ) -> None:
         self.cluster = cluster
         self.node_id = node_id
@@ -85,6 +89,7 @@ class ClusterView:
         self.load = load
         self.alarms = alarms
         self.compactor = compactor
+        self.tzdata = tzdata
 
     def __call__(self) -> pb.GetClusterResponse:
         """The answer now.
@@ -98,12 +103,15 @@ class ClusterView:
         tasks = self.tasks()
         counts = Counter(self.owner_of(s) for s in tasks.values() if not s.paused)
         dead = self.peers.dead()
+        agreed, pinned = self.tzdata()
         out = pb.GetClusterResponse(
             cluster=self.cluster,
             node_id=self.node_id,
             task_count=len(tasks),
             revision=self.members.view_revision,
             etcd_compactor=self.compactor() or "",
+            tzdata_version=agreed or "",
+            tzdata_pinned=pinned,
         )
         for alarm in self.alarms.alarms:
             out.etcd_alarms.add(member_id=alarm.member_id, alarm=alarm.kind)
