@@ -90,13 +90,9 @@ def test_resume_after_the_local_time_run_by_other_rules(
     assert cursor == OLD_9AM
     p.set_cursor(o, cursor)
     assert o.next_at == OLD_9AM + timedelta(days=1)
-    p.collect_due(OLD_9AM + timedelta(minutes=1))
-    assert (
-        p.plan(
-            OLD_9AM + timedelta(minutes=1), {"http": 10}, TokenBucket(1000.0, 1000.0, 0.0), 0.0, 100
-        )
-        == []
-    )
+    later = OLD_9AM + timedelta(minutes=1)
+    p.collect_due(later)
+    assert p.plan(later, {"http": 10}, TokenBucket(1000.0, 1000.0, 0.0), 0.0, 100) == []
 
 
 @pytest.mark.parametrize(
