@@ -208,8 +208,9 @@ class TzdataAgreement:
         if not (self.ready.is_set() and self.members.view_ready.is_set()):
             return False
         view_revision = self.members.view_revision
-        target = agreed_version(self.agreed, self.pinned, live_versions(self.members.view))
-        if target is None or target == self.agreed:
+        previous = self.agreed
+        target = agreed_version(previous, self.pinned, live_versions(self.members.view))
+        if target is None or target == previous:
             return False
         agreed_key = self.keys.tzdata_agreed
         unchanged = (
@@ -228,7 +229,7 @@ class TzdataAgreement:
             )
         )
         if resp.succeeded:
-            self._log.info("tzdata_agreement_advanced", previous=self.agreed, agreed=target)
+            self._log.info("tzdata_agreement_advanced", previous=previous, agreed=target)
         return bool(resp.succeeded)
 
     # -- operators -------------------------------------------------------------------------
