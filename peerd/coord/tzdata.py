@@ -16,7 +16,7 @@ it in etcd, where every node reads the same value and every claim can be fenced 
              A failed compare means this node's view is behind: the watch brings the news and
              the rule runs again. Every node computes the same result from the same member
              keys, so racing writers write the same value.
-    pin      put tzdata/pin = V; put tzdata/agreed = V (unless it is V already)   one txn
+    pin      put tzdata/agreed = V (unless it is V already); put tzdata/pin = V   one txn
     unpin    delete tzdata/pin
     fence    a claim of a zone-dependent slot compares mod_revision(tzdata/agreed) == the
              revision at which this node saw its own version agreed (:meth:`fence`,
@@ -24,8 +24,8 @@ it in etcd, where every node reads the same value and every claim can be fenced 
              claims with the rules it had before, whatever its view says.
 
 This node logs ``tzdata_agreed`` when the agreed version or the pin changes, and
-``tzdata_mismatch`` (a warning, once per change) while its own version differs: it then owns
-and claims no zone-dependent task.
+``tzdata_mismatch`` (a warning, once per change) while its own version differs from the agreed
+one: it then owns and claims no zone-dependent task.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ class TzdataAgreement:
         self._logged = state
         self._log.info("tzdata_agreed", agreed=self.agreed, pinned=self.pinned, own=self.version)
         reason = mismatch(self.version, self.agreed, self.pinned)
-        if reason is not None:
+        if reason is not None and self.agreed is not None:  # None: the first node, for a moment
             self._log.warning("tzdata_mismatch", reason=reason)
 
     # -- keeping the rule ------------------------------------------------------------------
@@ -249,16 +249,16 @@ class TzdataAgreement:
                 "version",
                 f"no live member runs tzdata {version} (they run {', '.join(live) or 'none'}); "
                 "no node would claim a slot of a zone-dependent task. Upgrade the nodes first, "
-                "or pass force",
+                "or force it (peerd tzdata pin --force)",
             )
         agreed = self.keys.tzdata_agreed
         value = version.encode()
         await self.etcd.txn(
             txn_request(
                 [],
-                [
-                    op_put(self.keys.tzdata_pin, value),
+                [  # agreed first: watchers see the new version, then the pin
                     op_txn([cmp_value(agreed, value)], [], [op_put(agreed, value)]),
+                    op_put(self.keys.tzdata_pin, value),
                 ],
             )
         )
