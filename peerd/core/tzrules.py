@@ -127,12 +127,15 @@ class TimeZoneRules:
         location: the directory zones are read from (shown by ``peerd version``).
         version: the database's version, e.g. ``"2026f"``.
         root: that directory as a :class:`Traversable` (a ``Path`` for an installed package).
+        declared: what the directory itself declared when loaded (:func:`read_version`; the
+            package's ``tzdata.zi`` too), checked again before each zone is first read.
     """
 
     source: str
     location: str
     version: str
     root: Traversable
+    declared: str | None = None
     _zones: dict[str, tzinfo | None] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -159,7 +162,7 @@ class TimeZoneRules:
                 ) from None
             root = files("tzdata").joinpath("zoneinfo")
             version = check_version(str(tzdata.IANA_VERSION), "--tzdata")
-            return cls(PACKAGE, str(root), version, root)
+            return cls(PACKAGE, str(root), version, root, read_version(root))
         if text.lower() == SYSTEM:
             dirs = list(zoneinfo.TZPATH if tzpath is None else tzpath)
             found = next((Path(d) for d in dirs if Path(d).is_dir()), None)
@@ -188,7 +191,7 @@ class TimeZoneRules:
                 f"cannot tell the tzdata version of {path}: it has no tzdata.zi ('# version "
                 "...' first line) or +VERSION file; use --tzdata package",
             )
-        return cls(source, str(path), version, path)
+        return cls(source, str(path), version, path, version)
 
     @property
     def where(self) -> str:
@@ -233,7 +236,7 @@ class TimeZoneRules:
         except (OSError, ValueError):  # not a TZif file (zone.tab, a directory, ...)
             return None
         now = read_version(self.root)
-        if now != self.version:
+        if now != self.declared:
             raise InvalidArgument(
                 field,
                 f"the time-zone database at {self.location} changed from {self.version} to "
