@@ -11,29 +11,16 @@ its own (its member key); the agreed one, and whether it is pinned, this node's 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from peerd.coord.alarms import AlarmMonitor
+from peerd.coord.membership import MemberView
 from peerd.engine import Load
 from peerd.errors import Unavailable
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import scheduler_pb2 as pb
-
-
-class Members(Protocol):
-    """This node's member view (a narrow view of Membership)."""
-
-    @property
-    def view(self) -> Mapping[str, pb.Member]: ...
-
-    @property
-    def view_revision(self) -> int: ...
-
-    @property
-    def view_ready(self) -> asyncio.Event: ...
 
 
 class PeerStates(Protocol):
@@ -71,7 +58,7 @@ class ClusterView:
         self,
         cluster: str,
         node_id: str,
-        members: Members,
+        members: MemberView,
         owner_of: Callable[[pb.TaskSpec], str | None],
         peers: PeerStates,
         tasks: Callable[[], Mapping[str, pb.TaskSpec]],

@@ -31,8 +31,7 @@ one: it then owns and claims no zone-dependent task.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable
 
 import structlog
 
@@ -53,6 +52,7 @@ from peerd.coord.etcd import (
     txn_request,
 )
 from peerd.coord.keys import Keys
+from peerd.coord.membership import MemberView
 from peerd.coord.watch import list_then_watch
 from peerd.core.tzagree import agreed_version, live_versions, may_own, mismatch
 from peerd.core.tzrules import check_version
@@ -60,21 +60,6 @@ from peerd.errors import InvalidArgument, PeerdError
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.tzdata")
-
-
-class Members(Protocol):
-    """This node's member view (a narrow view of Membership)."""
-
-    @property
-    def view(self) -> Mapping[str, pb.Member]: ...
-
-    @property
-    def view_revision(self) -> int: ...
-
-    @property
-    def view_ready(self) -> asyncio.Event: ...
-
-    def on_change(self, fn: Callable[[], None]) -> None: ...
 
 
 class TzdataAgreement:
@@ -91,7 +76,7 @@ class TzdataAgreement:
     """
 
     def __init__(
-        self, etcd: Etcd, keys: Keys, node_id: str, version: str, members: Members, clock: Clock
+        self, etcd: Etcd, keys: Keys, node_id: str, version: str, members: MemberView, clock: Clock
     ) -> None:
         self.etcd = etcd
         self.keys = keys
