@@ -18,6 +18,9 @@ RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --gid peerd --home-dir /home/peerd --create-home \
        --shell /usr/sbin/nologin peerd
 
+# Time-zone rules come from the PyPI tzdata package installed with peerd (the image has no system
+# tzdata; hosts that do use the same package by default): docs/scheduling.md, "Time-zone rules".
+
 # In a container the node must listen on all interfaces; set PEERD_ADVERTISE to the address
 # other nodes and clients dial (the member key publishes it).
 ENV PEERD_LISTEN=0.0.0.0:7070

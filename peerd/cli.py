@@ -21,11 +21,13 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from peerd import __version__
 from peerd.cli_crontab import build_crontab_specs, import_crontab
 from peerd.cli_output import (
     CATCH_UP_NAMES,
     DST_AMBIGUOUS_NAMES,
     DST_NONEXISTENT_NAMES,
+    NONE,
     OVERLAP_NAMES,
     RETRY_ON_NAMES,
     audit_text,
@@ -38,9 +40,10 @@ from peerd.cli_output import (
     task_detail,
     tasks_table,
     to_json,
+    tzdata_lines,
 )
 from peerd.client import SchedulerClient, describe_rpc_error
-from peerd.config import DEFAULT_LISTEN, SETTINGS, build_config
+from peerd.config import DEFAULT_LISTEN, SETTINGS, build_config, tzdata_rules
 from peerd.core.durations import parse_duration
 from peerd.errors import InvalidArgument, PeerdError
 from peerd.exitcodes import (
@@ -88,6 +91,12 @@ AUDIT_EPILOG = """exit status:
 A slot is multi-claimed when its run key was re-created (first attempt's fencing token differs
 from the key's create revision), when two attempts overlapped on different nodes without the
 earlier one being LOST/FAILED/CANCELLED first, or when an attempt followed a SUCCEEDED one."""
+
+TZDATA_EPILOG = """Only nodes running the agreed tzdata version own tasks whose slots depend on
+time-zone rules (cron in a zone other than UTC). Unpinned, the cluster keeps the agreed version
+while a live node runs it, then takes the version most live nodes run. To upgrade the rules:
+upgrade tzdata on every node (pip install -U tzdata; restart), or upgrade them all and then
+'peerd tzdata pin NEW'. See docs/scheduling.md, 'Time-zone rules'."""
 
 RUNS_EPILOG = """With --follow, the newest --limit runs (at most 1000) are printed, then one
 line per change of any run record of the task (claim, start, retry, finish) until Ctrl-C
@@ -222,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add(sub, "cluster", _cmd_cluster, "show cluster members")
+    _add_tzdata(sub, common, add)
 
     imp = add(sub, "import-crontab", import_crontab, "create tasks from a crontab file")
     imp.add_argument("file", metavar="FILE")
@@ -241,6 +251,32 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--cluster", default="dev", metavar="NAME")
     dev.add_argument("--data-dir", type=Path, metavar="DIR")
     return parser
+
+
+def _add_tzdata(
+    sub: argparse._SubParsersAction[_Parser],
+    common: _Parser,
+    add: Callable[[argparse._SubParsersAction[_Parser], str, Handler, str], _Parser],
+) -> None:
+    """``peerd version`` and ``peerd tzdata pin|unpin|status``."""
+    ver = add(sub, "version", _cmd_version, "show the versions of peerd and its tzdata")
+    ver.add_argument("--client", action="store_true", help="this process only (no server call)")
+    ver.add_argument(
+        "--tzdata",
+        metavar="package|system|PATH",
+        help="the time-zone rules this process reads (default: $PEERD_TZDATA, then package)",
+    )
+    tz = sub.add_parser("tzdata", parents=[common], help="the cluster's time-zone rules")
+    tz.epilog = TZDATA_EPILOG
+    tz.formatter_class = argparse.RawDescriptionHelpFormatter
+    tzsub = tz.add_subparsers(dest="tzdata_command", required=True, metavar="COMMAND")
+    pin = add(tzsub, "pin", _cmd_tzdata_pin, "pin the tzdata version the cluster computes with")
+    pin.add_argument("version", metavar="VERSION")
+    pin.add_argument(
+        "--force", action="store_true", help="even if no live node runs it (then none claims)"
+    )
+    add(tzsub, "unpin", _cmd_tzdata_unpin, "let the cluster choose its tzdata version again")
+    add(tzsub, "status", _cmd_tzdata_status, "show the agreed tzdata version and each node's")
 
 
 def _add_schedule(p: _Parser) -> None:
@@ -788,6 +824,59 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     with _client(args) as client:
         view = client.get_cluster()
     _print(args, view, lambda: cluster_text(view))
+    return EXIT_OK
+
+
+def _cmd_version(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    rules = tzdata_rules(args.tzdata, env)
+    client = {"peerd": __version__, "tzdata": rules.version, "tzdata_source": rules.where}
+    out: dict[str, Any] = {"client": client}
+    if args.output != "json":
+        print(f"client: peerd {__version__}, tzdata {rules.describe()}", flush=True)
+    if not args.client:
+        with _client(args) as conn:
+            view = conn.get_cluster()
+        me = next((m for m in view.members if m.node_id == view.node_id), pb.Member())
+        out["server"] = {
+            "node_id": view.node_id,
+            "peerd": me.version,
+            "tzdata": me.tzdata_version,
+            "tzdata_source": me.tzdata_source,
+        }
+        out["cluster"] = {"tzdata": view.tzdata_version, "tzdata_pinned": view.tzdata_pinned}
+        if args.output != "json":
+            print(
+                f"server: peerd {me.version or NONE} on {view.node_id}, tzdata "
+                f"{me.tzdata_version or NONE} ({me.tzdata_source or NONE})"
+            )
+            print("\n".join(tzdata_lines(view)))
+    if args.output == "json":
+        print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def _cmd_tzdata_pin(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    with _client(args) as client:
+        resp = client.pin_tzdata(args.version, force=args.force)
+    _print(args, resp, lambda: f"tzdata {resp.version} pinned")
+    return EXIT_OK
+
+
+def _cmd_tzdata_unpin(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    with _client(args) as client:
+        resp = client.pin_tzdata(unpin=True)
+    _print(args, resp, lambda: f"tzdata unpinned (agreed: {resp.version or NONE})")
+    return EXIT_OK
+
+
+def _cmd_tzdata_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    with _client(args) as client:
+        view = client.get_cluster()
+    rows = [
+        f"{m.node_id}: tzdata {m.tzdata_version or NONE} ({m.tzdata_source or NONE})"
+        for m in sorted(view.members, key=lambda m: m.node_id)
+    ]
+    _print(args, view, lambda: "\n".join([*tzdata_lines(view), *rows]))
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from peerd.cli_output import import_table, to_json
 from peerd.client import SchedulerClient
+from peerd.config import tzdata_rules
 from peerd.errors import InvalidArgument
 from peerd.exitcodes import EXIT_INVALID, EXIT_OK
 from peerd.v1 import scheduler_pb2 as pb
@@ -176,7 +177,7 @@ def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         system = bool(args.system)
     else:
         system = looks_like_system_crontab(str(path))
-    parsed = parse_crontab(text, system=system)
+    parsed = parse_crontab(text, system=system, rules=tzdata_rules(None, env))
     specs, problems = build_crontab_specs(
         path, text, parsed.entries, parsed.errors, prefix=args.id_prefix, default_tz=args.tz
     )

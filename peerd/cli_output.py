@@ -379,6 +379,8 @@ def run_detail(r: pb.RunRecord) -> str:
     ]
     if r.HasField("fire_at"):
         pairs.append(("fire_at", fmt_ts(r.fire_at)))
+    if r.tzdata_version:
+        pairs.append(("local_time", f"{r.local_time or NONE} (tzdata {r.tzdata_version})"))
     pairs += [
         ("claimed_at", fmt_ts(r.claimed_at)),
         ("started_at", fmt_ts(r.started_at)),
@@ -429,9 +431,10 @@ def preview_table(resp: pb.PreviewScheduleResponse) -> str:
     for s in resp.slots:
         fire = [fmt_ts(s.fire_at)] if jittered else []
         rows.append([fmt_ts(s.scheduled_at), s.local_time or NONE, *fire, s.note or NONE])
+    rules = f"time-zone rules: tzdata {resp.tzdata_version or NONE} ({resp.tzdata_source or NONE})"
     if not rows:
-        return f"no slots (time zone {resp.time_zone or 'UTC'}): the schedule has ended"
-    return format_table(headers, rows)
+        return f"no slots (time zone {resp.time_zone or 'UTC'}): the schedule has ended\n{rules}"
+    return f"{format_table(headers, rows)}\n{rules}"
 
 
 def _le(le_ms: int) -> str:
@@ -485,9 +488,10 @@ def audit_text(a: pb.AuditTaskResponse, max_gaps: int = 20) -> str:
 
 
 def cluster_text(c: pb.GetClusterResponse) -> str:
-    """Summary line, etcd's database size and alarms, then one row per member: node, address,
-    state (alive, draining, or dead as confirmed by the answering node's failure detector while
-    the lease still holds), started, version, owned tasks."""
+    """Summary line, etcd's database size and alarms, the time-zone rules (:func:`tzdata_lines`),
+    then one row per member: node, address, state (alive, draining, or dead as confirmed by the
+    answering node's failure detector while the lease still holds), started, version, tzdata,
+    owned tasks."""
     head = (
         f"cluster {c.cluster}: {len(c.members)} members, {c.task_count} tasks "
         f"(answered by {c.node_id}, revision {c.revision})"
@@ -503,12 +507,33 @@ def cluster_text(c: pb.GetClusterResponse) -> str:
             state(m),
             fmt_ts(m.started_at),
             m.version or NONE,
+            m.tzdata_version or NONE,
             str(m.owned_tasks),
         ]
         for m in sorted(c.members, key=lambda m: m.node_id)
     ]
-    table = format_table(["NODE", "ADDRESS", "STATE", "STARTED", "VERSION", "OWNED TASKS"], rows)
-    return "\n".join([head, *_etcd_lines(c), table])
+    headers = ["NODE", "ADDRESS", "STATE", "STARTED", "VERSION", "TZDATA", "OWNED TASKS"]
+    table = format_table(headers, rows)
+    return "\n".join([head, *_etcd_lines(c), *tzdata_lines(c), table])
+
+
+def tzdata_lines(c: pb.GetClusterResponse) -> list[str]:
+    """The agreed tzdata version (pinned or agreed) and, when members run another one, the
+    mismatch: those members claim no slot of a task whose schedule depends on time-zone rules."""
+    how = "pinned" if c.tzdata_pinned else "agreed"
+    agreed = c.tzdata_version
+    lines = [f"tzdata: {agreed} ({how})" if agreed else "tzdata: no version agreed yet"]
+    other: dict[str, list[str]] = {}
+    for m in sorted(c.members, key=lambda m: m.node_id):
+        if m.tzdata_version != agreed:
+            other.setdefault(m.tzdata_version or "unknown", []).append(m.node_id)
+    for version, nodes in sorted(other.items()):
+        lines.append(
+            f"tzdata MISMATCH: {', '.join(nodes)} run{'s' if len(nodes) == 1 else ''} {version}, "
+            f"not {agreed or 'an agreed version'}: no slot of a task whose schedule depends on "
+            "time-zone rules is claimed there (docs/scheduling.md, 'Time-zone rules')"
+        )
+    return lines
 
 
 def _etcd_lines(c: pb.GetClusterResponse) -> list[str]:

@@ -237,6 +237,13 @@ class SchedulerClient:
         """The answering node's view of the cluster."""
         return self._stub.GetCluster(pb.GetClusterRequest(), timeout=self.timeout_s)
 
+    def pin_tzdata(
+        self, version: str = "", *, force: bool = False, unpin: bool = False
+    ) -> pb.PinTzdataResponse:
+        """Pin the cluster's tzdata version (``unpin``: remove the pin)."""
+        request = pb.PinTzdataRequest(version=version, force=force, unpin=unpin)
+        return self._stub.PinTzdata(request, timeout=self.timeout_s)
+
 
 __all__ = [
     "RunStream",

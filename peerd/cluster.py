@@ -4,34 +4,23 @@ Members come from this node's member view; for each, the answer says how many ta
 this node's ownership view, whether the failure detector here believes it dead, whether it is
 draining or not claiming (its own word), and its load: for this node, the engine's; for a peer,
 what it reported in its last Ping answer. The etcd part (alarms, database size, the compactor)
-is this node's last Status poll (:mod:`peerd.coord.alarms`).
+is this node's last Status poll (:mod:`peerd.coord.alarms`). Each member's tzdata version is
+its own (its member key); the agreed one, and whether it is pinned, this node's view of
+``tzdata/`` (:mod:`peerd.coord.tzdata`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from peerd.coord.alarms import AlarmMonitor
+from peerd.coord.membership import MemberView
 from peerd.engine import Load
 from peerd.errors import Unavailable
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import scheduler_pb2 as pb
-
-
-class Members(Protocol):
-    """This node's member view (a narrow view of Membership)."""
-
-    @property
-    def view(self) -> Mapping[str, pb.Member]: ...
-
-    @property
-    def view_revision(self) -> int: ...
-
-    @property
-    def view_ready(self) -> asyncio.Event: ...
 
 
 class PeerStates(Protocol):
@@ -62,19 +51,21 @@ class ClusterView:
         load: ``() -> this node's engine load``.
         alarms: the etcd alarm monitor (alarms, database size).
         compactor: ``() -> the node holding the compactor key`` (None: nobody).
+        tzdata: ``() -> (agreed tzdata version or None, pinned)``.
     """
 
     def __init__(
         self,
         cluster: str,
         node_id: str,
-        members: Members,
+        members: MemberView,
         owner_of: Callable[[pb.TaskSpec], str | None],
         peers: PeerStates,
         tasks: Callable[[], Mapping[str, pb.TaskSpec]],
         load: Callable[[], Load],
         alarms: AlarmMonitor,
         compactor: Callable[[], str | None],
+        tzdata: Callable[[], tuple[str | None, bool]],
     ) -> None:
         self.cluster = cluster
         self.node_id = node_id
@@ -85,6 +76,7 @@ class ClusterView:
         self.load = load
         self.alarms = alarms
         self.compactor = compactor
+        self.tzdata = tzdata
 
     def __call__(self) -> pb.GetClusterResponse:
         """The answer now.
@@ -98,12 +90,15 @@ class ClusterView:
         tasks = self.tasks()
         counts = Counter(self.owner_of(s) for s in tasks.values() if not s.paused)
         dead = self.peers.dead()
+        agreed, pinned = self.tzdata()
         out = pb.GetClusterResponse(
             cluster=self.cluster,
             node_id=self.node_id,
             task_count=len(tasks),
             revision=self.members.view_revision,
             etcd_compactor=self.compactor() or "",
+            tzdata_version=agreed or "",
+            tzdata_pinned=pinned,
         )
         for alarm in self.alarms.alarms:
             out.etcd_alarms.add(member_id=alarm.member_id, alarm=alarm.kind)

@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from peerd.core.tzrules import PACKAGE, SOURCES, TimeZoneRules
 from peerd.errors import InvalidArgument
 from peerd.settings import (
     DURATION,
@@ -31,6 +32,7 @@ from peerd.settings import (
     OPTIONAL_HOSTPORT,
     SECONDS,
     WHOLE_SECONDS,
+    Kind,
     choice,
     markdown_table,
     matching,
@@ -50,6 +52,17 @@ MAX_CLAIM_BATCH = 127
 """Upper bound of ``claim_batch``: etcd's default ``--max-txn-ops`` is 128 operations per
 transaction, and a claim batch is one outer transaction of nested ones
 (:mod:`peerd.coord.ledger`)."""
+
+
+def _tzdata_source(value: Any, flag: str) -> str:
+    text = str(value).strip()
+    if not text:
+        raise InvalidArgument(flag, "must be package, system or a directory")
+    return text.lower() if text.lower() in SOURCES else text
+
+
+TZDATA_SOURCE = Kind("package, system or a directory", "package|system|PATH", _tzdata_source)
+"""Where time-zone rules come from (:meth:`peerd.core.tzrules.TimeZoneRules.load` reads them)."""
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_ETCD = "127.0.0.1:2379"
@@ -122,6 +135,16 @@ class NodeConfig:
         kind=DURATION,
         minimum=timedelta(0),
         reloadable=True,
+    )
+    tzdata: str = setting(
+        PACKAGE,
+        help="Time-zone rules (tzdata) this node computes cron slots with: package (the PyPI "
+        "tzdata package, upgraded with pip), system (the host's zoneinfo directory, "
+        "zoneinfo.TZPATH) or a zoneinfo directory. Only nodes running the cluster's agreed "
+        "version own tasks whose slots depend on it (docs/scheduling.md).",
+        flag="--tzdata",
+        env="PEERD_TZDATA",
+        kind=TZDATA_SOURCE,
     )
     runs_keep: int = setting(
         100,
@@ -355,6 +378,18 @@ def changed_fields(old: NodeConfig, new: NodeConfig) -> list[str]:
     )
 
 
+def tzdata_rules(flag: str | None, env: Mapping[str, str]) -> TimeZoneRules:
+    """The time-zone rules of a process that is not a node (the CLI): the ``--tzdata`` value
+    ``flag``, else ``PEERD_TZDATA`` in ``env``, else the node default (``package``).
+
+    Raises:
+        InvalidArgument: naming ``--tzdata`` (see :meth:`TimeZoneRules.load`).
+    """
+    setting = next(s for s in SETTINGS if s.name == "tzdata")
+    raw = flag or setting.from_env(env) or setting.default
+    return TimeZoneRules.load(setting.parse(raw))
+
+
 def _main(argv: list[str]) -> int:
     """``--markdown``: print the settings table; ``--update FILE``: rewrite the table in FILE."""
     if argv == ["--markdown"]:
@@ -378,6 +413,7 @@ __all__ = [
     "changed_fields",
     "parse_hostport",
     "reload_config",
+    "tzdata_rules",
 ]
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
 from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskCache, TaskStore
+from peerd.coord.tzdata import TzdataAgreement
+from peerd.core.tzrules import TimeZoneRules
 from peerd.engine import Engine
 from peerd.engine.ownership import OwnershipView
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
@@ -89,6 +91,10 @@ class Node:
         clock: time source (default :class:`SystemClock`).
         reload_source: ``(flags, env, config_file)`` ``cfg`` was built from; without it
             :meth:`reload` has nothing to re-read and rejects every reload.
+
+    Raises:
+        InvalidArgument: ``--tzdata`` names rules that cannot be read (:meth:`TimeZoneRules.
+            load`).
     """
 
     def __init__(
@@ -104,7 +110,14 @@ class Node:
         interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
         self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention))
         keys = Keys(cfg.prefix)
-        me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
+        self.rules = TimeZoneRules.load(cfg.tzdata)
+        me = pb.Member(
+            node_id=cfg.node_id,
+            address=cfg.address,
+            version=__version__,
+            tzdata_version=self.rules.version,
+            tzdata_source=self.rules.where,
+        )
         me.started_at.FromDatetime(self.clock.now())
         self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, _probe, self.clock)
         self.store = TaskStore(self.etcd, keys)
@@ -115,6 +128,10 @@ class Node:
         self.peer_client = PeerClient(cfg.node_id, self._address_of)
         self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
         self.ownership = OwnershipView(cfg.node_id, self.membership, self.peers)
+        self.tzdata = TzdataAgreement(
+            self.etcd, keys, cfg.node_id, self.rules.version, self.membership, self.clock
+        )
+        self.ownership.add_filter(self.tzdata.eligible)
         self.executors = Executors(cfg, self.clock)
         self.alarms = AlarmMonitor(self.etcd, cfg.node_id, self.clock)
         self.compactor = Compactor(
@@ -132,7 +149,10 @@ class Node:
             self.clock,
             Supervisor(self.clock, logger=self._log),
             self.alarms.space_ok,
+            rules=self.rules,
+            tz_fence=self.tzdata.fence,
         )
+        self.tzdata.on_change(self.engine.rules_changed)
         self.cluster = ClusterView(
             cfg.cluster,
             cfg.node_id,
@@ -143,6 +163,7 @@ class Node:
             self.engine.load,
             self.alarms,
             lambda: self.compactor.holder,
+            lambda: (self.tzdata.agreed, self.tzdata.pinned),
         )
         self.health = HealthServicer()
         self._stop = asyncio.Event()
@@ -233,6 +254,8 @@ class Node:
             self.cluster,
             lambda: self.cfg,
             self.clock,
+            self.rules,
+            self.tzdata,
         )
         pb_grpc.add_SchedulerServicer_to_server(scheduler, server)
         ppb_grpc.add_PeerServicer_to_server(PeerService(self, self.peers, self.engine), server)
@@ -268,6 +291,7 @@ class Node:
             address=self.cfg.address,
             etcd=",".join(self.cfg.etcd),
             cluster=self.cfg.cluster,
+            tzdata=self.rules.describe(),
         )
         self.loops.spawn("membership.keepalive", self.membership.keepalive_loop)
         self.loops.spawn("membership.watch", self.membership.watch_loop)
@@ -275,6 +299,8 @@ class Node:
         self.loops.spawn("peers.probe", self.peers.run)
         self.loops.spawn("etcd.alarms", self.alarms.run)
         self.loops.spawn("etcd.compactor", self.compactor.run)
+        self.loops.spawn("tzdata.watch", self.tzdata.watch_loop)
+        self.loops.spawn("tzdata.agree", self.tzdata.agree_loop)
         await self.engine.start()
         ready = asyncio.create_task(self._mark_ready())
         stop = asyncio.create_task(self._stop.wait())

@@ -14,7 +14,9 @@ first written against the engine before it, ``peerd/runner/engine.py``, and fail
    :class:`tests.faults.FaultyLedger` around the real ``Ledger``), an
    :class:`peerd.engine.ownership.OwnershipView` over that membership with no peer verdicts,
    the node's :class:`peerd.runner.executors.Executors`, no handoff, and a
-   :class:`peerd.supervise.Supervisor`. The engine subscribes to membership and cache changes
+   :class:`peerd.supervise.Supervisor`; keywords ``rules`` (the tzdata package) and
+   ``tz_fence`` (none: the harness has no tzdata agreement, so its tasks must not depend on
+   time-zone rules: UTC or ``every``/``at``). The engine subscribes to membership and cache changes
    in its constructor, so it is built before their loops start.
 2. **Start**: ``await engine.start()`` starts the engine's supervised loops, next to
    ``membership.keepalive_loop()``, ``membership.watch_loop()`` and ``cache.run()``.
@@ -64,6 +66,7 @@ from peerd.runner.shell import ShellExecutor
 from peerd.supervise import Supervisor
 from peerd.v1 import scheduler_pb2 as pb
 from tests.faults import FaultyLedger
+from tests.helpers import RULES
 
 LEASE_TTL_S = 3
 """Membership lease TTL of the harness's node (seconds)."""
@@ -197,6 +200,8 @@ class EngineHarness:
             None,
             clock,
             Supervisor(clock),
+            rules=RULES,
+            tz_fence=lambda: None,
         )
         dispatch = executors.run
 

@@ -129,6 +129,7 @@ class FaultyLedger(Ledger):
         lease_id: int,
         records: Sequence[pb.RunRecord],
         modes: Sequence[str | None] | None = None,
+        tz_fence: int | None = None,
     ) -> list[ClaimResult]:
         """:meth:`Ledger.claim`, unless an armed ``fail_claim`` fault hits this call."""
         self.claim_calls += 1
@@ -142,9 +143,9 @@ class FaultyLedger(Ledger):
                 fault = (after_commit, armed)
                 break
         if fault is None:
-            return await self.inner.claim(member_key, lease_id, records, modes)
+            return await self.inner.claim(member_key, lease_id, records, modes, tz_fence)
         if fault[0]:
-            await self.inner.claim(member_key, lease_id, records, modes)
+            await self.inner.claim(member_key, lease_id, records, modes, tz_fence)
         self.claim_failures.append(fault[1].hit[-1])
         committed = "after" if fault[0] else "before"
         raise Unavailable(f"injected: claim call {self.claim_calls} timed out ({committed} commit)")

@@ -16,11 +16,16 @@ from typing import Any, TypeVar, overload
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from peerd.core.tzrules import TimeZoneRules
 from peerd.devtools.process import PeerdProcess
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+RULES = TimeZoneRules.load("package")
+"""The time-zone rules the unit tests compute with: the PyPI tzdata package, a node's default
+(independent implementations in the tests read their zones from it too)."""
 
 
 def assert_eventually(

@@ -449,6 +449,18 @@ def cmp_mod_revision(key: bytes, revision: int) -> Any:
     )
 
 
+def cmp_unchanged_since(prefix: bytes, revision: int) -> Any:
+    """Compare: no key under ``prefix`` was created or modified after ``revision`` (a range
+    compare, etcd >= 3.3; keys deleted since are not seen)."""
+    return rpc.Compare(
+        key=prefix,
+        range_end=prefix_end(prefix),
+        target=rpc.Compare.MOD,
+        result=rpc.Compare.LESS,
+        mod_revision=revision + 1,
+    )
+
+
 def cmp_lease(key: bytes, lease_id: int, equal: bool = True) -> Any:
     """Compare: ``key`` exists and is attached to ``lease_id`` (``equal=False``: it is not —
     deleted, or attached to another lease)."""

@@ -9,11 +9,17 @@ key                                value                       lifetime
 ``<prefix>active/<task_id>``       run key of the running run  on the claimant's lease
 ``<prefix>queued/<task_id>``       run key of the waiting run  on the claimant's lease
 ``<prefix>compactor``              node id of the compactor    on that node's lease
+``<prefix>tzdata/agreed``          agreed tzdata version       durable
+``<prefix>tzdata/pin``             pinned tzdata version       durable, while pinned
 =================================  ==========================  ==============================
 
 ``active/`` and ``queued/`` exist only for tasks whose overlap policy is not ALLOW: the first is
 the cluster-wide lock a run holds while it is claimed or running, the second marks the one slot
 an OVERLAP_BUFFER_ONE task may have waiting. Both vanish with the claimant's lease.
+
+``tzdata/agreed`` is the version of the time-zone rules the cluster computes zone-dependent slots
+with (plain text, e.g. ``2026f``); claims of such slots are fenced on it. ``tzdata/pin`` exists
+while an operator pins that version (:mod:`peerd.coord.tzdata`).
 
 ``<ms>`` is the slot's epoch milliseconds zero-padded to 13 digits, so keys sort by time and the
 last claimed slot is one descending range read with limit 1.
@@ -56,6 +62,21 @@ class Keys:
     def compactor(self) -> bytes:
         """Held by the one node that compacts etcd's history (:mod:`peerd.coord.compaction`)."""
         return f"{self.prefix}compactor".encode()
+
+    @property
+    def tzdata(self) -> bytes:
+        """Prefix of the time-zone rules keys (watched as one)."""
+        return f"{self.prefix}tzdata/".encode()
+
+    @property
+    def tzdata_agreed(self) -> bytes:
+        """The cluster's agreed tzdata version (:mod:`peerd.coord.tzdata`)."""
+        return self.tzdata + b"agreed"
+
+    @property
+    def tzdata_pin(self) -> bytes:
+        """Present while an operator pins the agreed version."""
+        return self.tzdata + b"pin"
 
     def member(self, node_id: str) -> bytes:
         return self.members + node_id.encode()

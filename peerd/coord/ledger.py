@@ -8,6 +8,13 @@ Claim protocol (the safety mechanism of peerd; ownership is only an optimisation
                              success  put runs/<task>/<slot> = RunRecord{CLAIMED, node, attempt}
                 failure  (nothing)
 
+A record of a slot computed with time-zone rules (``tzdata_version`` set: a cron schedule in a
+zone that is not a fixed offset) also compares ``mod_revision(tzdata/agreed)`` in its nested
+transaction: the revision at which the claimant saw its own tzdata version agreed
+(:mod:`peerd.coord.tzdata`). Once the cluster agrees on other rules, no node claims such a slot
+with the old ones, whatever its view; a claim refused that way is *fenced* (not settled: the
+planner plans it again, and its owner changes as soon as the view catches up).
+
 A slot is claimed at most once, by a node that held a live lease at the moment of the claim. The
 revision of the write (the create revision of the run key) is the claim's **fencing token**: it
 increases with every claim, so a target can reject work from a stale claimant. Many slots go in
@@ -69,6 +76,8 @@ CLAIM_COST = {None: 1, LOCK: 2, QUEUE: 2, REPLACE: 3}
 """Size of a claim's nested transaction by claim mode (``max(compares, success ops, failure
 ops)``, see :mod:`peerd.core.budget`): a plain claim 1, a lock or queue claim 2 (two compares,
 two puts, two reads), a REPLACE claim 3 (read the lock, put the run, put the lock)."""
+_COMPARES = {None: 1, LOCK: 2, QUEUE: 2, REPLACE: 1}
+"""Compares of a claim's nested transaction by claim mode (before the tzdata fence)."""
 UPDATE_COST = 2
 """Size of an update's nested transaction: two compares (lease, existence)."""
 TRIM_READ_LIMIT = 256
@@ -91,12 +100,21 @@ class UpdateResult:
     rejected: list[pb.RunRecord] = field(default_factory=list)
 
 
+def claim_cost(record: pb.RunRecord, mode: str | None) -> int:
+    """Size of the nested transaction claiming ``record`` (see :data:`CLAIM_COST`): one more
+    compare when it is fenced on the agreed tzdata version (``record.tzdata_version`` set)."""
+    cost = CLAIM_COST[mode]
+    return max(cost, _COMPARES[mode] + 1) if record.tzdata_version else cost
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     """Outcome of one slot in a claim batch: ``token`` is the fencing token when ``claimed``.
 
     ``busy`` (not claimed; LOCK or QUEUE mode): the lock (or queue) value of the run in the way.
     ``replaced`` (claimed in REPLACE mode): the lock value of the run this claim replaced, if any.
+    ``fenced`` (not claimed): the cluster does not agree on the record's tzdata version (at the
+    revision given), or none was given; nobody claimed the slot.
     """
 
     task_id: str
@@ -105,6 +123,7 @@ class ClaimResult:
     token: int
     busy: bytes | None = None
     replaced: bytes | None = None
+    fenced: bool = False
 
 
 class Ledger:
@@ -121,12 +140,16 @@ class Ledger:
         lease_id: int,
         records: Sequence[pb.RunRecord],
         modes: Sequence[str | None] | None = None,
+        tz_fence: int | None = None,
     ) -> list[ClaimResult]:
         """Claim one slot per record (``task_id`` + ``scheduled_at``) in one etcd transaction.
 
         Each record is written as given (normally status CLAIMED; SKIPPED for misfires).
         ``modes[i]`` (one of :data:`peerd.core.overlap.CLAIM_MODES`) says how record i treats
-        its task's overlap lock; at most one non-None mode per task per call.
+        its task's overlap lock; at most one non-None mode per task per call. A record with a
+        ``tzdata_version`` is claimed only if ``tzdata/agreed`` is still at revision
+        ``tz_fence`` (module docstring); with ``tz_fence`` None it is not sent at all, and
+        comes back ``fenced``.
 
         Raises:
             LeaseLost: ``member_key`` is not attached to ``lease_id``; nothing was written.
@@ -138,27 +161,31 @@ class Ledger:
         modes = list(modes) if modes is not None else [None] * len(records)
         if len(modes) != len(records):
             raise ValueError("one mode per record")
-        if len(records) + max(CLAIM_COST[m] for m in modes) > MAX_TXN_OPS:
+        cost = max(claim_cost(r, m) for r, m in zip(records, modes, strict=True))
+        if len(records) + cost > MAX_TXN_OPS:
             raise ValueError(
                 f"{len(records)} claims do not fit one transaction of {MAX_TXN_OPS} operations"
             )
-        keys = [self.keys.run(r.task_id, _ms(r)) for r in records]
-        resp = await self.etcd.txn(
-            txn_request(
-                [cmp_lease(member_key, lease_id)],
-                [
-                    self._claim_op(k, r, m, lease_id)
-                    for k, r, m in zip(keys, records, modes, strict=True)
-                ],
-            ),
-            timeout_s=CLAIM_TIMEOUT_S,
-        )
-        if not resp.succeeded:
-            raise LeaseLost("member key is not on this node's lease")
-        revision = int(resp.header.revision)
+        sent = [(r, m) for r, m in zip(records, modes, strict=True) if _sendable(r, tz_fence)]
+        resp = None
+        if sent:
+            resp = await self.etcd.txn(
+                txn_request(
+                    [cmp_lease(member_key, lease_id)],
+                    [self._claim_op(r, m, lease_id, tz_fence) for r, m in sent],
+                ),
+                timeout_s=CLAIM_TIMEOUT_S,
+            )
+            if not resp.succeeded:
+                raise LeaseLost("member key is not on this node's lease")
+        answers = iter(resp.responses if resp is not None else [])
+        revision = int(resp.header.revision) if resp is not None else 0
         results = []
-        for r, mode, op in zip(records, modes, resp.responses, strict=True):
-            nested = op.response_txn
+        for r, mode in zip(records, modes, strict=True):
+            if not _sendable(r, tz_fence):
+                results.append(ClaimResult(r.task_id, _ms(r), False, 0, fenced=True))
+                continue
+            nested = next(answers).response_txn
             if nested.succeeded:
                 replaced = None
                 if mode == REPLACE:
@@ -183,26 +210,32 @@ class Ledger:
             if not ours and existing is None and mode in (LOCK, QUEUE):
                 held = nested.responses[1].response_range.kvs
                 busy = bytes(held[0].value) if held else None
-            results.append(ClaimResult(r.task_id, _ms(r), ours, token, busy=busy))
+            # Refused with no record and no lock in the way: only the tzdata fence is left.
+            fenced = existing is None and busy is None and bool(r.tzdata_version)
+            results.append(ClaimResult(r.task_id, _ms(r), ours, token, busy=busy, fenced=fenced))
         return results
 
-    def _claim_op(self, key: bytes, r: pb.RunRecord, mode: str | None, lease_id: int) -> Any:
+    def _claim_op(
+        self, r: pb.RunRecord, mode: str | None, lease_id: int, tz_fence: int | None
+    ) -> Any:
+        key = self.keys.run(r.task_id, _ms(r))
         put = op_put(key, r.SerializeToString())
+        first = [cmp_create_revision(key, 0)]
+        if r.tzdata_version and tz_fence is not None:
+            first.append(cmp_mod_revision(self.keys.tzdata_agreed, tz_fence))
         if mode is None:
-            return op_txn([cmp_create_revision(key, 0)], [put], [op_get(key)])
+            return op_txn(first, [put], [op_get(key)])
         holder = lock_value(key, r.node_id, lease_id)
         if mode == REPLACE:
             active = self.keys.active(r.task_id)
             return op_txn(
-                [cmp_create_revision(key, 0)],
-                [op_get(active), put, op_put(active, holder, lease_id)],
-                [op_get(key)],
+                first, [op_get(active), put, op_put(active, holder, lease_id)], [op_get(key)]
             )
         lock = self.keys.active(r.task_id) if mode == LOCK else self.keys.queued(r.task_id)
         if mode not in CLAIM_MODES:
             raise ValueError(f"unknown claim mode {mode!r}")
         return op_txn(
-            [cmp_create_revision(key, 0), cmp_create_revision(lock, 0)],
+            [*first, cmp_create_revision(lock, 0)],
             [put, op_put(lock, holder, lease_id)],
             [op_get(key), op_get(lock)],
         )
@@ -389,6 +422,11 @@ class Ledger:
             resp = await self.etcd.txn(txn_request([], ops))
             deleted += sum(bool(op.response_txn.succeeded) for op in resp.responses)
         return deleted
+
+
+def _sendable(record: pb.RunRecord, tz_fence: int | None) -> bool:
+    """Whether a claim of ``record`` may be sent: it needs no tzdata fence, or has one."""
+    return not record.tzdata_version or tz_fence is not None
 
 
 def _ms(record: pb.RunRecord) -> int:

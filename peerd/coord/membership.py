@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import structlog
 
@@ -49,6 +50,23 @@ KEEPALIVE_TIMEOUT_S = 2.0
 CHECK_TIMEOUT_S = 1.0
 """Deadline of the keepalive that checks etcd after a claim timed out (seconds): a node cut off
 from etcd tells its peers within claim deadline + this (0.5 + 1.0 s)."""
+
+
+class MemberView(Protocol):
+    """The watched member view as its readers see it (:class:`Membership` is one): the members,
+    the etcd revision the view is current at, whether it was loaded, and its change event."""
+
+    @property
+    def view(self) -> Mapping[str, pb.Member]: ...
+
+    @property
+    def view_revision(self) -> int: ...
+
+    @property
+    def view_ready(self) -> asyncio.Event: ...
+
+    def on_change(self, fn: Callable[[], None]) -> None: ...
+
 
 Probe = Callable[[str], Awaitable[bool]]
 """``probe(address) -> True`` when a peerd node answers at ``address``."""

@@ -16,6 +16,12 @@ Gaps
     Manual runs (``manual``) are not expected slots: they never fill or cause a gap, but they
     are counted by status, in the lateness histogram and checked for multiple claims.
 
+Time-zone rules
+    Expected slots are computed with the auditing node's rules. A record whose slot was
+    computed with another tzdata version (``tzdata_version``, while the cluster agreed on
+    another one) fills the expected slot with the same local time (``local_time``): that is
+    the slot it stood for, so it is not a gap (:func:`covered_by_other_rules`).
+
 Multiple claims
     See :func:`multi_claim`.
 
@@ -291,6 +297,27 @@ def _keys_between(keys_ms: set[int], lo: datetime, hi: datetime) -> int:
     return sum(1 for ms in keys_ms if lo_ms < ms <= hi_ms)
 
 
+def covered_by_other_rules(compiled: CompiledSchedule, records: Sequence[pb.RunRecord]) -> set[int]:
+    """Slots (epoch ms) of ``compiled`` that records computed with other time-zone rules stand
+    for: the slots at those records' local times by these rules (either instant of a repeated
+    local time). Records without ``local_time``, or with these rules' version, cover nothing.
+    """
+    out: set[int] = set()
+    version = compiled.tzdata_version
+    for rec in records:
+        if not (version and rec.local_time and rec.tzdata_version not in ("", version)):
+            continue
+        try:
+            wall = datetime.fromisoformat(rec.local_time).replace(tzinfo=None)
+        except ValueError:
+            continue
+        for fold in (0, 1):
+            slot = wall.replace(tzinfo=compiled.zone, fold=fold).astimezone(UTC)
+            if _is_slot(compiled, slot):
+                out.add(_ms(slot))
+    return out
+
+
 def audit(
     compiled: CompiledSchedule,
     entries: Sequence[LedgerEntry],
@@ -332,6 +359,11 @@ def audit(
         e.record.scheduled_at.ToMilliseconds()
         for e in in_window
         if not e.record.manual and _dt(e.record.scheduled_at) <= expected_until
+    }
+    scheduled_ms |= {
+        ms
+        for ms in covered_by_other_rules(compiled, [e.record for e in in_window])
+        if since < _EPOCH + ms * _MS <= expected_until
     }
     matched = sum(1 for ms in scheduled_ms if _is_slot(compiled, _EPOCH + ms * _MS))
     ranges = _skipped_ranges(in_window, since, expected_until)

@@ -23,12 +23,12 @@ import calendar
 import posixpath
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
 
 from croniter import CroniterError, croniter
 
 from peerd.core.durations import parse_duration
+from peerd.core.tzrules import TimeZoneRules
 from peerd.errors import InvalidArgument
 
 DESCRIPTORS = {
@@ -52,7 +52,6 @@ _FIELDS = (  # name, min, max, names; seconds first (5-field expressions start a
     ("month", 1, 12, _MONTHS),
     ("day of week", 0, 7, _DOWS),
 )
-_UTC_NAMES = {"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu"}
 
 
 @dataclass(frozen=True)
@@ -172,21 +171,6 @@ def normalise_cron(expr: str, field: str) -> tuple[str | None, timedelta | None]
     return text, None
 
 
-def load_zone(name: str, field: str) -> tzinfo:
-    """The IANA zone ``name`` ("" and UTC aliases -> :data:`datetime.UTC`).
-
-    Raises:
-        InvalidArgument: naming ``field``: ``"unknown time zone 'Mars/Olympus'"``.
-    """
-    name = name or "UTC"
-    if name in _UTC_NAMES:
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ValueError, KeyError, OSError):  # not found: KeyError; malformed key: ValueError
-        raise InvalidArgument(field, f"unknown time zone {name!r}") from None
-
-
 @dataclass(frozen=True)
 class CrontabEntry:
     """One convertible crontab line.
@@ -195,7 +179,7 @@ class CrontabEntry:
     passes to ``$SHELL -c`` (up to the first unescaped ``%``, ``\\%`` -> ``%``); ``stdin``: the text
     after that ``%`` with ``%`` -> newline (None without ``%``); ``user``: system format only;
     ``env``: the ``NAME=value`` assignments above the line; ``time_zone``: ``CRON_TZ`` (else
-    ``TZ``) in effect, validated.
+    ``TZ``) in effect, validated against the caller's time-zone rules.
     """
 
     line_no: int
@@ -264,7 +248,9 @@ def _split_percent(text: str) -> tuple[str, str | None]:
     return "".join(cmd), "".join(out)
 
 
-def _entry(line: str, no: int, system: bool, env: dict[str, str]) -> CrontabEntry:
+def _entry(
+    line: str, no: int, system: bool, env: dict[str, str], rules: TimeZoneRules
+) -> CrontabEntry:
     """Convert one schedule line. Raises ValueError with the reason."""
     word = line.split(None, 1)[0].lower()
     if word == "@reboot":
@@ -287,7 +273,7 @@ def _entry(line: str, no: int, system: bool, env: dict[str, str]) -> CrontabEntr
     tz = env.get("CRON_TZ") or env.get("TZ") or None
     if tz:
         try:
-            load_zone(tz, "CRON_TZ")
+            rules.zone(tz, "CRON_TZ")
         except InvalidArgument as e:
             raise ValueError(f"CRON_TZ: {e.reason}") from None
     cmd, stdin = _split_percent(command)
@@ -296,8 +282,9 @@ def _entry(line: str, no: int, system: bool, env: dict[str, str]) -> CrontabEntr
     return CrontabEntry(no, cron, cmd, user, dict(env), tz, stdin)
 
 
-def parse_crontab(text: str, *, system: bool) -> CrontabParse:
-    """Parse crontab ``text`` (user format, or ``system`` format with a user column).
+def parse_crontab(text: str, *, system: bool, rules: TimeZoneRules) -> CrontabParse:
+    """Parse crontab ``text`` (user format, or ``system`` format with a user column);
+    ``CRON_TZ``/``TZ`` zones are checked against ``rules``.
 
     Blank lines and ``#`` comments (first non-blank character) are skipped; ``NAME = value``
     lines set the environment for the lines below (matching surrounding quotes stripped, like
@@ -319,7 +306,7 @@ def parse_crontab(text: str, *, system: bool) -> CrontabParse:
             env[m.group(1)] = value
             continue
         try:
-            entries.append(_entry(line, no, system, env))
+            entries.append(_entry(line, no, system, env, rules))
         except ValueError as e:
             errors.append(CrontabError(no, line, str(e)))
     return CrontabParse(entries, errors)

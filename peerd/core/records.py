@@ -74,11 +74,16 @@ def claim_record(
     fire_at: datetime | None = None,
     priority: int = 0,
     status: int = pb.CLAIMED,
+    tzdata_version: str = "",
+    local_time: str = "",
 ) -> pb.RunRecord:
     """The record that claims ``slot`` for ``node_id`` under ``lease_id`` (attempt 1).
 
     ``fire_at`` is the slot plus its jitter (None: not set); ``status`` is CLAIMED, or SKIPPED
-    for the skipped-slot records built on top of this one.
+    for the skipped-slot records built on top of this one. A slot computed with time-zone rules
+    carries their ``tzdata_version`` and its ``local_time`` by them (``""``: the slot does not
+    depend on them); the ledger claims such a record only while the cluster agrees on that
+    version (:mod:`peerd.coord.ledger`).
     """
     rec = pb.RunRecord(
         task_id=task_id,
@@ -87,6 +92,8 @@ def claim_record(
         status=status,  # type: ignore[arg-type]
         claim_lease_id=lease_id,
         priority=priority,
+        tzdata_version=tzdata_version,
+        local_time=local_time,
     )
     rec.scheduled_at.FromDatetime(slot)
     rec.claimed_at.FromDatetime(now)
@@ -129,6 +136,8 @@ def skipped_record(
     misfire_threshold: timedelta,
     window: timedelta,
     covers: tuple[datetime, int] | None = None,
+    tzdata_version: str = "",
+    local_time: str = "",
 ) -> pb.RunRecord:
     """A SKIPPED record for a slot the catch-up policy does not run.
 
@@ -139,8 +148,19 @@ def skipped_record(
         misfire_threshold, window: the task's catch-up settings, named in the message.
         covers: ``(first slot, count)`` when this record stands for ``count`` skipped slots
             from ``first slot`` up to ``slot`` (``RunRecord.skipped_slots``/``skipped_from``).
+        tzdata_version, local_time: as for :func:`claim_record`.
     """
-    rec = claim_record(task_id, slot, node_id, lease_id, now, fire_at=fire_at, status=pb.SKIPPED)
+    rec = claim_record(
+        task_id,
+        slot,
+        node_id,
+        lease_id,
+        now,
+        fire_at=fire_at,
+        status=pb.SKIPPED,
+        tzdata_version=tzdata_version,
+        local_time=local_time,
+    )
     late_s = (now - fire_at).total_seconds()
     name = CATCH_UP_NAMES.get(policy, policy)
     if reason == "paused":

@@ -48,9 +48,10 @@ from datetime import UTC, datetime, timedelta
 from hashlib import blake2b
 
 from peerd.core.cron_calendar import MAX_S, MIN_S, CronCalendar
-from peerd.core.crontab import DESCRIPTORS, load_zone, normalise_cron, parse_cron_fields
+from peerd.core.crontab import DESCRIPTORS, normalise_cron, parse_cron_fields
 from peerd.core.durations import format_duration
 from peerd.core.schedule_spec import DST_AMBIGUOUS, DST_NONEXISTENT, ScheduleSpec, spec_from_proto
+from peerd.core.tzrules import TimeZoneRules, fixed_offset_zone
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -89,12 +90,17 @@ def _iso(dt: datetime) -> str:
 
 
 def validate_schedule(
-    msg: pb.Schedule, now: datetime, field: str = "task.schedule", *, creating: bool = True
+    msg: pb.Schedule,
+    now: datetime,
+    field: str = "task.schedule",
+    *,
+    rules: TimeZoneRules,
+    creating: bool = True,
 ) -> None:
     """Validate ``pb.Schedule``; ``now`` (aware) is used only when ``creating`` and for jitter.
 
     Checks: exactly one kind; cron syntax (see :func:`normalise_cron`); ``every`` >= 1 s; time
-    zone known to zoneinfo; ``end_at >= start_at``; ``at`` within the bounds; ``0 <= max_runs <=
+    zone known to ``rules``; ``end_at >= start_at``; ``at`` within the bounds; ``0 <= max_runs <=
     1_000_000``; when creating, ``at`` and ``end_at`` not in the past (``<= now``); DST enums
     known (accepted and ignored for ``every``/``at``); ``0 <= jitter <= 1h`` and ``jitter <
     every`` (``every``) or ``jitter <`` :meth:`CompiledSchedule.min_gap` after ``now``
@@ -108,7 +114,7 @@ def validate_schedule(
             must be less than the smallest gap between slots (1m)")``.
     """
     spec = spec_from_proto(msg, now, field)
-    load_zone(msg.time_zone, f"{field}.time_zone")
+    rules.zone(msg.time_zone, f"{field}.time_zone")
     if msg.WhichOneof("kind") == "every" and (spec.every or timedelta(0)) < timedelta(seconds=1):
         raise InvalidArgument(f"{field}.every", "every must be at least 1s")
     if not 0 <= spec.max_runs <= MAX_RUNS_LIMIT:
@@ -128,10 +134,10 @@ def validate_schedule(
     if creating and spec.end_at is not None and spec.end_at <= now:
         raise InvalidArgument(f"{field}.end_at", f"end_at {_iso(spec.end_at)} is in the past")
     if spec.jitter:
-        _check_jitter(spec, now, f"{field}.jitter")
+        _check_jitter(spec, now, f"{field}.jitter", rules)
 
 
-def _check_jitter(spec: ScheduleSpec, now: datetime, field: str) -> None:
+def _check_jitter(spec: ScheduleSpec, now: datetime, field: str, rules: TimeZoneRules) -> None:
     jitter = spec.jitter
     text = format_duration(jitter)
     if jitter > MAX_JITTER:
@@ -141,7 +147,7 @@ def _check_jitter(spec: ScheduleSpec, now: datetime, field: str) -> None:
             field, f"jitter {text} must be less than every ({format_duration(spec.every)})"
         )
     if spec.cron is not None and jitter >= timedelta(seconds=1):
-        gap = CompiledSchedule(spec).min_gap(now)
+        gap = CompiledSchedule(spec, rules).min_gap(now)
         if gap is not None and jitter >= gap:
             raise InvalidArgument(
                 field,
@@ -219,9 +225,17 @@ class CompiledSchedule:
     query applies the bounds, ``max_runs`` and (cron) the DST policies the same way, so
     ``next_after`` iteration, ``slots_between``, ``count_between`` and ``last_slots`` agree.
 
+    Args:
+        spec: the spec.
+        rules: the time-zone rules its zone is read from (:mod:`peerd.core.tzrules`).
+
     Attributes:
         spec: the spec.
-        zone: ``spec.time_zone`` loaded (:data:`datetime.UTC` for UTC), for every kind.
+        zone: ``spec.time_zone`` loaded from ``rules`` (:data:`datetime.UTC` for UTC), for
+            every kind.
+        tzdata_version: the version of ``rules`` when the slots depend on it (``cron`` in a zone
+            that is not a fixed offset), else ``""``: what run records store
+            (``RunRecord.tzdata_version``).
         dst_nonexistent: the effective policy, "skip" or "shift" ("auto" resolved), or None
             for ``every``/``at``; ``dst_ambiguous``: "first", "last", "both" or None.
 
@@ -230,11 +244,13 @@ class CompiledSchedule:
             expression or time zone (field ``schedule...``).
     """
 
-    def __init__(self, spec: ScheduleSpec) -> None:
+    def __init__(self, spec: ScheduleSpec, rules: TimeZoneRules) -> None:
         self.spec = spec
         if sum(x is not None for x in (spec.cron, spec.every, spec.at)) != 1:
             raise InvalidArgument("schedule", "exactly one of cron, every, at must be set")
-        self.zone = load_zone(spec.time_zone, "schedule.time_zone")
+        self.zone = rules.zone(spec.time_zone, "schedule.time_zone")
+        dependent = spec.cron is not None and not fixed_offset_zone(spec.time_zone)
+        self.tzdata_version = rules.version if dependent else ""
         self.dst_nonexistent: str | None = None
         self.dst_ambiguous: str | None = None
         self._cron: CronCalendar | None = None
@@ -394,6 +410,28 @@ class CompiledSchedule:
             return None
         until = max(start, _Y2038) + 2 * 366 * _DAY
         return timedelta(seconds=self._cron.min_gap(start, until))
+
+    def after_local(self, after: datetime, local_time: str) -> datetime:
+        """The newest slot after ``after`` whose local time is not later than ``local_time``,
+        or ``after`` when there is none: where to resume a schedule whose last slot was
+        computed with other time-zone rules (:mod:`peerd.core.tzagree`).
+
+        ``after`` is the ledger's newest slot and ``local_time`` what it was in local time by
+        the rules that computed it (``RunRecord.local_time``, RFC 3339 with offset, e.g.
+        ``2026-11-30T09:00:00-08:00``). The local time is read as a wall-clock time in this
+        schedule's zone (the later instant when these rules repeat it), and the slots up to
+        it are taken as run: the day's 09:00 under the old rules stands for the day's 09:00
+        under these. Cost: one :meth:`last_slots` call.
+
+        Raises:
+            ValueError: ``local_time`` is not RFC 3339, or ``after`` is naive.
+        """
+        wall = datetime.fromisoformat(local_time).replace(tzinfo=None)
+        until = wall.replace(tzinfo=self.zone, fold=1).astimezone(UTC)
+        if until <= after:
+            return after
+        covered = self.last_slots(after, until, 1)
+        return covered[0] if covered else after
 
     def dst_events(self, after: datetime, until: datetime) -> list[DstEvent]:
         """The DST events (cron wall-clock matches a transition made nonexistent or ambiguous)

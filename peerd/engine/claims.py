@@ -1,7 +1,7 @@
 """Claiming: planned slots become run records in etcd, in batches fenced on this node's lease.
 
 :meth:`Claims.claim` sends the claims in transactions sized from etcd's operation budget
-(:func:`peerd.core.budget.pack` with :data:`peerd.coord.ledger.CLAIM_COST`), at most
+(:func:`peerd.core.budget.pack` with :func:`peerd.coord.ledger.claim_cost`), at most
 ``claim_batch`` each. A claim of a task with an overlap policy that finds the task's lock taken
 is followed up in a next round: BUFFER_ONE claims the slot again as the one waiting slot, FORBID
 (or a full queue) records it SKIPPED naming the run in the way.
@@ -10,7 +10,9 @@ Every claim reports back once, when it has *settled* (``on_settled``): claimed b
 another claimant, or recorded SKIPPED after an overlap follow-up. The caller starts the runs of
 claimed CLAIMED records at that moment and moves cursors over settled slots only, so a round
 that fails after earlier batches committed loses nothing and repeats nothing: the committed
-claims have settled and run; the failed ones are planned again.
+claims have settled and run; the failed ones are planned again. A claim the tzdata fence refused
+(:mod:`peerd.coord.ledger`: the cluster agrees on other time-zone rules than this node's view
+says) does not settle either: its slot is planned again, by whichever node owns it then.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from peerd.coord.ledger import CLAIM_COST, ClaimResult, Ledger
+from peerd.coord.ledger import ClaimResult, Ledger, claim_cost
 from peerd.core.budget import pack
 from peerd.core.overlap import QUEUE, when_busy
 from peerd.core.records import describe_holder, overlap_skipped
@@ -47,6 +49,9 @@ class Claims:
         lease: this node's lease (every claim is fenced on it).
         batch: ``() -> claim_batch`` (at most this many claims per transaction; hot reload).
         now: the clock's ``now`` (time of overlap SKIPPED records).
+        tz_fence: ``() -> the revision claims of zone-dependent slots are fenced on``, None
+            while this node's tzdata is not the agreed version
+            (:meth:`peerd.coord.tzdata.TzdataAgreement.fence`).
     """
 
     def __init__(
@@ -55,13 +60,17 @@ class Claims:
         lease: Lease,
         batch: Callable[[], int],
         now: Callable[[], object],
+        tz_fence: Callable[[], int | None],
     ) -> None:
         self.ledger = ledger
         self.lease = lease
         self.batch = batch
         self.now = now
+        self.tz_fence = tz_fence
         self.lost_races = 0
         """Claims another claimant won (since start)."""
+        self.fenced = 0
+        """Claims the tzdata fence refused (since start)."""
 
     async def claim(self, claims: Sequence[Claim], on_settled: Settled) -> None:
         """Claim ``claims`` and their overlap follow-ups; ``on_settled`` is called for each
@@ -76,15 +85,19 @@ class Claims:
         pending = list(claims)
         while pending:
             follow: list[Claim] = []
-            for batch in pack([CLAIM_COST[c.mode] for c in pending], self.batch()):
+            for batch in pack([claim_cost(c.record, c.mode) for c in pending], self.batch()):
                 part = pending[batch.start : batch.stop]
                 results = await self.ledger.claim(
                     self.lease.member_key,
                     self.lease.lease_id,
                     [c.record for c in part],
                     [c.mode for c in part],
+                    self.tz_fence(),
                 )
                 for claim, res in zip(part, results, strict=True):
+                    if res.fenced:
+                        self.fenced += 1
+                        continue
                     nxt = self._follow_up(claim, res)
                     if nxt is None:
                         on_settled(claim, res)

@@ -61,6 +61,7 @@ from peerd.core.records import (
     manual_record,
     slot_ms,
 )
+from peerd.core.tzrules import TimeZoneRules
 from peerd.engine.backpressure import Backpressure
 from peerd.engine.claims import Claim, Claims
 from peerd.engine.execution import Execution
@@ -162,6 +163,9 @@ class Engine:
         etcd_space: set while etcd has space (the node's :class:`peerd.coord.alarms.
             AlarmMonitor`); no claim is sent while it is clear, because claims are nested
             transactions, which etcd 3.4 lets past its quota (see that module).
+        rules: the node's time-zone rules (every schedule is compiled with them).
+        tz_fence: ``() -> the revision claims of zone-dependent slots are fenced on`` (None:
+            claim none; :meth:`peerd.coord.tzdata.TzdataAgreement.fence`).
     """
 
     def __init__(
@@ -176,6 +180,9 @@ class Engine:
         clock: Clock,
         supervisor: Supervisor,
         etcd_space: asyncio.Event | None = None,
+        *,
+        rules: TimeZoneRules,
+        tz_fence: Callable[[], int | None],
     ) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
@@ -192,7 +199,8 @@ class Engine:
         self.executors = executors
         self.registry = RunRegistry()
         self.pools = Pools(cfg)
-        self.planner = Planner(self.node_id, cfg.misfire_threshold, self.pools.kinds)
+        self.rules = rules
+        self.planner = Planner(self.node_id, cfg.misfire_threshold, self.pools.kinds, rules=rules)
         self.backpressure = Backpressure(
             self.pools.node,
             cfg.max_concurrent_runs,
@@ -200,7 +208,7 @@ class Engine:
             clock,
             self.node_id,
         )
-        self.claims = Claims(ledger, lease, lambda: self.cfg.claim_batch, clock.now)
+        self.claims = Claims(ledger, lease, lambda: self.cfg.claim_batch, clock.now, tz_fence)
         self.writer = RecordWriter(
             ledger,
             self.registry,
@@ -285,6 +293,16 @@ class Engine:
         self.planner.forget_invalid(wanted)
         self.fire.wake()
 
+    def rules_changed(self) -> None:
+        """The cluster's agreed tzdata version (or its pin) changed: forget the cursors of the
+        zone-dependent tasks (another version may have claimed their slots meanwhile), then
+        reconcile; those still owned are loaded again from the ledger (:meth:`Planner.resume`).
+        """
+        for task_id, o in list(self.planner.owned.items()):
+            if o.compiled.tzdata_version:
+                self.handoffs.drop(task_id)
+        self.ownership.changed()
+
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         if not task_id:
             self.reconcile()
@@ -329,12 +347,17 @@ class Engine:
         self.ownership.refresh()
         self.reconcile()
         accepted = []
+        sender = self.lease.view.get(request.from_node)
+        sender_rules = sender.tzdata_version if sender is not None else None
         for item in request.tasks:
             o = self.planner.owned.get(item.task_id)
             if o is None or item.task_id in self.handoffs.handing:
                 continue  # not ours in our view: the sender keeps it and retries
             cursor = from_ms(item.cursor_ms)
-            if o.cursor is None or cursor > o.cursor:
+            other_rules = bool(o.compiled.tzdata_version) and sender_rules != self.rules.version
+            # A cursor computed with other time-zone rules is not ours to continue from: the
+            # ledger's (read once we own the task, after the sender was fenced off) is.
+            if not other_rules and (o.cursor is None or cursor > o.cursor):
                 self.planner.set_cursor(o, cursor)
             accepted.append(item.task_id)
             if item.in_flight:

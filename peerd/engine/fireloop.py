@@ -227,12 +227,16 @@ class FireLoop:
             # Manual runs (TriggerTask: slot = the time of the trigger) are not schedule slots:
             # the cursor is the newest scheduled one. With none among the records read, the
             # floor is safe: slots already claimed are lost races, never run twice.
-            scheduled = [r.scheduled_at.ToMilliseconds() for r, _ in recent if not r.manual]
+            newest = next((r for r, _ in recent if not r.manual), None)
             self.recovery.note(recent)
             # Slots missed while the task was paused are planned like any missed slot: the
             # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED).
             floor = o.spec.created_at.ToDatetime(UTC)
-            cursor = max(floor, from_ms(scheduled[0])) if scheduled else floor
+            cursor = floor
+            if newest is not None and from_ms(newest.scheduled_at.ToMilliseconds()) > floor:
+                cursor = self.planner.resume(
+                    o, from_ms(newest.scheduled_at.ToMilliseconds()), newest
+                )
             self.planner.set_cursor(o, cursor)
 
         await asyncio.gather(*(load(t) for t in ids))
@@ -284,6 +288,7 @@ class FireLoop:
             out.append(Claim(o.spec, rec, None))
         mode = first_mode(o.spec.overlap)
         for slot in plan.fire:
+            version, local = o.rules_of(slot)
             rec = claim_record(
                 o.spec.id,
                 slot,
@@ -292,6 +297,8 @@ class FireLoop:
                 now,
                 fire_at=o.fire_at(slot),
                 priority=o.spec.priority,
+                tzdata_version=version,
+                local_time=local,
             )
             out.append(Claim(o.spec, rec, mode))
         return out
@@ -305,6 +312,7 @@ class FireLoop:
         lease_id: int,
         covers: tuple[datetime, int] | None,
     ) -> pb.RunRecord:
+        version, local = o.rules_of(slot)
         rec = skipped_record(
             o.spec.id,
             slot,
@@ -317,6 +325,8 @@ class FireLoop:
             misfire_threshold=o.catch_up.misfire_threshold,
             window=o.catch_up.window,
             covers=covers,
+            tzdata_version=version,
+            local_time=local,
         )
         assert rec.skip_reason == SKIP_REASON_PB[reason]
         return rec

@@ -19,6 +19,11 @@ and the task's catch-up policy, within two budgets:
   the cluster-wide ``--catch-up-rate`` (:class:`peerd.core.ratelimit.TokenBucket`); single
   catch-up runs (SKIP, RUN_ONCE) before bulk replays (RUN_ALL).
 
+Tasks are compiled with the node's time-zone rules (:mod:`peerd.core.tzrules`). A task whose
+cursor was computed with other rules (the ledger's newest record names another tzdata version:
+the cluster switched versions) resumes after the local time that record covered
+(:meth:`Planner.resume`), so a day's run is not repeated at the instant the new rules give it.
+
 After the claims, :meth:`Planner.commit` moves each cursor to the last slot whose claim settled
 (claimed, lost to another claimant, or recorded), in slot order: a slot whose claim failed is
 planned again, one that settled never is.
@@ -35,9 +40,11 @@ import structlog
 
 from peerd.core.overlap import needs_lock
 from peerd.core.plan import CATCH_UP_RUN_ALL, CatchUp, Plan, catch_up_from_proto, plan_due
+from peerd.core.preview import local_time
 from peerd.core.ratelimit import TokenBucket
 from peerd.core.records import slot_ms
 from peerd.core.schedule import CompiledSchedule, spec_from_proto
+from peerd.core.tzrules import TimeZoneRules
 from peerd.errors import PeerdError
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -73,6 +80,13 @@ class Owned:
         """When ``slot`` fires: the slot plus its deterministic jitter."""
         return self.compiled.fire_at(self.spec.id, slot)
 
+    def rules_of(self, slot: datetime) -> tuple[str, str]:
+        """What a record of ``slot`` says about the time-zone rules that computed it:
+        ``(tzdata_version, local_time)`` (:func:`peerd.core.records.claim_record`; empty
+        strings when the schedule does not depend on them)."""
+        version = self.compiled.tzdata_version
+        return (version, local_time(slot, self.compiled.zone)) if version else ("", "")
+
 
 @dataclass(eq=False)
 class TaskPlan:
@@ -97,12 +111,19 @@ class Planner:
         misfire_threshold: the node's default (``--misfire-threshold``).
         kinds: the executor kinds this node has; a task of another kind (written by a newer
             peerd, say) is refused rather than left due forever.
+        rules: the node's time-zone rules; every schedule is compiled with them.
     """
 
     def __init__(
-        self, node_id: str, misfire_threshold: timedelta, kinds: Collection[str] = ()
+        self,
+        node_id: str,
+        misfire_threshold: timedelta,
+        kinds: Collection[str] = (),
+        *,
+        rules: TimeZoneRules,
     ) -> None:
         self.kinds = frozenset(kinds)
+        self.rules = rules
         self.owned: dict[str, Owned] = {}
         self.invalid: dict[str, str] = {}
         """Tasks this node should own but cannot plan, with the reason (a spec it cannot
@@ -127,7 +148,7 @@ class Planner:
             return None
         try:
             created_at = spec.created_at.ToDatetime(UTC)
-            compiled = CompiledSchedule(spec_from_proto(spec.schedule, created_at))
+            compiled = CompiledSchedule(spec_from_proto(spec.schedule, created_at), self.rules)
             catch_up = catch_up_from_proto(spec, self.misfire_threshold)
         except (PeerdError, ValueError) as exc:
             self._refuse(spec.id, str(exc))
@@ -177,6 +198,33 @@ class Planner:
         o.next_at = o.fire_at(nxt) if nxt is not None else None
         self.to_load.discard(o.spec.id)
         self.push(o)
+
+    def resume(self, o: Owned, cursor: datetime, newest: pb.RunRecord | None) -> datetime:
+        """The cursor to plan ``o`` from, given the ledger's: ``cursor``, the slot of its newest
+        scheduled record ``newest`` (None: the cursor is not a record's). When that record was
+        computed with other time-zone rules, the slots these rules place at or before its local
+        time already ran (:meth:`CompiledSchedule.after_local`) and are passed over; logged as
+        ``tzdata_cursor_moved``."""
+        version = o.compiled.tzdata_version
+        if newest is None or not version or not newest.local_time:
+            return cursor
+        if newest.tzdata_version in ("", version):
+            return cursor
+        try:
+            moved = o.compiled.after_local(cursor, newest.local_time)
+        except ValueError:
+            return cursor
+        if moved != cursor:
+            self._log.info(
+                "tzdata_cursor_moved",
+                task_id=o.spec.id,
+                cursor=cursor.isoformat(),
+                local_time=newest.local_time,
+                tzdata_was=newest.tzdata_version,
+                tzdata=version,
+                resume_after=moved.isoformat(),
+            )
+        return moved
 
     def push(self, o: Owned, at_s: float | None = None) -> None:
         """Schedule ``o`` for planning at its ``next_at`` (or at ``at_s``, epoch seconds)."""

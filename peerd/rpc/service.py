@@ -28,6 +28,7 @@ from peerd.core.schedule import (
     spec_from_proto,
     validate_schedule,
 )
+from peerd.core.tzrules import TimeZoneRules
 from peerd.core.validate import (
     new_task_id,
     validate_pause_note,
@@ -59,9 +60,11 @@ def _timestamp(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
         raise InvalidArgument(field, f"invalid timestamp: {exc}") from None
 
 
-def _compile(schedule: pb.Schedule, created_at: datetime, field: str) -> CompiledSchedule:
-    """The schedule as the engine compiles it (:meth:`peerd.runner.engine.Engine._acquire`)."""
-    return CompiledSchedule(spec_from_proto(schedule, created_at, field))
+def _compile(
+    schedule: pb.Schedule, created_at: datetime, field: str, rules: TimeZoneRules
+) -> CompiledSchedule:
+    """The schedule as the engine compiles it (:meth:`peerd.engine.planner.Planner.acquire`)."""
+    return CompiledSchedule(spec_from_proto(schedule, created_at, field), rules)
 
 
 class TargetCheck(Protocol):
@@ -76,6 +79,14 @@ class Trigger(Protocol):
     async def trigger(
         self, spec: pb.TaskSpec, cause: pb.RunRecord | None = None
     ) -> pb.RunRecord: ...
+
+
+class TzdataControl(Protocol):
+    """Pins the cluster's tzdata version (:class:`peerd.coord.tzdata.TzdataAgreement`)."""
+
+    async def pin(self, version: str, force: bool = False) -> str: ...
+
+    async def unpin(self) -> str | None: ...
 
 
 ClusterView = Callable[[], pb.GetClusterResponse]
@@ -98,6 +109,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         cluster: the cluster view.
         settings: ``() -> the node's current configuration`` (hot reload).
         clock: time source.
+        rules: the node's time-zone rules (validation, preview, audit).
+        tzdata: the cluster's tzdata agreement (PinTzdata).
     """
 
     def __init__(
@@ -110,6 +123,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         cluster: ClusterView,
         settings: Callable[[], NodeConfig],
         clock: Clock,
+        rules: TimeZoneRules,
+        tzdata: TzdataControl,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -119,6 +134,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self.cluster = cluster
         self.settings = settings
         self.clock = clock
+        self.rules = rules
+        self.tzdata = tzdata
 
     def _prepare(self, given: pb.TaskSpec, field: str) -> pb.TaskSpec:
         spec = pb.TaskSpec()
@@ -132,7 +149,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 spec.schedule.every.FromTimedelta(every)
             elif cron is not None:
                 spec.schedule.cron = cron
-        validate_task(spec, now, field)
+        validate_task(spec, now, field, rules=self.rules)
         self.targets.check(spec, field)
         if spec.WhichOneof("target") == "http":
             spec.http.method = spec.http.method.upper() or "POST"
@@ -282,16 +299,20 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             validate_task_id(request.task_id, "task_id")
             spec, _ = await self.store.get(request.task_id)
             schedule, task_id = spec.schedule, spec.id
-            compiled = _compile(schedule, spec.created_at.ToDatetime(tzinfo=UTC), "task.schedule")
+            created_at = spec.created_at.ToDatetime(tzinfo=UTC)
+            compiled = _compile(schedule, created_at, "task.schedule", self.rules)
         elif source == "schedule":
             schedule, task_id = request.schedule, ""
-            validate_schedule(schedule, now, "schedule", creating=False)
-            compiled = _compile(schedule, after, "schedule")
+            validate_schedule(schedule, now, "schedule", rules=self.rules, creating=False)
+            compiled = _compile(schedule, after, "schedule", self.rules)
         else:
             raise InvalidArgument("source", "set task_id or schedule")
         slots = preview_core.preview(compiled, task_id, after, count)
         return pb.PreviewScheduleResponse(
-            slots=[preview_core.to_proto(s) for s in slots], time_zone=schedule.time_zone or "UTC"
+            slots=[preview_core.to_proto(s) for s in slots],
+            time_zone=schedule.time_zone or "UTC",
+            tzdata_version=self.rules.version,
+            tzdata_source=self.rules.where,
         )
 
     @grpc_errors
@@ -335,7 +356,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         spec, _ = await self.store.get(request.task_id)
         entries, _ = await self.runs.entries(spec.id)
         created_at = spec.created_at.ToDatetime(tzinfo=UTC)
-        compiled = _compile(spec.schedule, created_at, "task.schedule")
+        compiled = _compile(spec.schedule, created_at, "task.schedule", self.rules)
         threshold = (
             spec.misfire_threshold.ToTimedelta()
             if spec.HasField("misfire_threshold")
@@ -398,3 +419,19 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.GetClusterRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetClusterResponse:
         return self.cluster()
+
+    @grpc_errors
+    async def PinTzdata(
+        self, request: pb.PinTzdataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PinTzdataResponse:
+        """Pin the cluster's tzdata version (or, with ``unpin``, let the cluster choose again).
+
+        Raises (as status codes):
+            INVALID_ARGUMENT: ``version`` malformed, or run by no live member (without
+                ``force``). UNAVAILABLE: etcd cannot be reached.
+        """
+        if request.unpin:
+            agreed = await self.tzdata.unpin()
+            return pb.PinTzdataResponse(version=agreed or "", pinned=False)
+        version = await self.tzdata.pin(request.version, request.force)
+        return pb.PinTzdataResponse(version=version, pinned=True)

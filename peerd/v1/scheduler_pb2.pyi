@@ -270,7 +270,7 @@ class AttemptRecord(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunRecord(_message.Message):
-    __slots__ = ("task_id", "scheduled_at", "node_id", "attempt", "fencing_token", "status", "claimed_at", "started_at", "finished_at", "lateness", "http_status", "exit_code", "output_tail", "error", "manual", "idempotency_key", "claim_lease_id", "history", "next_attempt_at", "skip_reason", "fire_at", "cause", "priority", "skipped_slots", "skipped_from")
+    __slots__ = ("task_id", "scheduled_at", "node_id", "attempt", "fencing_token", "status", "claimed_at", "started_at", "finished_at", "lateness", "http_status", "exit_code", "output_tail", "error", "manual", "idempotency_key", "claim_lease_id", "history", "next_attempt_at", "skip_reason", "fire_at", "cause", "priority", "skipped_slots", "skipped_from", "tzdata_version", "local_time")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +296,8 @@ class RunRecord(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_SLOTS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FROM_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_TIME_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     scheduled_at: _timestamp_pb2.Timestamp
     node_id: str
@@ -321,10 +323,12 @@ class RunRecord(_message.Message):
     priority: int
     skipped_slots: int
     skipped_from: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[_Union[SkipReason, str]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cause: _Optional[_Union[RunRecord, _Mapping]] = ..., priority: _Optional[int] = ..., skipped_slots: _Optional[int] = ..., skipped_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tzdata_version: str
+    local_time: str
+    def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[_Union[SkipReason, str]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cause: _Optional[_Union[RunRecord, _Mapping]] = ..., priority: _Optional[int] = ..., skipped_slots: _Optional[int] = ..., skipped_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tzdata_version: _Optional[str] = ..., local_time: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead", "not_claiming", "active_runs", "run_capacity", "backlog")
+    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead", "not_claiming", "active_runs", "run_capacity", "backlog", "tzdata_version", "tzdata_source")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +341,8 @@ class Member(_message.Message):
     ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
     RUN_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     started_at: _timestamp_pb2.Timestamp
@@ -349,7 +355,9 @@ class Member(_message.Message):
     active_runs: int
     run_capacity: int
     backlog: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ..., not_claiming: _Optional[bool] = ..., active_runs: _Optional[int] = ..., run_capacity: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
+    tzdata_version: str
+    tzdata_source: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ..., not_claiming: _Optional[bool] = ..., active_runs: _Optional[int] = ..., run_capacity: _Optional[int] = ..., backlog: _Optional[int] = ..., tzdata_version: _Optional[str] = ..., tzdata_source: _Optional[str] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task",)
@@ -463,12 +471,16 @@ class PreviewSlot(_message.Message):
     def __init__(self, scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., local_time: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class PreviewScheduleResponse(_message.Message):
-    __slots__ = ("slots", "time_zone")
+    __slots__ = ("slots", "time_zone", "tzdata_version", "tzdata_source")
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
     slots: _containers.RepeatedCompositeFieldContainer[PreviewSlot]
     time_zone: str
-    def __init__(self, slots: _Optional[_Iterable[_Union[PreviewSlot, _Mapping]]] = ..., time_zone: _Optional[str] = ...) -> None: ...
+    tzdata_version: str
+    tzdata_source: str
+    def __init__(self, slots: _Optional[_Iterable[_Union[PreviewSlot, _Mapping]]] = ..., time_zone: _Optional[str] = ..., tzdata_version: _Optional[str] = ..., tzdata_source: _Optional[str] = ...) -> None: ...
 
 class AuditTaskRequest(_message.Message):
     __slots__ = ("task_id", "since")
@@ -546,7 +558,7 @@ class GetClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterResponse(_message.Message):
-    __slots__ = ("cluster", "node_id", "members", "task_count", "revision", "etcd_alarms", "etcd_db_size_bytes", "etcd_db_size_in_use_bytes", "etcd_compactor")
+    __slots__ = ("cluster", "node_id", "members", "task_count", "revision", "etcd_alarms", "etcd_db_size_bytes", "etcd_db_size_in_use_bytes", "etcd_compactor", "tzdata_version", "tzdata_pinned")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -556,6 +568,8 @@ class GetClusterResponse(_message.Message):
     ETCD_DB_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ETCD_DB_SIZE_IN_USE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ETCD_COMPACTOR_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TZDATA_PINNED_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
@@ -565,7 +579,27 @@ class GetClusterResponse(_message.Message):
     etcd_db_size_bytes: int
     etcd_db_size_in_use_bytes: int
     etcd_compactor: str
-    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., task_count: _Optional[int] = ..., revision: _Optional[int] = ..., etcd_alarms: _Optional[_Iterable[_Union[EtcdAlarm, _Mapping]]] = ..., etcd_db_size_bytes: _Optional[int] = ..., etcd_db_size_in_use_bytes: _Optional[int] = ..., etcd_compactor: _Optional[str] = ...) -> None: ...
+    tzdata_version: str
+    tzdata_pinned: bool
+    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., task_count: _Optional[int] = ..., revision: _Optional[int] = ..., etcd_alarms: _Optional[_Iterable[_Union[EtcdAlarm, _Mapping]]] = ..., etcd_db_size_bytes: _Optional[int] = ..., etcd_db_size_in_use_bytes: _Optional[int] = ..., etcd_compactor: _Optional[str] = ..., tzdata_version: _Optional[str] = ..., tzdata_pinned: _Optional[bool] = ...) -> None: ...
+
+class PinTzdataRequest(_message.Message):
+    __slots__ = ("version", "unpin", "force")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNPIN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    unpin: bool
+    force: bool
+    def __init__(self, version: _Optional[str] = ..., unpin: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class PinTzdataResponse(_message.Message):
+    __slots__ = ("version", "pinned")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    pinned: bool
+    def __init__(self, version: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class EtcdAlarm(_message.Message):
     __slots__ = ("member_id", "alarm")

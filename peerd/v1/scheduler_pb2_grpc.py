@@ -84,6 +84,11 @@ class SchedulerStub:
                 request_serializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterRequest.SerializeToString,
                 response_deserializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterResponse.FromString,
                 _registered_method=True)
+        self.PinTzdata = channel.unary_unary(
+                '/peerd.v1.Scheduler/PinTzdata',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.PinTzdataRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.PinTzdataResponse.FromString,
+                _registered_method=True)
         self.PreviewSchedule = channel.unary_unary(
                 '/peerd.v1.Scheduler/PreviewSchedule',
                 request_serializer=peerd_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.SerializeToString,
@@ -167,6 +172,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PinTzdata(self, request, context):
+        """Pin (or unpin) the cluster's tzdata version. INVALID_ARGUMENT for a malformed version, or
+        one no live member runs unless force is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PreviewSchedule(self, request, context):
         """The next slots of a task or of an ad-hoc schedule, computed by the scheduler's own code.
         """
@@ -240,6 +253,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetCluster,
                     request_deserializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterRequest.FromString,
                     response_serializer=peerd_dot_v1_dot_scheduler__pb2.GetClusterResponse.SerializeToString,
+            ),
+            'PinTzdata': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinTzdata,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.PinTzdataRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.PinTzdataResponse.SerializeToString,
             ),
             'PreviewSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.PreviewSchedule,
@@ -527,6 +545,33 @@ class Scheduler:
             '/peerd.v1.Scheduler/GetCluster',
             peerd_dot_v1_dot_scheduler__pb2.GetClusterRequest.SerializeToString,
             peerd_dot_v1_dot_scheduler__pb2.GetClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinTzdata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/PinTzdata',
+            peerd_dot_v1_dot_scheduler__pb2.PinTzdataRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.PinTzdataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,7 +13,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -27,10 +26,10 @@ from peerd.coord.runs_view import RunsView
 from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import PeerdNode, assert_eventually
+from tests.helpers import RULES, PeerdNode, assert_eventually
 from tests.integration.test_api import etcd_state
 
-BERLIN = ZoneInfo("Europe/Berlin")
+BERLIN = RULES.zone("Europe/Berlin", "tz")
 
 
 def cli(node: PeerdNode, *args: str) -> subprocess.CompletedProcess[str]:

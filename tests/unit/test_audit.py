@@ -20,6 +20,7 @@ from peerd.core.audit import (
 )
 from peerd.core.schedule import CompiledSchedule, ScheduleSpec
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -28,7 +29,9 @@ THRESHOLD = timedelta(seconds=5)
 
 
 def every(seconds: int = 10, created: datetime = T0) -> CompiledSchedule:
-    return CompiledSchedule(ScheduleSpec(every=timedelta(seconds=seconds), created_at=created))
+    return CompiledSchedule(
+        ScheduleSpec(every=timedelta(seconds=seconds), created_at=created), RULES
+    )
 
 
 def attempt(
@@ -178,7 +181,7 @@ def test_window_before_creation_expects_nothing_before_it() -> None:
 
 
 def test_cron_schedule_expected_slots() -> None:
-    compiled = CompiledSchedule(ScheduleSpec(cron="*/15 * * * *", created_at=T0))
+    compiled = CompiledSchedule(ScheduleSpec(cron="*/15 * * * *", created_at=T0), RULES)
     recs = [record(T0 + timedelta(minutes=m)) for m in (15, 30, 60)]
     report = audit(compiled, entries(*recs), T0, T0 + timedelta(minutes=61), THRESHOLD)
     assert report.expected_slots == 4

@@ -13,6 +13,7 @@ from peerd.core.crontab import (
     parse_crontab,
 )
 from peerd.core.schedule import CompiledSchedule, ScheduleSpec
+from tests.helpers import RULES
 
 DEBIAN_CRONTAB = (
     "# /etc/crontab: system-wide crontab\n"
@@ -57,7 +58,7 @@ CRON_D = (
 
 
 def test_debian_etc_crontab() -> None:
-    parsed = parse_crontab(DEBIAN_CRONTAB, system=True)
+    parsed = parse_crontab(DEBIAN_CRONTAB, system=True, rules=RULES)
     assert parsed.errors == []
     assert parsed.entries == [
         CrontabEntry(
@@ -86,14 +87,14 @@ def test_debian_etc_crontab() -> None:
         ),
     ]
     # what the crontab accepts, the scheduler runs: 47 6 * * 7 is Sunday 06:47
-    weekly = CompiledSchedule(ScheduleSpec(cron=parsed.entries[2].schedule))
+    weekly = CompiledSchedule(ScheduleSpec(cron=parsed.entries[2].schedule), RULES)
     assert weekly.next_after(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
         2026, 1, 4, 6, 47, tzinfo=UTC
     )
 
 
 def test_cron_d_file() -> None:
-    parsed = parse_crontab(CRON_D, system=True)
+    parsed = parse_crontab(CRON_D, system=True, rules=RULES)
     assert parsed.errors == []
     assert [(e.line_no, e.schedule, e.user) for e in parsed.entries] == [
         (2, "30 3 * * 0", "root"),
@@ -112,7 +113,7 @@ def test_cron_d_file() -> None:
 
 def test_user_crontab_has_no_user_column() -> None:
     parsed = parse_crontab(
-        "0 9 * jan mon  /usr/bin/report --weekly\n@daily backup.sh\n", system=False
+        "0 9 * jan mon  /usr/bin/report --weekly\n@daily backup.sh\n", system=False, rules=RULES
     )
     assert parsed.errors == []
     assert [(e.schedule, e.command, e.user) for e in parsed.entries] == [
@@ -130,7 +131,7 @@ def test_env_lines_apply_below_and_quotes_are_stripped() -> None:
         "HOME=/srv/x\n"
         "* * * * * echo two\n"
     )
-    entries = parse_crontab(text, system=False).entries
+    entries = parse_crontab(text, system=False, rules=RULES).entries
     assert entries[0].env == {"MAILTO": "", "GREETING": "hello world"}
     assert entries[1].env == {"MAILTO": "", "GREETING": "bye", "HOME": "/srv/x"}
 
@@ -144,14 +145,18 @@ def test_cron_tz_and_tz() -> None:
         "CRON_TZ=Mars/Olympus\n"
         "0 9 * * * c\n"
     )
-    parsed = parse_crontab(text, system=False)
+    parsed = parse_crontab(text, system=False, rules=RULES)
     assert [(e.command, e.time_zone) for e in parsed.entries] == [
         ("a", "Europe/Berlin"),
         ("b", "America/New_York"),
     ]
     assert parsed.entries[1].env["CRON_TZ"] == "America/New_York"
     assert parsed.errors == [
-        CrontabError(6, "0 9 * * * c", "CRON_TZ: unknown time zone 'Mars/Olympus'")
+        CrontabError(
+            6,
+            "0 9 * * * c",
+            f"CRON_TZ: unknown time zone 'Mars/Olympus' (tzdata {RULES.version}, package)",
+        )
     ]
 
 
@@ -168,7 +173,7 @@ def test_cron_tz_and_tz() -> None:
     ],
 )
 def test_percent_is_stdin(command: str, cmd: str, stdin: str | None) -> None:
-    (entry,) = parse_crontab(f"* * * * * {command}\n", system=False).entries
+    (entry,) = parse_crontab(f"* * * * * {command}\n", system=False, rules=RULES).entries
     assert (entry.command, entry.stdin) == (cmd, stdin)
 
 
@@ -190,7 +195,7 @@ def test_percent_is_stdin(command: str, cmd: str, stdin: str | None) -> None:
     ],
 )
 def test_errors(line: str, system: bool, reason: str) -> None:
-    parsed = parse_crontab(f"# header\n{line}\n", system=system)
+    parsed = parse_crontab(f"# header\n{line}\n", system=system, rules=RULES)
     assert parsed.entries == []
     (err,) = parsed.errors
     assert (err.line_no, err.line) == (2, line)
@@ -198,17 +203,19 @@ def test_errors(line: str, system: bool, reason: str) -> None:
 
 
 def test_good_and_bad_lines_mixed() -> None:
-    parsed = parse_crontab("@reboot x\n*/5 * * * * ok\n", system=False)
+    parsed = parse_crontab("@reboot x\n*/5 * * * * ok\n", system=False, rules=RULES)
     assert [e.line_no for e in parsed.entries] == [2]
     assert [e.line_no for e in parsed.errors] == [1]
 
 
 def test_every_accepted_schedule_compiles() -> None:
     text = "@hourly a\n@annually b\n*/10 1-5 * * mon-fri c\n0 0 1,15 jan-jun * d\n5/10 * * * 0 e\n"
-    parsed = parse_crontab(text, system=False)
+    parsed = parse_crontab(text, system=False, rules=RULES)
     assert parsed.errors == []
     for e in parsed.entries:
-        CompiledSchedule(ScheduleSpec(cron=e.schedule)).next_after(datetime(2026, 1, 1, tzinfo=UTC))
+        CompiledSchedule(ScheduleSpec(cron=e.schedule), RULES).next_after(
+            datetime(2026, 1, 1, tzinfo=UTC)
+        )
 
 
 @pytest.mark.parametrize(

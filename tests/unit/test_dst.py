@@ -18,7 +18,6 @@ wider matrix.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -26,6 +25,7 @@ from peerd.core.crontab import DESCRIPTORS, parse_cron_fields
 from peerd.core.schedule import CompiledSchedule, ScheduleSpec, spec_from_proto, validate_schedule
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 FAR = datetime(2100, 1, 1, tzinfo=UTC)
 
@@ -43,7 +43,7 @@ def compiled(
     expr: str, tz: str, ne: str = "auto", am: str = "auto", **kw: object
 ) -> CompiledSchedule:
     policies = {"dst_nonexistent": ne, "dst_ambiguous": am}
-    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, **policies, **kw))  # type: ignore[arg-type]
+    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, **policies, **kw), RULES)  # type: ignore[arg-type]
 
 
 def assert_consistent(
@@ -321,7 +321,7 @@ def test_ambiguous_times(tz: str, expr: str, policy: str) -> None:
 
 def test_transition_dates() -> None:
     def offsets(tz: str, at: datetime) -> tuple[timedelta | None, timedelta | None]:
-        zone = ZoneInfo(tz)
+        zone = RULES.zone(tz, "tz")
         return (at - timedelta(seconds=1)).astimezone(zone).utcoffset(), at.astimezone(
             zone
         ).utcoffset()
@@ -389,7 +389,8 @@ def test_several_nonexistent_times_shift_to_one_slot() -> None:
 def test_every_and_at_ignore_dst_policies() -> None:
     created = z(3, 28)
     base = CompiledSchedule(
-        ScheduleSpec(every=timedelta(minutes=30), created_at=created, time_zone="Europe/Berlin")
+        ScheduleSpec(every=timedelta(minutes=30), created_at=created, time_zone="Europe/Berlin"),
+        RULES,
     )
     for ne, am in (("skip", "last"), ("shift", "both")):
         other = CompiledSchedule(
@@ -399,14 +400,15 @@ def test_every_and_at_ignore_dst_policies() -> None:
                 time_zone="Europe/Berlin",
                 dst_nonexistent=ne,
                 dst_ambiguous=am,
-            )
+            ),
+            RULES,
         )
         assert other.slots_between(created, z(3, 30), 1000) == base.slots_between(
             created, z(3, 30), 1000
         )
         assert other.dst_nonexistent is None and other.dst_events(created, z(3, 30)) == []
     at = CompiledSchedule(
-        ScheduleSpec(at=z(3, 29, 1, 30), time_zone="Europe/Berlin", dst_nonexistent="skip")
+        ScheduleSpec(at=z(3, 29, 1, 30), time_zone="Europe/Berlin", dst_nonexistent="skip"), RULES
     )
     assert at.next_after(z(3, 29)) == z(3, 29, 1, 30)
 
@@ -448,7 +450,7 @@ def reference(expr: str, tz: str, lo: datetime, hi: datetime, ne: str, am: str) 
     ``fold=0``/``fold=1`` give the two readings of a local time (PEP 495); a time whose
     ``fold=0`` reading does not round-trip is nonexistent, two distinct readings are ambiguous."""
     f = parse_cron_fields(DESCRIPTORS.get(expr, expr))
-    zone = ZoneInfo(tz)
+    zone = RULES.zone(tz, "tz")
     every_hour = f.hours == frozenset(range(24))
     ne = ne if ne != "auto" else ("skip" if every_hour else "shift")
     am = am if am != "auto" else ("both" if every_hour else "first")
@@ -537,8 +539,8 @@ def test_count_over_four_centuries_is_exact() -> None:
     s = compiled(MINUTELY, "Europe/Berlin", am="first")
     lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2400, 1, 1, tzinfo=UTC)
     # one slot per wall minute (first occurrences only, gaps skipped): local minutes in range
-    local_lo = lo.astimezone(ZoneInfo("Europe/Berlin")).replace(tzinfo=None)
-    local_hi = hi.astimezone(ZoneInfo("Europe/Berlin")).replace(tzinfo=None)
+    local_lo = lo.astimezone(RULES.zone("Europe/Berlin", "tz")).replace(tzinfo=None)
+    local_hi = hi.astimezone(RULES.zone("Europe/Berlin", "tz")).replace(tzinfo=None)
     gaps = 400 * 60  # one 60-minute gap a year, no repeats counted
     assert s.count_between(lo, hi) == (local_hi - local_lo) // timedelta(minutes=1) - gaps
 
@@ -568,7 +570,7 @@ def test_spec_from_proto_maps_the_enums() -> None:
         assert (spec.dst_nonexistent, spec.dst_ambiguous) == (ne_name, am_name)
     # kept (and ignored) on non-cron schedules
     every = pb.Schedule(every=timedelta(minutes=1), dst_nonexistent=pb.DST_NONEXISTENT_SKIP)
-    validate_schedule(every, now)
+    validate_schedule(every, now, rules=RULES)
     assert spec_from_proto(every, now).dst_nonexistent == "skip"
 
 
@@ -583,7 +585,7 @@ def test_spec_from_proto_maps_the_enums() -> None:
 def test_unknown_enum_numbers_are_rejected(kw: dict[str, int], field: str, reason: str) -> None:
     for kind in ({"cron": "0 2 * * *"}, {"every": timedelta(seconds=10)}):
         with pytest.raises(InvalidArgument) as ei:
-            validate_schedule(pb.Schedule(**kind, **kw), z(1, 1))  # type: ignore[arg-type]
+            validate_schedule(pb.Schedule(**kind, **kw), z(1, 1), rules=RULES)  # type: ignore[arg-type]
         assert (ei.value.field, ei.value.reason) == (f"task.schedule.{field}", reason)
 
 

@@ -23,6 +23,7 @@ from peerd.core.plan import (
 from peerd.core.schedule import CompiledSchedule, ScheduleSpec
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -34,11 +35,11 @@ FireAt = Callable[[datetime], datetime]
 
 
 def every(step: timedelta, **kw: object) -> CompiledSchedule:
-    return CompiledSchedule(ScheduleSpec(every=step, created_at=T0, **kw))  # type: ignore[arg-type]
+    return CompiledSchedule(ScheduleSpec(every=step, created_at=T0, **kw), RULES)  # type: ignore[arg-type]
 
 
 def cron(expr: str, tz: str = "UTC", **kw: object) -> CompiledSchedule:
-    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, created_at=T0, **kw))  # type: ignore[arg-type]
+    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, created_at=T0, **kw), RULES)  # type: ignore[arg-type]
 
 
 def skip(threshold: timedelta = 30 * S) -> CatchUp:
@@ -379,7 +380,7 @@ def test_long_downtime_cron_across_dst_counts_exactly() -> None:
 
 
 def test_exhausted_schedule() -> None:
-    one = CompiledSchedule(ScheduleSpec(at=T0 + M, created_at=T0))
+    one = CompiledSchedule(ScheduleSpec(at=T0 + M, created_at=T0), RULES)
     p = plan_due(one, T0, T0 + M, once())
     assert (p.fire, p.next_at) == ([T0 + M], None)
     assert plan_due(one, p.cursor, T0 + 2 * M, once()) == Plan([], [], counts(), 0, T0 + M, None)

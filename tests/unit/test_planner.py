@@ -11,6 +11,7 @@ from peerd.core.ratelimit import TokenBucket
 from peerd.core.records import slot_ms
 from peerd.engine.planner import Planner, TaskPlan
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -32,7 +33,7 @@ def bucket() -> TokenBucket:
 
 
 def planner_with(*specs: pb.TaskSpec, cursor: datetime = T0) -> Planner:
-    p = Planner("n1", timedelta(seconds=5))
+    p = Planner("n1", timedelta(seconds=5), rules=RULES)
     for s in specs:
         assert p.acquire(s, cursor=cursor) is not None
     return p
@@ -131,7 +132,7 @@ def test_dropped_tasks_leave_the_backlog() -> None:
 
 
 def test_a_task_of_an_executor_kind_this_node_lacks_is_refused_not_left_due() -> None:
-    p = Planner("n1", timedelta(seconds=5), kinds=("http",))
+    p = Planner("n1", timedelta(seconds=5), kinds=("http",), rules=RULES)
     assert p.acquire(spec("py", kind="python"), cursor=T0) is None
     assert "no executor" in p.invalid["py"]
     assert p.acquire(spec("h"), cursor=T0) is not None

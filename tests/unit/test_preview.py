@@ -20,6 +20,7 @@ from peerd.core.schedule import (
 )
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -30,7 +31,7 @@ def z(month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> dat
 
 
 def cron(expr: str, tz: str = "UTC", **kw: object) -> CompiledSchedule:
-    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, **kw))  # type: ignore[arg-type]
+    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, **kw), RULES)  # type: ignore[arg-type]
 
 
 def rows(slots: list[PreviewSlot]) -> list[tuple[str, str]]:
@@ -144,7 +145,8 @@ def test_lord_howe_half_hour_offsets() -> None:
 
 def test_local_time_format() -> None:
     every = CompiledSchedule(
-        ScheduleSpec(every=timedelta(milliseconds=1500), created_at=NOW, time_zone="Europe/Berlin")
+        ScheduleSpec(every=timedelta(milliseconds=1500), created_at=NOW, time_zone="Europe/Berlin"),
+        RULES,
     )
     assert [p.local_time for p in preview(every, "t", NOW, 2)] == [
         "2026-01-01T01:00:01.500+01:00",
@@ -236,7 +238,7 @@ def test_jitter_offset_distribution() -> None:
 
 def test_fire_at_is_deterministic() -> None:
     spec = ScheduleSpec(cron="*/5 * * * *", jitter=timedelta(minutes=4))
-    a, b = CompiledSchedule(spec), CompiledSchedule(spec)
+    a, b = CompiledSchedule(spec, RULES), CompiledSchedule(spec, RULES)
     slot = z(3, 1, 12, 5)
     assert (
         a.fire_at("t1", slot)
@@ -324,9 +326,9 @@ def test_min_gap_is_a_lower_bound(expr: str, tz: str, policies: dict[str, str]) 
 
 
 def test_min_gap_every_and_at() -> None:
-    every = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=90), created_at=NOW))
+    every = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=90), created_at=NOW), RULES)
     assert every.min_gap(NOW) == timedelta(seconds=90)
-    assert CompiledSchedule(ScheduleSpec(at=z(6, 1), created_at=NOW)).min_gap(NOW) is None
+    assert CompiledSchedule(ScheduleSpec(at=z(6, 1), created_at=NOW), RULES).min_gap(NOW) is None
 
 
 def _sched(**kw: object) -> pb.Schedule:
@@ -374,7 +376,7 @@ def _sched(**kw: object) -> pb.Schedule:
 )
 def test_jitter_validation_errors(kw: dict[str, object], reason: str) -> None:
     with pytest.raises(InvalidArgument) as ei:
-        validate_schedule(_sched(**kw), NOW)
+        validate_schedule(_sched(**kw), NOW, rules=RULES)
     assert ei.value.field == "task.schedule.jitter"
     assert reason in ei.value.reason
 
@@ -392,16 +394,17 @@ def test_jitter_validation_errors(kw: dict[str, object], reason: str) -> None:
     ],
 )
 def test_jitter_validation_accepts(kw: dict[str, object]) -> None:
-    validate_schedule(_sched(**kw), NOW)
+    validate_schedule(_sched(**kw), NOW, rules=RULES)
 
 
 def test_jitter_from_proto_is_whole_ms() -> None:
     msg = _sched(every=Duration(seconds=10), jitter=Duration(seconds=2, nanos=5_999_999))
-    validate_schedule(msg, NOW)
+    validate_schedule(msg, NOW, rules=RULES)
     s = CompiledSchedule(
         ScheduleSpec(
             every=timedelta(seconds=10), jitter=timedelta(milliseconds=2005), created_at=NOW
-        )
+        ),
+        RULES,
     )
     assert spec_from_proto(msg, NOW).jitter == timedelta(milliseconds=2005) == s.spec.jitter
     assert timedelta(hours=1) == MAX_JITTER

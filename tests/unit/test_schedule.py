@@ -9,7 +9,7 @@ from croniter import croniter
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from peerd.core.crontab import load_zone, parse_cron_fields
+from peerd.core.crontab import parse_cron_fields
 from peerd.core.schedule import (
     CompiledSchedule,
     ScheduleSpec,
@@ -19,6 +19,7 @@ from peerd.core.schedule import (
 )
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -34,7 +35,7 @@ def ts(dt: datetime) -> Timestamp:
 
 
 def cron(expr: str, tz: str = "UTC", **kw: object) -> CompiledSchedule:
-    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, **kw))  # type: ignore[arg-type]
+    return CompiledSchedule(ScheduleSpec(cron=expr, time_zone=tz, **kw), RULES)  # type: ignore[arg-type]
 
 
 def take(s: CompiledSchedule, after: datetime, n: int) -> list[datetime]:
@@ -207,7 +208,7 @@ def test_slots_match_croniter(expr: str, tz: str) -> None:
     start = datetime(2023, 5, 17, 3, 4, 5, tzinfo=UTC)
     it = croniter(
         fields.canonical,
-        start.astimezone(load_zone(tz, "tz")),
+        start.astimezone(RULES.zone(tz, "tz")),
         day_or=True,
         second_at_beginning=fields.six,
     )
@@ -231,7 +232,7 @@ def test_count_is_exact_over_years() -> None:
 
 def test_every_anchored_on_created_at_truncated_to_second() -> None:
     created = datetime(2026, 1, 1, 0, 0, 0, 700_000, tzinfo=UTC)
-    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=10), created_at=created))
+    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=10), created_at=created), RULES)
     assert take(s, created - timedelta(hours=1), 2) == [
         z(2026, 1, 1, 0, 0, 10),
         z(2026, 1, 1, 0, 0, 20),
@@ -240,33 +241,36 @@ def test_every_anchored_on_created_at_truncated_to_second() -> None:
 
 def test_every_anchored_on_start_at_only_counts_slots_after_created() -> None:
     s = CompiledSchedule(
-        ScheduleSpec(every=timedelta(hours=1), start_at=z(2020, 1, 1, 0, 30), created_at=NOW)
+        ScheduleSpec(every=timedelta(hours=1), start_at=z(2020, 1, 1, 0, 30), created_at=NOW), RULES
     )
     assert s.next_after(z(2000, 1, 1)) == z(2026, 1, 1, 0, 30)
 
 
 def test_every_is_o1_for_far_jumps() -> None:
-    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=1), created_at=NOW))
+    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=1), created_at=NOW), RULES)
     assert s.next_after(z(2036, 1, 1, 0, 0, 0) - timedelta(milliseconds=1)) == z(2036, 1, 1)
     assert s.count_between(NOW, z(2036, 1, 1)) == (z(2036, 1, 1) - NOW) // timedelta(seconds=1)
 
 
 def test_every_keeps_milliseconds() -> None:
-    s = CompiledSchedule(ScheduleSpec(every=timedelta(milliseconds=1500), created_at=NOW))
+    s = CompiledSchedule(ScheduleSpec(every=timedelta(milliseconds=1500), created_at=NOW), RULES)
     assert take(s, NOW, 2) == [NOW + timedelta(milliseconds=1500), NOW + timedelta(seconds=3)]
 
 
 def test_at_is_one_slot_truncated_to_ms() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, 678_999, tzinfo=UTC)
-    s = CompiledSchedule(ScheduleSpec(at=at, created_at=NOW))
+    s = CompiledSchedule(ScheduleSpec(at=at, created_at=NOW), RULES)
     assert s.next_after(NOW) == datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
     assert s.next_after(at) is None
     assert s.slots_between(NOW, z(2030, 1, 1), 10) == [s.next_after(NOW)]
-    assert CompiledSchedule(ScheduleSpec(at=NOW, created_at=NOW)).next_after(z(2000, 1, 1)) is None
+    assert (
+        CompiledSchedule(ScheduleSpec(at=NOW, created_at=NOW), RULES).next_after(z(2000, 1, 1))
+        is None
+    )
 
 
 def test_slots_are_whole_ms_utc() -> None:
-    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=7), created_at=NOW))
+    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=7), created_at=NOW), RULES)
     for d in take(s, datetime(2026, 1, 1, 0, 0, 3, 123_456, tzinfo=UTC), 5):
         assert d.tzinfo is UTC and d.microsecond % 1000 == 0
 
@@ -278,7 +282,7 @@ def test_created_at_is_exclusive() -> None:
     assert cron("0 * * * *", created_at=z(2026, 1, 1, 5)).next_after(z(2000, 1, 1)) == z(
         2026, 1, 1, 6
     )
-    s = CompiledSchedule(ScheduleSpec(every=timedelta(minutes=1), created_at=NOW))
+    s = CompiledSchedule(ScheduleSpec(every=timedelta(minutes=1), created_at=NOW), RULES)
     assert s.next_after(z(2000, 1, 1)) == NOW + timedelta(minutes=1)
 
 
@@ -318,7 +322,9 @@ def test_max_runs_cron_large_and_across_dst() -> None:
 
 
 def test_max_runs_every_closed_form() -> None:
-    s = CompiledSchedule(ScheduleSpec(every=timedelta(seconds=10), max_runs=5, created_at=NOW))
+    s = CompiledSchedule(
+        ScheduleSpec(every=timedelta(seconds=10), max_runs=5, created_at=NOW), RULES
+    )
     assert take(s, z(2000, 1, 1), 10) == [NOW + timedelta(seconds=10 * k) for k in range(1, 6)]
     assert s.next_after(NOW + timedelta(seconds=50)) is None
     assert s.count_between(z(2000, 1, 1), z(2100, 1, 1)) == 5
@@ -416,7 +422,7 @@ def _sched(**kw: object) -> pb.Schedule:
 )
 def test_validation_errors(kw: dict[str, object], field: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as ei:
-        validate_schedule(_sched(**kw), NOW)
+        validate_schedule(_sched(**kw), NOW, rules=RULES)
     assert ei.value.field == "task.schedule" + (f".{field}" if field else "")
     assert reason in ei.value.reason
 
@@ -430,17 +436,17 @@ def test_validation_accepts_and_respects_creating() -> None:
         {"every": Duration(seconds=1)},
         {"at": z(2026, 1, 1, 0, 0, 1)},
     ):
-        validate_schedule(_sched(**kw), NOW)
-    validate_schedule(_sched(at=z(2020, 1, 1)), NOW, creating=False)
+        validate_schedule(_sched(**kw), NOW, rules=RULES)
+    validate_schedule(_sched(at=z(2020, 1, 1)), NOW, creating=False, rules=RULES)
     with pytest.raises(InvalidArgument) as ei:
-        validate_schedule(_sched(cron="61 * * * *"), NOW, "spec.schedule")
+        validate_schedule(_sched(cron="61 * * * *"), NOW, "spec.schedule", rules=RULES)
     assert ei.value.field == "spec.schedule.cron"
 
 
 def test_compiled_schedule_rejects_bad_specs() -> None:
     with pytest.raises(InvalidArgument):
-        CompiledSchedule(ScheduleSpec())
+        CompiledSchedule(ScheduleSpec(), RULES)
     with pytest.raises(InvalidArgument, match="unknown time zone"):
         cron("* * * * *", "Nowhere/Land")
     with pytest.raises(InvalidArgument, match="at least 1s"):
-        CompiledSchedule(ScheduleSpec(every=timedelta(milliseconds=10)))
+        CompiledSchedule(ScheduleSpec(every=timedelta(milliseconds=10)), RULES)

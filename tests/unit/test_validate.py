@@ -11,6 +11,7 @@ import pytest
 from peerd.core.validate import validate_pause_note, validate_python, validate_task
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import RULES
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -113,7 +114,7 @@ def test_bad_policies_name_the_field(
     name: str, spec: pb.TaskSpec, field: str, mention: str
 ) -> None:
     with pytest.raises(InvalidArgument) as info:
-        validate_task(spec, NOW)
+        validate_task(spec, NOW, rules=RULES)
     assert info.value.field == field, str(info.value)
     assert mention in info.value.reason
     assert str(info.value).startswith(f"{field}: ")
@@ -122,7 +123,7 @@ def test_bad_policies_name_the_field(
 def test_field_prefix_follows_the_batch_index() -> None:
     spec = _with(lambda s: setattr(s, "priority", 500))
     with pytest.raises(InvalidArgument) as info:
-        validate_task(spec, NOW, "tasks[3]")
+        validate_task(spec, NOW, "tasks[3]", rules=RULES)
     assert info.value.field == "tasks[3].priority"
 
 
@@ -137,27 +138,27 @@ def test_good_policies_pass() -> None:
     spec.priority = -100
     spec.on_failure = "job-alert"  # need not exist yet
     spec.pause_note = "ignored: the server clears it"
-    validate_task(spec, NOW)
+    validate_task(spec, NOW, rules=RULES)
 
 
 def test_zero_and_unset_durations_mean_default() -> None:
     spec = base()
     spec.catch_up_window.FromSeconds(0)  # 0 = the default window
     spec.misfire_threshold.FromSeconds(0)  # 0 = fire only exactly on time (allowed)
-    validate_task(spec, NOW)
+    validate_task(spec, NOW, rules=RULES)
 
 
 def test_catch_up_window_is_accepted_without_run_all() -> None:
     spec = base()
     spec.catch_up = pb.CATCH_UP_SKIP
     spec.catch_up_window.FromTimedelta(timedelta(hours=2))
-    validate_task(spec, NOW)
+    validate_task(spec, NOW, rules=RULES)
 
 
 def test_python_target() -> None:
     validate_python(pb.PythonTarget(name="peerd.echo"))
     validate_python(pb.PythonTarget(name="billing.nightly", args_json='{"a": [1, 2]}'))
-    validate_task(python_spec(args='{"n": 1}'), NOW)
+    validate_task(python_spec(args='{"n": 1}'), NOW, rules=RULES)
     with pytest.raises(InvalidArgument) as info:
         validate_python(pb.PythonTarget(name="x", args_json='"str"'), "tasks[0].python")
     assert info.value.field == "tasks[0].python.args_json"
