@@ -16,6 +16,7 @@ import grpc
 
 from peerd.exitcodes import (
     EXIT_ALREADY_EXISTS,
+    EXIT_CONFLICT,
     EXIT_ERROR,
     EXIT_INVALID,
     EXIT_NO_SPACE,
@@ -38,7 +39,7 @@ def exit_code_for_status(code: grpc.StatusCode | None) -> int:
 
     INVALID_ARGUMENT/OUT_OF_RANGE -> 2, NOT_FOUND -> 3, UNAVAILABLE/DEADLINE_EXCEEDED -> 4,
     ALREADY_EXISTS -> 5, PERMISSION_DENIED/UNAUTHENTICATED -> 6, RESOURCE_EXHAUSTED -> 8 (etcd's
-    NOSPACE alarm), OK -> 0, anything else -> 1.
+    NOSPACE alarm), ABORTED -> 9 (changed since read), OK -> 0, anything else -> 1.
     """
     mapping = {
         grpc.StatusCode.OK: EXIT_OK,
@@ -51,6 +52,7 @@ def exit_code_for_status(code: grpc.StatusCode | None) -> int:
         grpc.StatusCode.PERMISSION_DENIED: EXIT_PERMISSION_DENIED,
         grpc.StatusCode.UNAUTHENTICATED: EXIT_PERMISSION_DENIED,
         grpc.StatusCode.RESOURCE_EXHAUSTED: EXIT_NO_SPACE,
+        grpc.StatusCode.ABORTED: EXIT_CONFLICT,
     }
     return mapping.get(code, EXIT_ERROR) if code is not None else EXIT_ERROR
 

@@ -59,8 +59,12 @@ def validate_task_id(task_id: str, field: str = "task.id") -> None:
         raise InvalidArgument(field, f"{task_id[:140]!r} must match [a-z0-9][a-z0-9._-]{{0,127}}")
 
 
-def validate_task(spec: pb.TaskSpec, now: datetime, field: str = "task") -> None:
-    """Check a task submitted for creation (``now``: aware, for schedules in the past).
+def validate_task(
+    spec: pb.TaskSpec, now: datetime, field: str = "task", *, creating: bool = True
+) -> None:
+    """Check a task submitted for creation (``now``: aware, for schedules in the past), or for an
+    update (``creating`` false when the update keeps the schedule: a one-shot that has fired, or
+    an ``end_at`` now past, stays valid).
 
     Checks, in order: size (<= 256 KiB serialised), ``id``, ``schedule`` (including jitter and
     DST policies, :func:`peerd.core.schedule.validate_schedule`), exactly one target (http,
@@ -77,7 +81,7 @@ def validate_task(spec: pb.TaskSpec, now: datetime, field: str = "task") -> None
     validate_task_id(spec.id, f"{field}.id")
     if not spec.HasField("schedule"):
         raise InvalidArgument(f"{field}.schedule", "a schedule (cron, every or at) is required")
-    validate_schedule(spec.schedule, now, f"{field}.schedule", creating=True)
+    validate_schedule(spec.schedule, now, f"{field}.schedule", creating=creating)
     kind = spec.WhichOneof("target")
     if kind == "http":
         _validate_http(spec.http, f"{field}.http")

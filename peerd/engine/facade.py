@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import structlog
@@ -300,18 +300,22 @@ class Engine:
         self._wake.set()
 
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
+        """A task was written or deleted. An owned task takes its new spec at once, also while
+        it is being handed off (it fires the new spec until the new owner acks): the cursor is
+        kept, or moved back to the change time for a new schedule (:meth:`Planner.update`).
+        Runs in progress keep the spec they were claimed with."""
         if not task_id:
             self.reconcile()
             return
+        owned = self.planner.owned.get(task_id)
+        if spec is not None and owned is not None and owned.spec != spec:
+            self.planner.update(spec)
         if spec is None or not self.ownership.owns(spec):
             self._release(task_id, to_peer=spec is not None and not spec.paused)
             if spec is None:
                 self.planner.forget_invalid(set(self.planner.invalid) - {task_id})
         elif task_id in self.planner.owned:
             self.handoffs.cancel(task_id)
-            if self.planner.owned[task_id].spec.SerializeToString() != spec.SerializeToString():
-                self.planner.drop(task_id)  # spec edited: recompile, reload the cursor
-                self.planner.acquire(spec)
         else:
             self.planner.acquire(spec)
         self._wake.set()
@@ -347,7 +351,7 @@ class Engine:
             o = self.planner.owned.get(item.task_id)
             if o is None or item.task_id in self.handoffs.handing:
                 continue  # not ours in our view: the sender keeps it and retries
-            cursor = from_ms(item.cursor_ms)
+            cursor = self.planner.handed_cursor(o, from_ms(item.cursor_ms))
             if o.cursor is None or cursor > o.cursor:
                 self.planner.set_cursor(o, cursor)
             accepted.append(item.task_id)
@@ -476,9 +480,10 @@ class Engine:
             scheduled = [r.scheduled_at.ToMilliseconds() for r, _ in recent if not r.manual]
             self.recovery.note(recent)
             # Slots missed while the task was paused are planned like any missed slot: the
-            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED).
-            floor = o.spec.created_at.ToDatetime(UTC)
-            cursor = max(floor, from_ms(scheduled[0])) if scheduled else floor
+            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED). The newest
+            # slot may have been claimed under an older spec of the task: see handed_cursor.
+            floor = o.compiled.floor
+            cursor = self.planner.handed_cursor(o, from_ms(scheduled[0])) if scheduled else floor
             self.planner.set_cursor(o, cursor)
 
         await asyncio.gather(*(load(t) for t in ids))
