@@ -2,7 +2,9 @@
 
 Exit codes are in :mod:`peerd.exitcodes` (0 ok, 1 error, 2 invalid input or usage, 3 not found,
 4 unavailable, 5 already exists, 6 permission denied, 7 not run by the task's policy, 8 etcd out
-of space: the NOSPACE alarm refuses writes, see docs/operations.md). Every
+of space: the NOSPACE alarm refuses writes, see docs/operations.md; 9 the task changed since it
+was read). ``task update/edit/history`` are in :mod:`peerd.cli_tasks`, ``apply`` and ``diff``
+in :mod:`peerd.cli_apply`. Every
 expected error is reported as one line ``peerd: error: <message>`` on stderr, never as a
 traceback.
 """
@@ -19,7 +21,9 @@ from typing import Any
 
 import grpc
 
+from peerd.cli_apply import register as register_apply
 from peerd.cli_crontab import build_crontab_specs, import_crontab
+from peerd.cli_doc import to_yaml
 from peerd.cli_output import (
     audit_text,
     cluster_text,
@@ -41,8 +45,11 @@ from peerd.cli_spec import (
     build_task_spec,
     parse_retry_on,
     parse_rfc3339,
+    print_error,
     split_shell_argv,
 )
+from peerd.cli_tasks import UPDATE_EXAMPLES
+from peerd.cli_tasks import register as register_task_commands
 from peerd.client import SchedulerClient, describe_rpc_error
 from peerd.config import DEFAULT_LISTEN, SETTINGS, build_config
 from peerd.errors import InvalidArgument, PeerdError
@@ -64,6 +71,7 @@ DEFAULT_RUNS_LIMIT = 20
 DEFAULT_PREVIEW_COUNT = 10
 MAX_PREVIEW_COUNT = 1000
 MAX_FOLLOW_REPLAY = 1000
+OUTPUTS = ("table", "json", "yaml")
 
 CREATE_EXAMPLES = """examples:
   peerd task create ping --every 30s --http-post https://example.com/hook
@@ -97,10 +105,6 @@ line per change of any run record of the task (claim, start, retry, finish) unti
 Handler = Callable[[argparse.Namespace, Mapping[str, str]], int]
 
 
-def _err(message: str) -> None:
-    print(f"peerd: error: {' '.join(message.split())}", file=sys.stderr)
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
@@ -110,14 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     subcommand; ``--timeout`` before it is the RPC deadline (after ``task create`` it is the
     per-run timeout)."""
     common = Parser(add_help=False)
-    common.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS)
+    common.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
     common.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS)
 
     parser = Parser(prog="peerd", description="Distributed cron/task scheduler on etcd.")
     parser.add_argument(
         "--server", metavar="HOST:PORT", help=f"default: $PEERD_SERVER, then {DEFAULT_LISTEN}"
     )
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default="table",
+        help="yaml: tasks as task documents (re-appliable with 'peerd apply')",
+    )
     parser.add_argument(
         "--timeout",
         dest="rpc_timeout",
@@ -162,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.formatter_class = argparse.RawDescriptionHelpFormatter
     create.epilog = CREATE_EXAMPLES
     add_create(create)
+    register_task_commands(tsub, add, UPDATE_EXAMPLES)
     lst = add(tsub, "list", _cmd_task_list, "list tasks")
     lst.add_argument("--limit", type=int, metavar="N")
     for name, handler, help_ in (
@@ -210,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add(sub, "cluster", _cmd_cluster, "show cluster members")
+    register_apply(sub, add)
 
     imp = add(sub, "import-crontab", import_crontab, "create tasks from a crontab file")
     imp.add_argument("file", metavar="FILE")
@@ -271,6 +283,8 @@ def _print(args: argparse.Namespace, msg: object, text: Callable[[], str]) -> No
 
     if args.output == "json" and isinstance(msg, Message):
         print(to_json(msg))
+    elif args.output == "yaml" and isinstance(msg, Message):
+        print(to_yaml(msg), end="")
     else:
         print(text())
 
@@ -361,7 +375,7 @@ def _cmd_task_trigger(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         run = client.trigger_task(args.id)
     _print(args, run, lambda: run_detail(run))
     if run.status == pb.SKIPPED:
-        _err(f"{args.id}: not run: {run.error}")
+        print_error(f"{args.id}: not run: {run.error}")
         return EXIT_NOT_RUN
     return EXIT_OK
 
@@ -414,7 +428,7 @@ def _follow_runs(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             stream.cancel()
             return EXIT_OK
-    _err(f"{args.server} ended the stream")
+    print_error(f"{args.server} ended the stream")
     return EXIT_UNAVAILABLE
 
 
@@ -451,28 +465,28 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] | None = None)
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
-        _err(str(exc))
+        print_error(str(exc))
         return EXIT_INVALID
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     args.server = args.server or environ.get("PEERD_SERVER") or DEFAULT_LISTEN
     if not args.rpc_timeout > 0:
-        _err(f"--timeout: must be > 0 seconds, got {args.rpc_timeout:g}")
+        print_error(f"--timeout: must be > 0 seconds, got {args.rpc_timeout:g}")
         return EXIT_INVALID
     handler: Handler = args.handler
     try:
         return handler(args, environ)
     except grpc.RpcError as exc:
         code, message = describe_rpc_error(exc, args.server, args.rpc_timeout)
-        _err(message)
+        print_error(message)
         return code
     except PeerdError as exc:
-        _err(str(exc))
+        print_error(str(exc))
         return exit_code_for_error(exc)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        _err(str(exc))
+        print_error(str(exc))
         return EXIT_ERROR
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import NoReturn, TypeVar
@@ -28,6 +29,11 @@ from peerd.v1 import scheduler_pb2 as pb
 
 TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def print_error(message: str) -> None:
+    """``peerd: error: <message>`` on one line of stderr."""
+    print(f"peerd: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 class UsageError(Exception):

@@ -161,6 +161,21 @@ class SchedulerClient:
             seen.add(token)
         return out if limit is None else out[:limit]
 
+    def update_task(self, spec: pb.TaskSpec, expected_revision: int = 0) -> pb.TaskSpec:
+        """Replace the task ``spec.id`` (ABORTED when ``expected_revision`` is non-zero and no
+        longer the task's revision); returns it as stored."""
+        req = pb.UpdateTaskRequest(task=spec, expected_revision=expected_revision)
+        return self._stub.UpdateTask(req, timeout=self.timeout_s)
+
+    def apply_tasks(self, request: pb.ApplyTasksRequest) -> pb.ApplyTasksResponse:
+        """Creates, updates and deletes in one transaction (all or nothing)."""
+        return self._stub.ApplyTasks(request, timeout=self.timeout_s)
+
+    def task_history(self, task_id: str) -> list[pb.TaskChange]:
+        """The accepted changes of a task, newest first."""
+        req = pb.ListTaskHistoryRequest(task_id=task_id)
+        return list(self._stub.ListTaskHistory(req, timeout=self.timeout_s).changes)
+
     def delete_task(self, task_id: str) -> None:
         """Delete a task (NOT_FOUND if missing)."""
         self._stub.DeleteTask(pb.DeleteTaskRequest(id=task_id), timeout=self.timeout_s)
