@@ -220,7 +220,7 @@ def diff_text(plan: ApplyPlan, managed_by: str) -> str:
     out: list[str] = []
     for spec in plan.creates:
         out.append(f"+ {spec.id}")
-        out += [f"    {line}" for line in field_diff(None, spec)]
+        out += [f"    {line}" for line in field_diff(None, spec) if not line.startswith("id: ")]
     for want, current in plan.updates:
         out.append(f"~ {want.id} (revision {current.revision})")
         lines = field_diff(current, want) or ["(fields the task document does not show)"]
