@@ -16,6 +16,7 @@ import grpc
 
 from peerd.exitcodes import (
     EXIT_ALREADY_EXISTS,
+    EXIT_CONFLICT,
     EXIT_ERROR,
     EXIT_INVALID,
     EXIT_NO_SPACE,
@@ -38,7 +39,7 @@ def exit_code_for_status(code: grpc.StatusCode | None) -> int:
 
     INVALID_ARGUMENT/OUT_OF_RANGE -> 2, NOT_FOUND -> 3, UNAVAILABLE/DEADLINE_EXCEEDED -> 4,
     ALREADY_EXISTS -> 5, PERMISSION_DENIED/UNAUTHENTICATED -> 6, RESOURCE_EXHAUSTED -> 8 (etcd's
-    NOSPACE alarm), OK -> 0, anything else -> 1.
+    NOSPACE alarm), ABORTED -> 9 (changed since read), OK -> 0, anything else -> 1.
     """
     mapping = {
         grpc.StatusCode.OK: EXIT_OK,
@@ -51,6 +52,7 @@ def exit_code_for_status(code: grpc.StatusCode | None) -> int:
         grpc.StatusCode.PERMISSION_DENIED: EXIT_PERMISSION_DENIED,
         grpc.StatusCode.UNAUTHENTICATED: EXIT_PERMISSION_DENIED,
         grpc.StatusCode.RESOURCE_EXHAUSTED: EXIT_NO_SPACE,
+        grpc.StatusCode.ABORTED: EXIT_CONFLICT,
     }
     return mapping.get(code, EXIT_ERROR) if code is not None else EXIT_ERROR
 
@@ -158,6 +160,21 @@ class SchedulerClient:
                 break
             seen.add(token)
         return out if limit is None else out[:limit]
+
+    def update_task(self, spec: pb.TaskSpec, expected_revision: int = 0) -> pb.TaskSpec:
+        """Replace the task ``spec.id`` (ABORTED when ``expected_revision`` is non-zero and no
+        longer the task's revision); returns it as stored."""
+        req = pb.UpdateTaskRequest(task=spec, expected_revision=expected_revision)
+        return self._stub.UpdateTask(req, timeout=self.timeout_s)
+
+    def apply_tasks(self, request: pb.ApplyTasksRequest) -> pb.ApplyTasksResponse:
+        """Creates, updates and deletes in one transaction (all or nothing)."""
+        return self._stub.ApplyTasks(request, timeout=self.timeout_s)
+
+    def task_history(self, task_id: str) -> list[pb.TaskChange]:
+        """The accepted changes of a task, newest first."""
+        req = pb.ListTaskHistoryRequest(task_id=task_id)
+        return list(self._stub.ListTaskHistory(req, timeout=self.timeout_s).changes)
 
     def delete_task(self, task_id: str) -> None:
         """Delete a task (NOT_FOUND if missing)."""

@@ -34,6 +34,11 @@ class AlreadyExists(PeerdError):
     """An object with that identity already exists."""
 
 
+class Aborted(PeerdError):
+    """A conditional write found the object changed since it was read (an ``expected_revision``
+    that no longer matches); nothing was written. Read it again and retry."""
+
+
 class PermissionDenied(PeerdError):
     """The node's configuration forbids the request (e.g. a shell command not allow-listed)."""
 

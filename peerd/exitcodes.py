@@ -8,6 +8,7 @@ mapping for errors raised locally (before any RPC) is :func:`exit_code_for_error
 from __future__ import annotations
 
 from peerd.errors import (
+    Aborted,
     AlreadyExists,
     InvalidArgument,
     NotFound,
@@ -38,6 +39,9 @@ SKIPPED record (overlap FORBID, or BUFFER_ONE with a slot already waiting)."""
 EXIT_NO_SPACE = 8
 """etcd is out of space (its NOSPACE alarm is on): the write was refused, nothing changed. Reads
 still work; see docs/operations.md (NOSPACE) for the fix."""
+EXIT_CONFLICT = 9
+"""The task changed since it was read (``task update``/``task edit``/``apply`` with a revision
+that no longer matches: gRPC ABORTED); nothing was written. Read it again and retry."""
 
 
 def exit_code_for_error(exc: PeerdError) -> int:
@@ -54,11 +58,14 @@ def exit_code_for_error(exc: PeerdError) -> int:
         return EXIT_PERMISSION_DENIED
     if isinstance(exc, ResourceExhausted):
         return EXIT_NO_SPACE
+    if isinstance(exc, Aborted):
+        return EXIT_CONFLICT
     return EXIT_ERROR
 
 
 __all__ = [
     "EXIT_ALREADY_EXISTS",
+    "EXIT_CONFLICT",
     "EXIT_ERROR",
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",

@@ -11,6 +11,7 @@ key                                value                       lifetime
 ``<prefix>compactor``              node id of the compactor    on that node's lease
 ``<prefix>tzdata/agreed``          agreed tzdata version       durable
 ``<prefix>tzdata/pin``             pinned tzdata version       durable, while pinned
+``<prefix>history/<task_id>/<r>``  ``pb.TaskChange``           with the task, newest 50 kept
 =================================  ==========================  ==============================
 
 ``active/`` and ``queued/`` exist only for tasks whose overlap policy is not ALLOW: the first is
@@ -22,7 +23,8 @@ with (plain text, e.g. ``2026f``); claims of such slots are fenced on it. ``tzda
 while an operator pins that version (:mod:`peerd.coord.tzdata`).
 
 ``<ms>`` is the slot's epoch milliseconds zero-padded to 13 digits, so keys sort by time and the
-last claimed slot is one descending range read with limit 1.
+last claimed slot is one descending range read with limit 1. ``<r>`` (history) is the task's
+revision before the change, zero-padded to 19 digits, so a task's changes sort oldest first.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SLOT_DIGITS = 13
+REVISION_DIGITS = 19
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,14 @@ class Keys:
 
     def run(self, task_id: str, slot_ms: int) -> bytes:
         return self.runs(task_id) + f"{slot_ms:0{SLOT_DIGITS}d}".encode()
+
+    def history(self, task_id: str) -> bytes:
+        """Prefix of one task's change records (ends with ``/``)."""
+        return f"{self.prefix}history/{task_id}/".encode()
+
+    def change(self, task_id: str, previous_revision: int) -> bytes:
+        """The change record of the write that replaced revision ``previous_revision``."""
+        return self.history(task_id) + f"{previous_revision:0{REVISION_DIGITS}d}".encode()
 
     def slot_of(self, run_key: bytes) -> int:
         """Epoch ms of a run key."""

@@ -1,13 +1,27 @@
-"""Durable task specs in etcd (``tasks/<task_id>``, protobuf ``TaskSpec``) and a watched cache.
+"""Durable task specs in etcd (``tasks/<task_id>``, protobuf ``TaskSpec``), their change history
+(``history/<task_id>/<revision>``, protobuf ``TaskChange``) and a watched cache.
 
-Writes are conditional transactions, so a rejected request writes nothing: create succeeds only
-if the key does not exist, updates only if the key's mod revision is the one read.
+Writes are conditional transactions, so a rejected request writes nothing: a create succeeds
+only if the key does not exist, an update or delete only if the key's mod revision is the one
+read (or, for a delete with no expected revision, if the key exists). :meth:`TaskStore.write`
+puts creates, updates and deletes in one transaction, all or nothing::
+
+    compare  create_revision(tasks/<c>) == 0          for each create
+             mod_revision(tasks/<u>) == revision read  for each update
+             mod_revision(tasks/<d>) == expected       for each delete (or: it exists)
+    success  put tasks/<c>
+             put tasks/<u>; put history/<u>/<revision read>; delete its oldest history records
+             delete tasks/<d>, runs/<d>/..., history/<d>/...
+    failure  get each compared key                     -> which one failed, and why
+
+A spec's ``revision`` is its key's mod revision, set on every read and never stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -17,26 +31,61 @@ from peerd.coord.etcd import (
     Etcd,
     Event,
     cmp_create_revision,
+    cmp_exists,
     cmp_mod_revision,
     op_delete,
+    op_get,
     op_put,
     prefix_end,
+    range_kvs,
     retry_backoff,
     txn_request,
 )
 from peerd.coord.keys import Keys
 from peerd.coord.watch import list_then_watch
-from peerd.errors import AlreadyExists, InvalidArgument, NotFound, PeerdError
+from peerd.core.budget import MAX_TXN_OPS
+from peerd.core.taskspec import write_ops
+from peerd.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.store")
 
 MAX_BATCH_CREATE = 100
+HISTORY_KEEP = 50
+"""Change records kept per task: the write that adds one deletes those beyond the newest 50."""
+UPDATE_RETRIES = 5
+"""Read-modify-write attempts of :meth:`TaskStore.update` before it gives up (ABORTED)."""
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    """One update of :meth:`TaskStore.write`: the spec to store, the revision it replaces (the
+    write fails unless the key still has it), and the change record to add (or None)."""
+
+    spec: pb.TaskSpec
+    revision: int
+    change: pb.TaskChange | None = None
+
+
+def _stored(spec: pb.TaskSpec) -> bytes:
+    """The value of ``tasks/<id>``: the spec without its (read-only) ``revision``."""
+    if not spec.revision:
+        return spec.SerializeToString()
+    copy = pb.TaskSpec()
+    copy.CopyFrom(spec)
+    copy.ClearField("revision")
+    return copy.SerializeToString()
+
+
+def _spec(kv: KV) -> pb.TaskSpec:
+    spec = pb.TaskSpec.FromString(kv.value)
+    spec.revision = kv.mod_revision
+    return spec
 
 
 class TaskStore:
-    """CRUD for task specs. All methods raise :class:`peerd.errors.Unavailable` when etcd is
-    unreachable (and then nothing was written)."""
+    """Task specs and their history. All methods raise :class:`peerd.errors.Unavailable` when
+    etcd is unreachable (and then nothing was written)."""
 
     def __init__(self, etcd: Etcd, keys: Keys) -> None:
         self.etcd = etcd
@@ -46,7 +95,7 @@ class TaskStore:
         """Create all ``specs`` in one transaction, or none of them.
 
         Returns:
-            The revision of the write.
+            The revision of the write (each spec's ``revision`` is set to it).
 
         Raises:
             AlreadyExists: naming the first id that exists already (nothing written).
@@ -54,27 +103,99 @@ class TaskStore:
         """
         if len(specs) > MAX_BATCH_CREATE:
             raise InvalidArgument("tasks", f"at most {MAX_BATCH_CREATE} tasks per call")
-        ids = [s.id for s in specs]
+        return await self.write(creates=specs)
+
+    async def write(
+        self,
+        creates: Sequence[pb.TaskSpec] = (),
+        updates: Sequence[TaskUpdate] = (),
+        deletes: Sequence[tuple[str, int]] = (),
+    ) -> int:
+        """Create, update and delete tasks in one transaction (see the module docstring).
+
+        ``deletes`` are ``(task_id, expected revision)``, 0 = whatever the revision. A task
+        deleted goes with its run records and history. Each change record gets the
+        revision it replaces as ``previous_revision``.
+
+        Returns:
+            The revision of the write; the ``revision`` of every spec written is set to it.
+
+        Raises:
+            InvalidArgument: a task named twice, or more than etcd's 128 operations
+                (:func:`peerd.core.taskspec.write_ops`).
+            AlreadyExists: a task to create exists; NotFound: one to update or delete does
+                not; Aborted: one to update or delete has another revision. Nothing written.
+        """
+        ids = [s.id for s in creates] + [u.spec.id for u in updates] + [d for d, _ in deletes]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidArgument("tasks", f"task id {dup!r} appears more than once")
-        keys = [self.keys.task(i) for i in ids]
-        resp = await self.etcd.txn(
-            txn_request(
-                [cmp_create_revision(k, 0) for k in keys],
-                [op_put(k, s.SerializeToString()) for k, s in zip(keys, specs, strict=True)],
+        ops = write_ops(len(creates), len(updates), len(deletes))
+        if ops > MAX_TXN_OPS:
+            raise InvalidArgument(
+                "tasks", f"{ops} etcd operations, more than the {MAX_TXN_OPS} of one transaction"
             )
+        trims = await asyncio.gather(*(self._history_trim(u.spec.id) for u in updates))
+        compare, success = [], []
+        for spec in creates:
+            compare.append(cmp_create_revision(self.keys.task(spec.id), 0))
+            success.append(op_put(self.keys.task(spec.id), _stored(spec)))
+        for u, trim in zip(updates, trims, strict=True):
+            compare.append(cmp_mod_revision(self.keys.task(u.spec.id), u.revision))
+            success += self._update_ops(u, trim)
+        for task_id, revision in deletes:
+            key = self.keys.task(task_id)
+            compare.append(cmp_mod_revision(key, revision) if revision else cmp_exists(key))
+            success += [op_delete(key)] + [
+                op_delete(p, prefix_end(p))
+                for p in (self.keys.runs(task_id), self.keys.history(task_id))
+            ]
+        if not compare:
+            return 0
+        resp = await self.etcd.txn(
+            txn_request(compare, success, [op_get(self.keys.task(i)) for i in ids])
         )
         if not resp.succeeded:
-            existing = []
-            for task_id in ids:
-                if await self.etcd.get(self.keys.task(task_id)) is not None:
-                    existing.append(task_id)
-            raise AlreadyExists(f"task {existing[0] if existing else ids[0]!r} already exists")
-        return int(resp.header.revision)
+            expected = [0] * len(creates) + [u.revision for u in updates] + [r for _, r in deletes]
+            raise _refused(ids, len(creates), expected, [range_kvs(r) for r in resp.responses])
+        revision = int(resp.header.revision)
+        for spec in [*creates, *(u.spec for u in updates)]:
+            spec.revision = revision
+        return revision
+
+    def _update_ops(self, u: TaskUpdate, trim: bytes | None) -> list[object]:
+        ops = [op_put(self.keys.task(u.spec.id), _stored(u.spec))]
+        if u.change is not None:
+            change = pb.TaskChange()
+            change.CopyFrom(u.change)
+            change.previous_revision = u.revision
+            change.ClearField("revision")
+            ops.append(op_put(self.keys.change(u.spec.id, u.revision), change.SerializeToString()))
+            if trim is not None:
+                ops.append(op_delete(self.keys.history(u.spec.id), trim))
+        return ops
+
+    async def _history_trim(self, task_id: str) -> bytes | None:
+        """The end of the range of ``task_id``'s change records to delete so that, with one
+        more, :data:`HISTORY_KEEP` remain (None: nothing to delete)."""
+        prefix = self.keys.history(task_id)
+        kvs, count, _ = await self.etcd.range(prefix, prefix_end(prefix), keys_only=True)
+        extra = count + 1 - HISTORY_KEEP
+        return kvs[extra - 1].key + b"\0" if extra > 0 and len(kvs) >= extra else None
+
+    async def history(self, task_id: str) -> list[pb.TaskChange]:
+        """The task's change records, newest first, ``revision`` set (the write's revision)."""
+        prefix = self.keys.history(task_id)
+        kvs, _, _ = await self.etcd.range(prefix, prefix_end(prefix), descending=True)
+        out = []
+        for kv in kvs:
+            change = pb.TaskChange.FromString(kv.value)
+            change.revision = kv.mod_revision
+            out.append(change)
+        return out
 
     async def get(self, task_id: str) -> tuple[pb.TaskSpec, int]:
-        """The spec and its mod revision.
+        """The spec (``revision`` set) and its mod revision.
 
         Raises:
             NotFound: no such task.
@@ -82,54 +203,86 @@ class TaskStore:
         kv = await self.etcd.get(self.keys.task(task_id))
         if kv is None:
             raise NotFound(f"task {task_id!r} not found")
-        return pb.TaskSpec.FromString(kv.value), kv.mod_revision
+        return _spec(kv), kv.mod_revision
 
     async def list(self, page_size: int, page_token: str) -> tuple[list[pb.TaskSpec], str]:
-        """Tasks in id order starting after ``page_token`` (a task id); returns the page and the
-        next token ("" when done)."""
+        """Tasks in id order starting after ``page_token`` (a task id), ``revision`` set;
+        returns the page and the next token ("" when done)."""
         start = self.keys.task(page_token) + b"\0" if page_token else self.keys.tasks
         kvs, _, _ = await self.etcd.range(start, prefix_end(self.keys.tasks), limit=page_size + 1)
-        specs = [pb.TaskSpec.FromString(kv.value) for kv in kvs[:page_size]]
+        specs = [_spec(kv) for kv in kvs[:page_size]]
         token = specs[-1].id if len(kvs) > page_size and specs else ""
         return specs, token
 
     async def update(
-        self, task_id: str, mutate: Callable[[pb.TaskSpec], None], retries: int = 5
+        self,
+        task_id: str,
+        mutate: Callable[[pb.TaskSpec], None],
+        record: Callable[[pb.TaskSpec, pb.TaskSpec], pb.TaskChange | None] | None = None,
+        expected_revision: int = 0,
     ) -> pb.TaskSpec:
-        """Read-modify-write with compare-and-swap on the mod revision.
+        """Read-modify-write with compare-and-swap on the mod revision; a ``mutate`` that
+        changes nothing writes nothing (the spec read is returned, revision unchanged).
+        ``record(before, after)`` gives the change record written with it.
+
+        With ``expected_revision`` the task must have that revision, read and at the write;
+        without, a write that lost a race is retried on a fresh read (:data:`UPDATE_RETRIES`).
 
         Raises:
             NotFound: no such task.
-            PeerdError: still conflicting after ``retries`` attempts.
+            Aborted: the revision is not ``expected_revision`` (or the retries ran out).
         """
-        for _ in range(retries):
-            spec, rev = await self.get(task_id)
-            mutate(spec)
-            key = self.keys.task(task_id)
-            resp = await self.etcd.txn(
-                txn_request([cmp_mod_revision(key, rev)], [op_put(key, spec.SerializeToString())])
-            )
-            if resp.succeeded:
-                return spec
-        raise PeerdError(f"task {task_id!r} changed concurrently; try again")
+        for _ in range(UPDATE_RETRIES):
+            current, revision = await self.get(task_id)
+            if expected_revision and revision != expected_revision:
+                raise _moved(task_id, expected_revision, revision)
+            new = pb.TaskSpec()
+            new.CopyFrom(current)
+            mutate(new)
+            new.revision = revision
+            if new == current:
+                return current
+            change = record(current, new) if record is not None else None
+            try:
+                await self.write(updates=[TaskUpdate(new, revision, change)])
+            except Aborted:
+                if expected_revision:
+                    raise
+                continue
+            return new
+        raise Aborted(f"task {task_id!r} kept changing during the update; try again")
 
     async def delete(self, task_id: str) -> None:
-        """Delete the task and its run records in one transaction.
+        """Delete the task, its run records and its history in one transaction.
 
         Raises:
             NotFound: no such task.
         """
-        key = self.keys.task(task_id)
-        runs = self.keys.runs(task_id)
-        resp = await self.etcd.txn(
-            txn_request(
-                [cmp_create_revision(key, 0)],
-                [],
-                [op_delete(key), op_delete(runs, prefix_end(runs))],
-            )
-        )
-        if resp.succeeded:  # create_revision == 0: it did not exist
-            raise NotFound(f"task {task_id!r} not found")
+        await self.write(deletes=[(task_id, 0)])
+
+
+def _moved(task_id: str, expected: int, actual: int) -> Aborted:
+    return Aborted(
+        f"task {task_id!r} changed meanwhile: revision {actual}, expected {expected}; "
+        "read it again and retry"
+    )
+
+
+def _refused(
+    ids: list[str], n_creates: int, revisions: list[int], found: list[list[KV]]
+) -> Exception:
+    """The error for a write whose compares failed, from the failure branch's reads."""
+    for i, (task_id, kvs) in enumerate(zip(ids, found, strict=True)):
+        if i < n_creates:
+            if kvs:
+                return AlreadyExists(f"task {task_id!r} already exists")
+            continue
+        expected = revisions[i]
+        if not kvs:
+            return NotFound(f"task {task_id!r} not found")
+        if expected and kvs[0].mod_revision != expected:
+            return _moved(task_id, expected, kvs[0].mod_revision)
+    return Aborted("the tasks changed meanwhile; try again")
 
 
 class TaskCache:

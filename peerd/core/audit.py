@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from peerd.core.schedule import CompiledSchedule
+from peerd.core.task_schedule import Slots
 from peerd.v1 import scheduler_pb2 as pb
 
 LATENESS_BUCKETS_MS: tuple[int, ...] = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -268,7 +268,7 @@ def _ms(dt: datetime) -> int:
     return (dt - _EPOCH) // _MS
 
 
-def _is_slot(compiled: CompiledSchedule, slot: datetime) -> bool:
+def _is_slot(compiled: Slots, slot: datetime) -> bool:
     return compiled.count_between(slot - _MS, slot) == 1
 
 
@@ -297,7 +297,7 @@ def _keys_between(keys_ms: set[int], lo: datetime, hi: datetime) -> int:
     return sum(1 for ms in keys_ms if lo_ms < ms <= hi_ms)
 
 
-def covered_by_other_rules(compiled: CompiledSchedule, records: Sequence[pb.RunRecord]) -> set[int]:
+def covered_by_other_rules(compiled: Slots, records: Sequence[pb.RunRecord]) -> set[int]:
     """Slots (epoch ms) of ``compiled`` that records computed with other time-zone rules stand
     for: the slots at those records' local times by these rules (either instant of a repeated
     local time). Records without ``local_time``, or with these rules' version, cover nothing.
@@ -319,7 +319,7 @@ def covered_by_other_rules(compiled: CompiledSchedule, records: Sequence[pb.RunR
 
 
 def audit(
-    compiled: CompiledSchedule,
+    compiled: Slots,
     entries: Sequence[LedgerEntry],
     since: datetime,
     until: datetime,
@@ -332,8 +332,10 @@ def audit(
     """Audit the records of one task.
 
     Args:
-        compiled: the task's schedule, compiled the way the engine compiles it (same
-            ``created_at``), so expected slots are exactly the engine's.
+        compiled: the task's slots, compiled the way the engine compiles them
+            (:func:`peerd.core.task_schedule.task_schedule`: same ``created_at``, and after a
+            schedule change the previous schedule up to the change), so expected slots are
+            exactly the engine's.
         entries: the task's records with their keys' create revisions, any order; those outside
             ``(since, until]`` are ignored.
         since: exclusive window start (see :func:`audit_window`); aware.

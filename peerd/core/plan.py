@@ -65,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from peerd.core.schedule import CompiledSchedule
+from peerd.core.task_schedule import Slots
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -195,7 +195,7 @@ def _no_skips() -> dict[str, int]:
 
 
 def plan_due(
-    schedule: CompiledSchedule,
+    schedule: Slots,
     cursor: datetime,
     now: datetime,
     catch_up: CatchUp,

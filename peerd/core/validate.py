@@ -61,10 +61,17 @@ def validate_task_id(task_id: str, field: str = "task.id") -> None:
 
 
 def validate_task(
-    spec: pb.TaskSpec, now: datetime, field: str = "task", *, rules: TimeZoneRules
+    spec: pb.TaskSpec,
+    now: datetime,
+    field: str = "task",
+    *,
+    rules: TimeZoneRules,
+    creating: bool = True,
 ) -> None:
-    """Check a task submitted for creation (``now``: aware, for schedules in the past; ``rules``:
-    the time-zone rules its zone must be known to).
+    """Check a task submitted for creation (``now``: aware, for schedules in the past), or for an
+    update (``creating`` false when the update keeps the schedule: a one-shot that has fired, or
+    an ``end_at`` now past, stays valid); ``rules``: the time-zone rules its zone must be known
+    to.
 
     Checks, in order: size (<= 256 KiB serialised), ``id``, ``schedule`` (including jitter and
     DST policies, :func:`peerd.core.schedule.validate_schedule`), exactly one target (http,
@@ -81,7 +88,7 @@ def validate_task(
     validate_task_id(spec.id, f"{field}.id")
     if not spec.HasField("schedule"):
         raise InvalidArgument(f"{field}.schedule", "a schedule (cron, every or at) is required")
-    validate_schedule(spec.schedule, now, f"{field}.schedule", rules=rules, creating=True)
+    validate_schedule(spec.schedule, now, f"{field}.schedule", rules=rules, creating=creating)
     kind = spec.WhichOneof("target")
     if kind == "http":
         _validate_http(spec.http, f"{field}.http")

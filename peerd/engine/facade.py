@@ -304,18 +304,22 @@ class Engine:
         self.ownership.changed()
 
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
+        """A task was written or deleted. An owned task takes its new spec at once, also while
+        it is being handed off (it fires the new spec until the new owner acks): the cursor is
+        kept, or moved back to the change time for a new schedule (:meth:`Planner.update`).
+        Runs in progress keep the spec they were claimed with."""
         if not task_id:
             self.reconcile()
             return
+        owned = self.planner.owned.get(task_id)
+        if spec is not None and owned is not None and owned.spec != spec:
+            self.planner.update(spec)
         if spec is None or not self.ownership.owns(spec):
             self._release(task_id, to_peer=spec is not None and not spec.paused)
             if spec is None:
                 self.planner.forget_invalid(set(self.planner.invalid) - {task_id})
         elif task_id in self.planner.owned:
             self.handoffs.cancel(task_id)
-            if self.planner.owned[task_id].spec.SerializeToString() != spec.SerializeToString():
-                self.planner.drop(task_id)  # spec edited: recompile, reload the cursor
-                self.planner.acquire(spec)
         else:
             self.planner.acquire(spec)
         self.fire.wake()
@@ -353,7 +357,7 @@ class Engine:
             o = self.planner.owned.get(item.task_id)
             if o is None or item.task_id in self.handoffs.handing:
                 continue  # not ours in our view: the sender keeps it and retries
-            cursor = from_ms(item.cursor_ms)
+            cursor = self.planner.handed_cursor(o, from_ms(item.cursor_ms))
             other_rules = bool(o.compiled.tzdata_version) and sender_rules != self.rules.version
             # A cursor computed with other time-zone rules is not ours to continue from: the
             # ledger's (read once we own the task, after the sender was fenced off) is.

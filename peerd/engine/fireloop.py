@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import structlog
@@ -230,13 +230,13 @@ class FireLoop:
             newest = next((r for r, _ in recent if not r.manual), None)
             self.recovery.note(recent)
             # Slots missed while the task was paused are planned like any missed slot: the
-            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED).
-            floor = o.spec.created_at.ToDatetime(UTC)
-            cursor = floor
-            if newest is not None and from_ms(newest.scheduled_at.ToMilliseconds()) > floor:
-                cursor = self.planner.resume(
-                    o, from_ms(newest.scheduled_at.ToMilliseconds()), newest
-                )
+            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED). The newest
+            # slot may have been claimed under an older spec of the task (see handed_cursor), or
+            # computed with other time-zone rules (see resume).
+            cursor = o.compiled.floor
+            if newest is not None:
+                slot = from_ms(newest.scheduled_at.ToMilliseconds())
+                cursor = self.planner.resume(o, self.planner.handed_cursor(o, slot), newest)
             self.planner.set_cursor(o, cursor)
 
         await asyncio.gather(*(load(t) for t in ids))

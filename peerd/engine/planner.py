@@ -27,6 +27,16 @@ the cluster switched versions) resumes after the local time that record covered
 After the claims, :meth:`Planner.commit` moves each cursor to the last slot whose claim settled
 (claimed, lost to another claimant, or recorded), in slot order: a slot whose claim failed is
 planned again, one that settled never is.
+
+**Updates** (:meth:`Planner.update`). A new spec for an owned task that keeps its schedule
+(target, headers, policies, priority, description...) replaces the spec in place: the cursor,
+the heap entry and the plan in flight stay, and the next slot planned uses the new spec. A
+new schedule (:mod:`peerd.core.task_schedule`: the previous one up to the change time, the new
+one after) is compiled and the task planned again from ``min(cursor, change time)``: slots of
+the old schedule still due before the change fire, slots of the new one after the change all
+fire (a slot this node claimed under the old spec after the change, before its watch delivered
+the update, is a lost race if the new schedule has it too), and a plan in flight under the old
+schedule no longer moves the cursor.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from peerd.core.plan import CATCH_UP_RUN_ALL, CatchUp, Plan, catch_up_from_proto
 from peerd.core.preview import local_time
 from peerd.core.ratelimit import TokenBucket
 from peerd.core.records import slot_ms
-from peerd.core.schedule import CompiledSchedule, spec_from_proto
+from peerd.core.task_schedule import TaskSchedule, task_schedule
 from peerd.core.tzrules import TimeZoneRules
 from peerd.errors import PeerdError
 from peerd.v1 import scheduler_pb2 as pb
@@ -60,7 +70,7 @@ class Owned:
     ``next_at`` the fire instant (slot + jitter) of the next slot to plan."""
 
     spec: pb.TaskSpec
-    compiled: CompiledSchedule
+    compiled: TaskSchedule
     generation: int
     catch_up: CatchUp
     cursor: datetime | None = None
@@ -84,8 +94,9 @@ class Owned:
         """What a record of ``slot`` says about the time-zone rules that computed it:
         ``(tzdata_version, local_time)`` (:func:`peerd.core.records.claim_record`; empty
         strings when the schedule does not depend on them)."""
-        version = self.compiled.tzdata_version
-        return (version, local_time(slot, self.compiled.zone)) if version else ("", "")
+        piece = self.compiled.piece_of(slot)
+        version = piece.tzdata_version
+        return (version, local_time(slot, piece.zone)) if version else ("", "")
 
 
 @dataclass(eq=False)
@@ -94,6 +105,8 @@ class TaskPlan:
 
     owned: Owned
     plan: Plan
+    generation: int
+    """The task's generation when it was planned (a newer one: its schedule changed since)."""
     settled: set[int] = field(default_factory=set)
     """``slot_ms`` of the slots whose claim settled."""
 
@@ -147,8 +160,7 @@ class Planner:
             self._refuse(spec.id, f"task.target: this node has no executor for {kind or 'none'!r}")
             return None
         try:
-            created_at = spec.created_at.ToDatetime(UTC)
-            compiled = CompiledSchedule(spec_from_proto(spec.schedule, created_at), self.rules)
+            compiled = task_schedule(spec, rules=self.rules)
             catch_up = catch_up_from_proto(spec, self.misfire_threshold)
         except (PeerdError, ValueError) as exc:
             self._refuse(spec.id, str(exc))
@@ -162,6 +174,44 @@ class Planner:
         else:
             self.set_cursor(o, cursor)
         return o
+
+    def update(self, spec: pb.TaskSpec) -> Owned | None:
+        """Plan ``spec``, a new version of an owned task (see "Updates" in the module
+        docstring); a task not owned yet is acquired. A spec this node cannot plan is refused
+        like in :meth:`acquire`; None."""
+        o = self.owned.get(spec.id)
+        if o is None:
+            return self.acquire(spec)
+        kind = spec.WhichOneof("target") or ""
+        if self.kinds and kind not in self.kinds:
+            self._refuse(spec.id, f"task.target: this node has no executor for {kind or 'none'!r}")
+            return None
+        same = _slot_fields(o.spec) == _slot_fields(spec)
+        try:
+            compiled = o.compiled if same else task_schedule(spec, rules=self.rules)
+            catch_up = catch_up_from_proto(spec, self.misfire_threshold)
+        except (PeerdError, ValueError) as exc:
+            self._refuse(spec.id, str(exc))
+            return None
+        o.spec, o.catch_up = spec, catch_up
+        if same:
+            return o
+        o.compiled = compiled
+        self._generation += 1
+        o.generation = self._generation  # heap and backlog entries, plans in flight: stale
+        self._queued.discard(spec.id)
+        if o.cursor is not None:
+            since = compiled.since
+            cursor = o.cursor if since is None else min(o.cursor, since)
+            self.set_cursor(o, max(cursor, compiled.floor))
+        return o
+
+    def handed_cursor(self, o: Owned, cursor: datetime) -> datetime:
+        """Where to plan ``o`` from, given a cursor set by a node that may have planned it with
+        another version of its spec (the ledger's newest slot, a handoff): see
+        :meth:`peerd.core.task_schedule.TaskSchedule.handled_cursor`; never before the
+        schedule's floor."""
+        return max(o.compiled.floor, o.compiled.handled_cursor(cursor))
 
     def _refuse(self, task_id: str, reason: str) -> None:
         if self.invalid.get(task_id) != reason:
@@ -261,9 +311,9 @@ class Planner:
         out: list[Owned] = []
         while backlog and len(out) < room:
             *_, gen, task_id = heapq.heappop(backlog)
-            self._queued.discard(task_id)
             o = self.owned.get(task_id)
             if o is not None and o.generation == gen and o.cursor is not None:
+                self._queued.discard(task_id)  # a stale entry leaves a current one queued
                 out.append(o)
         return out
 
@@ -291,7 +341,7 @@ class Planner:
                     budget -= plan.missed_fired
                     replay.take(plan.missed_fired, mono_s)
                     room -= max(1, len(plan.fire))
-                    plans.append(TaskPlan(o, plan))
+                    plans.append(TaskPlan(o, plan, o.generation))
             admit[kind] = room
         return plans
 
@@ -322,8 +372,8 @@ class Planner:
             How many of its slots settled (for the trim cadence).
         """
         o, plan = tp.owned, tp.plan
-        if self.owned.get(o.spec.id) is not o:
-            return len(tp.settled)  # released (or re-acquired) while claiming
+        if self.owned.get(o.spec.id) is not o or o.generation != tp.generation:
+            return len(tp.settled)  # released, re-acquired or rescheduled while claiming
         slots = tp.slots
         done = 0
         while done < len(slots) and slot_ms(slots[done]) in tp.settled:
@@ -347,3 +397,11 @@ class Planner:
         else:
             self.push(o)
         return len(tp.settled)
+
+
+def _slot_fields(spec: pb.TaskSpec) -> tuple[bytes, ...]:
+    """What a task's slots depend on (its :func:`peerd.core.task_schedule.task_schedule`)."""
+    return tuple(
+        getattr(spec, name).SerializeToString(deterministic=True)
+        for name in ("schedule", "schedule_since", "previous_schedule", "created_at")
+    )

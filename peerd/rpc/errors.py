@@ -6,6 +6,7 @@ peerd error                 gRPC status
 InvalidArgument             INVALID_ARGUMENT
 NotFound                    NOT_FOUND
 AlreadyExists               ALREADY_EXISTS
+Aborted                     ABORTED (an expected revision no longer matches)
 PermissionDenied            PERMISSION_DENIED
 ResourceExhausted           RESOURCE_EXHAUSTED (etcd's NOSPACE alarm)
 Unavailable, LeaseLost      UNAVAILABLE
@@ -24,6 +25,7 @@ import grpc
 import structlog
 
 from peerd.errors import (
+    Aborted,
     AlreadyExists,
     InvalidArgument,
     LeaseLost,
@@ -40,6 +42,7 @@ _CODES: list[tuple[type[PeerdError], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Aborted, grpc.StatusCode.ABORTED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),

@@ -22,21 +22,13 @@ from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskStore
 from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
-from peerd.core.schedule import (
-    CompiledSchedule,
-    normalise_cron,
-    spec_from_proto,
-    validate_schedule,
-)
+from peerd.core.schedule import CompiledSchedule, spec_from_proto, validate_schedule
+from peerd.core.task_schedule import task_schedule
 from peerd.core.tzrules import TimeZoneRules
-from peerd.core.validate import (
-    new_task_id,
-    validate_pause_note,
-    validate_task,
-    validate_task_id,
-)
+from peerd.core.validate import validate_task_id
 from peerd.errors import InvalidArgument
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
+from peerd.rpc.task_writes import TargetCheck, TaskWrites
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -67,12 +59,6 @@ def _compile(
     return CompiledSchedule(spec_from_proto(schedule, created_at, field), rules)
 
 
-class TargetCheck(Protocol):
-    """Whether the answering node can run a task (see :class:`peerd.runner.executors.Executors`)."""
-
-    def check(self, spec: pb.TaskSpec, field: str) -> None: ...
-
-
 class Trigger(Protocol):
     """Runs a task once now on this node (:meth:`peerd.engine.Engine.trigger`)."""
 
@@ -95,6 +81,15 @@ ClusterView = Callable[[], pb.GetClusterResponse]
 Raises:
     Unavailable: the member view is not loaded yet.
 """
+
+
+def _paused_at(spec: pb.TaskSpec) -> datetime | None:
+    """When a paused task was paused (``updated_at`` for tasks paused before ``paused_at``
+    existed); None when it is not paused."""
+    if not spec.paused:
+        return None
+    ts = spec.paused_at if spec.HasField("paused_at") else spec.updated_at
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 class SchedulerService(pb_grpc.SchedulerServicer):
@@ -136,28 +131,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self.clock = clock
         self.rules = rules
         self.tzdata = tzdata
-
-    def _prepare(self, given: pb.TaskSpec, field: str) -> pb.TaskSpec:
-        spec = pb.TaskSpec()
-        spec.CopyFrom(given)
-        if not spec.id:
-            spec.id = new_task_id()
-        now = self.clock.now()
-        if spec.schedule.WhichOneof("kind") == "cron":
-            cron, every = normalise_cron(spec.schedule.cron, f"{field}.schedule.cron")
-            if every is not None:
-                spec.schedule.every.FromTimedelta(every)
-            elif cron is not None:
-                spec.schedule.cron = cron
-        validate_task(spec, now, field, rules=self.rules)
-        self.targets.check(spec, field)
-        if spec.WhichOneof("target") == "http":
-            spec.http.method = spec.http.method.upper() or "POST"
-        spec.created_at.FromDatetime(now)
-        spec.updated_at.FromDatetime(now)
-        spec.ClearField("resumed_at")
-        spec.pause_note = ""  # server-set: only PauseTask writes it
-        return spec
+        self.writes = TaskWrites(store, targets, clock, lambda: settings().node_id, rules)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -165,7 +139,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def CreateTask(
         self, request: pb.CreateTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
-        spec = self._prepare(request.task, "task")
+        spec = self.writes.prepare_create(request.task, "task")
         await self.store.create([spec])
         return spec
 
@@ -175,7 +149,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.CreateTasksResponse:
         if not request.tasks:
             raise InvalidArgument("tasks", "at least one task is required")
-        specs = [self._prepare(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
+        specs = [self.writes.prepare_create(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
         await self.store.create(specs)
         return pb.CreateTasksResponse(tasks=specs)
 
@@ -205,29 +179,29 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         await self.store.delete(request.id)
         return pb.DeleteTaskResponse()
 
-    async def _set_paused(self, task_id: str, paused: bool, note: str = "") -> pb.TaskSpec:
-        validate_task_id(task_id, "id")
-        validate_pause_note(note, "note")
-        now = self.clock.now()
+    @grpc_errors
+    async def UpdateTask(
+        self, request: pb.UpdateTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TaskSpec:
+        """Replace a task's spec (:meth:`peerd.rpc.task_writes.TaskWrites.update`)."""
+        return await self.writes.update(request.task, request.expected_revision)
 
-        def mutate(spec: pb.TaskSpec) -> None:
-            if paused and not spec.paused:
-                spec.paused = True
-                spec.pause_note = note
-            elif paused and note and note != spec.pause_note:
-                # Pausing a paused task again replaces its note. updated_at keeps marking the
-                # moment it was paused (AuditTask expects no slot after it).
-                spec.pause_note = note
-                return
-            elif not paused and spec.paused:
-                spec.paused = False
-                spec.pause_note = ""
-                spec.resumed_at.FromDatetime(now)
-            else:
-                return
-            spec.updated_at.FromDatetime(now)
+    @grpc_errors
+    async def ApplyTasks(
+        self, request: pb.ApplyTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApplyTasksResponse:
+        """Creates, updates and deletes in one transaction
+        (:meth:`peerd.rpc.task_writes.TaskWrites.apply`)."""
+        return await self.writes.apply(request)
 
-        return await self.store.update(task_id, mutate)
+    @grpc_errors
+    async def ListTaskHistory(
+        self, request: pb.ListTaskHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTaskHistoryResponse:
+        """A task's change records, newest first (NOT_FOUND for an unknown task)."""
+        validate_task_id(request.task_id, "task_id")
+        await self.store.get(request.task_id)
+        return pb.ListTaskHistoryResponse(changes=await self.store.history(request.task_id))
 
     @grpc_errors
     async def PauseTask(
@@ -235,15 +209,15 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.TaskSpec:
         """Pause a task; ``note`` (<= 1024 characters, INVALID_ARGUMENT ``note`` otherwise) is
         stored in ``pause_note``. Pausing a paused task with a (different) note replaces the
-        note (``updated_at`` stays the pause time); without one it changes nothing."""
-        return await self._set_paused(request.id, True, request.note)
+        note; without one it changes nothing. ``paused_at`` is the time it was paused."""
+        return await self.writes.set_paused(request.id, True, request.note)
 
     @grpc_errors
     async def ResumeTask(
         self, request: pb.ResumeTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
         """Resume a paused task: sets ``resumed_at`` and clears ``pause_note``."""
-        return await self._set_paused(request.id, False)
+        return await self.writes.set_paused(request.id, False)
 
     @grpc_errors
     async def TriggerTask(
@@ -299,8 +273,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             validate_task_id(request.task_id, "task_id")
             spec, _ = await self.store.get(request.task_id)
             schedule, task_id = spec.schedule, spec.id
-            created_at = spec.created_at.ToDatetime(tzinfo=UTC)
-            compiled = _compile(schedule, created_at, "task.schedule", self.rules)
+            compiled = _compile(
+                schedule, spec.created_at.ToDatetime(tzinfo=UTC), "task.schedule", self.rules
+            )
+            if spec.HasField("schedule_since"):  # no slot of this schedule before it changed
+                after = max(after, spec.schedule_since.ToDatetime(tzinfo=UTC))
         elif source == "schedule":
             schedule, task_id = request.schedule, ""
             validate_schedule(schedule, now, "schedule", rules=self.rules, creating=False)
@@ -356,7 +333,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         spec, _ = await self.store.get(request.task_id)
         entries, _ = await self.runs.entries(spec.id)
         created_at = spec.created_at.ToDatetime(tzinfo=UTC)
-        compiled = _compile(spec.schedule, created_at, "task.schedule", self.rules)
+        compiled = task_schedule(spec, rules=self.rules)
         threshold = (
             spec.misfire_threshold.ToTimedelta()
             if spec.HasField("misfire_threshold")
@@ -376,7 +353,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             now,
             threshold,
             jitter=jitter,
-            paused_at=spec.updated_at.ToDatetime(tzinfo=UTC) if spec.paused else None,
+            paused_at=_paused_at(spec),
             truncated=truncated,
         )
         return audit_core.to_proto(report, spec.id)

@@ -202,7 +202,14 @@ class ShellTarget(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., run_as: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "schedule", "http", "shell", "python", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost", "overlap", "catch_up", "catch_up_window", "misfire_threshold", "retry", "priority", "on_failure", "pause_note")
+    __slots__ = ("id", "schedule", "http", "shell", "python", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost", "overlap", "catch_up", "catch_up_window", "misfire_threshold", "retry", "priority", "on_failure", "pause_note", "labels", "revision", "schedule_since", "previous_schedule", "paused_at")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +231,11 @@ class TaskSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     PAUSE_NOTE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     schedule: Schedule
     http: HttpTarget
@@ -245,7 +257,20 @@ class TaskSpec(_message.Message):
     priority: int
     on_failure: str
     pause_note: str
-    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., python: _Optional[_Union[PythonTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ..., overlap: _Optional[_Union[OverlapPolicy, str]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., misfire_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., on_failure: _Optional[str] = ..., pause_note: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    revision: int
+    schedule_since: _timestamp_pb2.Timestamp
+    previous_schedule: PreviousSchedule
+    paused_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., python: _Optional[_Union[PythonTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ..., overlap: _Optional[_Union[OverlapPolicy, str]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., misfire_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., on_failure: _Optional[str] = ..., pause_note: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., revision: _Optional[int] = ..., schedule_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_schedule: _Optional[_Union[PreviousSchedule, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PreviousSchedule(_message.Message):
+    __slots__ = ("schedule", "since")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AttemptRecord(_message.Message):
     __slots__ = ("attempt", "node_id", "fencing_token", "status", "started_at", "finished_at", "http_status", "exit_code", "error")
@@ -552,6 +577,86 @@ class WatchRunsRequest(_message.Message):
     task_id: str
     replay: int
     def __init__(self, task_id: _Optional[str] = ..., replay: _Optional[int] = ...) -> None: ...
+
+class UpdateTaskRequest(_message.Message):
+    __slots__ = ("task", "expected_revision")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    task: TaskSpec
+    expected_revision: int
+    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class TaskRef(_message.Message):
+    __slots__ = ("id", "expected_revision")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    expected_revision: int
+    def __init__(self, id: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class ApplyTasksRequest(_message.Message):
+    __slots__ = ("create", "update", "delete")
+    CREATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    create: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    update: _containers.RepeatedCompositeFieldContainer[UpdateTaskRequest]
+    delete: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, create: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., update: _Optional[_Iterable[_Union[UpdateTaskRequest, _Mapping]]] = ..., delete: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class ApplyTasksResponse(_message.Message):
+    __slots__ = ("created", "updated", "deleted", "revision")
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    created: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    updated: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    revision: int
+    def __init__(self, created: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., updated: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., deleted: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class FieldChange(_message.Message):
+    __slots__ = ("field", "before", "after")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    before: str
+    after: str
+    def __init__(self, field: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
+
+class TaskChange(_message.Message):
+    __slots__ = ("task_id", "revision", "previous_revision", "changed_at", "principal", "operation", "changes", "node_id")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    revision: int
+    previous_revision: int
+    changed_at: _timestamp_pb2.Timestamp
+    principal: str
+    operation: str
+    changes: _containers.RepeatedCompositeFieldContainer[FieldChange]
+    node_id: str
+    def __init__(self, task_id: _Optional[str] = ..., revision: _Optional[int] = ..., previous_revision: _Optional[int] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[str] = ..., operation: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[FieldChange, _Mapping]]] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ListTaskHistoryRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ListTaskHistoryResponse(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[TaskChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[TaskChange, _Mapping]]] = ...) -> None: ...
 
 class GetClusterRequest(_message.Message):
     __slots__ = ()

@@ -54,6 +54,21 @@ class SchedulerStub:
                 request_serializer=peerd_dot_v1_dot_scheduler__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=peerd_dot_v1_dot_scheduler__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.UpdateTask = channel.unary_unary(
+                '/peerd.v1.Scheduler/UpdateTask',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.UpdateTaskRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.TaskSpec.FromString,
+                _registered_method=True)
+        self.ApplyTasks = channel.unary_unary(
+                '/peerd.v1.Scheduler/ApplyTasks',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.ApplyTasksRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.ApplyTasksResponse.FromString,
+                _registered_method=True)
+        self.ListTaskHistory = channel.unary_unary(
+                '/peerd.v1.Scheduler/ListTaskHistory',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.ListTaskHistoryRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.ListTaskHistoryResponse.FromString,
+                _registered_method=True)
         self.DeleteTask = channel.unary_unary(
                 '/peerd.v1.Scheduler/DeleteTask',
                 request_serializer=peerd_dot_v1_dot_scheduler__pb2.DeleteTaskRequest.SerializeToString,
@@ -129,6 +144,29 @@ class SchedulerServicer:
 
     def ListTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTask(self, request, context):
+        """Replace a task's spec (any field but the id). Its cursor and run records are kept; a
+        schedule change takes effect after the update's time (TaskSpec.schedule_since). ABORTED
+        when expected_revision no longer matches. An update that changes nothing writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyTasks(self, request, context):
+        """Creates, updates and deletes in one etcd transaction: all or nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTaskHistory(self, request, context):
+        """The accepted changes of a task, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -223,6 +261,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=peerd_dot_v1_dot_scheduler__pb2.ListTasksRequest.FromString,
                     response_serializer=peerd_dot_v1_dot_scheduler__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'UpdateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTask,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.UpdateTaskRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.TaskSpec.SerializeToString,
+            ),
+            'ApplyTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyTasks,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.ApplyTasksRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.ApplyTasksResponse.SerializeToString,
+            ),
+            'ListTaskHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskHistory,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.ListTaskHistoryRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.ListTaskHistoryResponse.SerializeToString,
             ),
             'DeleteTask': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTask,
@@ -383,6 +436,87 @@ class Scheduler:
             '/peerd.v1.Scheduler/ListTasks',
             peerd_dot_v1_dot_scheduler__pb2.ListTasksRequest.SerializeToString,
             peerd_dot_v1_dot_scheduler__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/UpdateTask',
+            peerd_dot_v1_dot_scheduler__pb2.UpdateTaskRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.TaskSpec.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/ApplyTasks',
+            peerd_dot_v1_dot_scheduler__pb2.ApplyTasksRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.ApplyTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/ListTaskHistory',
+            peerd_dot_v1_dot_scheduler__pb2.ListTaskHistoryRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.ListTaskHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

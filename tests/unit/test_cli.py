@@ -241,7 +241,7 @@ def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -
         ["task", "create", "--every", "1s"],  # no target
         ["task", "create", "--every", "1s", "--cron", "* * * * *", "--http-post", "http://h/"],
         ["runs", "x", "--limit", "many"],
-        ["-o", "yaml", "cluster"],
+        ["-o", "xml", "cluster"],
         ["task", "create", "--every", "1s", "--overlap", "sometimes", "--http-post", "http://h/"],
         ["task", "create", "--every", "1s", "--priority", "high", "--http-post", "http://h/"],
         ["task", "create", "--every", "1s", "--python", "p", "--http-post", "http://h/"],

@@ -138,3 +138,96 @@ def test_a_task_of_an_executor_kind_this_node_lacks_is_refused_not_left_due() ->
     assert p.acquire(spec("h"), cursor=T0) is not None
     assert [tp.owned.spec.id for tp in plan(p, T0 + S, {"http": 5})] == ["h"]
     assert p.backlog == 0
+
+
+# -- updates -----------------------------------------------------------------------------------
+
+
+def updated(
+    old: pb.TaskSpec, at: datetime, every_s: int | None = None, **fields: object
+) -> pb.TaskSpec:
+    """``old`` as the server stores it after an update at ``at`` (a new ``every`` period:
+    previous schedule kept up to ``at``)."""
+    new = pb.TaskSpec()
+    new.CopyFrom(old)
+    for k, v in fields.items():
+        setattr(new, k, v)
+    if every_s is not None:
+        new.previous_schedule.schedule.CopyFrom(old.schedule)
+        new.previous_schedule.since.CopyFrom(
+            old.schedule_since if old.HasField("schedule_since") else old.created_at
+        )
+        new.schedule.every.FromSeconds(every_s)
+        new.schedule_since.FromDatetime(at)
+    return new
+
+
+def every_spec(task_id: str, every_s: int) -> pb.TaskSpec:
+    s = spec(task_id)
+    s.schedule.every.FromSeconds(every_s)
+    return s
+
+
+def test_an_update_that_keeps_the_schedule_keeps_the_cursor_and_uses_the_new_spec() -> None:
+    p = planner_with(spec("t"))
+    settle_all(p, plan(p, T0 + 2 * S, {"http": 100}), T0 + 2 * S)
+    o = p.owned["t"]
+    new = updated(o.spec, T0 + 2 * S, description="changed")
+    new.http.url = "http://127.0.0.1:2/new"
+    assert p.update(new) is o
+    assert o.cursor == T0 + 2 * S and o.spec.http.url.endswith("/new")
+    [tp] = plan(p, T0 + 3 * S, {"http": 100})
+    assert tp.plan.fire == [T0 + 3 * S] and tp.owned.spec is new
+
+
+def test_slots_of_the_old_schedule_due_before_the_change_still_fire() -> None:
+    p = planner_with(every_spec("t", 2))
+    settle_all(p, plan(p, T0 + 4 * S, {"http": 100}), T0 + 4 * S)  # 2s, 4s done
+    change = T0 + 9 * S + 500 * timedelta(milliseconds=1)  # owner lagging: 6s, 8s pending
+    p.update(updated(p.owned["t"].spec, change, every_s=3))
+    [tp] = plan(p, T0 + 10 * S, {"http": 100})
+    assert tp.plan.fire == [T0 + 6 * S, T0 + 8 * S]  # not 9s: the new schedule's, before it
+    settle_all(p, [tp], T0 + 10 * S)
+    assert [tp.plan.fire for tp in plan(p, T0 + 12 * S, {"http": 100})] == [[T0 + 12 * S]]
+
+
+def test_old_slots_claimed_after_the_change_move_the_cursor_back_to_it() -> None:
+    p = planner_with(every_spec("t", 2))
+    settle_all(p, plan(p, T0 + 14 * S, {"http": 100}), T0 + 14 * S)  # up to 14s, old spec
+    change = T0 + 10 * S + 500 * timedelta(milliseconds=1)  # the watch was late
+    p.update(updated(p.owned["t"].spec, change, every_s=3))
+    assert p.owned["t"].cursor == change
+    [tp] = plan(p, T0 + 15 * S, {"http": 100})
+    assert tp.plan.fire == [T0 + 12 * S, T0 + 15 * S]  # 12s: a lost race if claimed already
+
+
+def test_a_plan_in_flight_under_the_old_schedule_does_not_move_the_cursor() -> None:
+    p = planner_with(every_spec("t", 2))
+    [tp] = plan(p, T0 + 4 * S, {"http": 100})
+    change = T0 + 3 * S
+    p.update(updated(p.owned["t"].spec, change, every_s=3))
+    tp.settled.update(slot_ms(s) for s in tp.slots)  # 2s and 4s settle after the update
+    p.commit(tp, T0 + 4 * S, lambda: 0.0)
+    assert p.owned["t"].cursor == T0  # the new generation plans again from its own cursor
+    [again] = plan(p, T0 + 6 * S, {"http": 100})
+    assert again.plan.fire == [T0 + 2 * S, T0 + 6 * S]  # 2s is a lost race; 4s is old-only
+
+
+def test_a_handed_cursor_planned_under_the_old_spec_is_moved_back_to_the_change() -> None:
+    p = planner_with(every_spec("t", 2))
+    change = T0 + 10 * S + 500 * timedelta(milliseconds=1)
+    o = p.update(updated(p.owned["t"].spec, change, every_s=3))
+    assert o is not None
+    assert p.handed_cursor(o, T0 + 14 * S) == change
+    assert p.handed_cursor(o, T0 + 15 * S) == T0 + 15 * S
+    assert p.handed_cursor(o, T0 - S) == T0  # never before the floor
+
+
+def test_a_stale_backlog_entry_does_not_unqueue_the_current_one() -> None:
+    p = planner_with(every_spec("t", 2))
+    p.collect_due(T0 + 2 * S)  # queued under generation g
+    p.update(updated(p.owned["t"].spec, T0 + S, every_s=3))  # generation g+1, requeued below
+    p.collect_due(T0 + 3 * S)
+    assert p.backlog == 1
+    plans = p.plan(T0 + 3 * S, {"http": 10}, bucket(), 0.0, 100)
+    assert [tp.plan.fire for tp in plans] == [[T0 + 3 * S]] and p.backlog == 0
