@@ -49,7 +49,7 @@ from peerd.coord.membership import Membership
 from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskCache, TaskStore
 from peerd.engine import Engine
-from peerd.engine.ownership import OwnershipView
+from peerd.engine.ownership import OwnershipView, matches_node_selector
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
 from peerd.healthcheck import check_async
@@ -104,7 +104,9 @@ class Node:
         interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
         self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention))
         keys = Keys(cfg.prefix)
-        me = pb.Member(node_id=cfg.node_id, address=cfg.address, version=__version__)
+        me = pb.Member(
+            node_id=cfg.node_id, address=cfg.address, version=__version__, labels=cfg.label_map
+        )
         me.started_at.FromDatetime(self.clock.now())
         self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, _probe, self.clock)
         self.store = TaskStore(self.etcd, keys)
@@ -115,6 +117,7 @@ class Node:
         self.peer_client = PeerClient(cfg.node_id, self._address_of)
         self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
         self.ownership = OwnershipView(cfg.node_id, self.membership, self.peers)
+        self.ownership.add_filter(matches_node_selector)  # a task's node selector
         self.executors = Executors(cfg, self.clock)
         self.alarms = AlarmMonitor(self.etcd, cfg.node_id, self.clock)
         self.compactor = Compactor(
@@ -137,7 +140,7 @@ class Node:
             cfg.cluster,
             cfg.node_id,
             self.membership,
-            self.ownership.owner_of,
+            self.ownership,
             self.peers,
             lambda: self.cache.tasks,
             self.engine.load,

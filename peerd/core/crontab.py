@@ -14,7 +14,8 @@ field) and expressions whose day-of-month never occurs in the listed months (``0
 
 Files: :func:`parse_crontab` reads a user crontab or a system one (``/etc/crontab``,
 ``/etc/cron.d/*``: a user column after the 5 time fields) into :class:`CrontabEntry` objects and
-reports each line it cannot convert as a :class:`CrontabError`.
+reports each line it cannot convert as a :class:`CrontabError`. Which of the two a file is, when
+its path does not say, is :mod:`peerd.core.crontab_format`'s question.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import calendar
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
@@ -296,16 +298,11 @@ def _entry(line: str, no: int, system: bool, env: dict[str, str]) -> CrontabEntr
     return CrontabEntry(no, cron, cmd, user, dict(env), tz, stdin)
 
 
-def parse_crontab(text: str, *, system: bool) -> CrontabParse:
-    """Parse crontab ``text`` (user format, or ``system`` format with a user column).
-
-    Blank lines and ``#`` comments (first non-blank character) are skipped; ``NAME = value``
-    lines set the environment for the lines below (matching surrounding quotes stripped, like
-    cron's env.c); every other line is a schedule line: 5 time fields or one ``@descriptor``,
-    then (system) the user, then the command. Nothing raises; unconvertible lines become errors.
-    """
-    entries: list[CrontabEntry] = []
-    errors: list[CrontabError] = []
+def schedule_lines(text: str) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """``(line_no, line, env)`` for each schedule line of crontab ``text``: blank lines and
+    ``#`` comments (first non-blank character) are skipped; ``NAME = value`` lines set the
+    environment (a copy is yielded) for the lines below, matching surrounding quotes stripped
+    like cron's env.c."""
     env: dict[str, str] = {}
     for no, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -318,6 +315,19 @@ def parse_crontab(text: str, *, system: bool) -> CrontabParse:
                 value = value[1:-1]
             env[m.group(1)] = value
             continue
+        yield no, line, dict(env)
+
+
+def parse_crontab(text: str, *, system: bool) -> CrontabParse:
+    """Parse crontab ``text`` (user format, or ``system`` format with a user column).
+
+    Lines are read as :func:`schedule_lines` says; every schedule line has 5 time fields or one
+    ``@descriptor``, then (system) the user, then the command. Nothing raises; unconvertible
+    lines become errors.
+    """
+    entries: list[CrontabEntry] = []
+    errors: list[CrontabError] = []
+    for no, line, env in schedule_lines(text):
         try:
             entries.append(_entry(line, no, system, env))
         except ValueError as e:

@@ -295,9 +295,14 @@ class Engine:
         for task_id in wanted:
             self.handoffs.cancel(task_id)
             if task_id not in self.planner.owned:
-                self.planner.acquire(specs[task_id])
+                self._acquire(specs[task_id])
         self.planner.forget_invalid(wanted)
         self._wake.set()
+
+    def _acquire(self, spec: pb.TaskSpec) -> None:
+        """Start planning ``spec``; slots it missed while no live member was eligible are
+        skipped as ``unschedulable`` (:meth:`OwnershipView.ineligible_window`)."""
+        self.planner.acquire(spec, unschedulable=self.ownership.ineligible_window(spec))
 
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         if not task_id:
@@ -311,9 +316,9 @@ class Engine:
             self.handoffs.cancel(task_id)
             if self.planner.owned[task_id].spec.SerializeToString() != spec.SerializeToString():
                 self.planner.drop(task_id)  # spec edited: recompile, reload the cursor
-                self.planner.acquire(spec)
+                self._acquire(spec)
         else:
-            self.planner.acquire(spec)
+            self._acquire(spec)
         self._wake.set()
 
     def _release(self, task_id: str, to_peer: bool) -> None:
@@ -548,6 +553,7 @@ class Engine:
             policy=o.catch_up.policy,
             misfire_threshold=o.catch_up.misfire_threshold,
             window=o.catch_up.window,
+            node_selector=o.spec.node_selector,
         )
         assert rec.skip_reason == SKIP_REASON_PB[reason]
         return rec
