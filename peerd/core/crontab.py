@@ -226,6 +226,10 @@ class CrontabParse:
     errors: list[CrontabError]
 
 
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+"""A user name as useradd(8) accepts it by default (Debian's NAME_REGEX, plus ``.`` and a
+trailing ``$`` of machine accounts): the user column of a system crontab, and what
+``ShellTarget.run_as`` accepts."""
 _ENV = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*")
 _TOKEN = re.compile(r"\S+")
 
@@ -295,6 +299,8 @@ def _entry(line: str, no: int, system: bool, env: dict[str, str]) -> CrontabEntr
     cmd, stdin = _split_percent(command)
     assert cron is not None
     user = tokens[n - 1].group() if system else None
+    if user is not None and not USER_NAME_RE.match(user):
+        raise ValueError(f"the user column {user!r} is not a user name")
     return CrontabEntry(no, cron, cmd, user, dict(env), tz, stdin)
 
 

@@ -44,16 +44,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from peerd.core.crontab import schedule_lines
+from peerd.core.crontab import USER_NAME_RE, schedule_lines
 
 SYSTEM = "system"
 USER = "user"
 EITHER = "either"
 """The readings of a line."""
 
-USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
-"""A user name as useradd(8) accepts it by default (Debian's NAME_REGEX, plus ``.`` and a
-trailing ``$`` of machine accounts); also what ``ShellTarget.run_as`` accepts."""
 _SHELL_WORDS = (
     "if then else elif fi case esac for while until do done in function select time "
     "[ [[ ]] { } ! . : alias bg bind break builtin cd command continue declare echo eval exec "
@@ -204,7 +201,6 @@ __all__ = [
     "SHELL_WORDS",
     "SYSTEM",
     "USER",
-    "USER_NAME_RE",
     "FormatGuess",
     "HostHints",
     "LineReading",

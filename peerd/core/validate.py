@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from google.protobuf import duration_pb2
 
-from peerd.core.crontab_format import USER_NAME_RE
+from peerd.core.crontab import USER_NAME_RE
 from peerd.core.durations import format_duration
 from peerd.core.labels import compile_selector, validate_labels
 from peerd.core.retry import validate_retry
