@@ -554,7 +554,7 @@ def scheduling_text(t: pb.TaskSpec, c: pb.GetClusterResponse) -> str:
         return f"{len(matching)} live node(s) match: {', '.join(sorted(matching))}"
     if c.unschedulable_count > len(c.unschedulable_tasks):
         return "unknown (more unschedulable tasks than one cluster view lists)"
-    return "no live node matches (the task was not listed as unschedulable: paused or new?)"
+    return "no live node in the answering node's member list matches"
 
 
 def _etcd_lines(c: pb.GetClusterResponse) -> list[str]:
