@@ -35,6 +35,7 @@ from peerd.cli_output import (
     run_header,
     run_line,
     runs_table,
+    scheduling_text,
     task_detail,
     tasks_table,
     to_json,
@@ -54,8 +55,9 @@ from peerd.cli_spec import (
 )
 from peerd.cli_tasks import UPDATE_EXAMPLES
 from peerd.cli_tasks import register as register_task_commands
-from peerd.client import SchedulerClient, describe_rpc_error
+from peerd.client import SchedulerClient, describe_rpc_error, rpc_status
 from peerd.config import DEFAULT_LISTEN, SETTINGS, build_config, tzdata_rules
+from peerd.core.labels import compile_selector
 from peerd.errors import InvalidArgument, PeerdError
 from peerd.exitcodes import (
     EXIT_ALREADY_EXISTS,
@@ -185,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_task_commands(tsub, add, UPDATE_EXAMPLES)
     lst = add(tsub, "list", _cmd_task_list, "list tasks")
     lst.add_argument("--limit", type=int, metavar="N")
+    lst.add_argument(
+        "-l",
+        "--selector",
+        default="",
+        metavar="SELECTOR",
+        help="only tasks whose labels match, e.g. 'team=payments,env!=dev' (Kubernetes syntax)",
+    )
     for name, handler, help_ in (
         ("get", _cmd_task_get, "show a task"),
         ("delete", _cmd_task_delete, "delete a task"),
@@ -238,8 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--id-prefix", default="", metavar="P")
     fmt = imp.add_mutually_exclusive_group()
-    fmt.add_argument("--system", action="store_true", help="system format (user column)")
-    fmt.add_argument("--user-format", action="store_true", help="user format (no user column)")
+    fmt.add_argument(
+        "--system",
+        action="store_true",
+        help="system format: a user column after the schedule (default: /etc/crontab and "
+        "/etc/cron.d/* are; elsewhere the content decides)",
+    )
+    fmt.add_argument(
+        "--user-format", action="store_true", help="user format: no user column (see --system)"
+    )
     imp.add_argument("--tz", metavar="ZONE", help="time zone of entries without CRON_TZ")
     imp.add_argument("--skip-invalid", action="store_true")
     imp.add_argument("--dry-run", action="store_true")
@@ -371,8 +387,10 @@ def _cmd_task_create(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def _cmd_task_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidArgument("--limit", f"must be >= 1, got {args.limit}")
+    if args.selector:
+        compile_selector(args.selector, "--selector")
     with _client(args) as client:
-        tasks = client.list_tasks(args.limit)
+        tasks = client.list_tasks(args.limit, args.selector)
     _print(args, pb.ListTasksResponse(tasks=tasks), lambda: tasks_table(tasks))
     return EXIT_OK
 
@@ -380,8 +398,20 @@ def _cmd_task_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def _cmd_task_get(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     with _client(args) as client:
         task = client.get_task(args.id)
-    _print(args, task, lambda: task_detail(task))
+        scheduling = None
+        if args.output != "json" and task.node_selector and not task.paused:
+            scheduling = _scheduling(client, task)
+    _print(args, task, lambda: task_detail(task, scheduling))
     return EXIT_OK
+
+
+def _scheduling(client: SchedulerClient, task: pb.TaskSpec) -> str:
+    """Where ``task`` may run, as the answering node's GetCluster sees it."""
+    try:
+        view = client.get_cluster()
+    except grpc.RpcError as exc:
+        return f"unknown (no cluster view: {rpc_status(exc)[1]})"
+    return scheduling_text(task, view)
 
 
 def _cmd_task_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:

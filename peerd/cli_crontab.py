@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import re
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Protocol
 from peerd.cli_output import import_table, to_json
 from peerd.client import SchedulerClient
 from peerd.config import tzdata_rules
+from peerd.core.crontab_format import HostHints
 from peerd.errors import InvalidArgument
 from peerd.exitcodes import EXIT_INVALID, EXIT_OK
 from peerd.v1 import scheduler_pb2 as pb
@@ -32,6 +35,8 @@ MAX_TASKS_PER_IMPORT = 100
 TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 DEFAULT_CRON_PATH = "/usr/bin:/bin"
 DESCRIPTION_MAX = 200
+MAX_LISTED = 20
+"""Lines listed when a file's format is ambiguous."""
 
 
 class CrontabEntryLike(Protocol):
@@ -154,8 +159,55 @@ def build_crontab_specs(
     return specs, problems
 
 
+def host_hints() -> HostHints:
+    """What this host knows about a crontab's words: its users (passwd) and the executables
+    on a PATH. Hints only (:mod:`peerd.core.crontab_format`): the file may come from elsewhere."""
+
+    def is_account(name: str) -> bool:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return False
+        return True
+
+    return HostHints(is_account, lambda name, path: shutil.which(name, path=path) is not None)
+
+
+def crontab_format(args: argparse.Namespace, path: Path, text: str) -> tuple[bool, str] | None:
+    """``(system format?, why)`` of the crontab ``text`` read from ``path``: ``--system`` or
+    ``--user-format`` when given, else system format when the path is ``/etc/crontab`` or in
+    ``/etc/cron.d``, else the content decides (:func:`peerd.core.crontab_format.detect_format`).
+    An ambiguous content is reported on stderr, line by line, and gives None."""
+    from peerd.core.crontab import looks_like_system_crontab
+    from peerd.core.crontab_format import detect_format
+
+    if args.system or args.user_format:
+        return bool(args.system), f"as --{'system' if args.system else 'user-format'} says"
+    if looks_like_system_crontab(str(path)):
+        return True, "as its path says (/etc/crontab, /etc/cron.d/*)"
+    guess = detect_format(text, host_hints())
+    if guess.system is not None:
+        return guess.system, f"detected from its content: {guess.why}"
+    for r in guess.ambiguous[:MAX_LISTED]:
+        print(
+            f"line {r.line_no} reads as {r.reading} format: {r.why}: {r.line.strip()}",
+            file=sys.stderr,
+        )
+    if len(guess.ambiguous) > MAX_LISTED:
+        print(f"... and {len(guess.ambiguous) - MAX_LISTED} more", file=sys.stderr)
+    print(
+        f"peerd: error: {path}: cannot tell whether it is a system crontab (a user column after "
+        f"the schedule, as in /etc/cron.d) or a user crontab: {guess.why}; nothing imported "
+        "(pass --system or --user-format)",
+        file=sys.stderr,
+    )
+    return None
+
+
 def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """The ``import-crontab`` command: read, parse, convert, then one CreateTasks call.
+    """The ``import-crontab`` command: read, decide the format (:func:`crontab_format`),
+    parse, convert, then one CreateTasks call. In table output the first line says which
+    format was read and why.
 
     Invalid lines are listed on stderr and nothing is created (exit 2) unless ``--skip-invalid``.
     More than 100 tasks is an error (exit 2): CreateTasks is atomic and takes at most 100.
@@ -171,12 +223,12 @@ def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"peerd: error: cannot read {path}: {reason}", file=sys.stderr)
         return EXIT_INVALID
-    from peerd.core.crontab import looks_like_system_crontab, parse_crontab
+    from peerd.core.crontab import parse_crontab
 
-    if args.system or args.user_format:
-        system = bool(args.system)
-    else:
-        system = looks_like_system_crontab(str(path))
+    fmt = crontab_format(args, path, text)
+    if fmt is None:
+        return EXIT_INVALID
+    system, why = fmt
     parsed = parse_crontab(text, system=system, rules=tzdata_rules(None, env))
     specs, problems = build_crontab_specs(
         path, text, parsed.entries, parsed.errors, prefix=args.id_prefix, default_tz=args.tz
@@ -206,6 +258,8 @@ def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if args.output == "json":
             print(to_json(pb.CreateTasksResponse()))
         return EXIT_OK
+    if args.output != "json":
+        print(f"format: {'system (user column)' if system else 'user (no user column)'}, {why}")
     if args.dry_run:
         if args.output == "json":
             print(to_json(pb.CreateTasksRequest(tasks=specs)))
@@ -226,8 +280,10 @@ def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 __all__ = [
     "MAX_TASKS_PER_IMPORT",
     "build_crontab_specs",
+    "crontab_format",
     "crontab_task_id",
     "entry_script",
     "entry_spec",
+    "host_hints",
     "import_crontab",
 ]

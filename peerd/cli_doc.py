@@ -94,8 +94,12 @@ def _create_parser() -> _DocParser:
     return p
 
 
-DOC_KEYS: tuple[str, ...] = ("id", *create_flags(_create_parser()).values(), *EXTRA_KEYS)
-"""Every key a document may have."""
+DOC_KEYS: tuple[str, ...] = (
+    "id",
+    *(k for k in create_flags(_create_parser()).values() if k != "label"),
+    *EXTRA_KEYS,
+)
+"""Every key a document may have (``labels``, a mapping, stands for the ``--label`` flag)."""
 
 
 # -- document -> spec -----------------------------------------------------------------------------
@@ -329,6 +333,8 @@ def spec_to_doc(t: pb.TaskSpec) -> dict[str, Any]:
         doc["paused"] = True
     if t.labels:
         doc["labels"] = dict(sorted(t.labels.items()))
+    if t.node_selector:
+        doc["node-selector"] = t.node_selector
     if t.source:
         doc["source"] = t.source
     return doc

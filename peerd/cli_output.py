@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from peerd.core.durations import format_duration
+from peerd.core.labels import format_labels, selector_matches
 from peerd.core.records import rfc3339
 from peerd.core.schedule_spec import PB_DST_AMBIGUOUS, PB_DST_NONEXISTENT
 from peerd.v1 import scheduler_pb2 as pb
@@ -159,6 +160,7 @@ SKIP_REASON_NAMES = {
     pb.SKIP_CATCH_UP_WINDOW: "catch-up window",
     pb.SKIP_OVERLAP: "overlap",
     pb.SKIP_PAUSED: "paused",
+    pb.SKIP_UNSCHEDULABLE: "unschedulable",
 }
 OWNER_LOST_NAMES = {pb.OWNER_LOST_RETRY: "retry", pb.OWNER_LOST_MARK_LOST: "mark-lost"}
 
@@ -227,21 +229,26 @@ def _policy_pairs(t: pb.TaskSpec) -> list[tuple[str, str]]:
 
 
 def tasks_table(tasks: Sequence[pb.TaskSpec]) -> str:
-    """One row per task: id, schedule, state, target."""
+    """One row per task: id, schedule, state, target, and its labels when any task has some."""
+    labelled = any(t.labels for t in tasks)
     rows = [
         [
             t.id,
             describe_schedule(t.schedule),
             "paused" if t.paused else "active",
             truncate(describe_target(t), 60),
+            *([format_labels(t.labels) or NONE] if labelled else []),
         ]
         for t in tasks
     ]
-    return format_table(["ID", "SCHEDULE", "STATE", "TARGET"], rows)
+    return format_table(
+        ["ID", "SCHEDULE", "STATE", "TARGET", *(["LABELS"] if labelled else [])], rows
+    )
 
 
-def task_detail(t: pb.TaskSpec) -> str:
-    """Every field of one task as ``key: value`` lines."""
+def task_detail(t: pb.TaskSpec, scheduling: str | None = None) -> str:
+    """Every field of one task as ``key: value`` lines; ``scheduling``: where it may run
+    (:func:`scheduling_text`), shown after its node selector."""
     s = t.schedule
     pairs = [
         ("id", t.id),
@@ -257,6 +264,11 @@ def task_detail(t: pb.TaskSpec) -> str:
     pairs.append(("state", "paused" if t.paused else "active"))
     if t.pause_note:
         pairs.append(("pause_note", t.pause_note))
+    if t.labels:
+        pairs.append(("labels", format_labels(t.labels)))
+    pairs.append(("node_selector", t.node_selector or "none: any node (default)"))
+    if scheduling is not None:
+        pairs.append(("scheduling", scheduling))
     kind = t.WhichOneof("target")
     if kind == "http":
         pairs.append(("http", f"{t.http.method or 'POST'} {t.http.url}"))
@@ -487,34 +499,37 @@ def audit_text(a: pb.AuditTaskResponse, max_gaps: int = 20) -> str:
     return "\n\n".join(parts)
 
 
+def _member_state(m: pb.Member) -> str:
+    return "dead" if m.suspected_dead else "draining" if m.draining else "alive"
+
+
 def cluster_text(c: pb.GetClusterResponse) -> str:
     """Summary line, etcd's database size and alarms, the time-zone rules (:func:`tzdata_lines`),
     then one row per member: node, address, state (alive, draining, or dead as confirmed by the
     answering node's failure detector while the lease still holds), started, version, tzdata,
-    owned tasks."""
+    owned tasks, and its labels when any member has some; then the unschedulable tasks, one line
+    each."""
     head = (
         f"cluster {c.cluster}: {len(c.members)} members, {c.task_count} tasks "
         f"(answered by {c.node_id}, revision {c.revision})"
     )
-
-    def state(m: pb.Member) -> str:
-        return "dead" if m.suspected_dead else "draining" if m.draining else "alive"
-
+    labelled = any(m.labels for m in c.members)
     rows = [
         [
             m.node_id,
             m.address,
-            state(m),
+            _member_state(m),
             fmt_ts(m.started_at),
             m.version or NONE,
             m.tzdata_version or NONE,
             str(m.owned_tasks),
+            *([format_labels(m.labels) or NONE] if labelled else []),
         ]
         for m in sorted(c.members, key=lambda m: m.node_id)
     ]
     headers = ["NODE", "ADDRESS", "STATE", "STARTED", "VERSION", "TZDATA", "OWNED TASKS"]
-    table = format_table(headers, rows)
-    return "\n".join([head, *_etcd_lines(c), *tzdata_lines(c), table])
+    table = format_table(headers + (["LABELS"] if labelled else []), rows)
+    return "\n".join([head, *_etcd_lines(c), *tzdata_lines(c), table, *_unschedulable_lines(c)])
 
 
 def tzdata_lines(c: pb.GetClusterResponse) -> list[str]:
@@ -534,6 +549,36 @@ def tzdata_lines(c: pb.GetClusterResponse) -> list[str]:
             "time-zone rules is claimed there (docs/scheduling.md, 'Time-zone rules')"
         )
     return lines
+
+
+def _unschedulable_lines(c: pb.GetClusterResponse) -> list[str]:
+    """``task ID: unschedulable: REASON`` per unschedulable task (and how many more)."""
+    lines = [f"task {u.task_id}: unschedulable: {u.reason}" for u in c.unschedulable_tasks]
+    more = c.unschedulable_count - len(c.unschedulable_tasks)
+    if more > 0:
+        lines.append(f"... and {more} more unschedulable tasks")
+    return lines
+
+
+def scheduling_text(t: pb.TaskSpec, c: pb.GetClusterResponse) -> str:
+    """Where task ``t`` (with a node selector) may run in the cluster view ``c``: the
+    ``unschedulable: REASON`` of the answering node, else the live members its selector
+    matches."""
+    for u in c.unschedulable_tasks:
+        if u.task_id == t.id:
+            return f"unschedulable: {u.reason}"
+    matching = [
+        m.node_id
+        for m in c.members
+        if _member_state(m) == "alive"
+        and not m.not_claiming
+        and selector_matches(t.node_selector, m.labels)
+    ]
+    if matching:
+        return f"{len(matching)} live node(s) match: {', '.join(sorted(matching))}"
+    if c.unschedulable_count > len(c.unschedulable_tasks):
+        return "unknown (more unschedulable tasks than one cluster view lists)"
+    return "no live node in the answering node's member list matches"
 
 
 def _etcd_lines(c: pb.GetClusterResponse) -> list[str]:
@@ -599,6 +644,7 @@ __all__ = [
     "run_line",
     "run_row",
     "runs_table",
+    "scheduling_text",
     "task_detail",
     "tasks_table",
     "to_json",

@@ -24,6 +24,7 @@ from peerd.cli_output import (
     RETRY_ON_NAMES,
 )
 from peerd.core.durations import parse_duration
+from peerd.core.labels import compile_selector, parse_labels
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -90,6 +91,19 @@ def add_create(p: Parser, update: bool = False) -> None:
     p.add_argument("--max-runs", type=int, default=0, metavar="N")
     p.add_argument("--paused", action="store_true")
     p.add_argument("--description", default="", metavar="TEXT")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the task (repeat; Kubernetes syntax); 'task list -l' selects on them",
+    )
+    p.add_argument(
+        "--node-selector",
+        metavar="SELECTOR",
+        help="run only on nodes whose labels match, e.g. 'zone=eu-1,disk in (ssd,nvme)' "
+        "(nodes: serve --label)",
+    )
     p.add_argument(
         "--on-owner-lost",
         choices=["retry", "mark-lost"],
@@ -223,6 +237,10 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
         InvalidArgument: naming the flag (``--at``, ``--header`` ...) and the reason.
     """
     spec = pb.TaskSpec(id=args.id or "", paused=args.paused, description=args.description or "")
+    spec.labels.update(parse_labels(args.label, "--label"))
+    if args.node_selector is not None:
+        compile_selector(args.node_selector, "--node-selector")
+        spec.node_selector = args.node_selector.strip()
     if args.on_owner_lost is not None:
         spec.on_owner_lost = (
             pb.OWNER_LOST_MARK_LOST if args.on_owner_lost == "mark-lost" else pb.OWNER_LOST_RETRY

@@ -96,6 +96,8 @@ def overlay(doc: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
             out[key] = _pairs("--header", value, ":")
         elif key == "env":
             out[key] = _pairs("--env", value, "=")
+        elif key == "label":  # --label K=V adds or changes one label; the others stay
+            out["labels"] = {**out.get("labels", {}), **_pairs("--label", value, "=")}
         else:
             out[key] = value
     return out

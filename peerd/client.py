@@ -144,15 +144,19 @@ class SchedulerClient:
         """One task by id (NOT_FOUND if missing)."""
         return self._stub.GetTask(pb.GetTaskRequest(id=task_id), timeout=self.timeout_s)
 
-    def list_tasks(self, limit: int | None = None) -> list[pb.TaskSpec]:
-        """All tasks (or the first ``limit``), paging through ListTasks until done."""
+    def list_tasks(self, limit: int | None = None, label_selector: str = "") -> list[pb.TaskSpec]:
+        """All tasks (or the first ``limit``), paging through ListTasks until done; with
+        ``label_selector`` only those whose labels match it (filtered by the server)."""
         out: list[pb.TaskSpec] = []
         token = ""
         seen: set[str] = set()
         while limit is None or len(out) < limit:
             size = MAX_TASKS_PAGE if limit is None else min(MAX_TASKS_PAGE, limit - len(out))
             resp = self._stub.ListTasks(
-                pb.ListTasksRequest(page_size=size, page_token=token), timeout=self.timeout_s
+                pb.ListTasksRequest(
+                    page_size=size, page_token=token, label_selector=label_selector
+                ),
+                timeout=self.timeout_s,
             )
             out.extend(resp.tasks)
             token = resp.next_page_token

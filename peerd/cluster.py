@@ -7,6 +7,9 @@ what it reported in its last Ping answer. The etcd part (alarms, database size, 
 is this node's last Status poll (:mod:`peerd.coord.alarms`). Each member's tzdata version is
 its own (its member key); the agreed one, and whether it is pinned, this node's view of
 ``tzdata/`` (:mod:`peerd.coord.tzdata`).
+
+A task that is not paused and that no owning member may own (its node selector matches none of
+them) is listed as unschedulable with the reason, e.g. ``no live node matches zone=b``.
 """
 
 from __future__ import annotations
@@ -17,10 +20,37 @@ from typing import Protocol
 
 from peerd.coord.alarms import AlarmMonitor
 from peerd.coord.membership import MemberView
+from peerd.core.labels import LabelError, parse_selector
 from peerd.engine import Load
 from peerd.errors import Unavailable
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import scheduler_pb2 as pb
+
+MAX_UNSCHEDULABLE = 1000
+"""Unschedulable tasks listed in one answer (all are counted)."""
+
+
+class Ownership(Protocol):
+    """Who owns what in this node's view (a narrow view of the engine's OwnershipView)."""
+
+    @property
+    def owners(self) -> tuple[str, ...]: ...
+
+    def owner_of(self, spec: pb.TaskSpec) -> str | None: ...
+
+    def eligible(self, spec: pb.TaskSpec) -> tuple[str, ...]: ...
+
+
+def unschedulable_reason(spec: pb.TaskSpec) -> str:
+    """Why no live member may own ``spec`` (when its eligible members are none), e.g.
+    ``"no live node matches zone=b"``."""
+    if not spec.node_selector:
+        return "no live node is eligible"
+    try:
+        parse_selector(spec.node_selector)
+    except LabelError as exc:
+        return f"its node selector cannot be read by this node: {exc}"
+    return f"no live node matches {spec.node_selector}"
 
 
 class PeerStates(Protocol):
@@ -45,7 +75,7 @@ class ClusterView:
         cluster: the cluster name.
         node_id: this node.
         members: the member view.
-        owner_of: ``(spec) -> its owner or None`` (the ownership view, filters applied).
+        ownership: the ownership view (owners, filters applied).
         peers: the peer layer's states.
         tasks: ``() -> {task_id: spec}`` (the task view).
         load: ``() -> this node's engine load``.
@@ -59,7 +89,7 @@ class ClusterView:
         cluster: str,
         node_id: str,
         members: MemberView,
-        owner_of: Callable[[pb.TaskSpec], str | None],
+        ownership: Ownership,
         peers: PeerStates,
         tasks: Callable[[], Mapping[str, pb.TaskSpec]],
         load: Callable[[], Load],
@@ -70,7 +100,7 @@ class ClusterView:
         self.cluster = cluster
         self.node_id = node_id
         self.members = members
-        self.owner_of = owner_of
+        self.ownership = ownership
         self.peers = peers
         self.tasks = tasks
         self.load = load
@@ -88,7 +118,7 @@ class ClusterView:
             raise Unavailable("membership view not loaded yet")
         view = self.members.view
         tasks = self.tasks()
-        counts = Counter(self.owner_of(s) for s in tasks.values() if not s.paused)
+        counts = Counter(self.ownership.owner_of(s) for s in tasks.values() if not s.paused)
         dead = self.peers.dead()
         agreed, pinned = self.tzdata()
         out = pb.GetClusterResponse(
@@ -105,6 +135,7 @@ class ClusterView:
         if self.alarms.status is not None:
             out.etcd_db_size_bytes = self.alarms.status.db_size
             out.etcd_db_size_in_use_bytes = self.alarms.status.db_size_in_use
+        self._unschedulable(out, tasks, counts.get(None, 0))
         for node_id in sorted(view):
             m = out.members.add()
             m.CopyFrom(view[node_id])
@@ -122,3 +153,17 @@ class ClusterView:
                     peer.backlog,
                 )
         return out
+
+    def _unschedulable(
+        self, out: pb.GetClusterResponse, tasks: Mapping[str, pb.TaskSpec], ownerless: int
+    ) -> None:
+        """Fill the unschedulable tasks: not paused, owning members exist, none eligible."""
+        if not ownerless or not self.ownership.owners:
+            return
+        for task_id in sorted(tasks):
+            spec = tasks[task_id]
+            if spec.paused or self.ownership.eligible(spec):
+                continue
+            out.unschedulable_count += 1
+            if len(out.unschedulable_tasks) < MAX_UNSCHEDULABLE:
+                out.unschedulable_tasks.add(task_id=task_id, reason=unschedulable_reason(spec))

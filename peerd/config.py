@@ -28,6 +28,7 @@ from peerd.settings import (
     HOSTPORT,
     HOSTPORT_LIST,
     INTEGER,
+    LABELS,
     NUMBER,
     OPTIONAL_HOSTPORT,
     SECONDS,
@@ -107,6 +108,15 @@ class NodeConfig:
         flag="--cluster",
         env="PEERD_CLUSTER",
         kind=matching(CLUSTER_RE, "NAME"),
+    )
+    labels: tuple[str, ...] = setting(
+        (),
+        help="Labels of this node (Kubernetes syntax), published in its member key; a task's "
+        "node selector picks the nodes that may run it. Repeat the flag; separate with , in the "
+        "environment; a table in the file. Changing them takes a restart.",
+        flag="--label",
+        env="PEERD_LABELS",
+        kind=LABELS,
     )
     lease_ttl_s: int = setting(
         10,
@@ -280,6 +290,11 @@ class NodeConfig:
     def address(self) -> str:
         """The address published in this node's member key."""
         return self.advertise or self.listen
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """:attr:`labels` as a mapping (what the member key carries)."""
+        return dict(item.split("=", 1) for item in self.labels)
 
     @property
     def prefix(self) -> str:

@@ -51,7 +51,7 @@ from peerd.coord.store import TaskCache, TaskStore
 from peerd.coord.tzdata import TzdataAgreement
 from peerd.core.tzrules import TimeZoneRules
 from peerd.engine import Engine
-from peerd.engine.ownership import OwnershipView
+from peerd.engine.ownership import OwnershipView, matches_node_selector
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
 from peerd.healthcheck import check_async
@@ -117,6 +117,7 @@ class Node:
             version=__version__,
             tzdata_version=self.rules.version,
             tzdata_source=self.rules.where,
+            labels=cfg.label_map,
         )
         me.started_at.FromDatetime(self.clock.now())
         self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, _probe, self.clock)
@@ -132,6 +133,7 @@ class Node:
             self.etcd, keys, cfg.node_id, self.rules.version, self.membership, self.clock
         )
         self.ownership.add_filter(self.tzdata.eligible)
+        self.ownership.add_filter(matches_node_selector)  # a task's node selector
         self.executors = Executors(cfg, self.clock)
         self.alarms = AlarmMonitor(self.etcd, cfg.node_id, self.clock)
         self.compactor = Compactor(
@@ -157,7 +159,7 @@ class Node:
             cfg.cluster,
             cfg.node_id,
             self.membership,
-            self.ownership.owner_of,
+            self.ownership,
             self.peers,
             lambda: self.cache.tasks,
             self.engine.load,

@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from peerd.core.durations import format_duration, parse_duration
+from peerd.core.labels import parse_labels
 from peerd.errors import InvalidArgument
 
 
@@ -260,6 +261,22 @@ def _globs(value: Any, flag: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _labels(value: Any, flag: str) -> tuple[str, ...]:
+    """Node labels from flags/env (``KEY=VALUE`` strings, commas separating several) or a TOML
+    table; returned as sorted ``key=value`` strings (a label value never contains a comma)."""
+    if isinstance(value, Mapping):
+        if not all(isinstance(v, str) for v in value.values()):
+            raise InvalidArgument(flag, f"expected a table of strings, got {value!r}")
+        items = [f"{k}={v}" for k, v in value.items()]
+    else:
+        raw = [value] if isinstance(value, str) else list(value)
+        if not all(isinstance(item, str) for item in raw):
+            raise InvalidArgument(flag, f"expected KEY=VALUE strings, got {value!r}")
+        items = [part for item in raw for part in item.split(",") if part.strip()]
+    labels = parse_labels(items, flag)
+    return tuple(f"{k}={labels[k]}" for k in sorted(labels))
+
+
 INTEGER = Kind("integer", "N", _int)
 WHOLE_SECONDS = Kind("integer", "SECONDS", _int)
 NUMBER = Kind("number", "X", _number)
@@ -274,6 +291,7 @@ OPTIONAL_HOSTPORT = Kind(
 )
 HOSTPORT_LIST = Kind("list of HOST:PORT", "HOST:PORT[,HOST:PORT...]", _hostports, env_sep=",")
 GLOB_LIST = Kind("list of glob patterns", "PATTERN", _globs, env_sep=";", repeat=True)
+LABELS = Kind("list of KEY=VALUE labels", "KEY=VALUE", _labels, env_sep=",", repeat=True)
 
 
 def choice(*names: str) -> Kind:
@@ -355,6 +373,7 @@ __all__ = [
     "HOSTPORT",
     "HOSTPORT_LIST",
     "INTEGER",
+    "LABELS",
     "NUMBER",
     "OPTIONAL_HOSTPORT",
     "SECONDS",

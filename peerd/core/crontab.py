@@ -14,7 +14,8 @@ field) and expressions whose day-of-month never occurs in the listed months (``0
 
 Files: :func:`parse_crontab` reads a user crontab or a system one (``/etc/crontab``,
 ``/etc/cron.d/*``: a user column after the 5 time fields) into :class:`CrontabEntry` objects and
-reports each line it cannot convert as a :class:`CrontabError`.
+reports each line it cannot convert as a :class:`CrontabError`. Which of the two a file is, when
+its path does not say, is :mod:`peerd.core.crontab_format`'s question.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import calendar
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -208,6 +210,10 @@ class CrontabParse:
     errors: list[CrontabError]
 
 
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+"""A user name as useradd(8) accepts it by default (Debian's NAME_REGEX, plus ``.`` and a
+trailing ``$`` of machine accounts): the user column of a system crontab, and what
+``ShellTarget.run_as`` accepts."""
 _ENV = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*")
 _TOKEN = re.compile(r"\S+")
 
@@ -279,20 +285,16 @@ def _entry(
     cmd, stdin = _split_percent(command)
     assert cron is not None
     user = tokens[n - 1].group() if system else None
+    if user is not None and not USER_NAME_RE.match(user):
+        raise ValueError(f"the user column {user!r} is not a user name")
     return CrontabEntry(no, cron, cmd, user, dict(env), tz, stdin)
 
 
-def parse_crontab(text: str, *, system: bool, rules: TimeZoneRules) -> CrontabParse:
-    """Parse crontab ``text`` (user format, or ``system`` format with a user column);
-    ``CRON_TZ``/``TZ`` zones are checked against ``rules``.
-
-    Blank lines and ``#`` comments (first non-blank character) are skipped; ``NAME = value``
-    lines set the environment for the lines below (matching surrounding quotes stripped, like
-    cron's env.c); every other line is a schedule line: 5 time fields or one ``@descriptor``,
-    then (system) the user, then the command. Nothing raises; unconvertible lines become errors.
-    """
-    entries: list[CrontabEntry] = []
-    errors: list[CrontabError] = []
+def schedule_lines(text: str) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """``(line_no, line, env)`` for each schedule line of crontab ``text``: blank lines and
+    ``#`` comments (first non-blank character) are skipped; ``NAME = value`` lines set the
+    environment (a copy is yielded) for the lines below, matching surrounding quotes stripped
+    like cron's env.c."""
     env: dict[str, str] = {}
     for no, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -305,6 +307,20 @@ def parse_crontab(text: str, *, system: bool, rules: TimeZoneRules) -> CrontabPa
                 value = value[1:-1]
             env[m.group(1)] = value
             continue
+        yield no, line, dict(env)
+
+
+def parse_crontab(text: str, *, system: bool, rules: TimeZoneRules) -> CrontabParse:
+    """Parse crontab ``text`` (user format, or ``system`` format with a user column);
+    ``CRON_TZ``/``TZ`` zones are checked against ``rules``.
+
+    Lines are read as :func:`schedule_lines` says; every schedule line has 5 time fields or one
+    ``@descriptor``, then (system) the user, then the command. Nothing raises; unconvertible
+    lines become errors.
+    """
+    entries: list[CrontabEntry] = []
+    errors: list[CrontabError] = []
+    for no, line, env in schedule_lines(text):
         try:
             entries.append(_entry(line, no, system, env, rules))
         except ValueError as e:

@@ -21,7 +21,9 @@ before ``s``. Rules:
 
 * **Skip reasons**: ``catch_up_window`` (``run_all``, older than the window), else ``misfire``;
   but a skipped slot whose fire instant is before ``paused_until`` (the task's ``resumed_at``)
-  gets ``paused`` instead: it was missed because the task was paused.
+  gets ``paused`` instead: it was missed because the task was paused; and one whose fire
+  instant is in the ``unschedulable`` interval ``[start, end)`` (and not paused) gets
+  ``unschedulable``: it was missed while no live node matched the task's node selector.
 * **Order and limits**: the due slots form ``[skipped...][fired...]``, and ``fire`` lists the
   slots to run ascending, so replayed (missed) slots come before on-time ones. At most
   ``max_fire`` slots fire per call and at most ``replay_budget`` of them may be missed slots (the
@@ -78,12 +80,14 @@ CATCH_UP_POLICIES = (CATCH_UP_SKIP, CATCH_UP_RUN_ONCE, CATCH_UP_RUN_ALL)
 SKIP_MISFIRE = "misfire"
 SKIP_CATCH_UP_WINDOW = "catch_up_window"
 SKIP_PAUSED = "paused"
-SKIP_REASONS = (SKIP_MISFIRE, SKIP_CATCH_UP_WINDOW, SKIP_PAUSED)
+SKIP_UNSCHEDULABLE = "unschedulable"
+SKIP_REASONS = (SKIP_MISFIRE, SKIP_CATCH_UP_WINDOW, SKIP_PAUSED, SKIP_UNSCHEDULABLE)
 """Reasons attached to skipped slots; keys of :attr:`Plan.skipped_counts`."""
 SKIP_REASON_PB = {
     SKIP_MISFIRE: pb.SKIP_MISFIRE,
     SKIP_CATCH_UP_WINDOW: pb.SKIP_CATCH_UP_WINDOW,
     SKIP_PAUSED: pb.SKIP_PAUSED,
+    SKIP_UNSCHEDULABLE: pb.SKIP_UNSCHEDULABLE,
 }
 """Skip reason -> ``pb.SkipReason`` (for ``RunRecord.skip_reason``)."""
 
@@ -194,6 +198,36 @@ def _no_skips() -> dict[str, int]:
     return dict.fromkeys(SKIP_REASONS, 0)
 
 
+def _skips(
+    schedule: Slots,
+    cursor: datetime,
+    skip_b: datetime,
+    reason: str,
+    bounds: tuple[datetime, datetime, datetime],
+    limit: int,
+) -> tuple[dict[str, int], list[tuple[datetime, str]], datetime]:
+    """Counts per reason of the skipped slots ``(cursor, skip_b]``, the newest ``limit`` of
+    them with their reason, and the last of them (``cursor`` when none). ``bounds`` =
+    ``(pause_b, unsched_lo, unsched_hi)``: slots up to ``pause_b`` are ``paused``, those in
+    ``(unsched_lo, unsched_hi]`` ``unschedulable``, the rest ``reason``."""
+    counts = _no_skips()
+    total = schedule.count_between(cursor, skip_b)
+    if not total:
+        return counts, [], cursor
+    pause_b, lo, hi = bounds
+    counts[SKIP_PAUSED] = schedule.count_between(cursor, pause_b)
+    counts[SKIP_UNSCHEDULABLE] = schedule.count_between(lo, hi)
+    counts[reason] = total - counts[SKIP_PAUSED] - counts[SKIP_UNSCHEDULABLE]
+
+    def reason_of(slot: datetime) -> str:
+        if slot <= pause_b:
+            return SKIP_PAUSED
+        return SKIP_UNSCHEDULABLE if lo < slot <= hi else reason
+
+    tail = schedule.last_slots(cursor, skip_b, max(limit, 1))
+    return counts, [(s, reason_of(s)) for s in tail] if limit else [], tail[-1]
+
+
 def plan_due(
     schedule: Slots,
     cursor: datetime,
@@ -202,6 +236,7 @@ def plan_due(
     *,
     fire_at: Callable[[datetime], datetime] | None = None,
     paused_until: datetime | None = None,
+    unschedulable: tuple[datetime, datetime] | None = None,
     max_fire: int = 1000,
     replay_budget: int | None = None,
     skip_record_limit: int = 100,
@@ -217,6 +252,8 @@ def plan_due(
             (jitter); None = the slot itself.
         paused_until: when the task was last resumed (``TaskSpec.resumed_at``): skipped slots
             whose fire instant is before it get reason ``paused``. None = never paused.
+        unschedulable: ``(start, end)`` (aware): skipped slots not paused whose fire instant is
+            in ``[start, end)`` get reason ``unschedulable``. None = no such period known.
         max_fire: most slots in ``fire`` per call (>= 1).
         replay_budget: most *missed* slots in ``fire`` per call (>= 0); None = unlimited.
         skip_record_limit: most skipped slots listed (>= 0); the counts are always exact.
@@ -229,6 +266,8 @@ def plan_due(
         raise ValueError("cursor and now must be timezone-aware")
     if paused_until is not None and paused_until.tzinfo is None:
         raise ValueError("paused_until must be timezone-aware")
+    if unschedulable is not None and any(t.tzinfo is None for t in unschedulable):
+        raise ValueError("unschedulable must be timezone-aware")
     if max_fire < 1 or skip_record_limit < 0 or (replay_budget is not None and replay_budget < 0):
         raise ValueError("need max_fire >= 1, skip_record_limit >= 0, replay_budget >= 0")
 
@@ -266,19 +305,16 @@ def plan_due(
         if latest:
             skip_b = latest[0] - _US
 
-    counts = _no_skips()
-    skipped: list[tuple[datetime, str]] = []
-    new_cursor = cursor
-    total_skipped = schedule.count_between(cursor, skip_b)
-    if total_skipped:
-        pause_b = split(paused_until) if paused_until is not None else cursor
-        counts[SKIP_PAUSED] = schedule.count_between(cursor, min(pause_b, skip_b))
-        counts[reason] = total_skipped - counts[SKIP_PAUSED]
-        tail = schedule.last_slots(cursor, skip_b, max(skip_record_limit, 1))
-        new_cursor = tail[-1]
-        if skip_record_limit:
-            skipped = [(s, SKIP_PAUSED if s <= pause_b else reason) for s in tail]
-
+    # The skipped slots (cursor, skip_b] are: paused (cursor, pause_b], then the others, of
+    # which those in (unsched_lo, unsched_hi] were missed while the task was unschedulable.
+    pause_b = min(split(paused_until), skip_b) if paused_until is not None else cursor
+    unsched_lo = unsched_hi = pause_b
+    if unschedulable is not None:
+        unsched_lo = max(split(unschedulable[0]), pause_b)
+        unsched_hi = max(min(split(unschedulable[1]), skip_b), unsched_lo)
+    counts, skipped, new_cursor = _skips(
+        schedule, cursor, skip_b, reason, (pause_b, unsched_lo, unsched_hi), skip_record_limit
+    )
     n_missed = schedule.count_between(skip_b, missed_b)
     limit = max_fire
     if replay_budget is not None and replay_budget < n_missed:

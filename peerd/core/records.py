@@ -10,7 +10,7 @@ record                 made by
 =====================  ==========================================================
 CLAIMED (scheduled)    :func:`claim_record`
 CLAIMED (manual)       :func:`claim_record` with ``manual=True`` (and ``cause``)
-SKIPPED (planning)     :func:`skipped_record` (reason misfire/catch-up/paused)
+SKIPPED (planning)     :func:`skipped_record` (misfire/catch-up/paused/unschedulable)
 SKIPPED (overlap)      :func:`overlap_skipped` (FORBID, or BUFFER_ONE queue full)
 CLAIMED (owner lost)   :func:`owner_lost_retry` (attempt + 1, history += LOST)
 LOST                   :func:`marked_lost`
@@ -138,17 +138,19 @@ def skipped_record(
     covers: tuple[datetime, int] | None = None,
     tzdata_version: str = "",
     local_time: str = "",
+    node_selector: str = "",
 ) -> pb.RunRecord:
     """A SKIPPED record for a slot the catch-up policy does not run.
 
     Args:
-        reason: ``"paused"``, ``"catch_up_window"`` or ``"misfire"`` (see
+        reason: ``"paused"``, ``"unschedulable"``, ``"catch_up_window"`` or ``"misfire"`` (see
             :data:`peerd.core.plan.SKIP_REASONS`).
         policy: the task's catch-up policy (``peerd.core.plan`` name), named in the message.
         misfire_threshold, window: the task's catch-up settings, named in the message.
         covers: ``(first slot, count)`` when this record stands for ``count`` skipped slots
             from ``first slot`` up to ``slot`` (``RunRecord.skipped_slots``/``skipped_from``).
         tzdata_version, local_time: as for :func:`claim_record`.
+        node_selector: the task's node selector, named in the message of an unschedulable slot.
     """
     rec = claim_record(
         task_id,
@@ -168,6 +170,12 @@ def skipped_record(
         rec.error = (
             f"missed while the task was paused ({late_s:.1f}s ago); catch-up policy {name} "
             "does not replay it"
+        )
+    elif reason == "unschedulable":
+        rec.skip_reason = pb.SKIP_UNSCHEDULABLE
+        rec.error = (
+            f"missed while no live node matched the node selector {node_selector!r} "
+            f"({late_s:.1f}s ago); catch-up policy {name} does not replay it"
         )
     elif reason == "catch_up_window":
         rec.skip_reason = pb.SKIP_CATCH_UP_WINDOW

@@ -25,7 +25,9 @@ from typing import Any
 import httpx
 from google.protobuf import duration_pb2
 
+from peerd.core.crontab import USER_NAME_RE
 from peerd.core.durations import format_duration
+from peerd.core.labels import compile_selector, validate_labels
 from peerd.core.retry import validate_retry
 from peerd.core.schedule import validate_schedule
 from peerd.core.tzrules import TimeZoneRules
@@ -39,7 +41,6 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 RESERVED_HEADERS = ("idempotency-key", "peerd-fencing-token")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
 MAX_CATCH_UP_WINDOW = timedelta(days=7)
 MIN_CATCH_UP_WINDOW = timedelta(seconds=1)
 MAX_MISFIRE_THRESHOLD = timedelta(days=1)
@@ -76,7 +77,8 @@ def validate_task(
     Checks, in order: size (<= 256 KiB serialised), ``id``, ``schedule`` (including jitter and
     DST policies, :func:`peerd.core.schedule.validate_schedule`), exactly one target (http,
     shell, python: :func:`validate_python`), ``timeout`` (> 0, <= 24 h), the run policies
-    (:func:`_validate_policies`), ``description`` (<= 1024 characters).
+    (:func:`_validate_policies`), ``description`` (<= 1024 characters), ``labels`` and
+    ``node_selector`` (Kubernetes syntax and limits, :mod:`peerd.core.labels`).
 
     Raises:
         InvalidArgument: naming the first offending field (``<field>.retry.max_attempts``, ...)
@@ -105,6 +107,8 @@ def validate_task(
     _validate_policies(spec, field)
     if len(spec.description) > 1024:
         raise InvalidArgument(f"{field}.description", "longer than 1024 characters")
+    validate_labels(spec.labels, f"{field}.labels")
+    compile_selector(spec.node_selector, f"{field}.node_selector")
 
 
 def _enum(value: int, enum: Any, name: str, field: str) -> None:
@@ -247,5 +251,5 @@ def _validate_shell(shell: pb.ShellTarget, field: str) -> None:
             raise InvalidArgument(f"{field}.env", f"value of {name!r} contains a NUL byte")
     if shell.working_dir and not shell.working_dir.startswith("/"):
         raise InvalidArgument(f"{field}.working_dir", "must be an absolute path")
-    if shell.run_as and not _USER_RE.match(shell.run_as):
+    if shell.run_as and not USER_NAME_RE.match(shell.run_as):
         raise InvalidArgument(f"{field}.run_as", f"{shell.run_as!r} is not a valid user name")

@@ -289,7 +289,7 @@ class Engine:
         for task_id in wanted:
             self.handoffs.cancel(task_id)
             if task_id not in self.planner.owned:
-                self.planner.acquire(specs[task_id])
+                self._acquire(specs[task_id])
         self.planner.forget_invalid(wanted)
         self.fire.wake()
 
@@ -302,6 +302,11 @@ class Engine:
             if o.compiled.tzdata_version:
                 self.handoffs.drop(task_id)
         self.ownership.changed()
+
+    def _acquire(self, spec: pb.TaskSpec) -> None:
+        """Start planning ``spec``; slots it missed while no live member was eligible are
+        skipped as ``unschedulable`` (:meth:`OwnershipView.ineligible_window`)."""
+        self.planner.acquire(spec, unschedulable=self.ownership.ineligible_window(spec))
 
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         """A task was written or deleted. An owned task takes its new spec at once, also while
@@ -321,7 +326,7 @@ class Engine:
         elif task_id in self.planner.owned:
             self.handoffs.cancel(task_id)
         else:
-            self.planner.acquire(spec)
+            self._acquire(spec)
         self.fire.wake()
 
     def _release(self, task_id: str, to_peer: bool) -> None:

@@ -325,6 +325,7 @@ class FireLoop:
             misfire_threshold=o.catch_up.misfire_threshold,
             window=o.catch_up.window,
             covers=covers,
+            node_selector=o.spec.node_selector,
             tzdata_version=version,
             local_time=local,
         )

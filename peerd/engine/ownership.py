@@ -17,14 +17,30 @@ add_filter`) narrow the members a task is hashed over, e.g. to the nodes whose l
 node selector, or whose time-zone rules are the cluster's. A task's owner is the rendezvous
 winner among the owning members that every filter accepts for it; with none, the task is
 *unschedulable* and nobody owns it. A filter whose answers change without a member-key change
-(an agreed setting read from etcd) calls :meth:`OwnershipView.changed`.
+(an agreed setting read from etcd) calls :meth:`OwnershipView.changed`. The node-selector filter
+(:func:`matches_node_selector`: the member's labels match the task's ``node_selector``) is
+registered by the composition root. Failover and handoff use the same filtered owner, so they
+stay within the matching members.
+
+**Slots missed while unschedulable.** Nobody owns an unschedulable task, so nobody records its
+slots as they pass. The node that acquires it later plans them from the ledger's cursor under
+the task's catch-up policy; :meth:`OwnershipView.ineligible_window` tells it which of them were
+missed while no live member was eligible, judging by the members live now: from the earliest
+start (``Member.started_at``) of an owning member to the earliest start of an eligible one. A
+slot in that window would have been run by nobody: the members that were up then are not
+eligible, the eligible ones were not up yet. Its skip reason is ``unschedulable``; slots missed
+before any live member started (a whole-cluster outage), or while an eligible member was up
+but could not run them, keep the ordinary reasons. Members that have left since are not known,
+so the window is the part of the outage that the live members vouch for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Protocol
 
+from peerd.core.labels import selector_matches
 from peerd.core.ring import owner
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -49,6 +65,13 @@ class Exclusions(Protocol):
 Eligible = Callable[[pb.TaskSpec, pb.Member], bool]
 """``(spec, member) -> whether the member may own the task`` (pure, cheap: called per task and
 member on every reconcile)."""
+
+
+def matches_node_selector(spec: pb.TaskSpec, member: pb.Member) -> bool:
+    """The node-selector filter: ``member``'s labels match ``spec.node_selector`` (always, for
+    an empty selector; never, for one this node cannot parse: see
+    :func:`peerd.core.labels.selector_matches`)."""
+    return not spec.node_selector or selector_matches(spec.node_selector, member.labels)
 
 
 class OwnershipView:
@@ -110,6 +133,22 @@ class OwnershipView:
             for m in self._owners
             if (member := view.get(m)) is not None and all(f(spec, member) for f in self._filters)
         )
+
+    def ineligible_window(self, spec: pb.TaskSpec) -> tuple[datetime, datetime] | None:
+        """When live members were up but none was eligible for ``spec``, judging by the members
+        owning now: ``[earliest start of an owning member, earliest start of an eligible one)``
+        (module docstring). None when that is empty, no member is eligible, or no filter
+        narrows the owning members for ``spec``."""
+        eligible = self.eligible(spec)
+        if not eligible or len(eligible) == len(self._owners):
+            return None
+        view = self._members.view
+
+        def started(ids: tuple[str, ...]) -> datetime | None:
+            return min((view[m].started_at.ToDatetime(UTC) for m in ids if m in view), default=None)
+
+        start, end = started(self._owners), started(eligible)
+        return (start, end) if start is not None and end is not None and start < end else None
 
     def owner_of(self, spec: pb.TaskSpec, exclude_self: bool = False) -> str | None:
         """The owner of ``spec`` among its eligible members (None: unschedulable, or no

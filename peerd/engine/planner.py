@@ -76,6 +76,10 @@ class Owned:
     cursor: datetime | None = None
     next_at: datetime | None = None
     claims_since_trim: int = 0
+    unschedulable: tuple[datetime, datetime] | None = None
+    """When, before this node acquired the task, no live member was eligible for it (see
+    :meth:`peerd.engine.ownership.OwnershipView.ineligible_window`): slots skipped from that
+    period are recorded as ``unschedulable``."""
 
     @property
     def kind(self) -> str:
@@ -152,9 +156,15 @@ class Planner:
 
     # -- owning ----------------------------------------------------------------------------
 
-    def acquire(self, spec: pb.TaskSpec, cursor: datetime | None = None) -> Owned | None:
+    def acquire(
+        self,
+        spec: pb.TaskSpec,
+        cursor: datetime | None = None,
+        unschedulable: tuple[datetime, datetime] | None = None,
+    ) -> Owned | None:
         """Start planning ``spec`` (from ``cursor``, or once its cursor is loaded). A spec this
-        node cannot decode is logged, listed in :attr:`invalid` and not planned; None."""
+        node cannot decode is logged, listed in :attr:`invalid` and not planned; None.
+        ``unschedulable``: see :attr:`Owned.unschedulable`."""
         kind = spec.WhichOneof("target") or ""
         if self.kinds and kind not in self.kinds:
             self._refuse(spec.id, f"task.target: this node has no executor for {kind or 'none'!r}")
@@ -167,7 +177,7 @@ class Planner:
             return None
         self.invalid.pop(spec.id, None)
         self._generation += 1
-        o = Owned(spec, compiled, self._generation, catch_up)
+        o = Owned(spec, compiled, self._generation, catch_up, unschedulable=unschedulable)
         self.owned[spec.id] = o
         if cursor is None:
             self.to_load.add(spec.id)
@@ -356,6 +366,7 @@ class Planner:
             o.catch_up,
             fire_at=o.fire_at,
             paused_until=o.paused_until,
+            unschedulable=o.unschedulable,
             # One lock-taking claim per task per round (see peerd.coord.ledger); the rest of
             # its due slots are planned at once in the next tick.
             max_fire=min(room, 1 if needs_lock(o.spec.overlap) else MAX_FIRE),

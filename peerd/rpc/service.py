@@ -22,6 +22,7 @@ from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskStore
 from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
+from peerd.core.labels import Selector, compile_selector
 from peerd.core.schedule import CompiledSchedule, spec_from_proto, validate_schedule
 from peerd.core.task_schedule import task_schedule
 from peerd.core.tzrules import TimeZoneRules
@@ -37,6 +38,8 @@ MAX_PAGE = 1000
 DEFAULT_PREVIEW = 10
 MAX_PREVIEW = 1000
 MAX_REPLAY = 1000
+SCAN_PAGE = 1000
+"""Tasks read from etcd per range request while ListTasks filters by a label selector."""
 
 
 def _page_size(value: int, default: int) -> int:
@@ -165,11 +168,42 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTasksResponse:
+        """Tasks in id order, a page at a time; with ``label_selector``, only the tasks whose
+        labels match it (filtered here, reading etcd :data:`SCAN_PAGE` tasks at a time, so a
+        page holds up to ``page_size`` matches).
+
+        Raises (as status codes):
+            INVALID_ARGUMENT: ``page_size`` outside 0..1000, a malformed ``page_token``, or a
+                malformed ``label_selector`` (the message gives the position and the reason).
+        """
         size = _page_size(request.page_size, DEFAULT_PAGE)
         if request.page_token:
             validate_task_id(request.page_token, "page_token")
-        specs, token = await self.store.list(size, request.page_token)
+        if request.label_selector:
+            selector = compile_selector(request.label_selector, "label_selector")
+            specs, token = await self._matching(selector, size, request.page_token)
+        else:
+            specs, token = await self.store.list(size, request.page_token)
         return pb.ListTasksResponse(tasks=specs, next_page_token=token)
+
+    async def _matching(
+        self, selector: Selector, size: int, page_token: str
+    ) -> tuple[list[pb.TaskSpec], str]:
+        """Up to ``size`` tasks after ``page_token`` whose labels match ``selector``, and the
+        token to continue after the last one ("" when nothing follows)."""
+        out: list[pb.TaskSpec] = []
+        token = page_token
+        while True:
+            page, token = await self.store.list(SCAN_PAGE, token)
+            for i, spec in enumerate(page):
+                if not selector.matches(spec.labels):
+                    continue
+                out.append(spec)
+                if len(out) == size:
+                    more = i < len(page) - 1 or bool(token)
+                    return out, spec.id if more else ""
+            if not token:
+                return out, ""
 
     @grpc_errors
     async def DeleteTask(

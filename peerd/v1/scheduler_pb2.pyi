@@ -74,6 +74,7 @@ class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SKIP_CATCH_UP_WINDOW: _ClassVar[SkipReason]
     SKIP_OVERLAP: _ClassVar[SkipReason]
     SKIP_PAUSED: _ClassVar[SkipReason]
+    SKIP_UNSCHEDULABLE: _ClassVar[SkipReason]
 DST_NONEXISTENT_POLICY_UNSPECIFIED: DstNonexistentPolicy
 DST_NONEXISTENT_SKIP: DstNonexistentPolicy
 DST_NONEXISTENT_SHIFT: DstNonexistentPolicy
@@ -114,6 +115,7 @@ SKIP_MISFIRE: SkipReason
 SKIP_CATCH_UP_WINDOW: SkipReason
 SKIP_OVERLAP: SkipReason
 SKIP_PAUSED: SkipReason
+SKIP_UNSCHEDULABLE: SkipReason
 
 class Schedule(_message.Message):
     __slots__ = ("cron", "every", "at", "time_zone", "start_at", "end_at", "max_runs", "dst_nonexistent", "dst_ambiguous", "jitter")
@@ -202,7 +204,7 @@ class ShellTarget(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., run_as: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "schedule", "http", "shell", "python", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost", "overlap", "catch_up", "catch_up_window", "misfire_threshold", "retry", "priority", "on_failure", "pause_note", "labels", "revision", "schedule_since", "previous_schedule", "paused_at")
+    __slots__ = ("id", "schedule", "http", "shell", "python", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost", "overlap", "catch_up", "catch_up_window", "misfire_threshold", "retry", "priority", "on_failure", "pause_note", "labels", "node_selector", "revision", "schedule_since", "previous_schedule", "paused_at")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +234,7 @@ class TaskSpec(_message.Message):
     ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     PAUSE_NOTE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_SINCE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
@@ -258,11 +261,12 @@ class TaskSpec(_message.Message):
     on_failure: str
     pause_note: str
     labels: _containers.ScalarMap[str, str]
+    node_selector: str
     revision: int
     schedule_since: _timestamp_pb2.Timestamp
     previous_schedule: PreviousSchedule
     paused_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., python: _Optional[_Union[PythonTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ..., overlap: _Optional[_Union[OverlapPolicy, str]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., misfire_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., on_failure: _Optional[str] = ..., pause_note: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., revision: _Optional[int] = ..., schedule_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_schedule: _Optional[_Union[PreviousSchedule, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., http: _Optional[_Union[HttpTarget, _Mapping]] = ..., shell: _Optional[_Union[ShellTarget, _Mapping]] = ..., python: _Optional[_Union[PythonTarget, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., resumed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_owner_lost: _Optional[_Union[OwnerLostPolicy, str]] = ..., overlap: _Optional[_Union[OverlapPolicy, str]] = ..., catch_up: _Optional[_Union[CatchUpPolicy, str]] = ..., catch_up_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., misfire_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., on_failure: _Optional[str] = ..., pause_note: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., node_selector: _Optional[str] = ..., revision: _Optional[int] = ..., schedule_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_schedule: _Optional[_Union[PreviousSchedule, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PreviousSchedule(_message.Message):
     __slots__ = ("schedule", "since")
@@ -353,7 +357,14 @@ class RunRecord(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lateness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., http_status: _Optional[int] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[str] = ..., error: _Optional[str] = ..., manual: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., claim_lease_id: _Optional[int] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[_Union[SkipReason, str]] = ..., fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cause: _Optional[_Union[RunRecord, _Mapping]] = ..., priority: _Optional[int] = ..., skipped_slots: _Optional[int] = ..., skipped_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tzdata_version: _Optional[str] = ..., local_time: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead", "not_claiming", "active_runs", "run_capacity", "backlog", "tzdata_version", "tzdata_source")
+    __slots__ = ("node_id", "address", "started_at", "version", "owned_tasks", "lease_id", "draining", "suspected_dead", "not_claiming", "active_runs", "run_capacity", "backlog", "tzdata_version", "tzdata_source", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +379,7 @@ class Member(_message.Message):
     BACKLOG_FIELD_NUMBER: _ClassVar[int]
     TZDATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     TZDATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     started_at: _timestamp_pb2.Timestamp
@@ -382,7 +394,8 @@ class Member(_message.Message):
     backlog: int
     tzdata_version: str
     tzdata_source: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ..., not_claiming: _Optional[bool] = ..., active_runs: _Optional[int] = ..., run_capacity: _Optional[int] = ..., backlog: _Optional[int] = ..., tzdata_version: _Optional[str] = ..., tzdata_source: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., owned_tasks: _Optional[int] = ..., lease_id: _Optional[int] = ..., draining: _Optional[bool] = ..., suspected_dead: _Optional[bool] = ..., not_claiming: _Optional[bool] = ..., active_runs: _Optional[int] = ..., run_capacity: _Optional[int] = ..., backlog: _Optional[int] = ..., tzdata_version: _Optional[str] = ..., tzdata_source: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("task",)
@@ -409,12 +422,14 @@ class GetTaskRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "label_selector")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    label_selector: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., label_selector: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token")
@@ -663,7 +678,7 @@ class GetClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterResponse(_message.Message):
-    __slots__ = ("cluster", "node_id", "members", "task_count", "revision", "etcd_alarms", "etcd_db_size_bytes", "etcd_db_size_in_use_bytes", "etcd_compactor", "tzdata_version", "tzdata_pinned")
+    __slots__ = ("cluster", "node_id", "members", "task_count", "revision", "etcd_alarms", "etcd_db_size_bytes", "etcd_db_size_in_use_bytes", "etcd_compactor", "tzdata_version", "tzdata_pinned", "unschedulable_tasks", "unschedulable_count")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -675,6 +690,8 @@ class GetClusterResponse(_message.Message):
     ETCD_COMPACTOR_FIELD_NUMBER: _ClassVar[int]
     TZDATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     TZDATA_PINNED_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_TASKS_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
@@ -686,7 +703,17 @@ class GetClusterResponse(_message.Message):
     etcd_compactor: str
     tzdata_version: str
     tzdata_pinned: bool
-    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., task_count: _Optional[int] = ..., revision: _Optional[int] = ..., etcd_alarms: _Optional[_Iterable[_Union[EtcdAlarm, _Mapping]]] = ..., etcd_db_size_bytes: _Optional[int] = ..., etcd_db_size_in_use_bytes: _Optional[int] = ..., etcd_compactor: _Optional[str] = ..., tzdata_version: _Optional[str] = ..., tzdata_pinned: _Optional[bool] = ...) -> None: ...
+    unschedulable_tasks: _containers.RepeatedCompositeFieldContainer[UnschedulableTask]
+    unschedulable_count: int
+    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., task_count: _Optional[int] = ..., revision: _Optional[int] = ..., etcd_alarms: _Optional[_Iterable[_Union[EtcdAlarm, _Mapping]]] = ..., etcd_db_size_bytes: _Optional[int] = ..., etcd_db_size_in_use_bytes: _Optional[int] = ..., etcd_compactor: _Optional[str] = ..., tzdata_version: _Optional[str] = ..., tzdata_pinned: _Optional[bool] = ..., unschedulable_tasks: _Optional[_Iterable[_Union[UnschedulableTask, _Mapping]]] = ..., unschedulable_count: _Optional[int] = ...) -> None: ...
+
+class UnschedulableTask(_message.Message):
+    __slots__ = ("task_id", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PinTzdataRequest(_message.Message):
     __slots__ = ("version", "unpin", "force")

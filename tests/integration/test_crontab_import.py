@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,36 @@ def test_imported_crontab_entry_runs(nodes, tmp_path: Path) -> None:  # type: ig
             assert marker.read_text() == "hello\n"
 
         assert_eventually(ran, timeout=10)
+
+
+DEBIAN_CRON_D = Path(__file__).resolve().parents[1] / "data" / "cron.d"
+
+
+def test_every_debian_cron_d_file_outside_etc_imports_with_its_user_column(  # type: ignore[no-untyped-def]
+    nodes, tmp_path: Path
+) -> None:
+    (node,) = nodes(1, allow_shell=["/bin/sh -c *"])
+    expected: dict[str, tuple[str, str]] = {}  # task id -> (user, first word of the command)
+    for src in sorted(DEBIAN_CRON_D.iterdir()):
+        if src.name in ("README.md", ".placeholder"):
+            continue
+        copy = tmp_path / "migrate" / src.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(src, copy)
+        res = cli(node.address, "import-crontab", str(copy), "--skip-invalid")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("format: system (user column), detected from its content")
+        for no, line in enumerate(src.read_text().splitlines(), 1):
+            words = line.split()
+            if words and not line.startswith(("#", "@reboot")) and "=" not in words[0]:
+                expected[f"{src.name}-{no}"] = (words[5], words[6])
+    with SchedulerClient(node.address) as client:
+        tasks = {t.id: t for t in client.list_tasks()}
+    assert set(tasks) == set(expected)
+    for task_id, (user, first_word) in expected.items():
+        shell = tasks[task_id].shell
+        assert shell.run_as == user, task_id
+        assert shell.argv[:2] == ["/bin/sh", "-c"] and shell.argv[2].split()[0] == first_word
+    mdadm = tasks["mdadm-12"]
+    assert mdadm.shell.argv[2].startswith("if [ -x /usr/share/mdadm/checkarray ] && [ $(date +%d)")
+    assert (mdadm.schedule.cron, mdadm.shell.run_as) == ("57 0 * * 0", "root")

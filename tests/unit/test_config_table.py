@@ -26,6 +26,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "advertise": ("10.0.0.5:7070", "10.0.0.5:7070"),
     "etcd": ("10.0.0.1:2379,[::1]:2379", ("10.0.0.1:2379", "[::1]:2379")),
     "cluster": ("blue", "blue"),
+    "labels": ("zone=eu-1", ("zone=eu-1",)),
     "lease_ttl_s": ("5", 5),
     "allow_shell": ("/bin/echo *", ("/bin/echo *",)),
     "misfire_threshold": ("30s", timedelta(seconds=30)),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from peerd.core.ring import owner
-from peerd.engine.ownership import OwnershipView
+from peerd.engine.ownership import OwnershipView, matches_node_selector
 from peerd.v1 import scheduler_pb2 as pb
 
 
@@ -79,3 +80,47 @@ def test_filters_narrow_the_members_a_task_is_hashed_over() -> None:
     nowhere = pb.TaskSpec(id="t3", description="gpu")
     assert ov.eligible(nowhere) == () and ov.owner_of(nowhere) is None
     assert not ov.owns(pb.TaskSpec(id="t4", paused=True))
+
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def zoned(ov: OwnershipView, members: Members, **zones: tuple[str, int]) -> None:
+    """Give each member a zone label and a start ``T0 + minutes``."""
+    for node_id, (zone, minutes) in zones.items():
+        members.view[node_id].labels["zone"] = zone
+        members.view[node_id].started_at.FromDatetime(T0 + timedelta(minutes=minutes))
+    ov.changed()
+
+
+def test_node_selector_filter_hashes_over_matching_members_only() -> None:
+    ov, members, peers, _ = view("a", "b", "c", "d")
+    ov.add_filter(matches_node_selector)
+    zoned(ov, members, a=("x", 0), b=("x", 0), c=("y", 0), d=("y", 0))
+    specs = [pb.TaskSpec(id=f"t{i}", node_selector="zone=y") for i in range(50)]
+    assert {ov.owner_of(s) for s in specs} == {"c", "d"}  # both get some, never a or b
+    for s in specs:
+        assert ov.owner_of(s) == owner(s.id, ["c", "d"])
+        assert ov.next_owner(s) in ("c", "d")  # handoff stays within the matching set
+    peers.exclude("c")  # c dies: failover within the set
+    assert {ov.owner_of(s) for s in specs} == {"d"}
+    peers.exclude("c", "d")  # the whole zone is gone: unschedulable, nobody owns it
+    assert {ov.owner_of(s) for s in specs} == {None} and not any(ov.owns(s) for s in specs)
+    everywhere = pb.TaskSpec(id="t", node_selector="")
+    assert ov.owner_of(everywhere) == owner("t", ["a", "b"])
+    assert ov.eligible(pb.TaskSpec(id="t", node_selector="zone in (")) == ()  # unreadable
+
+
+def test_ineligible_window_spans_live_members_without_a_match() -> None:
+    ov, members, peers, _ = view("a", "b", "c")
+    ov.add_filter(matches_node_selector)
+    # a and b (zone x) have been up since T0; c (zone y) started 10 minutes later
+    zoned(ov, members, a=("x", 0), b=("x", 5), c=("y", 10))
+    in_y = pb.TaskSpec(id="t", node_selector="zone=y")
+    assert ov.ineligible_window(in_y) == (T0, T0 + timedelta(minutes=10))
+    assert ov.ineligible_window(pb.TaskSpec(id="t")) is None  # no selector: all are eligible
+    in_x = pb.TaskSpec(id="t", node_selector="zone=x")
+    assert ov.ineligible_window(in_x) is None  # an eligible member was up all along
+    peers.exclude("a")
+    assert ov.ineligible_window(in_x) is None  # b was up as early as any live member
+    assert ov.ineligible_window(pb.TaskSpec(id="t", node_selector="zone=z")) is None  # none

@@ -54,8 +54,15 @@ def run_all(window: timedelta = H, threshold: timedelta = 30 * S) -> CatchUp:
     return CatchUp(CATCH_UP_RUN_ALL, window, threshold)
 
 
-def counts(misfire: int = 0, window: int = 0, paused: int = 0) -> dict[str, int]:
-    return {"misfire": misfire, "catch_up_window": window, "paused": paused}
+def counts(
+    misfire: int = 0, window: int = 0, paused: int = 0, unschedulable: int = 0
+) -> dict[str, int]:
+    return {
+        "misfire": misfire,
+        "catch_up_window": window,
+        "paused": paused,
+        "unschedulable": unschedulable,
+    }
 
 
 def shifted(delta: timedelta) -> FireAt:
@@ -270,6 +277,26 @@ def test_paused_boundary_uses_the_fire_instant() -> None:
     assert p.skipped_counts == counts(misfire=29, paused=30)
 
 
+def test_unschedulable_reason_for_slots_missed_while_no_node_matched() -> None:
+    now = T0 + 60 * M + 10 * S
+    window = (T0 + 10 * M, T0 + 40 * M)  # 00:10 .. 00:39 were missed while unschedulable
+    p = plan_due(every(M), T0, now, skip(), unschedulable=window)
+    assert p.fire == mins(60)
+    assert p.skipped_counts == counts(misfire=29, unschedulable=30)
+    assert p.skipped[8:11] == [
+        (T0 + 9 * M, "misfire"),
+        *((t, "unschedulable") for t in mins(10, 11)),
+    ]
+    assert p.skipped[38:40] == [(T0 + 39 * M, "unschedulable"), (T0 + 40 * M, "misfire")]
+    # paused wins where both apply; run_once still runs the latest missed slot
+    p = plan_due(every(M), T0, now + 30 * S, once(), paused_until=T0 + 20 * M, unschedulable=window)
+    assert (p.fire, p.missed_fired) == (mins(60), 1)
+    assert p.skipped_counts == counts(paused=19, unschedulable=20, misfire=20)
+    # a window before the cursor changes nothing
+    p = plan_due(every(M), T0 + 50 * M, now, skip(), unschedulable=window)
+    assert p.skipped_counts == counts(misfire=9)
+
+
 # --- jitter ---------------------------------------------------------------------------------------
 
 
@@ -435,6 +462,7 @@ def test_catch_up_from_proto_defaults_and_values() -> None:
         "misfire": pb.SKIP_MISFIRE,
         "catch_up_window": pb.SKIP_CATCH_UP_WINDOW,
         "paused": pb.SKIP_PAUSED,
+        "unschedulable": pb.SKIP_UNSCHEDULABLE,
     }
 
 
@@ -470,6 +498,7 @@ def reference(
     cu: CatchUp,
     fire_at: FireAt | None,
     paused_until: datetime | None,
+    unschedulable: tuple[datetime, datetime] | None,
     max_fire: int,
     budget: int | None,
 ) -> Plan:
@@ -486,9 +515,15 @@ def reference(
         skipped = [x for x in missed if f(x) < now - cu.window]
         replay = [x for x in missed if f(x) >= now - cu.window]
     base = "catch_up_window" if cu.policy == CATCH_UP_RUN_ALL else "misfire"
-    reasons = [
-        (x, "paused" if paused_until is not None and f(x) < paused_until else base) for x in skipped
-    ]
+
+    def reason(x: datetime) -> str:
+        if paused_until is not None and f(x) < paused_until:
+            return "paused"
+        if unschedulable is not None and unschedulable[0] <= f(x) < unschedulable[1]:
+            return "unschedulable"
+        return base
+
+    reasons = [(x, reason(x)) for x in skipped]
     limit = max_fire if budget is None or budget >= len(replay) else min(max_fire, budget)
     fire = (replay + on_time)[:limit]
     new_cursor = fire[-1] if fire else skipped[-1] if skipped else cursor
@@ -525,10 +560,16 @@ def random_case(rng: random.Random) -> tuple[CompiledSchedule, dict[str, object]
         "catch_up": cu,
         "fire_at": rng.choice(jitters),
         "paused_until": rng.choice([None, cursor + (now - cursor) * rng.random()]),
+        "unschedulable": rng.choice([None, window_in(rng, cursor - 2 * H, now + H)]),
         "max_fire": rng.choice([1, 3, 1000]),
         "budget": rng.choice([None, 0, 1, 4]),
     }
     return s, kw, now
+
+
+def window_in(rng: random.Random, lo: datetime, hi: datetime) -> tuple[datetime, datetime]:
+    a, b = sorted(lo + (hi - lo) * rng.random() for _ in range(2))
+    return a, b
 
 
 def call(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, object]) -> Plan:
@@ -539,6 +580,7 @@ def call(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, obj
         kw["catch_up"],  # type: ignore[arg-type]
         fire_at=kw["fire_at"],  # type: ignore[arg-type]
         paused_until=kw["paused_until"],  # type: ignore[arg-type]
+        unschedulable=kw["unschedulable"],  # type: ignore[arg-type]
         max_fire=kw["max_fire"],  # type: ignore[arg-type]
         replay_budget=kw["budget"],  # type: ignore[arg-type]
         skip_record_limit=100_000,
@@ -550,7 +592,14 @@ def test_matches_the_reference_model_on_random_cases() -> None:
     for _ in range(400):
         s, kw, now = random_case(rng)
         cursor = now - MS * rng.randrange(0, 6 * 3_600_000)
-        args = (kw["catch_up"], kw["fire_at"], kw["paused_until"], kw["max_fire"], kw["budget"])
+        args = (
+            kw["catch_up"],
+            kw["fire_at"],
+            kw["paused_until"],
+            kw["unschedulable"],
+            kw["max_fire"],
+            kw["budget"],
+        )
         assert call(s, cursor, now, kw) == reference(s, cursor, now, *args), (cursor, now, kw)  # type: ignore[arg-type]
 
 
