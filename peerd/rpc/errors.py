@@ -6,7 +6,8 @@ peerd error                 gRPC status
 InvalidArgument             INVALID_ARGUMENT
 NotFound                    NOT_FOUND
 AlreadyExists               ALREADY_EXISTS
-PermissionDenied            PERMISSION_DENIED
+PermissionDenied            PERMISSION_DENIED (AccessDenied: the auth policy's refusal)
+Unauthenticated             UNAUTHENTICATED
 ResourceExhausted           RESOURCE_EXHAUSTED (etcd's NOSPACE alarm)
 Unavailable, LeaseLost      UNAVAILABLE
 other PeerdError            INTERNAL
@@ -31,6 +32,7 @@ from peerd.errors import (
     PeerdError,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -41,6 +43,7 @@ _CODES: list[tuple[type[PeerdError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (LeaseLost, grpc.StatusCode.UNAVAILABLE),
