@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from peerd.cli_auth import api_client
 from peerd.cli_output import import_table, to_json
-from peerd.client import SchedulerClient
 from peerd.errors import InvalidArgument
 from peerd.exitcodes import EXIT_INVALID, EXIT_OK
 from peerd.v1 import scheduler_pb2 as pb
@@ -212,7 +212,7 @@ def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(import_table(specs))
             print(f"dry run: {len(specs)} task(s) would be created; nothing was sent")
         return EXIT_OK
-    with SchedulerClient(args.server, args.rpc_timeout) as client:
+    with api_client(args) as client:
         created = client.create_tasks(specs)
     if args.output == "json":
         print(to_json(pb.CreateTasksResponse(tasks=created)))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -205,14 +205,69 @@ def load_ca(directory: Path, name: str = "ca") -> Issued:
     )
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1")
+"""Names every certificate of :func:`write_set` is valid for: health checks and the CLI on the
+same machine dial these."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """A certificate and key written to files."""
+
+    cert: Path
+    key: Path
+
+
+def write_set(
+    directory: Path,
+    now: datetime,
+    *,
+    nodes: Mapping[str, Sequence[str]] = {},
+    servers: Mapping[str, Sequence[str]] = {},
+    clients: Sequence[str] = (),
+    valid_for: timedelta = DEV_VALIDITY,
+    ca_name: str = "peerd CA",
+) -> tuple[bool, dict[str, Written]]:
+    """Write a CA (unless ``directory`` holds ``ca.pem`` already: then it signs) and, signed by
+    it, node certificates (``nodes``: node id -> extra host names; valid for the id and
+    :data:`LOCAL_HOSTS` too, URI SAN :func:`node_uri`), server-only-by-name certificates
+    (``servers``: name -> host names, e.g. etcd's) and client certificates (``clients``).
+
+    Returns:
+        ``(made_ca, {name: files})``; the CA is ``"ca"``.
+
+    Raises:
+        OSError: a file cannot be read or written.
+    """
+    try:
+        ca, made = load_ca(directory), False
+    except FileNotFoundError:
+        ca, made = new_ca(ca_name, now, valid_for), True
+        write_pair(ca, directory, "ca")
+    out = {"ca": Written(directory / "ca.pem", directory / "ca-key.pem")}
+    for node, hosts in nodes.items():
+        names, uri = [node, *LOCAL_HOSTS, *hosts], [node_uri(node)]
+        leaf = issue(ca, node, now, hosts=names, uris=uri, server=True, valid_for=valid_for)
+        out[node] = Written(*write_pair(leaf, directory, node))
+    for name, hosts in servers.items():
+        leaf = issue(ca, name, now, hosts=[*hosts, *LOCAL_HOSTS], server=True, valid_for=valid_for)
+        out[name] = Written(*write_pair(leaf, directory, name))
+    for name in clients:
+        out[name] = Written(*write_pair(issue(ca, name, now, valid_for=valid_for), directory, name))
+    return made, out
+
+
 __all__ = [
     "CLOCK_SKEW",
     "DEV_VALIDITY",
+    "LOCAL_HOSTS",
     "NODE_URI_PREFIX",
     "Issued",
+    "Written",
     "issue",
     "load_ca",
     "new_ca",
     "node_uri",
     "write_pair",
+    "write_set",
 ]
