@@ -42,18 +42,18 @@ def add_client_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def resolve_client_options(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-    """Set ``args.tls`` and ``args.token`` from the flags or ``PEERD_*``.
+    """Set ``args.client_tls`` and ``args.token`` from the flags or ``PEERD_*``.
 
     Raises:
         InvalidArgument: ``--cert`` without ``--key`` (or the reverse).
     """
-    args.tls = ClientTls.from_options(args.ca, args.cert, args.key, env)
+    args.client_tls = ClientTls.from_options(args.ca, args.cert, args.key, env)
     args.token = args.token or env.get("PEERD_TOKEN") or None
 
 
 def api_client(args: argparse.Namespace) -> SchedulerClient:
     """The client of an API command (server, deadline, TLS, token)."""
-    tls, token = getattr(args, "tls", None), getattr(args, "token", None)
+    tls, token = getattr(args, "client_tls", None), getattr(args, "token", None)
     return SchedulerClient(args.server, args.rpc_timeout, tls, token)
 
 
