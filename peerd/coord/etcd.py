@@ -117,6 +117,8 @@ def _refused_token(exc: BaseException) -> bool:
 
 
 def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
+    if isinstance(exc, PeerdError):  # raised on our side, e.g. by the token interceptor
+        return exc
     if isinstance(exc, grpc.aio.AioRpcError):
         if exc.code() in _UNAVAILABLE:
             return Unavailable(f"etcd unavailable: {exc.code().name}: {exc.details()}")
