@@ -167,10 +167,13 @@ class EtcdServerTls:
     health_key: Path | None = None
 
     def args(self) -> list[str]:
-        """etcd's flags for this."""
+        """etcd's flags for this. ``--trusted-ca-file`` only with ``--client-cert-auth``: etcd
+        3.4 then asks for a client certificate, and a gRPC C-core client without one fails
+        after the handshake (``Unwrap failed (TSI_DATA_CORRUPTED)``, measured)."""
         flags = ["--cert-file", str(self.cert), "--key-file", str(self.key)]
-        flags += ["--trusted-ca-file", str(self.ca)]
-        return flags + (["--client-cert-auth"] if self.client_cert_auth else [])
+        if self.client_cert_auth:
+            flags += ["--trusted-ca-file", str(self.ca), "--client-cert-auth"]
+        return flags
 
     def http_client(self, timeout_s: float) -> httpx.Client:
         """An HTTP client for the health check: trusts ``ca``, presents the health cert."""
