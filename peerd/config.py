@@ -377,9 +377,7 @@ def build_config(
             kw[s.name] = s.parse(raw[s.name])
         elif s.required:
             raise InvalidArgument(s.flag, f"required (or set {s.env})")
-    cfg = NodeConfig(**kw)
-    _check_together(cfg)
-    return cfg
+    return NodeConfig(**kw)
 
 
 _TOGETHER = [
@@ -394,11 +392,16 @@ _TOGETHER = [
 """``(flag, field, needs flag, needs field)``: settings that mean nothing alone."""
 
 
-def _check_together(cfg: NodeConfig) -> None:
-    """Raise InvalidArgument for a security setting given without its partner.
+def check_security(cfg: NodeConfig) -> None:
+    """Refuse security settings that mean nothing alone (a node checks this before it starts;
+    each setting on its own is checked by :func:`build_config`).
 
     An auth policy over TLS also needs the cluster CA: Peer calls are authorised by node
-    certificates, and without ``--tls-client-ca`` no client presents one."""
+    certificates, and without ``--tls-client-ca`` no client presents one.
+
+    Raises:
+        InvalidArgument: naming the flag given without its partner.
+    """
     for flag, name, needs_flag, needs in _TOGETHER:
         if getattr(cfg, name) and not getattr(cfg, needs):
             raise InvalidArgument(flag, f"needs {needs_flag} too")
@@ -475,6 +478,7 @@ __all__ = [
     "NodeConfig",
     "build_config",
     "changed_fields",
+    "check_security",
     "parse_hostport",
     "reload_config",
 ]

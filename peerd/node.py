@@ -47,7 +47,7 @@ from grpc_reflection.v1alpha import reflection
 from peerd import __version__
 from peerd.clock import Clock, SystemClock
 from peerd.cluster import ClusterView
-from peerd.config import NodeConfig, changed_fields, reload_config
+from peerd.config import NodeConfig, changed_fields, check_security, reload_config
 from peerd.coord.alarms import AlarmMonitor
 from peerd.coord.compaction import Compactor, space_hint
 from peerd.coord.etcd import Etcd, retry_backoff
@@ -132,6 +132,7 @@ class Node:
         self._reload_source = reload_source
         self.clock: Clock = clock or SystemClock()
         self._log = log.bind(node_id=cfg.node_id)
+        check_security(cfg)
         self.tls = _server_tls(cfg)
         self.authn = Authenticator(Path(cfg.auth_policy) if cfg.auth_policy else None)
         interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from peerd.client import open_channel
-from peerd.config import build_config
+from peerd.config import build_config, check_security
 from peerd.core.policy import UNRESTRICTED, Permission, token_sha256
 from peerd.errors import InvalidArgument, Unauthenticated
 from peerd.node import _loopback
@@ -190,17 +190,20 @@ def test_jwt_verified_against_a_jwks_file(tmp_path: Path) -> None:
 def test_security_settings_that_need_a_partner() -> None:
     base = {"node_id": "n1"}
     with pytest.raises(InvalidArgument, match="needs --tls-key") as info:
-        build_config({**base, "tls_cert": "c.pem"}, {})
+        check_security(build_config({**base, "tls_cert": "c.pem"}, {}))
     assert info.value.field == "--tls-cert"
     with pytest.raises(InvalidArgument, match="needs --tls-client-ca") as info:
-        build_config({**base, "tls_cert": "c", "tls_key": "k", "auth_policy": "p"}, {})
+        check_security(
+            build_config({**base, "tls_cert": "c", "tls_key": "k", "auth_policy": "p"}, {})
+        )
     assert info.value.field == "--auth-policy"
     with pytest.raises(InvalidArgument) as info:
-        build_config({**base, "etcd_user": "peerd"}, {})
+        check_security(build_config({**base, "etcd_user": "peerd"}, {}))
     assert info.value.field == "--etcd-user"
     cfg = build_config(base, {"PEERD_TLS_CERT": "c", "PEERD_TLS_KEY": "k", "PEERD_AUTH_POLICY": "p",
                               "PEERD_TLS_CLIENT_CA": "ca"})  # fmt: skip
     assert (cfg.tls_cert, cfg.tls_client_ca, cfg.auth_policy) == ("c", "ca", "p")
+    check_security(cfg)
 
 
 def test_client_options_and_plaintext_tokens(pki: Path) -> None:
