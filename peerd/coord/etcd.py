@@ -325,6 +325,14 @@ class Etcd:
             )
         except Exception as exc:
             raise self._error(exc) from exc
+        if cb.watch_id is not None and cb.watch_id < 0:
+            # etcd refused the watch (created and cancelled at once, id -1); aetcd takes that
+            # for a watch that never sends anything.
+            raise PeerdError(
+                f"etcd refused the watch on {prefix!r} (permission denied): with "
+                "--client-cert-auth etcd authorises watches as the certificate's CN, which must "
+                "be the etcd user (docs/security.md)"
+            )
         try:
             while True:
                 item = await queue.get()

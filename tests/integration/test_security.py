@@ -36,7 +36,7 @@ from tests.helpers import PeerdNode, assert_eventually
 CLUSTER = "sec"
 PREFIX = f"/peerd/{CLUSTER}/".encode()
 NODES = ("node0", "node1", "node2")
-ETCD_PASSWORD = "peerd-etcd-password"
+ETCD_PASSWORD = "peerd-password"
 
 
 @dataclasses.dataclass
@@ -86,8 +86,8 @@ def _node_settings(pki: Path, node: str, policy: Path, password: Path) -> dict[s
         "tls_client_ca": str(pki / "ca.pem"),
         "auth_policy": str(policy),
         "etcd_cacert": str(pki / "ca.pem"),
-        "etcd_cert": str(pki / "peerd-etcd.pem"),
-        "etcd_key": str(pki / "peerd-etcd-key.pem"),
+        "etcd_cert": str(pki / "peerd.pem"),
+        "etcd_key": str(pki / "peerd-key.pem"),
         "etcd_user": "peerd",
         "etcd_password_file": str(password),
     }
@@ -110,7 +110,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     root = tmp_path_factory.mktemp("secure")
     pki, rogue, now = root / "pki", root / "rogue", datetime.now(UTC)
     write_set(pki, now, nodes={n: [] for n in NODES}, servers={"etcd": []},
-              clients=["alice", "gateway", "root", "peerd-etcd"])  # fmt: skip
+              clients=["alice", "gateway", "root", "peerd"])  # fmt: skip
     write_set(rogue, now, nodes={"node9": []}, clients=["mallory"], ca_name="rogue CA")
     tokens = {name: new_token() for name in ("viewer", "payments", "admin")}
     policy = root / "policy.toml"
@@ -132,8 +132,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
                 node.start(wait=False)
             for node in nodes:
                 node.wait_ready(30)
-            security = EtcdSecurity(pki / "ca.pem", pki / "peerd-etcd.pem",
-                                    pki / "peerd-etcd-key.pem", "peerd", password)  # fmt: skip
+            security = EtcdSecurity(pki / "ca.pem", pki / "peerd.pem",
+                                    pki / "peerd-key.pem", "peerd", password)  # fmt: skip
             yield Secure(pki, rogue, nodes, tokens, etcd.endpoint, security)
         finally:
             for node in nodes:
