@@ -111,6 +111,11 @@ def _status(endpoint: str, resp: Any) -> MemberStatus:
     )  # fmt: skip
 
 
+def _user_add(name: str, password: str) -> Any:
+    options = rpc.UserAddOptions(no_password=not password)
+    return rpc.AuthUserAddRequest(name=name, password=password, options=options)
+
+
 def _refused_token(exc: BaseException) -> bool:
     """etcd answered UNAUTHENTICATED: its auth token is invalid or expired."""
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -407,26 +412,29 @@ class Etcd:
 
     async def add_prefix_user(self, user: str, password: str, prefix: bytes) -> None:
         """Create etcd user ``user`` with role ``user`` that may read and write the keys under
-        ``prefix`` and nothing else (the role docs/security.md gives peerd). Needs root: before
-        auth is on, or as root. For ``peerd dev --tls`` and the tests.
+        ``prefix`` and nothing else (the role docs/security.md gives peerd); ``password`` ""
+        makes a user that logs in only by client certificate (CN = ``user``; etcd >= 3.5).
+        Needs root. What exists already is kept, so running it again changes nothing. For
+        ``peerd dev``, the tests and ``python -m peerd.devtools.etcd_auth``.
 
         Raises:
-            PeerdError: etcd refused (e.g. the user exists).
+            PeerdError: etcd refused.
         """
         rw, end = rpc.Permission.READWRITE, prefix_end(prefix)
         perm = rpc.Permission(permType=rw, key=prefix, range_end=end)
         await self._auth_calls(
             ("RoleAdd", rpc.AuthRoleAddRequest(name=user)),
             ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(name=user, perm=perm)),
-            ("UserAdd", rpc.AuthUserAddRequest(name=user, password=password)),
+            ("UserAdd", _user_add(user, password)),
             ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=user)),
         )
 
     async def enable_auth(self, root_password: str) -> None:
-        """Create user ``root`` (role ``root``) and turn etcd's auth on, as ``etcdctl auth
-        enable`` does. For ``peerd dev --tls`` and the tests. Raises PeerdError if refused."""
+        """Create user ``root`` (role ``root``; ``root_password`` "" = certificate only) and turn
+        etcd's auth on, as ``etcdctl auth enable`` does; again, a no-op. Raises PeerdError if
+        refused."""
         await self._auth_calls(
-            ("UserAdd", rpc.AuthUserAddRequest(name="root", password=root_password)),
+            ("UserAdd", _user_add("root", root_password)),
             ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root")),
             ("AuthEnable", rpc.AuthEnableRequest()),
         )
@@ -437,6 +445,9 @@ class Etcd:
         for method, req in calls:
             try:
                 await getattr(stub, method)(req, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if "already" not in (exc.details() or ""):  # "user name already exists", ...
+                    raise self._error(exc) from exc
             except Exception as exc:
                 raise self._error(exc) from exc
 
