@@ -315,23 +315,17 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, check: Check) -> grpc.Rpc
         _audit(method, principal, request, response, "ok")
         return response
 
+    # Streams set the principal without resetting it: gRPC serves each call in a context of
+    # its own, and a stream may be closed from another one (reset would raise there).
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        principal = await _authorise(check, method, request, context)
-        token = _CURRENT.set(principal)
-        try:
-            behaviour = handler.unary_stream if handler.unary_stream else handler.stream_stream
-            async for item in behaviour(request, context):
-                yield item
-        finally:
-            _CURRENT.reset(token)
+        _CURRENT.set(await _authorise(check, method, request, context))
+        behaviour = handler.unary_stream if handler.unary_stream else handler.stream_stream
+        async for item in behaviour(request, context):
+            yield item
 
     async def client_streaming(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        principal = await _authorise(check, method, None, context)
-        token = _CURRENT.set(principal)
-        try:
-            return await handler.stream_unary(requests, context)
-        finally:
-            _CURRENT.reset(token)
+        _CURRENT.set(await _authorise(check, method, None, context))
+        return await handler.stream_unary(requests, context)
 
     ser, de = handler.response_serializer, handler.request_deserializer
     if handler.unary_unary:
