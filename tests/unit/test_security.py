@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import stat
 from datetime import UTC, datetime, timedelta
@@ -233,3 +234,31 @@ def test_every_scheduler_method_has_an_authorisation_rule() -> None:
         "CreateTask", "CreateTasks", "DeleteTask", "PauseTask", "ResumeTask", "TriggerTask",
     }  # fmt: skip
     assert all(SCHEDULER[m].permission is Permission.READ for m in methods - writes - {"WhoAmI"})
+
+
+def test_cli_hash_token_and_certs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peerd.cli import main
+
+    assert main(["-o", "json", "auth", "hash-token"], env={}) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["token"].startswith("peerd_") and out["token_sha256"] == token_sha256(out["token"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["auth", "hash-token", "--stdin"], env={}) == 2
+    assert "too short" in capsys.readouterr().err
+    mine = "x" * 40
+    monkeypatch.setattr("sys.stdin", io.StringIO(mine + "\n"))
+    assert main(["auth", "hash-token", "--stdin"], env={}) == 0
+    text = capsys.readouterr().out
+    assert token_sha256(mine) in text and mine not in text  # never echoes the secret
+    argv = ["auth", "certs", str(tmp_path), "--node", "n1=10.0.0.5", "--client", "ci"]
+    assert main(argv, env={}) == 0
+    assert "new CA" in capsys.readouterr().out
+    node = x509.load_pem_x509_certificate((tmp_path / "n1.pem").read_bytes())
+    san = node.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.0.0.5" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    assert (tmp_path / "ci-key.pem").exists()
+    assert main(["auth", "certs", str(tmp_path), "--client", "../evil"], env={}) == 2
+    assert main(["--server", "10.9.9.9:7070", "--token", "t", "cluster"], env={}) == 2
+    assert "--token: needs TLS" in capsys.readouterr().err
