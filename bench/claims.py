@@ -5,21 +5,30 @@ distinct slots with :meth:`peerd.coord.ledger.Ledger.claim` (one outer transacti
 one nested transaction per slot) for a fixed time per batch size, and prints claims/s.
 
     .venv/bin/python bench/claims.py [--seconds 3] [--batches 1,16,64,127] [--concurrency 4]
-        [--overlap allow|lock|replace]
+        [--overlap allow|lock|replace] [--security plain|tls|mtls-auth]
+
+``--security``: ``tls`` serves etcd's client port over TLS; ``mtls-auth`` also requires client
+certificates (``--client-cert-auth``) and turns etcd's auth on, the bench claiming as a user
+limited to its prefix (the setup docs/security.md describes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 from peerd.clock import SystemClock
 from peerd.coord.etcd import Etcd
+from peerd.coord.etcd_channel import EtcdSecurity
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
-from peerd.devtools.etcd_server import EmbeddedEtcd
+from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdServerTls
+from peerd.security.certs import write_set
 from peerd.v1 import scheduler_pb2 as pb
 
 
@@ -28,9 +37,22 @@ async def no_probe(address: str) -> bool:
 
 
 async def run(
-    endpoint: str, seconds: float, batches: list[int], concurrency: int, mode: str | None
+    endpoint: str,
+    seconds: float,
+    batches: list[int],
+    concurrency: int,
+    mode: str | None,
+    security: EtcdSecurity,
 ) -> None:
-    etcd = Etcd([endpoint])
+    if security.user:  # as root (CN=root), make the bench's user, then turn auth on
+        assert security.cacert is not None and security.cert is not None
+        root_cert = security.cert.with_name("root.pem")
+        root = EtcdSecurity(security.cacert, root_cert, root_cert.with_name("root-key.pem"))
+        admin = Etcd([endpoint], security=root)
+        await admin.add_prefix_user(security.user, "bench-password", b"/peerd/bench/")
+        await admin.enable_auth("root-password")
+        await admin.close()
+    etcd = Etcd([endpoint], security=security)
     await etcd.connect()
     keys = Keys("/peerd/bench/")
     membership = Membership(etcd, keys, pb.Member(node_id="bench"), 10, no_probe, SystemClock())
@@ -89,8 +111,23 @@ def main() -> None:
         default="allow",
         help="claim mode: allow (plain claim), lock (FORBID/BUFFER_ONE), replace (REPLACE)",
     )
+    parser.add_argument("--security", choices=["plain", "tls", "mtls-auth"], default="plain")
     args = parser.parse_args()
-    with EmbeddedEtcd() as etcd:
+    pki = Path(tempfile.mkdtemp(prefix="peerd-bench-pki-"))
+    _, f = write_set(pki, datetime.now(UTC), servers={"etcd": []}, clients=["root", "bench"])
+    (pki / "password").write_text("bench-password\n")
+    server_tls, security = None, EtcdSecurity()
+    if args.security != "plain":
+        mutual = args.security == "mtls-auth"
+        server_tls = EtcdServerTls(
+            f["ca"].cert, f["etcd"].cert, f["etcd"].key, mutual, f["root"].cert, f["root"].key
+        )
+        security = EtcdSecurity(f["ca"].cert)
+        if mutual:
+            security = EtcdSecurity(
+                f["ca"].cert, f["bench"].cert, f["bench"].key, "bench", pki / "password"
+            )
+    with EmbeddedEtcd(tls=server_tls) as etcd:
         asyncio.run(
             run(
                 etcd.endpoint,
@@ -98,6 +135,7 @@ def main() -> None:
                 [int(b) for b in args.batches.split(",")],
                 args.concurrency,
                 None if args.overlap == "allow" else args.overlap,
+                security,
             )
         )
 

@@ -24,6 +24,12 @@ import grpc
 
 from peerd import __version__
 from peerd.cli_apply import register as register_apply
+from peerd.cli_auth import (
+    add_auth_commands,
+    add_client_options,
+    api_client,
+    resolve_client_options,
+)
 from peerd.cli_crontab import build_crontab_specs, import_crontab
 from peerd.cli_doc import to_yaml
 from peerd.cli_output import (
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
     common.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS)
+    add_client_options(common, suppress=True)
 
     parser = Parser(prog="peerd", description="Distributed cron/task scheduler on etcd.")
     parser.add_argument(
@@ -148,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="RPC deadline (default 10)",
     )
+    add_client_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -260,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--skip-invalid", action="store_true")
     imp.add_argument("--dry-run", action="store_true")
 
+    add_auth_commands(sub, common)
+
     dev = add(sub, "dev", _cmd_dev, "run etcd and N nodes locally")
     dev.add_argument("--nodes", type=int, default=3, metavar="N")
     dev.add_argument("--base-port", type=int, default=7070, metavar="P")
@@ -267,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--lease-ttl", type=int, default=10, metavar="S")
     dev.add_argument("--cluster", default="dev", metavar="NAME")
     dev.add_argument("--data-dir", type=Path, metavar="DIR")
+    dev.add_argument(
+        "--tls",
+        action="store_true",
+        help="a throw-away CA, mutual TLS, an auth policy and an admin token; prints the "
+        "PEERD_* a client needs",
+    )
     return parser
 
 
@@ -328,7 +344,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _client(args: argparse.Namespace) -> SchedulerClient:
-    return SchedulerClient(args.server, args.rpc_timeout)
+    return api_client(args)
 
 
 def _print(args: argparse.Namespace, msg: object, text: Callable[[], str]) -> None:
@@ -372,7 +388,13 @@ def _cmd_dev(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from peerd.devtools.dev import run_dev
 
     return run_dev(
-        args.nodes, args.base_port, args.allow_shell, args.lease_ttl, args.cluster, args.data_dir
+        args.nodes,
+        args.base_port,
+        args.allow_shell,
+        args.lease_ttl,
+        args.cluster,
+        args.data_dir,
+        tls=args.tls,
     )
 
 
@@ -595,6 +617,7 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] | None = None)
         return EXIT_INVALID
     handler: Handler = args.handler
     try:
+        resolve_client_options(args, environ)
         return handler(args, environ)
     except grpc.RpcError as exc:
         code, message = describe_rpc_error(exc, args.server, args.rpc_timeout)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peerd.cli_auth import api_client
 from peerd.cli_doc import DocumentError, doc_to_spec, load_documents, spec_to_doc
 from peerd.cli_spec import print_error
 from peerd.client import SchedulerClient
@@ -243,7 +244,7 @@ def _prepare(args: argparse.Namespace) -> tuple[ApplyPlan, str, SchedulerClient]
     path = Path(args.file)
     managed_by = managed_by_name(path, args.managed_by)
     desired = read_desired(path, managed_by)
-    client = SchedulerClient(args.server, args.rpc_timeout)
+    client = api_client(args)
     try:
         live = client.list_tasks()
     except BaseException:

@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from peerd.cli_auth import api_client
 from peerd.cli_output import import_table, to_json
-from peerd.client import SchedulerClient
 from peerd.config import tzdata_rules
 from peerd.core.crontab_format import HostHints
 from peerd.errors import InvalidArgument
@@ -267,7 +267,7 @@ def import_crontab(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(import_table(specs))
             print(f"dry run: {len(specs)} task(s) would be created; nothing was sent")
         return EXIT_OK
-    with SchedulerClient(args.server, args.rpc_timeout) as client:
+    with api_client(args) as client:
         created = client.create_tasks(specs)
     if args.output == "json":
         print(to_json(pb.CreateTasksResponse(tasks=created)))

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import yaml
 
+from peerd.cli_auth import api_client
 from peerd.cli_doc import DocumentError, doc_to_spec, dump_json, dump_yaml, spec_to_doc
 from peerd.cli_output import fmt_ts, task_detail, to_json
 from peerd.cli_spec import Parser, add_create, create_flags, print_error
@@ -112,7 +113,7 @@ def cmd_update(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         given["shell"] = args.shell_argv
     if not given:
         raise InvalidArgument("task update", "give at least one flag to change (see --help)")
-    with SchedulerClient(args.server, args.rpc_timeout) as client:
+    with api_client(args) as client:
         current = client.get_task(args.id)
         try:
             desired = doc_to_spec(overlay(spec_to_doc(current), given))
@@ -175,7 +176,7 @@ def _parse_edit(text: str, fmt: str, task_id: str) -> pb.TaskSpec:
 def cmd_edit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``task edit ID [--format yaml|json]``."""
     fmt = args.format
-    with SchedulerClient(args.server, args.rpc_timeout) as client:
+    with api_client(args) as client:
         current = client.get_task(args.id)
         doc = spec_to_doc(current)
         body = dump_json(doc) if fmt == "json" else dump_yaml([doc])
@@ -239,7 +240,7 @@ def history_text(changes: list[pb.TaskChange]) -> str:
 
 def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``task history ID``."""
-    with SchedulerClient(args.server, args.rpc_timeout) as client:
+    with api_client(args) as client:
         changes = client.task_history(args.id)
     if args.output == "json":
         print(to_json(pb.ListTaskHistoryResponse(changes=changes)))

@@ -3,6 +3,11 @@
 Every call carries a deadline (``timeout_s``). Failures surface as :class:`grpc.RpcError`;
 :func:`exit_code_for_status` and :func:`describe_rpc_error` turn one into the CLI's exit code and
 one-line message.
+
+With :class:`peerd.security.tls.ClientTls` the channel is TLS (mutual when it has a client
+certificate); a bearer token rides on every call as ``authorization: Bearer <token>`` metadata.
+A token is sent in plaintext only to a loopback server (``peerd dev`` without ``--tls``); to any
+other server it needs TLS.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
+from peerd.errors import InvalidArgument
 from peerd.exitcodes import (
     EXIT_ALREADY_EXISTS,
     EXIT_CONFLICT,
@@ -25,8 +31,12 @@ from peerd.exitcodes import (
     EXIT_PERMISSION_DENIED,
     EXIT_UNAVAILABLE,
 )
+from peerd.security.tls import ClientTls
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+"""Servers a token may be sent to without TLS."""
 
 MAX_TASKS_PAGE = 1000
 """Largest ``page_size`` the server accepts for ListTasks."""
@@ -91,21 +101,66 @@ class RunStream(Protocol):
     def cancel(self) -> bool: ...
 
 
+class _Token(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self.entry = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self.entry])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def open_channel(server: str, tls: ClientTls | None, token: str | None) -> grpc.Channel:
+    """A channel to ``server``: TLS when ``tls`` is given, carrying ``token`` when given.
+
+    Raises:
+        InvalidArgument: ``--token`` without TLS to a non-loopback server, or unreadable TLS
+            files (naming ``--ca``/``--cert``/``--key``).
+    """
+    if tls is None:
+        if token and server.rpartition(":")[0] not in LOOPBACK_HOSTS:
+            raise InvalidArgument(
+                "--token", f"needs TLS (--ca) to {server}: a token sent in plaintext can be read"
+            )
+        channel = grpc.insecure_channel(server)
+    else:
+        channel = grpc.secure_channel(server, tls.credentials())
+    return grpc.intercept_channel(channel, _Token(token)) if token else channel
+
+
 class SchedulerClient:
     """Blocking client for ``peerd.v1.Scheduler`` on one server.
 
     Args:
         server: gRPC target, ``HOST:PORT``.
         timeout_s: deadline of each RPC, seconds.
+        tls: TLS to present (None: plaintext).
+        token: bearer token sent with every call (None: none).
+
+    Raises:
+        InvalidArgument: see :func:`open_channel`.
 
     All methods raise :class:`grpc.RpcError` when the call fails. Use as a context manager (or
     call :meth:`close`) to release the channel.
     """
 
-    def __init__(self, server: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        timeout_s: float = 10.0,
+        tls: ClientTls | None = None,
+        token: str | None = None,
+    ) -> None:
         self.server = server
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(server)
+        self._channel = open_channel(server, tls, token)
         self._stub = pb_grpc.SchedulerStub(self._channel)
 
     def __enter__(self) -> SchedulerClient:
@@ -265,11 +320,16 @@ class SchedulerClient:
         request = pb.PinTzdataRequest(version=version, force=force, unpin=unpin)
         return self._stub.PinTzdata(request, timeout=self.timeout_s)
 
+    def who_am_i(self) -> pb.WhoAmIResponse:
+        """Who the answering node takes this client for, and its grants."""
+        return self._stub.WhoAmI(pb.WhoAmIRequest(), timeout=self.timeout_s)
+
 
 __all__ = [
     "RunStream",
     "SchedulerClient",
     "describe_rpc_error",
     "exit_code_for_status",
+    "open_channel",
     "rpc_status",
 ]

@@ -30,8 +30,10 @@ from peerd.settings import (
     INTEGER,
     LABELS,
     NUMBER,
+    OPTIONAL_FILE,
     OPTIONAL_HOSTPORT,
     SECONDS,
+    TEXT,
     WHOLE_SECONDS,
     Kind,
     choice,
@@ -270,6 +272,73 @@ class NodeConfig:
         kind=DURATION,
         minimum=timedelta(0),
     )
+    tls_cert: str = setting(
+        "",
+        help="PEM certificate (chain) the node serves its port with, and presents to its peers; "
+        "empty: plaintext. Re-read on SIGHUP.",
+        flag="--tls-cert",
+        env="PEERD_TLS_CERT",
+        kind=OPTIONAL_FILE,
+    )
+    tls_key: str = setting(
+        "",
+        help="PEM private key of --tls-cert. Re-read on SIGHUP.",
+        flag="--tls-key",
+        env="PEERD_TLS_KEY",
+        kind=OPTIONAL_FILE,
+    )
+    tls_client_ca: str = setting(
+        "",
+        help="The cluster CA (PEM): clients must present a certificate it signed (mutual TLS); "
+        "Peer calls are taken only from node certificates. Re-read on SIGHUP.",
+        flag="--tls-client-ca",
+        env="PEERD_TLS_CLIENT_CA",
+        kind=OPTIONAL_FILE,
+    )
+    auth_policy: str = setting(
+        "",
+        help="Auth policy (TOML): principals, their roles and task scopes (docs/security.md); "
+        "empty: every caller may do everything. Re-read on SIGHUP.",
+        flag="--auth-policy",
+        env="PEERD_AUTH_POLICY",
+        kind=OPTIONAL_FILE,
+    )
+    etcd_cacert: str = setting(
+        "",
+        help="CA (PEM) that signed etcd's server certificate: talk to etcd over TLS; empty: "
+        "plaintext (unless --etcd-cert is given: then the system roots).",
+        flag="--etcd-cacert",
+        env="PEERD_ETCD_CACERT",
+        kind=OPTIONAL_FILE,
+    )
+    etcd_cert: str = setting(
+        "",
+        help="Client certificate (PEM) for etcd's --client-cert-auth.",
+        flag="--etcd-cert",
+        env="PEERD_ETCD_CERT",
+        kind=OPTIONAL_FILE,
+    )
+    etcd_key: str = setting(
+        "",
+        help="PEM private key of --etcd-cert.",
+        flag="--etcd-key",
+        env="PEERD_ETCD_KEY",
+        kind=OPTIONAL_FILE,
+    )
+    etcd_user: str = setting(
+        "",
+        help="etcd user (etcd auth); its password is read from --etcd-password-file.",
+        flag="--etcd-user",
+        env="PEERD_ETCD_USER",
+        kind=TEXT,
+    )
+    etcd_password_file: str = setting(
+        "",
+        help="File holding the password of --etcd-user (one line; never give it as a flag).",
+        flag="--etcd-password-file",
+        env="PEERD_ETCD_PASSWORD_FILE",
+        kind=OPTIONAL_FILE,
+    )
     log_format: str = setting(
         "auto",
         help="Log format; auto: console on a terminal, JSON otherwise.",
@@ -349,6 +418,39 @@ def build_config(
     return NodeConfig(**kw)
 
 
+_TOGETHER = [
+    ("--tls-cert", "tls_cert", "--tls-key", "tls_key"),
+    ("--tls-key", "tls_key", "--tls-cert", "tls_cert"),
+    ("--tls-client-ca", "tls_client_ca", "--tls-cert", "tls_cert"),
+    ("--etcd-cert", "etcd_cert", "--etcd-key", "etcd_key"),
+    ("--etcd-key", "etcd_key", "--etcd-cert", "etcd_cert"),
+    ("--etcd-user", "etcd_user", "--etcd-password-file", "etcd_password_file"),
+    ("--etcd-password-file", "etcd_password_file", "--etcd-user", "etcd_user"),
+]
+"""``(flag, field, needs flag, needs field)``: settings that mean nothing alone."""
+
+
+def check_security(cfg: NodeConfig) -> None:
+    """Refuse security settings that mean nothing alone (a node checks this before it starts;
+    each setting on its own is checked by :func:`build_config`).
+
+    An auth policy over TLS also needs the cluster CA: Peer calls are authorised by node
+    certificates, and without ``--tls-client-ca`` no client presents one.
+
+    Raises:
+        InvalidArgument: naming the flag given without its partner.
+    """
+    for flag, name, needs_flag, needs in _TOGETHER:
+        if getattr(cfg, name) and not getattr(cfg, needs):
+            raise InvalidArgument(flag, f"needs {needs_flag} too")
+    if cfg.auth_policy and cfg.tls_cert and not cfg.tls_client_ca:
+        raise InvalidArgument(
+            "--auth-policy",
+            "over TLS it needs --tls-client-ca (the cluster CA): nodes prove to each other "
+            "that they are nodes with certificates it signed",
+        )
+
+
 def reload_config(
     current: NodeConfig,
     flags: Mapping[str, Any],
@@ -426,6 +528,7 @@ __all__ = [
     "NodeConfig",
     "build_config",
     "changed_fields",
+    "check_security",
     "parse_hostport",
     "reload_config",
     "tzdata_rules",

@@ -43,6 +43,30 @@ class PermissionDenied(PeerdError):
     """The node's configuration forbids the request (e.g. a shell command not allow-listed)."""
 
 
+class AccessDenied(PermissionDenied):
+    """The auth policy does not grant the caller a permission the call needs.
+
+    Attributes:
+        principal: who called (the policy's name for them).
+        permission: the missing permission (``read``, ``write``, ``trigger``, ``shell``,
+            ``admin``).
+        task_id: the task it is missing on; ``None`` when the call names no task (then the
+            permission is missing on every task).
+    """
+
+    def __init__(self, principal: str, permission: str, task_id: str | None = None) -> None:
+        where = f"on task {task_id!r}" if task_id is not None else "on any task"
+        super().__init__(f"principal {principal!r} lacks permission {permission!r} {where}")
+        self.principal = principal
+        self.permission = permission
+        self.task_id = task_id
+
+
+class Unauthenticated(PeerdError):
+    """The caller presented no credentials, or credentials that do not verify (a wrong or
+    expired token, a certificate that is not a node's on a node-only call)."""
+
+
 class Unavailable(PeerdError):
     """etcd (or another dependency) cannot be reached; nothing was written."""
 

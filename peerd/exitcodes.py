@@ -15,6 +15,7 @@ from peerd.errors import (
     PeerdError,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -32,7 +33,8 @@ EXIT_UNAVAILABLE = 4
 EXIT_ALREADY_EXISTS = 5
 """A task with that id already exists."""
 EXIT_PERMISSION_DENIED = 6
-"""The server's configuration forbids the request (e.g. a shell command not allow-listed)."""
+"""The server's configuration forbids the request (e.g. a shell command not allow-listed), the
+auth policy does not grant the caller the permission, or the caller is not authenticated."""
 EXIT_NOT_RUN = 7
 """The request was valid but the task's policy did not run it: ``task trigger`` answered with a
 SKIPPED record (overlap FORBID, or BUFFER_ONE with a slot already waiting)."""
@@ -54,7 +56,7 @@ def exit_code_for_error(exc: PeerdError) -> int:
         return EXIT_UNAVAILABLE
     if isinstance(exc, AlreadyExists):
         return EXIT_ALREADY_EXISTS
-    if isinstance(exc, PermissionDenied):
+    if isinstance(exc, PermissionDenied | Unauthenticated):
         return EXIT_PERMISSION_DENIED
     if isinstance(exc, ResourceExhausted):
         return EXIT_NO_SPACE

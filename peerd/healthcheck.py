@@ -7,6 +7,10 @@ on stderr (not serving, unreachable, timed out). Invalid usage exits 2.
 Without an address it probes the port of ``PEERD_LISTEN`` (default ``127.0.0.1:7070``) on the
 loopback interface when the node listens on a wildcard address (``0.0.0.0``, ``::``), so the
 Docker image's ``HEALTHCHECK`` follows a changed listen port.
+
+TLS (:func:`tls_from_env`): a client's ``PEERD_CA``/``PEERD_CERT``/``PEERD_KEY`` when set, else
+the node's own ``PEERD_TLS_CLIENT_CA``/``PEERD_TLS_CERT``/``PEERD_TLS_KEY`` (a node certificate
+is a client certificate too), so the image's ``HEALTHCHECK`` works on a TLS node unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerd.config import DEFAULT_LISTEN
+from peerd.errors import InvalidArgument
+from peerd.security.tls import ClientTls
 
 DEFAULT_TIMEOUT_S = 3.0
 """Seconds to wait for the Check answer (connection included)."""
@@ -55,21 +61,51 @@ def _status_name(response: health_pb2.HealthCheckResponse) -> str:
     return name
 
 
-def _probe(address: str, timeout_s: float, service: str) -> str:
+def tls_from_env(env: Mapping[str, str]) -> ClientTls | None:
+    """The TLS a probe presents (module docstring); None: plaintext.
+
+    Raises:
+        InvalidArgument: a certificate without its key.
+    """
+    client = ClientTls.from_options(None, None, None, env)
+    if client is not None or not env.get("PEERD_TLS_CERT"):
+        return client
+    ca, cert, key = (env.get(f"PEERD_TLS_{n}") for n in ("CLIENT_CA", "CERT", "KEY"))
+    return ClientTls.from_options(ca, cert, key, {})
+
+
+def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+
+
+def _probe(
+    address: str,
+    timeout_s: float,
+    service: str,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str:
     """The status name at ``address``; raises :class:`grpc.RpcError` when there is no answer."""
-    with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    with _channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=service)
         return _status_name(stub.Check(request, timeout=timeout_s))
 
 
-def check(address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = "") -> str | None:
+def check(
+    address: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str | None:
     """Ask ``grpc.health.v1.Health/Check`` at ``address``, blocking.
 
     Args:
         address: ``HOST:PORT`` of the node's gRPC server.
         timeout_s: deadline for the call, connecting included.
         service: health service name; ``""`` is the node's overall health.
+        credentials: TLS credentials (None: plaintext).
 
     Returns:
         The status name (``"SERVING"``, ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"``, ...), or
@@ -77,17 +113,24 @@ def check(address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = "")
         other RPC error). Never raises for an RPC failure.
     """
     try:
-        return _probe(address, timeout_s, service)
+        return _probe(address, timeout_s, service, credentials)
     except grpc.RpcError:
         return None
 
 
 async def check_async(
-    address: str, timeout_s: float = DEFAULT_TIMEOUT_S, service: str = ""
+    address: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> str | None:
     """:func:`check` on the running event loop (``grpc.aio``): the same arguments and result."""
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    else:
+        channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
     try:
-        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        async with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=service)
             return _status_name(await stub.Check(request, timeout=timeout_s))
@@ -126,9 +169,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.timeout <= 0:
         print("peerd.healthcheck: --timeout must be > 0", file=sys.stderr)
         return EXIT_USAGE
-    address = args.address or default_address(os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    address = args.address or default_address(environ)
     try:
-        status = _probe(address, args.timeout, "")
+        tls = tls_from_env(environ)
+        credentials = tls.credentials() if tls is not None else None
+    except InvalidArgument as exc:
+        print(f"peerd.healthcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        status = _probe(address, args.timeout, "", credentials)
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         status = f"health check failed: {code.name if code is not None else 'ERROR'}"

@@ -18,12 +18,20 @@ Shutdown on SIGTERM/SIGINT: health NOT_SERVING, give the compactor key up, hand 
 disappears at once, so survivors take over without waiting for the TTL), stop the server, exit 0.
 
 SIGHUP re-reads the configuration (:meth:`Node.reload`): the reloadable fields apply at once,
-all or nothing; the lease, the registration and the tasks are not touched.
+all or nothing; the lease, the registration and the tasks are not touched. It also re-reads the
+TLS files (new connections use them; peers are dialled again) and the auth policy, each all or
+nothing on its own.
+
+Security (docs/security.md): with ``--tls-cert`` the port serves TLS, with ``--tls-client-ca``
+mutual TLS; every call passes :class:`peerd.rpc.auth.AuthInterceptor` (the ``--auth-policy``).
+A node that listens on a non-loopback address without TLS, or without a policy, says so at
+start (``serve_plaintext_on_network``, ``serve_without_auth_policy``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import sys
 from collections.abc import Mapping
@@ -39,10 +47,11 @@ from grpc_reflection.v1alpha import reflection
 from peerd import __version__
 from peerd.clock import Clock, SystemClock
 from peerd.cluster import ClusterView
-from peerd.config import NodeConfig, changed_fields, reload_config
+from peerd.config import NodeConfig, changed_fields, check_security, reload_config
 from peerd.coord.alarms import AlarmMonitor
 from peerd.coord.compaction import Compactor, space_hint
 from peerd.coord.etcd import Etcd, retry_backoff
+from peerd.coord.etcd_channel import EtcdSecurity, host_of
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
@@ -52,15 +61,24 @@ from peerd.coord.tzdata import TzdataAgreement
 from peerd.core.tzrules import TimeZoneRules
 from peerd.engine import Engine
 from peerd.engine.ownership import OwnershipView, matches_node_selector
-from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
-from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
+from peerd.errors import DuplicateNode, InvalidArgument, Unauthenticated, Unavailable
+from peerd.exitcodes import (
+    EXIT_ALREADY_EXISTS,
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_PERMISSION_DENIED,
+)
 from peerd.healthcheck import check_async
 from peerd.log import set_level
 from peerd.peer.client import PeerClient
 from peerd.peer.detection import PeerLayer
+from peerd.rpc.auth import AuthInterceptor
 from peerd.rpc.peer_service import PeerService
 from peerd.rpc.service import SchedulerService
 from peerd.runner.executors import Executors
+from peerd.security.authn import Authenticator
+from peerd.security.tls import ServerTls
 from peerd.supervise import Supervisor
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
@@ -78,9 +96,22 @@ LOOPS_HEALTH = "peerd.node.loops"
 (crashed and not yet running cleanly again)."""
 
 
-async def _probe(address: str) -> bool:
-    """Whether a peerd node answers grpc.health.v1 at ``address`` (duplicate node ids)."""
-    return await check_async(address, timeout_s=1.0) is not None
+def _loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` binds only a loopback address."""
+    host = host_of(listen)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _server_tls(cfg: NodeConfig) -> ServerTls | None:
+    if not cfg.tls_cert:
+        return None
+    client_ca = Path(cfg.tls_client_ca) if cfg.tls_client_ca else None
+    return ServerTls(Path(cfg.tls_cert), Path(cfg.tls_key), client_ca)
 
 
 class Node:
@@ -107,8 +138,14 @@ class Node:
         self._reload_source = reload_source
         self.clock: Clock = clock or SystemClock()
         self._log = log.bind(node_id=cfg.node_id)
+        check_security(cfg)
+        self.tls = _server_tls(cfg)
+        self.authn = Authenticator(Path(cfg.auth_policy) if cfg.auth_policy else None)
         interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
-        self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention))
+        security = EtcdSecurity.from_settings(
+            cfg.etcd_cacert, cfg.etcd_cert, cfg.etcd_key, cfg.etcd_user, cfg.etcd_password_file
+        )
+        self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention), security=security)
         keys = Keys(cfg.prefix)
         self.rules = TimeZoneRules.load(cfg.tzdata)
         me = pb.Member(
@@ -120,13 +157,13 @@ class Node:
             labels=cfg.label_map,
         )
         me.started_at.FromDatetime(self.clock.now())
-        self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, _probe, self.clock)
+        self.membership = Membership(self.etcd, keys, me, cfg.lease_ttl_s, self._probe, self.clock)
         self.store = TaskStore(self.etcd, keys)
         self.cache = TaskCache(self.etcd, keys, self.clock)
         self.ledger = Ledger(self.etcd, keys)
         self.runs = RunsView(self.etcd, keys, self.clock)
         self.loops = Supervisor(self.clock, fatal=(DuplicateNode,), logger=self._log)
-        self.peer_client = PeerClient(cfg.node_id, self._address_of)
+        self.peer_client = PeerClient(cfg.node_id, self._address_of, self._peer_credentials)
         self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
         self.ownership = OwnershipView(cfg.node_id, self.membership, self.peers)
         self.tzdata = TzdataAgreement(
@@ -172,6 +209,14 @@ class Node:
         for supervisor in (self.loops, self.engine.supervisor):
             supervisor.on_change(self._loops_changed)
 
+    def _peer_credentials(self) -> grpc.ChannelCredentials | None:
+        return self.tls.peer_credentials() if self.tls is not None else None
+
+    async def _probe(self, address: str) -> bool:
+        """Whether a peerd node answers grpc.health.v1 at ``address`` (duplicate node ids)."""
+        creds = self._peer_credentials()
+        return await check_async(address, timeout_s=1.0, credentials=creds) is not None
+
     def _address_of(self, node_id: str) -> str | None:
         member = self.membership.view.get(node_id)
         return member.address if member is not None else None
@@ -213,6 +258,7 @@ class Node:
             True when the new configuration is in force; False when it was rejected (logged as
             ``config_reload_rejected`` with the reason) and the old one is kept.
         """
+        self._reload_security()
         if self._reload_source is None:
             self._log.error(
                 "config_reload_rejected", reason="node was started without a reloadable source"
@@ -245,8 +291,32 @@ class Node:
         self._log.info("config_reloaded", changed=changed, file=str(config_file))
         return True
 
+    def _reload_security(self) -> None:
+        """Re-read the TLS files and the auth policy (SIGHUP), each all or nothing; logs
+        ``tls_reloaded``/``tls_reload_rejected`` and ``auth_policy_reloaded``/
+        ``auth_policy_reload_rejected`` (file names and reasons, never contents)."""
+        if self.tls is not None:
+            try:
+                self.tls.reload()
+            except InvalidArgument as exc:
+                self._log.error("tls_reload_rejected", reason=str(exc))
+            else:
+                self.peer_client.reset()
+                self._log.info("tls_reloaded", not_after=self.tls.pair.not_after.isoformat())
+        if self.authn.policy_file is not None:
+            try:
+                self.authn.reload()
+            except InvalidArgument as exc:
+                self._log.error("auth_policy_reload_rejected", reason=str(exc))
+            else:
+                self._log.info("auth_policy_reloaded", file=str(self.authn.policy_file))
+
     def _server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        mutual = self.tls is not None and self.tls.mutual
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=[AuthInterceptor(self.authn, self.store, node_certs=mutual)],
+        )
         scheduler = SchedulerService(
             self.store,
             self.ledger,
@@ -277,13 +347,17 @@ class Node:
         """Run until stopped; returns the process exit code."""
         server = self._server()
         try:
-            server.add_insecure_port(self.cfg.listen)
+            if self.tls is not None:
+                server.add_secure_port(self.cfg.listen, self.tls.server_credentials())
+            else:
+                server.add_insecure_port(self.cfg.listen)
         except RuntimeError as exc:
             return _fatal(f"cannot listen on {self.cfg.listen}: {exc}", EXIT_ERROR)
+        self._warn_if_exposed()
         await self.etcd.connect()
         failure = await self._register()
         if failure is not None:
-            return _fatal(failure, EXIT_ALREADY_EXISTS)
+            return _fatal(*failure)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(LOOPS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
@@ -336,20 +410,44 @@ class Node:
         await server.stop(1.0)
         await self.etcd.close()
 
-    async def _register(self) -> str | None:
-        """Register this node, retrying while etcd is unreachable; the reason on failure."""
+    def _warn_if_exposed(self) -> None:
+        """Say at start what anyone who reaches a non-loopback port could do."""
+        if _loopback(self.cfg.listen):
+            return
+        if self.tls is None:
+            self._log.warning(
+                "serve_plaintext_on_network",
+                listen=self.cfg.listen,
+                detail="no --tls-cert: API calls, tokens and peer traffic cross the network in "
+                "plaintext; anyone on the path can read or forge them (docs/security.md)",
+            )
+        if self.authn.policy is None:
+            self._log.warning(
+                "serve_without_auth_policy",
+                listen=self.cfg.listen,
+                detail="no --auth-policy: whoever reaches this port may create, change, run "
+                "and delete every task (docs/security.md)",
+            )
+
+    async def _register(self) -> tuple[str, int] | None:
+        """Register this node, retrying while etcd is unreachable; on failure the reason and
+        the exit code."""
         backoff = retry_backoff()
         while not self._stop.is_set():
             try:
                 await self.membership.register(first=True)
                 return None
             except DuplicateNode as exc:
-                return str(exc)
+                return str(exc), EXIT_ALREADY_EXISTS
+            except Unauthenticated as exc:
+                return str(exc), EXIT_PERMISSION_DENIED
+            except InvalidArgument as exc:
+                return str(exc), EXIT_INVALID
             except Unavailable as exc:
                 delay_s = backoff.next_delay_s()
                 self._log.warning("waiting_for_etcd", error=str(exc), retry_in_s=delay_s)
                 await self.clock.sleep(delay_s)
-        return "stopped before registering"
+        return "stopped before registering", EXIT_ALREADY_EXISTS
 
     async def _mark_ready(self) -> None:
         await self.membership.view_ready.wait()

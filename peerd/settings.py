@@ -289,6 +289,9 @@ OPTIONAL_HOSTPORT = Kind(
     "HOST:PORT",
     lambda value, flag: parse_hostport(value, flag) if str(value).strip() else "",
 )
+OPTIONAL_FILE = Kind("file path or empty", "FILE", lambda value, flag: str(value).strip())
+"""A file the node reads at start (and on SIGHUP, where the setting says so); empty: none."""
+TEXT = Kind("string", "TEXT", lambda value, flag: str(value).strip())
 HOSTPORT_LIST = Kind("list of HOST:PORT", "HOST:PORT[,HOST:PORT...]", _hostports, env_sep=",")
 GLOB_LIST = Kind("list of glob patterns", "PATTERN", _globs, env_sep=";", repeat=True)
 LABELS = Kind("list of KEY=VALUE labels", "KEY=VALUE", _labels, env_sep=",", repeat=True)
@@ -375,8 +378,10 @@ __all__ = [
     "INTEGER",
     "LABELS",
     "NUMBER",
+    "OPTIONAL_FILE",
     "OPTIONAL_HOSTPORT",
     "SECONDS",
+    "TEXT",
     "WHOLE_SECONDS",
     "Kind",
     "Setting",

@@ -173,6 +173,7 @@ class PeerdNode(PeerdProcess):
         cluster: ``--cluster``.
         workdir: where the log goes (and the process's working directory).
         allow_shell: one ``--allow-shell`` per pattern.
+        settings: more flags (:func:`peerd.devtools.process.setting_args`).
         env: extra environment variables (on top of ``os.environ`` and ``PEERD_LOG_FORMAT=json``).
         kw: the rest of :class:`PeerdProcess`'s keywords (``lease_ttl_s`` (3 unless given),
             ``port`` (a free one unless given, kept across restarts), ``extra_args``, ...).
@@ -186,6 +187,7 @@ class PeerdNode(PeerdProcess):
         workdir: Path,
         *,
         allow_shell: Sequence[str] = (),
+        settings: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         **kw: Any,
     ) -> None:
@@ -194,7 +196,7 @@ class PeerdNode(PeerdProcess):
             etcd,
             cluster,
             workdir,
-            settings={"allow_shell": list(allow_shell)},
+            settings={"allow_shell": list(allow_shell), **(settings or {})},
             env={"PEERD_LOG_FORMAT": "json", **(env or {})},
             label="test harness",
             cwd=Path(workdir),

@@ -1,9 +1,16 @@
 """The one place peerd talks to etcd.
 
 aetcd supplies etcd's v3 gRPC API (generated stubs in ``aetcd.rpc``) and its watch multiplexer
-(``aetcd.watcher.Watcher``). We build the gRPC channel ourselves so that several endpoints can be
-given: with more than one endpoint the channel target is ``ipv4:A:P1,B:P2,...`` and gRPC's
-``pick_first`` policy fails over to the next endpoint when the connected one goes away.
+(``aetcd.watcher.Watcher``). We build the gRPC channels ourselves (:mod:`.etcd_channel`): several
+endpoints with failover, TLS, and etcd's auth token on every call. aetcd's own ``Client`` is not
+used: it builds only insecure channels (aetcd 1.0.0 has no TLS arguments and calls
+``insecure_channel`` in ``connect``), so TLS needed no subclass of it here.
+
+Auth: with ``--etcd-user`` the node authenticates (``Auth.Authenticate``) before its first call
+and again whenever etcd answers UNAUTHENTICATED (the token expired, or etcd restarted and forgot
+it): that call is retried once at once; a watch or keepalive that fails so reports Unavailable
+and its loop retries with a new token. A refused user or password is
+:class:`peerd.errors.Unauthenticated`, which a node treats as fatal at start.
 
 Every etcd error is translated here: UNAVAILABLE, DEADLINE_EXCEEDED, a broken or refused
 connection and a watch stream that ends all become :class:`peerd.errors.Unavailable`; etcd's
@@ -19,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,8 +35,10 @@ from aetcd import rpc
 from aetcd.watcher import Watcher
 from google.protobuf import text_format
 
+from peerd.coord.etcd_channel import EtcdSecurity, TokenInterceptor, host_of, open_channel, target
+from peerd.coord.etcd_values import KV, Alarm, Event, MemberStatus, prefix_end
 from peerd.core.backoff import Backoff
-from peerd.errors import PeerdError, ResourceExhausted, Unavailable
+from peerd.errors import PeerdError, ResourceExhausted, Unauthenticated, Unavailable
 
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -39,16 +46,6 @@ _UNAVAILABLE = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNKNOWN,
 }
-
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 3_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 NOSPACE = "NOSPACE"
 """etcd's alarm for a database that reached ``--quota-backend-bytes``."""
@@ -76,53 +73,6 @@ def retry_backoff() -> Backoff:
     return Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
 
 
-@dataclass(frozen=True)
-class KV:
-    """One key-value as read from etcd. Revisions are etcd's int64 revisions."""
-
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class Event:
-    """A watch event: ``kind`` is ``"put"`` or ``"delete"``; ``revision`` is the event's mod
-    revision."""
-
-    kind: str
-    kv: KV
-    revision: int
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """An active etcd alarm: ``kind`` is ``"NOSPACE"`` or ``"CORRUPT"``; ``member_id`` is the
-    member that raised it."""
-
-    member_id: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    """One member's ``Maintenance.Status`` (``endpoint``: the one asked, "" = the client's).
-    Bytes: ``db_size`` is the file as etcd's quota counts it (free pages included);
-    ``db_size_in_use`` leaves out the free pages, which a defragmentation gives back."""
-
-    endpoint: str
-    member_id: int
-    leader_id: int
-    revision: int
-    raft_index: int
-    db_size: int
-    db_size_in_use: int
-    alarms: tuple[Alarm, ...]
-    errors: tuple[str, ...]
-
-
 class Compacted(PeerdError):
     """The watch's start revision has been compacted: re-list, then watch again."""
 
@@ -131,33 +81,8 @@ class Compacted(PeerdError):
         self.compact_revision = compact_revision
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    """The ``range_end`` that makes ``[prefix, range_end)`` cover every key with ``prefix``."""
-    b = bytearray(prefix)
-    for i in range(len(b) - 1, -1, -1):
-        if b[i] < 0xFF:
-            b[i] += 1
-            return bytes(b[: i + 1])
-    return b"\0"
-
-
 def _kv(m: Any) -> KV:
     return KV(m.key, m.value, m.create_revision, m.mod_revision, m.lease)
-
-
-def _target(endpoints: Sequence[str]) -> str:
-    if len(endpoints) == 1:
-        return endpoints[0]
-    resolved = []
-    for ep in endpoints:
-        host, _, port = ep.rpartition(":")
-        host = host.strip("[]")
-        try:
-            addr = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
-        except OSError as exc:
-            raise Unavailable(f"cannot resolve etcd endpoint {ep}: {exc}") from exc
-        resolved.append(f"{addr}:{port}")
-    return "ipv4:" + ",".join(resolved)
 
 
 def _parse_alarm(text: str) -> Alarm | None:
@@ -186,13 +111,30 @@ def _status(endpoint: str, resp: Any) -> MemberStatus:
     )  # fmt: skip
 
 
+def _user_add(name: str, password: str) -> Any:
+    options = rpc.UserAddOptions(no_password=not password)
+    return rpc.AuthUserAddRequest(name=name, password=password, options=options)
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """etcd answered UNAUTHENTICATED: its auth token is invalid or expired."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
+    if isinstance(exc, PeerdError):  # raised on our side, e.g. by the token interceptor
+        return exc
     if isinstance(exc, grpc.aio.AioRpcError):
         if exc.code() in _UNAVAILABLE:
             return Unavailable(f"etcd unavailable: {exc.code().name}: {exc.details()}")
         details = exc.details() or ""
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _NOSPACE_DETAIL in details:
             return ResourceExhausted(f"etcd said: {details}", space_hint)
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return PeerdError(
+                f"etcd refused the call: {details} (the etcd user lacks a permission; the role "
+                "peerd needs is in docs/security.md)"
+            )
         return PeerdError(f"etcd error: {exc.code().name}: {details}")
     if isinstance(exc, aetcd_exceptions.RevisionCompactedError):
         return Compacted(exc.compacted_revision)
@@ -209,6 +151,7 @@ class Etcd:
         timeout_s: deadline in seconds for each unary call (not for watches).
         space_hint: added to the message of :class:`peerd.errors.ResourceExhausted`: what this
             node does about a full etcd (e.g. how often it compacts).
+        security: TLS files and etcd user (:class:`peerd.coord.etcd_channel.EtcdSecurity`).
 
     All methods raise :class:`peerd.errors.Unavailable` when etcd cannot be reached in time,
     :class:`peerd.errors.ResourceExhausted` for a write refused by the NOSPACE alarm and
@@ -216,21 +159,35 @@ class Etcd:
     """
 
     def __init__(
-        self, endpoints: Sequence[str], timeout_s: float = 5.0, space_hint: str = ""
+        self,
+        endpoints: Sequence[str],
+        timeout_s: float = 5.0,
+        space_hint: str = "",
+        security: EtcdSecurity | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout_s = timeout_s
         self.space_hint = space_hint
+        self.security = security or EtcdSecurity()
+        self._auth: TokenInterceptor | None = None
+        if self.security.user:
+            self._auth = TokenInterceptor(self._authenticate)
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] = {}
         self._watcher: Watcher | None = None
         self._member_channels: dict[str, grpc.aio.Channel] = {}
 
     async def connect(self) -> None:
-        """Open the channel (lazy: no round trip). Raises Unavailable if a name cannot resolve."""
+        """Open the channel (lazy: no round trip).
+
+        Raises:
+            Unavailable: a name cannot resolve.
+            InvalidArgument: a TLS file cannot be read.
+        """
         if self._channel is not None:
             return
-        self._channel = grpc.aio.insecure_channel(_target(self.endpoints), options=CHANNEL_OPTIONS)
+        override = host_of(self.endpoints[0]) if len(self.endpoints) > 1 else ""
+        self._channel = self._open(target(self.endpoints), override)
         self._stubs = {
             "kv": rpc.KVStub(self._channel),
             "lease": rpc.LeaseStub(self._channel),
@@ -238,6 +195,35 @@ class Etcd:
             "cluster": rpc.ClusterStub(self._channel),
         }
         self._watcher = Watcher(rpc.WatchStub(self._channel))
+
+    def _open(self, target_: str, name_override: str = "") -> grpc.aio.Channel:
+        return open_channel(target_, self.security, self._auth, name_override)
+
+    async def _authenticate(self) -> str:
+        """A new auth token for ``security.user`` (called by the token interceptor).
+
+        Raises:
+            Unauthenticated: etcd refused the user or password.
+            Unavailable: etcd cannot be reached.
+        """
+        assert self._channel is not None
+        req = rpc.AuthenticateRequest(name=self.security.user, password=self.security.password())
+        try:
+            resp = await rpc.AuthStub(self._channel).Authenticate(req, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _UNAVAILABLE:
+                raise _map_error(exc) from exc
+            raise Unauthenticated(
+                f"etcd refused user {self.security.user!r}: {exc.details()}"
+            ) from exc
+        return str(resp.token)
+
+    def _error(self, exc: BaseException) -> PeerdError:
+        """:func:`_map_error`, and a refused token forgotten (the next call authenticates)."""
+        if _refused_token(exc) and self._auth is not None:
+            self._auth.invalidate()
+            return Unavailable("etcd refused the auth token; authenticating again")
+        return _map_error(exc, self.space_hint)
 
     async def close(self) -> None:
         """Close watches and the channels."""
@@ -313,7 +299,7 @@ class Etcd:
             async for reply in stream:
                 return int(reply.TTL)
         except Exception as exc:
-            raise _map_error(exc) from exc
+            raise self._error(exc) from exc
         raise Unavailable("etcd closed the keepalive stream")
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -343,14 +329,22 @@ class Etcd:
                 self.timeout_s,
             )
         except Exception as exc:
-            raise _map_error(exc) from exc
+            raise self._error(exc) from exc
+        if cb.watch_id is not None and cb.watch_id < 0:
+            # etcd refused the watch (created and cancelled at once, id -1); aetcd takes that
+            # for a watch that never sends anything.
+            raise PeerdError(
+                f"etcd refused the watch on {prefix!r} (permission denied): with "
+                "--client-cert-auth etcd authorises watches as the certificate's CN, which must "
+                "be the etcd user (docs/security.md)"
+            )
         try:
             while True:
                 item = await queue.get()
                 if item is None:
                     raise Unavailable("etcd watch stream closed")
                 if isinstance(item, BaseException):
-                    raise _map_error(item)
+                    raise self._error(item)
                 kind = "put" if item.kind == "PUT" else "delete"
                 yield Event(kind, _kv(item.kv), item.kv.mod_revision)
         finally:
@@ -398,7 +392,7 @@ class Etcd:
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
             if _COMPACTED in (details or ""):  # OUT_OF_RANGE "mvcc: required revision has been ..."
                 return False
-            raise _map_error(exc) from exc
+            raise self._error(exc) from exc
         return True
 
     async def defragment(self, endpoint: str, timeout_s: float = DEFRAGMENT_TIMEOUT_S) -> None:
@@ -416,20 +410,67 @@ class Etcd:
             for m in resp.members
         }
 
+    async def add_prefix_user(self, user: str, password: str, prefix: bytes) -> None:
+        """Create etcd user ``user`` with role ``user`` that may read and write the keys under
+        ``prefix`` and nothing else (the role docs/security.md gives peerd); ``password`` ""
+        makes a user that logs in only by client certificate (CN = ``user``; etcd >= 3.5).
+        Needs root. What exists already is kept, so running it again changes nothing. For
+        ``peerd dev``, the tests and ``python -m peerd.devtools.etcd_auth``.
+
+        Raises:
+            PeerdError: etcd refused.
+        """
+        rw, end = rpc.Permission.READWRITE, prefix_end(prefix)
+        perm = rpc.Permission(permType=rw, key=prefix, range_end=end)
+        await self._auth_calls(
+            ("RoleAdd", rpc.AuthRoleAddRequest(name=user)),
+            ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(name=user, perm=perm)),
+            ("UserAdd", _user_add(user, password)),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=user)),
+        )
+
+    async def enable_auth(self, root_password: str) -> None:
+        """Create user ``root`` (role ``root``; ``root_password`` "" = certificate only) and turn
+        etcd's auth on, as ``etcdctl auth enable`` does; again, a no-op. Raises PeerdError if
+        refused."""
+        await self._auth_calls(
+            ("UserAdd", _user_add("root", root_password)),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root")),
+            ("AuthEnable", rpc.AuthEnableRequest()),
+        )
+
+    async def _auth_calls(self, *calls: tuple[str, Any]) -> None:
+        await self.connect()
+        stub = rpc.AuthStub(self._channel)
+        for method, req in calls:
+            try:
+                await getattr(stub, method)(req, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if "already" not in (exc.details() or ""):  # "user name already exists", ...
+                    raise self._error(exc) from exc
+            except Exception as exc:
+                raise self._error(exc) from exc
+
     async def _call(
         self, stub: str, method: str, req: Any, timeout_s: float | None = None, endpoint: str = ""
     ) -> Any:
         await self.connect()
-        target = self._stubs[stub]
+        service = self._stubs[stub]
         if endpoint:  # a channel to that member alone (kept until close()); maintenance only
             if endpoint not in self._member_channels:
-                channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-                self._member_channels[endpoint] = channel
-            target = rpc.MaintenanceStub(self._member_channels[endpoint])
+                self._member_channels[endpoint] = self._open(endpoint)
+            service = rpc.MaintenanceStub(self._member_channels[endpoint])
+        call = getattr(service, method)
         try:
-            return await getattr(target, method)(req, timeout=timeout_s or self.timeout_s)
+            return await call(req, timeout=timeout_s or self.timeout_s)
         except Exception as exc:
-            raise _map_error(exc, self.space_hint) from exc
+            error = self._error(exc)
+            if not _refused_token(exc):
+                raise error from exc
+        try:  # the token was refused: once more with a new one
+            return await call(req, timeout=timeout_s or self.timeout_s)
+        except Exception as exc:
+            raise self._error(exc) from exc
 
 
 # -- transaction building (pure) ---------------------------------------------------------------

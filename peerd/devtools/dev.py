@@ -4,24 +4,37 @@ Nodes run as ``python -m peerd serve ...`` children (:class:`PeerdProcess`) in t
 (a Ctrl-C in the terminal reaches only this process, which then stops them in order), each
 logging to ``<dir>/node<i>.log``. SIGINT/SIGTERM stop everything: SIGTERM to every node, up to
 10 s grace, then SIGKILL; then etcd; exit 0.
+
+``--tls`` (:func:`dev_security`): a throw-away CA in ``<dir>/tls`` signs a certificate per node
+and one client certificate ``dev-admin``; the nodes serve mutual TLS under an auth policy
+(``<dir>/auth-policy.toml``) that makes the client certificate and a new bearer token admins.
+The ``PEERD_CA``/``PEERD_CERT``/``PEERD_KEY``/``PEERD_TOKEN`` a client needs are printed. etcd
+stays plaintext on loopback.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from peerd.core.policy import token_sha256
 from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, free_port
 from peerd.devtools.process import PeerdProcess, ProcessError, stop_all
 from peerd.errors import PeerdError
 from peerd.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE
+from peerd.security.authn import new_token
+from peerd.security.certs import write_set
+from peerd.security.tls import ClientTls
 
 READY_TIMEOUT_S = 30.0
 """How long each node has to answer grpc.health.v1 SERVING."""
@@ -70,6 +83,69 @@ def choose_ports(base_port: int, count: int, free_port: Callable[[], int]) -> li
     return ports
 
 
+DEV_CLIENT = "dev-admin"
+"""The name of the client certificate and of the admin principal of ``peerd dev --tls``."""
+
+
+@dataclass(frozen=True)
+class DevSecurity:
+    """What ``peerd dev --tls`` made: per node its ``--tls-*``/``--auth-policy`` settings, and
+    the environment a client needs."""
+
+    node_settings: dict[str, dict[str, str]]
+    client_env: dict[str, str]
+
+    def client_tls(self) -> ClientTls:
+        """The dev client's TLS (its certificate, trusting the dev CA)."""
+        env = self.client_env
+        return ClientTls(Path(env["PEERD_CA"]), Path(env["PEERD_CERT"]), Path(env["PEERD_KEY"]))
+
+
+def dev_security(workdir: Path, node_ids: list[str]) -> DevSecurity:
+    """A CA, node certificates, the ``dev-admin`` client certificate, a bearer token and an
+    auth policy making both admins, under ``workdir`` (see the module docstring).
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    tls_dir = workdir / "tls"
+    _, files = write_set(
+        tls_dir, datetime.now(UTC), nodes={n: [] for n in node_ids}, clients=[DEV_CLIENT]
+    )
+    token = new_token()
+    token_file = tls_dir / f"{DEV_CLIENT}.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    policy = workdir / "auth-policy.toml"
+    policy.write_text(
+        "# peerd dev --tls: the dev client certificate and token are admins (docs/security.md)\n"
+        "[[principals]]\n"
+        f'name = "{DEV_CLIENT}"\n'
+        f'token_sha256 = ["{token_sha256(token)}"]\n'
+        f'certificate = ["{DEV_CLIENT}"]\n'
+        'grants = [{ role = "admin", tasks = ["*"] }]\n'
+    )
+    ca = str(files["ca"].cert)
+    settings = {
+        n: {
+            "tls_cert": str(files[n].cert),
+            "tls_key": str(files[n].key),
+            "tls_client_ca": ca,
+            "auth_policy": str(policy),
+        }
+        for n in node_ids
+    }
+    client = files[DEV_CLIENT]
+    env = {
+        "PEERD_CA": ca,
+        "PEERD_CERT": str(client.cert),
+        "PEERD_KEY": str(client.key),
+        "PEERD_TOKEN": token,
+    }
+    return DevSecurity(settings, env)
+
+
 def dev_node(
     name: str,
     port: int,
@@ -78,9 +154,14 @@ def dev_node(
     lease_ttl_s: int,
     allow_shell: list[str],
     workdir: Path,
+    security: DevSecurity | None = None,
 ) -> PeerdProcess:
     """The handle of one dev node listening on ``127.0.0.1:port`` and logging to
-    ``workdir/<name>.log``; it runs in this process's working directory."""
+    ``workdir/<name>.log``; it runs in this process's working directory. With ``security``
+    it serves mutual TLS under the dev auth policy."""
+    settings: dict[str, str | list[str]] = {"allow_shell": allow_shell}
+    if security is not None:
+        settings.update(security.node_settings[name])
     return PeerdProcess(
         name,
         etcd,
@@ -88,8 +169,9 @@ def dev_node(
         workdir,
         lease_ttl_s=lease_ttl_s,
         port=port,
-        settings={"allow_shell": allow_shell},
+        settings=settings,
         label="peerd dev",
+        tls=security.client_tls() if security is not None else None,
     )
 
 
@@ -136,13 +218,17 @@ def _watch(nodes: list[PeerdProcess], stop: threading.Event) -> None:
                 _say(f"peerd dev: {node.node_id} exited with code {code} (log: {node.log_path})")
 
 
-def _print_ready(nodes: list[PeerdProcess], etcd_endpoint: str) -> None:
+def _print_ready(
+    nodes: list[PeerdProcess], etcd_endpoint: str, security: DevSecurity | None
+) -> None:
     _say("")
     for node in nodes:
         _say(f"  {node.node_id}  {node.address}")
     _say(f"  etcd   {etcd_endpoint}")
     _say("")
     _say(f"export PEERD_SERVER={nodes[0].address}")
+    for name, value in (security.client_env if security is not None else {}).items():
+        _say(f"export {name}={value}")
     _say("peerd dev: ready (Ctrl-C to stop)")
 
 
@@ -153,6 +239,7 @@ def run_dev(
     lease_ttl_s: int,
     cluster: str,
     data_dir: Path | None,
+    tls: bool = False,
 ) -> int:
     """Run etcd plus ``nodes`` peerd nodes on loopback until SIGINT/SIGTERM.
 
@@ -165,6 +252,7 @@ def run_dev(
         cluster: cluster name.
         data_dir: where etcd data and node logs go; ``None`` = a new temporary directory (kept,
             so the logs can be read afterwards).
+        tls: mutual TLS and an auth policy (:func:`dev_security`).
 
     Returns:
         0 after a clean stop; 4 when etcd is not installed; 1 when etcd or a node failed to start.
@@ -195,9 +283,17 @@ def run_dev(
             return failed
         _say(f"peerd dev: etcd at {etcd.endpoint} (log: {workdir / 'etcd.log'})")
 
+        security = dev_security(workdir, [f"node{i}" for i in range(nodes)]) if tls else None
         for i, port in enumerate(choose_ports(base_port, nodes, free_port)):
             node = dev_node(
-                f"node{i}", port, etcd.endpoint, cluster, lease_ttl_s, allow_shell, workdir
+                f"node{i}",
+                port,
+                etcd.endpoint,
+                cluster,
+                lease_ttl_s,
+                allow_shell,
+                workdir,
+                security,
             )
             node.start(wait=False)
             running.append(node)
@@ -208,7 +304,7 @@ def run_dev(
         failed = _wait_ready(running, stop)
         if failed is not None:
             return failed
-        _print_ready(running, etcd.endpoint)
+        _print_ready(running, etcd.endpoint, security)
         _watch(running, stop)
         _say("peerd dev: stopping")
         return EXIT_OK
@@ -223,4 +319,12 @@ def run_dev(
             _say(f"peerd dev: stopped (logs in {workdir})")
 
 
-__all__ = ["choose_ports", "dev_node", "port_is_free", "run_dev"]
+__all__ = [
+    "DEV_CLIENT",
+    "DevSecurity",
+    "choose_ports",
+    "dev_node",
+    "dev_security",
+    "port_is_free",
+    "run_dev",
+]

@@ -37,6 +37,7 @@ from pathlib import Path
 import peerd
 from peerd.devtools.etcd_server import free_port, parent_death_preexec
 from peerd.healthcheck import check
+from peerd.security.tls import ClientTls
 
 Setting = str | int | float | Sequence[str]
 """A value of ``settings``: one flag value, or a list of values (the flag repeated)."""
@@ -96,6 +97,7 @@ class PeerdProcess:
             written to the log before each start.
         cwd: the node's working directory (shell tasks without one run there); ``None`` = this
             process's.
+        tls: what the health checks present to a TLS node (``None``: plaintext).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class PeerdProcess:
         command_prefix: Sequence[str] = (),
         label: str = "peerd.devtools",
         cwd: Path | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.node_id = node_id
         self.etcd = etcd
@@ -129,6 +132,7 @@ class PeerdProcess:
         self.command_prefix = list(command_prefix)
         self.label = label
         self.cwd = cwd
+        self.tls = tls
         self.log_path = self.workdir / f"{node_id}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -213,7 +217,8 @@ class PeerdProcess:
     def health(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         """The node's ``grpc.health.v1`` status name (e.g. ``"SERVING"``), or ``None`` if it does
         not answer (:func:`peerd.healthcheck.check`)."""
-        return check(self.address, timeout_s)
+        creds = self.tls.credentials() if self.tls is not None else None
+        return check(self.address, timeout_s, credentials=creds)
 
     def wait_ready(self, timeout_s: float = 20.0, cancel: threading.Event | None = None) -> bool:
         """Poll the health check every :data:`READY_POLL_S` until SERVING.

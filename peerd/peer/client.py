@@ -1,14 +1,16 @@
 """The client side of ``peerd.v1.Peer``: every call one node makes to another goes through here.
 
 One cached gRPC channel per peer address (short reconnect backoff, so a peer that comes back is
-reached again within half a second). Failures are answers, never exceptions: a probe that gets
-no answer in time returns None, a gossip that fails is dropped (the next probe round repeats
-what matters), a handoff that fails returns no accepted tasks (the sender retries until its
-handoff timeout).
+reached again within half a second). With TLS the channels present this node's certificate
+(mutual TLS); :meth:`PeerClient.reset` drops them when the certificate files are reloaded.
+Failures are answers, never exceptions: a probe that gets no answer in time returns None, a
+gossip that fails is dropped (the next probe round repeats what matters), a handoff that fails
+returns no accepted tasks (the sender retries until its handoff timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 
@@ -35,20 +37,41 @@ class PeerClient:
     Args:
         node_id: this node (the ``from_node`` of every request).
         address_of: ``(node_id) -> HOST:PORT`` from the member view, or None when unknown.
+        credentials: ``() -> TLS credentials`` for new channels (None: plaintext).
     """
 
-    def __init__(self, node_id: str, address_of: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        address_of: Callable[[str], str | None],
+        credentials: Callable[[], grpc.ChannelCredentials | None] = lambda: None,
+    ) -> None:
         self.node_id = node_id
         self.address_of = address_of
+        self.credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._log = log.bind(node_id=node_id)
 
     def _stub(self, address: str) -> ppb_grpc.PeerStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            creds = self.credentials()
+            if creds is None:
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
             self._channels[address] = channel
         return ppb_grpc.PeerStub(channel)
+
+    def reset(self) -> None:
+        """Drop every channel (new calls dial again with fresh credentials); the old ones are
+        closed in the background, letting calls in flight finish (1 s grace)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            task = asyncio.get_running_loop().create_task(channel.close(grace=1.0))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def ping(
         self, address: str, rumors: Sequence[ppb.Rumor], timeout_s: float

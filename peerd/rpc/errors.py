@@ -7,7 +7,8 @@ InvalidArgument             INVALID_ARGUMENT
 NotFound                    NOT_FOUND
 AlreadyExists               ALREADY_EXISTS
 Aborted                     ABORTED (an expected revision no longer matches)
-PermissionDenied            PERMISSION_DENIED
+PermissionDenied            PERMISSION_DENIED (AccessDenied: the auth policy's refusal)
+Unauthenticated             UNAUTHENTICATED
 ResourceExhausted           RESOURCE_EXHAUSTED (etcd's NOSPACE alarm)
 Unavailable, LeaseLost      UNAVAILABLE
 other PeerdError            INTERNAL
@@ -33,6 +34,7 @@ from peerd.errors import (
     PeerdError,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -44,6 +46,7 @@ _CODES: list[tuple[type[PeerdError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Aborted, grpc.StatusCode.ABORTED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (LeaseLost, grpc.StatusCode.UNAVAILABLE),

@@ -3,6 +3,9 @@
 Every request is validated completely before anything is written; errors are raised as peerd
 errors and mapped to gRPC status codes by :func:`peerd.rpc.errors.grpc_errors` (and
 :func:`~peerd.rpc.errors.grpc_stream_errors` for the one streaming call, WatchRuns).
+
+Authorisation happens before a handler runs (:mod:`peerd.rpc.auth`); the handlers only filter
+what a List or Watch call returns to the tasks the caller may read (:func:`peerd.rpc.auth.visible`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from peerd.coord.store import TaskStore
 from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
 from peerd.core.labels import Selector, compile_selector
+from peerd.core.policy import UNRESTRICTED
 from peerd.core.schedule import CompiledSchedule, spec_from_proto, validate_schedule
 from peerd.core.task_schedule import task_schedule
 from peerd.core.tzrules import TimeZoneRules
 from peerd.core.validate import validate_task_id
 from peerd.errors import InvalidArgument
+from peerd.rpc.auth import current_principal, visible
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
 from peerd.rpc.task_writes import TargetCheck, TaskWrites
 from peerd.v1 import scheduler_pb2 as pb
@@ -184,7 +189,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             specs, token = await self._matching(selector, size, request.page_token)
         else:
             specs, token = await self.store.list(size, request.page_token)
-        return pb.ListTasksResponse(tasks=specs, next_page_token=token)
+        # Filtered after paging: a page may come back short (even empty) with a next token.
+        return pb.ListTasksResponse(
+            tasks=[s for s in specs if visible(s.id)], next_page_token=token
+        )
 
     async def _matching(
         self, selector: Selector, size: int, page_token: str
@@ -398,8 +406,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> AsyncGenerator[pb.RunRecord, None]:
         """Stream run records: first the newest ``replay`` (0..1000) existing ones, oldest
         first, then every write of a record (claim, start, attempt, finish) as it happens.
-        Deletions (trims) are not sent. ``task_id`` empty = every task (replay then means the
-        most recently written records of all tasks).
+        Deletions (trims) are not sent. ``task_id`` empty = every task the caller may read
+        (replay then means the most recently written records of all tasks, before filtering).
 
         The stream never ends on its own: it survives etcd outages (re-watching from the last
         revision sent) and compaction (re-listing); it ends when the client cancels or the node
@@ -419,11 +427,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             await self.store.get(task_id)
         entries, revision = await self.runs.newest(task_id, request.replay)
         for e in entries:
-            yield e.filled()
+            if visible(e.record.task_id):
+                yield e.filled()
         seen = {e.key: e.mod_revision for e in entries if e.mod_revision > revision}
         async with contextlib.aclosing(self.runs.watch(task_id, revision + 1, seen)) as changes:
             async for e in changes:
-                yield e.filled()
+                if visible(e.record.task_id):
+                    yield e.filled()
 
     @grpc_errors
     async def GetCluster(
@@ -446,3 +456,17 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             return pb.PinTzdataResponse(version=agreed or "", pinned=False)
         version = await self.tzdata.pin(request.version, request.force)
         return pb.PinTzdataResponse(version=version, pinned=True)
+
+    async def WhoAmI(
+        self, request: pb.WhoAmIRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WhoAmIResponse:
+        """The caller as :mod:`peerd.rpc.auth` authenticated it, and its grants."""
+        principal = current_principal() or UNRESTRICTED
+        return pb.WhoAmIResponse(
+            principal=principal.name,
+            source=principal.source,
+            grants=[
+                pb.Grant(role=g.role, task_prefixes=g.scope.describe()) for g in principal.grants
+            ],
+            permissions=[p.value for p in principal.permissions()],
+        )

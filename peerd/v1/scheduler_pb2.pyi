@@ -740,3 +740,27 @@ class EtcdAlarm(_message.Message):
     member_id: int
     alarm: str
     def __init__(self, member_id: _Optional[int] = ..., alarm: _Optional[str] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("role", "task_prefixes")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TASK_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    task_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, role: _Optional[str] = ..., task_prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("principal", "source", "grants", "permissions")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    source: str
+    grants: _containers.RepeatedCompositeFieldContainer[Grant]
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principal: _Optional[str] = ..., source: _Optional[str] = ..., grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...

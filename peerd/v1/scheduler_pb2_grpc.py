@@ -119,6 +119,11 @@ class SchedulerStub:
                 request_serializer=peerd_dot_v1_dot_scheduler__pb2.WatchRunsRequest.SerializeToString,
                 response_deserializer=peerd_dot_v1_dot_scheduler__pb2.RunRecord.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/peerd.v1.Scheduler/WhoAmI',
+                request_serializer=peerd_dot_v1_dot_scheduler__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=peerd_dot_v1_dot_scheduler__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -239,6 +244,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who the answering node takes the caller for, and what the auth policy grants them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +338,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.WatchRuns,
                     request_deserializer=peerd_dot_v1_dot_scheduler__pb2.WatchRunsRequest.FromString,
                     response_serializer=peerd_dot_v1_dot_scheduler__pb2.RunRecord.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=peerd_dot_v1_dot_scheduler__pb2.WhoAmIRequest.FromString,
+                    response_serializer=peerd_dot_v1_dot_scheduler__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -787,6 +804,33 @@ class Scheduler:
             '/peerd.v1.Scheduler/WatchRuns',
             peerd_dot_v1_dot_scheduler__pb2.WatchRunsRequest.SerializeToString,
             peerd_dot_v1_dot_scheduler__pb2.RunRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerd.v1.Scheduler/WhoAmI',
+            peerd_dot_v1_dot_scheduler__pb2.WhoAmIRequest.SerializeToString,
+            peerd_dot_v1_dot_scheduler__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,15 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "claim_batch": ("32", 32),
     "etcd_compaction_interval": ("0", timedelta(0)),
     "etcd_compaction_retention": ("1h", timedelta(hours=1)),
+    "tls_cert": ("/etc/peerd/node.pem", "/etc/peerd/node.pem"),
+    "tls_key": ("/etc/peerd/node-key.pem", "/etc/peerd/node-key.pem"),
+    "tls_client_ca": ("/etc/peerd/ca.pem", "/etc/peerd/ca.pem"),
+    "auth_policy": ("/etc/peerd/policy.toml", "/etc/peerd/policy.toml"),
+    "etcd_cacert": ("/etc/etcd/ca.pem", "/etc/etcd/ca.pem"),
+    "etcd_cert": ("/etc/etcd/peerd.pem", "/etc/etcd/peerd.pem"),
+    "etcd_key": ("/etc/etcd/peerd-key.pem", "/etc/etcd/peerd-key.pem"),
+    "etcd_user": ("peerd", "peerd"),
+    "etcd_password_file": ("/etc/etcd/password", "/etc/etcd/password"),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
 }
@@ -81,7 +90,9 @@ def test_serve_has_exactly_one_flag_per_setting() -> None:
     [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     serve = commands.choices["serve"]
     flags = {o for a in serve._actions for o in a.option_strings if o.startswith("--")}
-    assert flags - {"--help", "--output", "--server", "--config"} == {s.flag for s in SETTINGS}
+    client = {"--ca", "--cert", "--key", "--token"}  # the CLI's credentials, on every command
+    flags -= {"--help", "--output", "--server", "--config", *client}
+    assert flags == {s.flag for s in SETTINGS}
     assert "--claim-batch" in flags
 
 
