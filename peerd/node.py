@@ -56,6 +56,7 @@ from peerd.healthcheck import check_async
 from peerd.log import set_level
 from peerd.peer.client import PeerClient
 from peerd.peer.detection import PeerLayer
+from peerd.rpc.guard import ApiGuard, RateLimiter
 from peerd.rpc.peer_service import PeerService
 from peerd.rpc.service import SchedulerService
 from peerd.runner.executors import Executors
@@ -223,7 +224,16 @@ class Node:
         return True
 
     def _server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        limiter = RateLimiter(
+            lambda: self.cfg.api_rate_limit, lambda: self.cfg.api_burst, self.clock
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", self.cfg.max_message_size),
+            ],
+            interceptors=[ApiGuard(limiter)],
+        )
         scheduler = SchedulerService(
             self.store,
             self.ledger,

@@ -22,6 +22,7 @@ from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskStore
 from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
+from peerd.core.redact import redact_spec
 from peerd.core.schedule import (
     CompiledSchedule,
     normalise_cron,
@@ -35,6 +36,7 @@ from peerd.core.validate import (
     validate_task_id,
 )
 from peerd.errors import InvalidArgument
+from peerd.rpc.caller import sees_credentials
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
@@ -57,6 +59,12 @@ def _timestamp(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
         return ts.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
         raise InvalidArgument(field, f"invalid timestamp: {exc}") from None
+
+
+def shown(spec: pb.TaskSpec, context: grpc.aio.ServicerContext) -> pb.TaskSpec:
+    """``spec`` as the caller may see it: credential-named literal values redacted unless
+    :func:`peerd.rpc.caller.sees_credentials` (see :func:`peerd.core.redact.redact_spec`)."""
+    return spec if sees_credentials(context) else redact_spec(spec)
 
 
 def _compile(schedule: pb.Schedule, created_at: datetime, field: str) -> CompiledSchedule:
@@ -150,7 +158,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.TaskSpec:
         spec = self._prepare(request.task, "task")
         await self.store.create([spec])
-        return spec
+        return shown(spec, context)
 
     @grpc_errors
     async def CreateTasks(
@@ -160,7 +168,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             raise InvalidArgument("tasks", "at least one task is required")
         specs = [self._prepare(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
         await self.store.create(specs)
-        return pb.CreateTasksResponse(tasks=specs)
+        return pb.CreateTasksResponse(tasks=[shown(s, context) for s in specs])
 
     @grpc_errors
     async def GetTask(
@@ -168,7 +176,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.TaskSpec:
         validate_task_id(request.id, "id")
         spec, _ = await self.store.get(request.id)
-        return spec
+        return shown(spec, context)
 
     @grpc_errors
     async def ListTasks(
@@ -178,7 +186,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if request.page_token:
             validate_task_id(request.page_token, "page_token")
         specs, token = await self.store.list(size, request.page_token)
-        return pb.ListTasksResponse(tasks=specs, next_page_token=token)
+        return pb.ListTasksResponse(tasks=[shown(s, context) for s in specs], next_page_token=token)
 
     @grpc_errors
     async def DeleteTask(
@@ -219,14 +227,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         """Pause a task; ``note`` (<= 1024 characters, INVALID_ARGUMENT ``note`` otherwise) is
         stored in ``pause_note``. Pausing a paused task with a (different) note replaces the
         note (``updated_at`` stays the pause time); without one it changes nothing."""
-        return await self._set_paused(request.id, True, request.note)
+        return shown(await self._set_paused(request.id, True, request.note), context)
 
     @grpc_errors
     async def ResumeTask(
         self, request: pb.ResumeTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
         """Resume a paused task: sets ``resumed_at`` and clears ``pause_note``."""
-        return await self._set_paused(request.id, False)
+        return shown(await self._set_paused(request.id, False), context)
 
     @grpc_errors
     async def TriggerTask(
@@ -234,8 +242,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.RunRecord:
         validate_task_id(request.id, "id")
         spec, _ = await self.store.get(request.id)
-        if spec.WhichOneof("target") == "shell":
-            self.targets.check(spec, "task")  # this node runs it: it must allow the command
+        if spec.WhichOneof("target") in ("shell", "http"):
+            self.targets.check(spec, "task")  # this node runs it: it must allow the target
         return await self.engine.trigger(spec)
 
     # -- runs and cluster ------------------------------------------------------------------------
