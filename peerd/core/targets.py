@@ -293,7 +293,8 @@ class TargetPolicy:
     def _decide(self, target: Target) -> Decision:
         for rule in self.deny:
             if rule.matches_target(target):
-                return Decision(False, f"denied by {rule}", rule)
+                what = f"address {target.address} " if rule.kind == "cidr" else ""
+                return Decision(False, f"{what}denied by {rule}", rule)
         if self.allow_names and not any(r.matches_target(target) for r in self.allow_names):
             return Decision(False, f"matches no {ALLOW_FLAG} URL or host rule")
         if target.address is not None:
