@@ -91,6 +91,8 @@ CREATE_EXAMPLES = """examples:
   peerd task create backup --cron '@daily' --shell -- /usr/local/bin/backup --full
   peerd task create sync --every 5m --python billing.sync --args '{"full": false}' \\
       --max-attempts 3 --retry-on exception,timeout --overlap forbid --on-failure sync-alert
+  peerd task create charge --every 1h --http-post https://pay.example.com/charge \\
+      --header-secret Authorization=PAYMENTS_TOKEN
 
 With --shell, everything after -- is the command's argv (flags included). Unset policies take
 the defaults shown by 'peerd task get'."""

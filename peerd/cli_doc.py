@@ -15,10 +15,11 @@ what the flag takes, with the natural structure where a flag repeats or takes a 
     max-attempts: 3
     labels: {team: billing}
 
-``header`` and ``env`` are mappings, ``shell`` is the argv list, ``args`` (Python tasks) a
-mapping (or its JSON text), ``retry-on`` a list (or a comma-separated string), ``paused`` a
-boolean. A document is read by turning it into a ``task create`` command line and parsing that
-with :mod:`peerd.cli_spec`, so it means exactly what the same flags mean; errors name the key.
+``header``, ``env``, ``header-secret`` and ``env-secret`` are mappings, ``shell`` is the argv
+list, ``args`` (Python tasks) a mapping (or its JSON text), ``retry-on`` a list (or a
+comma-separated string), ``paused`` a boolean. A document is read by turning it into a ``task
+create`` command line and parsing that with :mod:`peerd.cli_spec`, so it means exactly what the
+same flags mean; errors name the key.
 ``paused`` left out means "whatever it is now" for ``peerd apply`` (an operator's pause survives
 a re-apply); ``true``/``false`` pause or resume.
 
@@ -133,8 +134,8 @@ def _flag_args(key: str, value: Any) -> list[str]:
         return ["--paused"] if value else []
     if key == "header":
         return [f"--header={k}:{v}" for k, v in _mapping(key, value).items()]
-    if key == "env":
-        return [f"--env={k}={v}" for k, v in _mapping(key, value).items()]
+    if key in ("env", "header-secret", "env-secret"):
+        return [f"--{key}={k}={v}" for k, v in _mapping(key, value).items()]
     if key == "args" and isinstance(value, Mapping):
         return [f"--args={json.dumps(dict(value))}"]
     if key == "retry-on" and isinstance(value, list):
@@ -255,12 +256,16 @@ def _target_doc(t: pb.TaskSpec) -> dict[str, Any]:
             doc["method"] = t.http.method
         if t.http.headers:
             doc["header"] = dict(sorted(t.http.headers.items()))
+        if t.http.header_secrets:
+            doc["header-secret"] = dict(sorted(t.http.header_secrets.items()))
         if t.http.HasField("body"):
             doc["body"] = t.http.body
     elif kind == "shell":
         doc["shell"] = list(t.shell.argv)
         if t.shell.env:
             doc["env"] = dict(sorted(t.shell.env.items()))
+        if t.shell.env_secrets:
+            doc["env-secret"] = dict(sorted(t.shell.env_secrets.items()))
         if t.shell.working_dir:
             doc["workdir"] = t.shell.working_dir
         if t.shell.run_as:

@@ -102,6 +102,11 @@ def describe_schedule(s: pb.Schedule) -> str:
     return text
 
 
+def secret_ref(name: str) -> str:
+    """How ``task get`` shows a value read from a node's secrets: ``<secret NAME>``."""
+    return f"<secret {name}>"
+
+
 def describe_target(t: pb.TaskSpec) -> str:
     """``POST https://...`` for HTTP tasks, the shell-quoted argv for shell tasks,
     ``python NAME {args}`` for Python tasks."""
@@ -273,11 +278,13 @@ def task_detail(t: pb.TaskSpec, scheduling: str | None = None) -> str:
     if kind == "http":
         pairs.append(("http", f"{t.http.method or 'POST'} {t.http.url}"))
         pairs += [(f"header {k}", v) for k, v in sorted(t.http.headers.items())]
+        pairs += [(f"header {k}", secret_ref(v)) for k, v in sorted(t.http.header_secrets.items())]
         if t.http.HasField("body"):
             pairs.append(("body", t.http.body))
     elif kind == "shell":
         pairs.append(("shell", shlex.join(t.shell.argv)))
         pairs += [(f"env {k}", v) for k, v in sorted(t.shell.env.items())]
+        pairs += [(f"env {k}", secret_ref(v)) for k, v in sorted(t.shell.env_secrets.items())]
         if t.shell.working_dir:
             pairs.append(("working_dir", t.shell.working_dir))
         if t.shell.run_as:
@@ -645,6 +652,7 @@ __all__ = [
     "run_row",
     "runs_table",
     "scheduling_text",
+    "secret_ref",
     "task_detail",
     "tasks_table",
     "to_json",

@@ -120,9 +120,24 @@ def add_create(p: Parser, update: bool = False) -> None:
     )
     p.add_argument("--method", metavar="M")
     p.add_argument("--header", action="append", default=[], metavar="K:V")
+    p.add_argument(
+        "--header-secret",
+        action="append",
+        default=[],
+        metavar="NAME=SECRET",
+        help="header whose value the executing node reads from its secrets at run time "
+        "(--secrets-file or PEERD_SECRET_<SECRET>); only the name is stored",
+    )
     p.add_argument("--body", metavar="TEXT")
     p.add_argument("--timeout", dest="task_timeout", metavar="DURATION", help="per-run timeout")
     p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--env-secret",
+        action="append",
+        default=[],
+        metavar="VAR=SECRET",
+        help="--shell: environment variable read from the node's secrets (as --header-secret)",
+    )
     p.add_argument("--workdir", metavar="DIR")
     p.add_argument(
         "--args", dest="python_args", metavar="JSON", help="--python: a JSON object (default {})"
@@ -265,8 +280,9 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
         for flag, value in (("--method", args.method), ("--body", args.body)):
             if value is not None:
                 raise InvalidArgument(flag, "only applies to --http/--http-post tasks")
-        if args.header:
-            raise InvalidArgument("--header", "only applies to --http/--http-post tasks")
+        for flag, items in (("--header", args.header), ("--header-secret", args.header_secret)):
+            if items:
+                raise InvalidArgument(flag, "only applies to --http/--http-post tasks")
     if args.python is not None:
         _python_target(spec.python, args)
     elif args.shell:
@@ -276,6 +292,7 @@ def build_task_spec(args: argparse.Namespace) -> pb.TaskSpec:
             if not sep or not key:
                 raise InvalidArgument("--env", f"expected K=V, got {item!r}")
             spec.shell.env[key] = value
+        spec.shell.env_secrets.update(parse_secret_refs(args.env_secret, "--env-secret"))
         if args.workdir:
             spec.shell.working_dir = args.workdir
     else:
@@ -388,10 +405,33 @@ def _policies(spec: pb.TaskSpec, args: argparse.Namespace) -> None:
         spec.on_failure = args.on_failure
 
 
-def _python_target(target: pb.PythonTarget, args: argparse.Namespace) -> None:
-    for flag, value in (("--env", args.env), ("--workdir", args.workdir)):
+def parse_secret_refs(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``["Authorization=PAYMENTS_TOKEN", ...]`` -> ``{"Authorization": "PAYMENTS_TOKEN"}``.
+
+    Raises:
+        InvalidArgument: naming ``flag`` for an item that is not ``NAME=SECRET``.
+    """
+    refs = {}
+    for item in items:
+        name, sep, secret = item.partition("=")
+        if not sep or not name.strip() or not secret.strip():
+            raise InvalidArgument(flag, f"expected NAME=SECRET, got {item!r}")
+        refs[name.strip()] = secret.strip()
+    return refs
+
+
+def _shell_only_flags(args: argparse.Namespace) -> None:
+    for flag, value in (
+        ("--env", args.env),
+        ("--env-secret", args.env_secret),
+        ("--workdir", args.workdir),
+    ):
         if value:
             raise InvalidArgument(flag, "only applies to --shell tasks")
+
+
+def _python_target(target: pb.PythonTarget, args: argparse.Namespace) -> None:
+    _shell_only_flags(args)
     if not args.python.strip():
         raise InvalidArgument("--python", "empty entry-point name")
     target.name = args.python.strip()
@@ -406,9 +446,7 @@ def _python_target(target: pb.PythonTarget, args: argparse.Namespace) -> None:
 
 
 def _http_target(http: pb.HttpTarget, args: argparse.Namespace) -> None:
-    for flag, value in (("--env", args.env), ("--workdir", args.workdir)):
-        if value:
-            raise InvalidArgument(flag, "only applies to --shell tasks")
+    _shell_only_flags(args)
     flag = "--http-post" if args.http_post is not None else "--http"
     url = args.http_post if args.http_post is not None else args.http
     if not re.match(r"^https?://[^/\s]+", url):
@@ -427,5 +465,6 @@ def _http_target(http: pb.HttpTarget, args: argparse.Namespace) -> None:
         if not sep or not key.strip():
             raise InvalidArgument("--header", f"expected K:V, got {item!r}")
         http.headers[key.strip()] = value.strip()
+    http.header_secrets.update(parse_secret_refs(args.header_secret, "--header-secret"))
     if args.body is not None:
         http.body = args.body

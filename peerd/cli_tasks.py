@@ -40,8 +40,8 @@ from peerd.v1 import scheduler_pb2 as pb
 SCHEDULE_KEYS = ("cron", "every", "at")
 TARGET_KEYS = ("http-post", "http", "shell", "python")
 TARGET_OPTIONS = {
-    "http": ("method", "header", "body"),
-    "shell": ("env", "workdir", "run-as"),
+    "http": ("method", "header", "header-secret", "body"),
+    "shell": ("env", "env-secret", "workdir", "run-as"),
     "python": ("args",),
 }
 """Document keys that belong to a target kind."""
@@ -97,6 +97,8 @@ def overlay(doc: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
             out[key] = _pairs("--header", value, ":")
         elif key == "env":
             out[key] = _pairs("--env", value, "=")
+        elif key in ("header-secret", "env-secret"):
+            out[key] = _pairs(f"--{key}", value, "=")
         elif key == "label":  # --label K=V adds or changes one label; the others stay
             out["labels"] = {**out.get("labels", {}), **_pairs("--label", value, "=")}
         else:

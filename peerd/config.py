@@ -20,8 +20,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from peerd.core.secrets import SecretsFileError
+from peerd.core.targets import TargetError, validate_rules
 from peerd.core.tzrules import PACKAGE, SOURCES, TimeZoneRules
 from peerd.errors import InvalidArgument
+from peerd.runner.secrets import read_secrets_file
 from peerd.settings import (
     DURATION,
     GLOB_LIST,
@@ -50,7 +53,7 @@ CLUSTER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MIN_LEASE_TTL_S = 2
 MAX_HTTP_IN_FLIGHT = 256
 """Upper bound of ``max_http_runs``: :data:`peerd.runner.http.MAX_IN_FLIGHT` (kept equal by a
-test). More requests in flight per node queue inside httpcore, whose pool scan is quadratic."""
+test), the HTTP client's connection limit."""
 MAX_CLAIM_BATCH = 127
 """Upper bound of ``claim_batch``: etcd's default ``--max-txn-ops`` is 128 operations per
 transaction, and a claim batch is one outer transaction of nested ones
@@ -66,6 +69,35 @@ def _tzdata_source(value: Any, flag: str) -> str:
 
 TZDATA_SOURCE = Kind("package, system or a directory", "package|system|PATH", _tzdata_source)
 """Where time-zone rules come from (:meth:`peerd.core.tzrules.TimeZoneRules.load` reads them)."""
+
+
+MIN_MESSAGE_SIZE = 64 * 1024
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+
+def _target_rules(value: Any, flag: str) -> tuple[str, ...]:
+    try:
+        return validate_rules(GLOB_LIST.parse(value, flag), flag)
+    except TargetError as exc:
+        raise InvalidArgument(flag, str(exc)) from None
+
+
+def _secrets_file(value: Any, flag: str) -> str:
+    path = str(value).strip()
+    if path:
+        try:
+            read_secrets_file(path)
+        except SecretsFileError as exc:
+            raise InvalidArgument(flag, str(exc)) from None
+    return path
+
+
+TARGET_RULES = Kind(
+    "list of URL patterns, host patterns or CIDRs", "RULE", _target_rules, env_sep=";", repeat=True
+)
+SECRETS_FILE = Kind("path or empty", "FILE.toml", _secrets_file)
+"""A secrets file, read and checked when the configuration is built (start and SIGHUP), so a
+broken file refuses the start or the reload instead of failing runs."""
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_ETCD = "127.0.0.1:2379"
@@ -136,6 +168,71 @@ class NodeConfig:
         flag="--allow-shell",
         env="PEERD_ALLOW_SHELL",
         kind=GLOB_LIST,
+        reloadable=True,
+    )
+    http_allow: tuple[str, ...] = setting(
+        (),
+        help="HTTP targets this node may call: URL patterns (https://*.example.com/*), host "
+        "patterns (*.example.com), CIDRs or loopback/private/link-local; none: any target "
+        "not denied. URL/host rules and CIDRs are separate layers a target must both pass "
+        "(docs/security.md). Repeat the flag; separate with ; in the environment.",
+        flag="--http-allow",
+        env="PEERD_HTTP_ALLOW",
+        kind=TARGET_RULES,
+        reloadable=True,
+    )
+    http_deny: tuple[str, ...] = setting(
+        (),
+        help="HTTP targets this node refuses (same forms as --http-allow; deny wins), on top of "
+        "the built-in denies of link-local and cloud metadata addresses (169.254.0.0/16, "
+        "fe80::/10, fd00:ec2::254). Checked on create and on every address a name resolves "
+        "to when a run connects.",
+        flag="--http-deny",
+        env="PEERD_HTTP_DENY",
+        kind=TARGET_RULES,
+        reloadable=True,
+    )
+    secrets_file: str = setting(
+        "",
+        help='TOML file of secrets (NAME = "value") that tasks refer to by name '
+        "(--header-secret, --env-secret); looked up before the PEERD_SECRET_<NAME> environment "
+        "variables, re-read when it changes. Empty: environment only.",
+        flag="--secrets-file",
+        env="PEERD_SECRETS_FILE",
+        kind=SECRETS_FILE,
+        reloadable=True,
+    )
+    max_message_size: int = setting(
+        4 * 1024 * 1024,
+        help="Largest gRPC request this node accepts; a larger one is refused with "
+        "RESOURCE_EXHAUSTED before it is parsed.",
+        flag="--max-message-size",
+        env="PEERD_MAX_MESSAGE_SIZE",
+        kind=INTEGER,
+        unit="bytes",
+        minimum=MIN_MESSAGE_SIZE,
+        maximum=MAX_MESSAGE_SIZE,
+        bound_reason="64 MiB",
+    )
+    api_rate_limit: float = setting(
+        100.0,
+        help="Public API requests per second one caller may make (a token bucket per "
+        "principal, --api-burst deep); more answer RESOURCE_EXHAUSTED. 0: no limit.",
+        flag="--api-rate-limit",
+        env="PEERD_API_RATE_LIMIT",
+        kind=NUMBER,
+        unit="requests/s",
+        minimum=0.0,
+        reloadable=True,
+    )
+    api_burst: int = setting(
+        200,
+        help="Requests one caller may make at once before --api-rate-limit applies.",
+        flag="--api-burst",
+        env="PEERD_API_BURST",
+        kind=INTEGER,
+        unit="requests",
+        minimum=1,
         reloadable=True,
     )
     misfire_threshold: timedelta = setting(

@@ -94,6 +94,24 @@ class ResourceExhausted(PeerdError):
         self.detail = detail
 
 
+class RateLimited(PeerdError):
+    """A caller made more requests than its rate limit allows (``--api-rate-limit``); nothing
+    was done.
+
+    Attributes:
+        principal: the caller, as the limit counts it.
+        retry_after_s: seconds until it may call again.
+    """
+
+    def __init__(self, principal: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"rate limit: {principal} made more requests than this node's --api-rate-limit "
+            f"allows (--api-burst at once); retry in {max(retry_after_s, 0.001):.3f}s"
+        )
+        self.principal = principal
+        self.retry_after_s = retry_after_s
+
+
 class LeaseLost(PeerdError):
     """This node's membership lease is gone; it must not claim until it has re-registered."""
 

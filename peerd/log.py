@@ -4,6 +4,12 @@ Event names are stable snake_case (``member_registered``, ``run_failed``); ``nod
 ``task_id`` and ``scheduled_at`` are bound where they apply. Configured by the process entry
 point (``peerd serve``), never at import time.
 
+Credentials never reach the output: :func:`redact_event` (a processor, after the exception is
+formatted) replaces the value of every credential-named key (:func:`peerd.core.redact.
+is_sensitive_name`, except the keys in :data:`NOT_SECRET_KEYS` such as ``fencing_token``) and
+every occurrence of a secret value this process holds (:func:`set_redacted_values`, fed by the
+executors' secret stores) in any string of the event, nested dicts and lists included.
+
 The level can change while the process runs (:func:`set_level`, on SIGHUP). Loggers bound before
 the change (``log.bind(node_id=...)``) are cached by structlog with their wrapper class, so the
 level is not baked into that class: the first processor drops events below the current level.
@@ -14,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+
+from peerd.core.redact import MIN_FRAGMENT, REDACTED, is_sensitive_name, redact_values
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -73,6 +81,57 @@ def _filter_level(
     return event_dict
 
 
+NOT_SECRET_KEYS = frozenset(
+    {
+        "fencing_token",
+        "fencing_tokens",
+        "registered_token",
+        "idempotency_key",
+        "cause_idempotency_key",
+        "key",
+        "page_token",
+        "next_page_token",
+    }
+)
+"""Event keys that look credential-named but hold no credential (logged as they are)."""
+
+_redacted_by_source: dict[str, frozenset[str]] = {}
+_redacted: tuple[str, ...] = ()
+
+
+def set_redacted_values(source: str, values: Iterable[str]) -> None:
+    """Replace the secret values ``source`` (e.g. ``"http"``, one executor's secret store)
+    registered: from now on their occurrences in log events are shown as ``<redacted>``.
+    Values shorter than :data:`~peerd.core.redact.MIN_FRAGMENT` are ignored."""
+    global _redacted
+    _redacted_by_source[source] = frozenset(v for v in values if len(v) >= MIN_FRAGMENT)
+    _redacted = tuple(sorted(set().union(*_redacted_by_source.values()), key=len, reverse=True))
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_values(value, _redacted) if _redacted else value
+    if isinstance(value, dict):
+        return {k: REDACTED if _secret_key(k) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _secret_key(key: object) -> bool:
+    return isinstance(key, str) and key not in NOT_SECRET_KEYS and is_sensitive_name(key)
+
+
+def redact_event(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: credential-named keys and registered secret values redacted (module
+    docstring)."""
+    for key, value in event_dict.items():
+        event_dict[key] = REDACTED if _secret_key(key) and value else _scrub(value)
+    return event_dict
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog for this process.
 
@@ -93,6 +152,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,
             renderer,
         ],
         # Everything reaches the processors; _filter_level applies the (changeable) level.

@@ -74,6 +74,7 @@ from peerd.log import set_level
 from peerd.peer.client import PeerClient
 from peerd.peer.detection import PeerLayer
 from peerd.rpc.auth import AuthInterceptor
+from peerd.rpc.guard import ApiGuard, RateLimiter
 from peerd.rpc.peer_service import PeerService
 from peerd.rpc.service import SchedulerService
 from peerd.runner.executors import Executors
@@ -313,9 +314,19 @@ class Node:
 
     def _server(self) -> grpc.aio.Server:
         mutual = self.tls is not None and self.tls.mutual
+        limiter = RateLimiter(
+            lambda: self.cfg.api_rate_limit, lambda: self.cfg.api_burst, self.clock
+        )
         server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)],
-            interceptors=[AuthInterceptor(self.authn, self.store, node_certs=mutual)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", self.cfg.max_message_size),
+            ],
+            # Authentication first: the rate limit then counts per authenticated principal.
+            interceptors=[
+                AuthInterceptor(self.authn, self.store, node_certs=mutual),
+                ApiGuard(limiter),
+            ],
         )
         scheduler = SchedulerService(
             self.store,

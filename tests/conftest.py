@@ -10,10 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
 from peerd.devtools.sink import WebhookSink
 from tests.helpers import PeerdNode
+
+settings.register_profile("peerd", max_examples=40, derandomize=True, database=None, deadline=None)
+"""The suite's default hypothesis profile: deterministic (the same examples on every run, CI
+included) and of bounded cost (the hostile-input suite runs in about 30 s)."""
+settings.register_profile("long", max_examples=2000, derandomize=False, deadline=None)
+"""For a long search: ``pytest --hypothesis-profile long tests/integration/test_hostile_input.py``
+(randomized; failures are kept in ``.hypothesis/``)."""
+settings.load_profile("peerd")
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 NODE_LOG_LINES = 80

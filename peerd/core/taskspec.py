@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -191,14 +192,22 @@ def _json(value: Any) -> str:
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "…"
 
 
-def field_changes(before: pb.TaskSpec, after: pb.TaskSpec) -> list[pb.FieldChange]:
+def field_changes(
+    before: pb.TaskSpec,
+    after: pb.TaskSpec,
+    shown: Callable[[pb.TaskSpec], pb.TaskSpec] = lambda spec: spec,
+) -> list[pb.FieldChange]:
     """The user fields (and ``pause_note``) that differ, as paths in proto field names with JSON
-    values (:data:`MAX_VALUE_CHARS` at most; "" = unset), sorted by path. ``[]``: no change."""
+    values (:data:`MAX_VALUE_CHARS` at most; "" = unset), sorted by path. ``[]``: no change.
+    The values recorded are those of ``shown(spec)`` (e.g. :func:`peerd.core.redact.redact_spec`:
+    a changed credential is listed, its values are not)."""
     keep = ("pause_note",)
     a = flatten(_to_dict(user_view(before, keep)))
     b = flatten(_to_dict(user_view(after, keep)))
+    sa = flatten(_to_dict(user_view(shown(before), keep)))
+    sb = flatten(_to_dict(user_view(shown(after), keep)))
     return [
-        pb.FieldChange(field=path, before=_json(a.get(path)), after=_json(b.get(path)))
+        pb.FieldChange(field=path, before=_json(sa.get(path)), after=_json(sb.get(path)))
         for path in sorted(set(a) | set(b))
         if a.get(path) != b.get(path)
     ]

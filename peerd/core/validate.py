@@ -9,6 +9,10 @@ What is *not* checked here, because it depends on the cluster rather than on the
 * whether a ``python`` target's entry point is installed (the service checks it on the node that
   answers, :meth:`peerd.rpc.service.SchedulerService._check_python`);
 * whether the shell command is allow-listed (also the service);
+* whether the HTTP target passes the node's ``--http-allow``/``--http-deny`` policy (the
+  service, through the HTTP executor's check; again at run time on every resolved address);
+* whether a referenced secret (``header_secrets``, ``env_secrets``) exists: the node that runs
+  the task looks it up then, and fails the run (not retried) when it lacks it;
 * whether the ``on_failure`` task exists: it is looked up when a run's final attempt fails. If it
   is missing then, the engine logs the failure and notes it in the failed run's ``error``; the
   tasks may be created in any order.
@@ -22,7 +26,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from google.protobuf import duration_pb2
 
 from peerd.core.crontab import USER_NAME_RE
@@ -30,6 +33,8 @@ from peerd.core.durations import format_duration
 from peerd.core.labels import compile_selector, validate_labels
 from peerd.core.retry import validate_retry
 from peerd.core.schedule import validate_schedule
+from peerd.core.secrets import SECRET_NAME_RE
+from peerd.core.targets import TargetError, parse_target
 from peerd.core.tzrules import TimeZoneRules
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
@@ -223,13 +228,9 @@ def _validate_http(http: pb.HttpTarget, field: str) -> None:
     if method not in HTTP_METHODS:
         raise InvalidArgument(f"{field}.method", f"{http.method!r} is not one of {HTTP_METHODS}")
     try:
-        url = httpx.URL(http.url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidArgument(f"{field}.url", f"{http.url!r} is not a URL: {exc}") from exc
-    if url.scheme not in ("http", "https"):
-        raise InvalidArgument(f"{field}.url", f"{http.url!r}: scheme must be http or https")
-    if not url.host:
-        raise InvalidArgument(f"{field}.url", f"{http.url!r} has no host")
+        parse_target(http.url)
+    except TargetError as exc:
+        raise InvalidArgument(f"{field}.url", str(exc)) from None
     for name, value in http.headers.items():
         if not _HEADER_NAME_RE.match(name):
             raise InvalidArgument(f"{field}.headers", f"{name!r} is not a valid header name")
@@ -237,6 +238,24 @@ def _validate_http(http: pb.HttpTarget, field: str) -> None:
             raise InvalidArgument(f"{field}.headers", f"{name!r} is set by peerd")
         if "\r" in value or "\n" in value:
             raise InvalidArgument(f"{field}.headers", f"value of {name!r} contains a line break")
+    literal = {name.lower() for name in http.headers}
+    for name, secret in http.header_secrets.items():
+        where = f"{field}.header_secrets"
+        if not _HEADER_NAME_RE.match(name):
+            raise InvalidArgument(where, f"{name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidArgument(where, f"{name!r} is set by peerd")
+        if name.lower() in literal:
+            raise InvalidArgument(where, f"{name!r} is also a literal header")
+        _validate_secret_name(secret, where, name)
+
+
+def _validate_secret_name(secret: str, field: str, key: str) -> None:
+    if not SECRET_NAME_RE.match(secret):
+        raise InvalidArgument(
+            field,
+            f"secret name {secret[:140]!r} of {key!r} must match {SECRET_NAME_RE.pattern[1:-1]}",
+        )
 
 
 def _validate_shell(shell: pb.ShellTarget, field: str) -> None:
@@ -249,6 +268,13 @@ def _validate_shell(shell: pb.ShellTarget, field: str) -> None:
             raise InvalidArgument(f"{field}.env", f"{name!r} is not a valid variable name")
         if "\0" in value:
             raise InvalidArgument(f"{field}.env", f"value of {name!r} contains a NUL byte")
+    for name, secret in shell.env_secrets.items():
+        where = f"{field}.env_secrets"
+        if not _ENV_NAME_RE.match(name):
+            raise InvalidArgument(where, f"{name!r} is not a valid variable name")
+        if name in shell.env:
+            raise InvalidArgument(where, f"{name!r} is also a literal variable")
+        _validate_secret_name(secret, where, name)
     if shell.working_dir and not shell.working_dir.startswith("/"):
         raise InvalidArgument(f"{field}.working_dir", "must be an absolute path")
     if shell.run_as and not USER_NAME_RE.match(shell.run_as):

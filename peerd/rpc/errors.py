@@ -10,6 +10,7 @@ Aborted                     ABORTED (an expected revision no longer matches)
 PermissionDenied            PERMISSION_DENIED (AccessDenied: the auth policy's refusal)
 Unauthenticated             UNAUTHENTICATED
 ResourceExhausted           RESOURCE_EXHAUSTED (etcd's NOSPACE alarm)
+RateLimited                 RESOURCE_EXHAUSTED (the caller's --api-rate-limit)
 Unavailable, LeaseLost      UNAVAILABLE
 other PeerdError            INTERNAL
 ==========================  ====================
@@ -33,6 +34,7 @@ from peerd.errors import (
     NotFound,
     PeerdError,
     PermissionDenied,
+    RateLimited,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
@@ -48,6 +50,7 @@ _CODES: list[tuple[type[PeerdError], grpc.StatusCode]] = [
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (LeaseLost, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -64,13 +67,18 @@ def status_for(exc: PeerdError) -> grpc.StatusCode:
 R = TypeVar("R")
 
 
+async def abort_for(exc: PeerdError, context: grpc.aio.ServicerContext) -> None:
+    """Abort the call with ``exc``'s status code and message (always raises)."""
+    await context.abort(status_for(exc), str(exc))
+
+
 async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     """Abort the call for ``exc``: a PeerdError with its status; anything else logged and
     INTERNAL. An AbortError (the call is already aborted) is re-raised."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if isinstance(exc, PeerdError):
-        await context.abort(status_for(exc), str(exc))
+        await abort_for(exc, context)
     log.exception("rpc_internal_error", method=method)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
 

@@ -27,12 +27,14 @@ from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
 from peerd.core.labels import Selector, compile_selector
 from peerd.core.policy import UNRESTRICTED
+from peerd.core.redact import redact_spec
 from peerd.core.schedule import CompiledSchedule, spec_from_proto, validate_schedule
 from peerd.core.task_schedule import task_schedule
 from peerd.core.tzrules import TimeZoneRules
 from peerd.core.validate import validate_task_id
 from peerd.errors import InvalidArgument
 from peerd.rpc.auth import current_principal, visible
+from peerd.rpc.caller import sees_credentials
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
 from peerd.rpc.task_writes import TargetCheck, TaskWrites
 from peerd.v1 import scheduler_pb2 as pb
@@ -58,6 +60,12 @@ def _timestamp(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
         return ts.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
         raise InvalidArgument(field, f"invalid timestamp: {exc}") from None
+
+
+def shown(spec: pb.TaskSpec, context: grpc.aio.ServicerContext) -> pb.TaskSpec:
+    """``spec`` as the caller may see it: credential-named literal values redacted unless
+    :func:`peerd.rpc.caller.sees_credentials` (see :func:`peerd.core.redact.redact_spec`)."""
+    return spec if sees_credentials(context) else redact_spec(spec)
 
 
 def _compile(
@@ -149,7 +157,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.TaskSpec:
         spec = self.writes.prepare_create(request.task, "task")
         await self.store.create([spec])
-        return spec
+        return shown(spec, context)
 
     @grpc_errors
     async def CreateTasks(
@@ -159,7 +167,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             raise InvalidArgument("tasks", "at least one task is required")
         specs = [self.writes.prepare_create(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
         await self.store.create(specs)
-        return pb.CreateTasksResponse(tasks=specs)
+        return pb.CreateTasksResponse(tasks=[shown(s, context) for s in specs])
 
     @grpc_errors
     async def GetTask(
@@ -167,7 +175,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.TaskSpec:
         validate_task_id(request.id, "id")
         spec, _ = await self.store.get(request.id)
-        return spec
+        return shown(spec, context)
 
     @grpc_errors
     async def ListTasks(
@@ -191,7 +199,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             specs, token = await self.store.list(size, request.page_token)
         # Filtered after paging: a page may come back short (even empty) with a next token.
         return pb.ListTasksResponse(
-            tasks=[s for s in specs if visible(s.id)], next_page_token=token
+            tasks=[shown(s, context) for s in specs if visible(s.id)], next_page_token=token
         )
 
     async def _matching(
@@ -226,7 +234,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.UpdateTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
         """Replace a task's spec (:meth:`peerd.rpc.task_writes.TaskWrites.update`)."""
-        return await self.writes.update(request.task, request.expected_revision)
+        return shown(await self.writes.update(request.task, request.expected_revision), context)
 
     @grpc_errors
     async def ApplyTasks(
@@ -234,7 +242,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.ApplyTasksResponse:
         """Creates, updates and deletes in one transaction
         (:meth:`peerd.rpc.task_writes.TaskWrites.apply`)."""
-        return await self.writes.apply(request)
+        out = await self.writes.apply(request)
+        for specs in (out.created, out.updated):
+            for spec in specs:
+                redacted = shown(spec, context)
+                if redacted is not spec:
+                    spec.CopyFrom(redacted)
+        return out
 
     @grpc_errors
     async def ListTaskHistory(
@@ -252,14 +266,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         """Pause a task; ``note`` (<= 1024 characters, INVALID_ARGUMENT ``note`` otherwise) is
         stored in ``pause_note``. Pausing a paused task with a (different) note replaces the
         note; without one it changes nothing. ``paused_at`` is the time it was paused."""
-        return await self.writes.set_paused(request.id, True, request.note)
+        return shown(await self.writes.set_paused(request.id, True, request.note), context)
 
     @grpc_errors
     async def ResumeTask(
         self, request: pb.ResumeTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskSpec:
         """Resume a paused task: sets ``resumed_at`` and clears ``pause_note``."""
-        return await self.writes.set_paused(request.id, False)
+        return shown(await self.writes.set_paused(request.id, False), context)
 
     @grpc_errors
     async def TriggerTask(
@@ -267,8 +281,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> pb.RunRecord:
         validate_task_id(request.id, "id")
         spec, _ = await self.store.get(request.id)
-        if spec.WhichOneof("target") == "shell":
-            self.targets.check(spec, "task")  # this node runs it: it must allow the command
+        if spec.WhichOneof("target") in ("shell", "http"):
+            self.targets.check(spec, "task")  # this node runs it: it must allow the target
         return await self.engine.trigger(spec)
 
     # -- runs and cluster ------------------------------------------------------------------------

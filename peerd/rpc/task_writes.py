@@ -18,6 +18,7 @@ from typing import Protocol
 
 from peerd.clock import Clock
 from peerd.coord.store import TaskStore, TaskUpdate
+from peerd.core.redact import redact_spec, restore_redacted
 from peerd.core.taskspec import (
     SERVER_FIELDS,
     field_changes,
@@ -29,6 +30,7 @@ from peerd.core.taskspec import (
 from peerd.core.tzrules import TimeZoneRules
 from peerd.core.validate import new_task_id, validate_pause_note, validate_task, validate_task_id
 from peerd.errors import Aborted, InvalidArgument
+from peerd.rpc.auth import current_principal
 from peerd.v1 import scheduler_pb2 as pb
 
 
@@ -98,6 +100,8 @@ class TaskWrites:
         """``desired`` replacing ``current`` (:func:`peerd.core.taskspec.prepare_update`),
         validated: a changed schedule like a new one (no ``at``/``end_at`` in the past); a
         changed target checked on this node."""
+        desired = _copy(desired)
+        restore_redacted(desired, current, field)  # a redacted spec sent back keeps its values
         new = prepare_update(current, desired, now, field)
         validate_task(new, now, field, rules=self.rules, creating=schedule_changed(current, new))
         if not _same_target(current, new):
@@ -109,8 +113,9 @@ class TaskWrites:
             change = pb.TaskChange(
                 task_id=after.id,
                 operation=operation,
-                changes=field_changes(before, after),
+                changes=field_changes(before, after, redact_spec),
                 node_id=self.node_id(),
+                principal=_principal_name(),
             )
             change.changed_at.FromDatetime(now)
             return change
@@ -197,3 +202,15 @@ def _same_target(a: pb.TaskSpec, b: pb.TaskSpec) -> bool:
     return kind == b.WhichOneof("target") and (
         kind is None or bool(getattr(a, kind) == getattr(b, kind))
     )
+
+
+def _copy(spec: pb.TaskSpec) -> pb.TaskSpec:
+    out = pb.TaskSpec()
+    out.CopyFrom(spec)
+    return out
+
+
+def _principal_name() -> str:
+    """The authenticated caller's name ("" without an auth policy)."""
+    who = current_principal()
+    return who.name if who is not None and not who.unrestricted else ""

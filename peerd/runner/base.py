@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from peerd.core.records import idempotency_key as _key
 from peerd.core.records import slot_ms
+from peerd.core.redact import REDACTED
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
@@ -54,6 +56,64 @@ OUTPUT_TAIL_BYTES = 4096
 def tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
     """The last ``limit`` bytes of ``data`` decoded as UTF-8 (invalid bytes replaced)."""
     return data[-limit:].decode("utf-8", errors="replace")
+
+
+class OutputTail:
+    """Keeps the last ``limit`` bytes of a stream (a process's output, a response body), with
+    credentials redacted.
+
+    Every occurrence of each of ``secrets`` is replaced by ``<redacted>``. So that a secret cut
+    by the window is never shown in part, the buffer keeps ``limit`` bytes plus the longest
+    secret's length; once the stream outgrew that, its first bytes, where a secret may begin
+    outside the window, are dropped unless they belong to a whole occurrence (so the tail may
+    be a little shorter than ``limit``).
+
+    Args:
+        limit: bytes kept (default :data:`OUTPUT_TAIL_BYTES`).
+        secrets: values to redact (e.g. the secrets the run resolved).
+    """
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES, secrets: Sequence[str] = ()) -> None:
+        self._limit = limit
+        self._secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        self._margin = len(self._secrets[0]) if self._secrets else 0
+        self._keep = limit + self._margin
+        self._buf = bytearray()
+        self._cut = False
+
+    def add(self, chunk: bytes) -> None:
+        """Append ``chunk``; only the newest bytes are kept."""
+        if len(chunk) > self._keep:
+            chunk, self._cut = chunk[-self._keep :], True
+        self._buf += chunk
+        if len(self._buf) > self._keep:
+            del self._buf[: -self._keep]
+            self._cut = True
+
+    def text(self) -> str:
+        """The tail, decoded as UTF-8 (invalid bytes replaced), secrets redacted."""
+        data = bytes(self._buf)
+        if not self._secrets:
+            return tail(data, self._limit)
+        owner = [-1] * len(data)  # index of the secret covering each byte, -1 for none
+        for i, secret in enumerate(self._secrets):
+            at = data.find(secret)
+            while at >= 0:
+                if all(o < 0 for o in owner[at : at + len(secret)]):
+                    owner[at : at + len(secret)] = [i] * len(secret)
+                at = data.find(secret, at + 1)
+        out = bytearray()
+        unsure = self._margin - 1 if self._cut else 0  # may hold the end of a cut-off secret
+        pos = 0
+        while pos < len(data):
+            if owner[pos] >= 0:
+                out += REDACTED.encode()
+                pos += len(self._secrets[owner[pos]])
+            else:
+                if pos >= unsure:
+                    out.append(data[pos])
+                pos += 1
+        return tail(bytes(out), len(out))[-self._limit :]
 
 
 @dataclass(frozen=True)

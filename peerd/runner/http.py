@@ -1,4 +1,4 @@
-"""HTTP executor: fire a task by sending one HTTP request to its target URL.
+"""HTTP executor: fire a task by sending one HTTP request to its target URL (aiohttp).
 
 Every request carries ``Idempotency-Key: <task_id>/<slot epoch ms>`` and
 ``Peerd-Fencing-Token: <etcd revision of the claim>`` so targets can deduplicate retries and
@@ -6,20 +6,39 @@ reject stale claims. A compensation run (``TaskSpec.on_failure``) also carries
 ``Peerd-Cause-Idempotency-Key: <idempotency key of the failed run>``. Run failures never raise;
 they are reported in the returned :class:`~peerd.runner.base.Outcome` with a failure class
 (:data:`~peerd.runner.base.FAILURE_CLASSES`).
+
+Safe targets: the node's policy (``--http-allow``/``--http-deny``, :mod:`peerd.core.targets`)
+is checked on the URL when a task is created (:meth:`HttpExecutor.check`), again before each
+request, and on every address a host name resolves to, at connect time
+(:mod:`peerd.runner.http_transport`). A refusal at run time fails the run with
+:data:`FAILURE_CONFIG` (never retried). Secret headers (``header_secrets``) are read from the
+node's secrets at run time (:mod:`peerd.runner.secrets`); their values, and those of
+credential-named literal headers, are redacted from the output tail and the error.
+
+Cost: aiohttp spends about a tenth of the CPU per request that httpx did (``bench/http_client.py``
+against nginx; figures in docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
+import aiohttp
 import structlog
+from aiohttp.abc import AbstractResolver
+from multidict import CIMultiDict
 
 from peerd import __version__
 from peerd.clock import Clock, SystemClock
 from peerd.core.records import rfc3339
+from peerd.core.redact import credential_fragments, literal_credentials, redact_values
+from peerd.core.targets import Target, TargetError, TargetPolicy, parse_target
+from peerd.errors import InvalidArgument, PermissionDenied
 from peerd.runner.base import (
     FAILURE_CONFIG,
     FAILURE_CONNECTION,
@@ -27,11 +46,12 @@ from peerd.runner.base import (
     FAILURE_HTTP_5XX,
     FAILURE_HTTP_429,
     FAILURE_TIMEOUT,
-    OUTPUT_TAIL_BYTES,
     Execution,
     Outcome,
-    tail,
+    OutputTail,
 )
+from peerd.runner.http_transport import PER_ORIGIN, EnvProxies, Sessions, TargetDenied
+from peerd.runner.secrets import MissingSecret, SecretStore
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
@@ -48,10 +68,9 @@ DEFAULT_METHOD = "POST"
 _RESERVED = frozenset(
     {IDEMPOTENCY_HEADER.lower(), FENCING_HEADER.lower(), CAUSE_KEY_HEADER.lower()}
 )
-
-
-def _seconds(execution: Execution) -> float:
-    return execution.timeout.total_seconds()
+_NO_AUTO_HEADERS = frozenset({"Content-Type"})
+"""aiohttp would label a custom body ``application/octet-stream``; peerd sends a custom body
+with the Content-Type its target gives, or none."""
 
 
 def parse_cause(cause_json: str) -> dict[str, Any] | None:
@@ -108,8 +127,10 @@ def build_headers(
     *,
     json_body: bool,
     cause: dict[str, Any] | None = None,
-) -> httpx.Headers:
-    """Request headers: ``User-Agent``, the target's headers, then the peerd headers.
+    secrets: Mapping[str, str] | None = None,
+) -> CIMultiDict[str]:
+    """Request headers: ``User-Agent``, the target's headers, its secret headers (``secrets``:
+    name -> resolved value), then the peerd headers.
 
     User headers may replace ``User-Agent`` (and ``Content-Type`` for a custom body) but never
     ``Idempotency-Key``, ``Peerd-Fencing-Token`` or ``Peerd-Cause-Idempotency-Key`` (matched
@@ -117,11 +138,11 @@ def build_headers(
     always ``application/json``. ``Peerd-Cause-Idempotency-Key`` is sent when ``cause`` has an
     idempotency key, whatever the body.
     """
-    headers = httpx.Headers({"User-Agent": USER_AGENT})
-    for name, value in target.headers.items():
-        if name.lower() in _RESERVED:
-            continue
-        headers[name] = value
+    headers: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT})
+    for source in (target.headers, secrets or {}):
+        for name, value in source.items():
+            if name.lower() not in _RESERVED:
+                headers[name] = value
     if json_body:
         headers["Content-Type"] = "application/json"
     headers[IDEMPOTENCY_HEADER] = execution.idempotency_key
@@ -141,89 +162,109 @@ def status_failure(status: int) -> str:
 
 
 MAX_IN_FLIGHT = 256
-"""Requests one node sends at once; further runs wait (their wait shows as lateness)."""
-PER_ORIGIN = 32
-"""Connections per origin (scheme, host, port)."""
+"""Requests one node sends at once; further runs wait (their wait shows as lateness). Also the
+upper bound of ``--max-http-runs``."""
+
+
+class _Refused(Exception):
+    """A run refused before anything was sent (FAILURE_CONFIG); the message is the error."""
 
 
 class HttpExecutor:
-    """Runs :class:`pb.HttpTarget` tasks with an :class:`httpx.AsyncClient`.
+    """Runs :class:`pb.HttpTarget` tasks with one aiohttp session (:mod:`.http_transport`).
 
     Args:
-        client: client to send requests with. When ``None`` the executor creates its own and
-            closes it in :meth:`aclose`; an injected client is left open for its owner.
-            Redirects are never followed, whatever the client's setting.
         clock: source of ``started_at``/``finished_at`` (default :class:`SystemClock`).
             Timeouts are enforced by the event loop, not by this clock.
+        policy: the node's target policy (default: the built-in denies only).
+        secrets: where secret headers are read (default: none, only ``PEERD_SECRET_*`` of an
+            empty environment, so every secret is missing).
+        proxies: proxies by scheme (default: none).
+        resolver_factory: the DNS resolver under the policy (default aiohttp's).
+        max_in_flight: requests at once.
+        per_origin: connections per origin.
     """
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient | None = None,
-        clock: Clock | None = None,
-        max_in_flight: int = MAX_IN_FLIGHT,
-        per_origin: int = PER_ORIGIN,
-    ) -> None:
-        self._owns_client = client is None
-        self._client = client
-        self._per_origin = per_origin
-        self._clients: dict[tuple[str, str, int | None], httpx.AsyncClient] = {}
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        # Requests wait on this semaphore, not inside httpcore, and each origin gets its own
-        # small pool: httpcore re-scans every connection of a pool for every queued request, which
-        # turned quadratic with hundreds of requests per pool and saturated the event loop
-        # (measured with bench/cluster.py: 87% CPU at 100 fires/s per node).
-        self._in_flight = asyncio.Semaphore(max_in_flight)
-
-    def _client_for(self, url: str) -> httpx.AsyncClient:
-        if self._client is not None:
-            return self._client
-        u = httpx.URL(url)
-        origin = (u.scheme, u.host, u.port)
-        client = self._clients.get(origin)
-        if client is None:
-            limits = httpx.Limits(
-                max_connections=self._per_origin, max_keepalive_connections=self._per_origin
-            )
-            client = httpx.AsyncClient(follow_redirects=False, limits=limits)
-            self._clients[origin] = client
-        return client
 
     kind: ClassVar[str] = "http"
     """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
     limit_setting: ClassVar[str] = "max_http_runs"
     """The node setting that caps its concurrent runs."""
+    node_id = ""
+    """The node it runs on (named in API errors)."""
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        policy: TargetPolicy | None = None,
+        secrets: SecretStore | None = None,
+        proxies: EnvProxies | None = None,
+        resolver_factory: Callable[[], AbstractResolver] | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        per_origin: int = PER_ORIGIN,
+    ) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._policy = policy or TargetPolicy()
+        self._secrets = secrets or SecretStore("", {}, "http")
+        self._proxies = proxies or EnvProxies({})
+        self._sessions = Sessions(per_origin, max_in_flight, self._proxies.hosts, resolver_factory)
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, clock: Clock) -> HttpExecutor:
-        """The executor a node with ``cfg`` runs."""
-        return cls(clock=clock)
+        """The executor a node with ``cfg`` runs: its target policy and secrets file, the
+        proxies of the process environment."""
+        executor = cls(
+            clock,
+            policy=TargetPolicy(cfg.http_allow, cfg.http_deny),
+            secrets=SecretStore(cfg.secrets_file, os.environ, "http"),
+            proxies=EnvProxies(os.environ),
+        )
+        executor.node_id = cfg.node_id
+        return executor
 
     def check(self, spec: pb.TaskSpec, field: str) -> None:
-        """API validation on the answering node: nothing beyond :mod:`peerd.core.validate`."""
+        """API validation on the answering node: the URL must pass its target policy (the
+        addresses a host name resolves to are checked when it runs).
+
+        Raises:
+            InvalidArgument: ``{field}.http.url`` cannot be parsed.
+            PermissionDenied: ``{field}.http.url`` and the rule that refuses it.
+        """
+        try:
+            decision = self._policy.check_url(spec.http.url)
+        except TargetError as exc:
+            raise InvalidArgument(f"{field}.http.url", str(exc)) from None
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"{field}.http.url: {spec.http.url[:200]!r} {decision.reason} (node {self.node_id})"
+            )
 
     def configure(self, cfg: NodeConfig) -> None:
-        """Nothing of the HTTP executor changes on a config reload."""
+        """Apply a reloaded policy and secrets file to requests that start from now on (a
+        changed policy retires the session: its DNS cache and pooled connections go)."""
+        policy = TargetPolicy(cfg.http_allow, cfg.http_deny)
+        if policy.key != self._policy.key:
+            self._policy = policy
+            self._sessions.retire()
+        self._secrets.set_path(cfg.secrets_file)
 
     async def run(self, spec: pb.TaskSpec, execution: Execution) -> Outcome:
         """Run one attempt of ``spec`` (its ``http`` target): see :meth:`run_target`."""
         return await self.run_target(spec.http, execution)
 
     async def close(self) -> None:
-        """Close the HTTP client if this executor created it. Idempotent."""
-        if self._owns_client:
-            clients, self._clients = list(self._clients.values()), {}
-            for client in clients:
-                await client.aclose()
+        """Close every session. Idempotent."""
+        await self._sessions.close()
 
     async def run_target(self, target: pb.HttpTarget, execution: Execution) -> Outcome:
         """Send one request for ``execution`` and report how it went.
 
-        The method defaults to POST. ``execution.timeout`` bounds the whole request (connect,
-        send, and reading the full response body). Success means a 2xx status; 3xx (not
-        followed), 4xx and 5xx are failures carrying ``http_status``. ``output_tail`` holds the
-        last :data:`OUTPUT_TAIL_BYTES` of the response body; the body is streamed, so large
-        responses are not buffered.
+        The method defaults to POST. ``execution.timeout`` bounds the whole request (waiting for
+        a connection, connect, send, and reading the full response body). Success means a 2xx
+        status; 3xx (not followed), 4xx and 5xx are failures carrying ``http_status``.
+        ``output_tail`` holds the last :data:`OUTPUT_TAIL_BYTES` of the response body with
+        credentials redacted; the body is streamed, so large responses are not buffered.
 
         For a compensation run (``execution.cause_json`` set) the default JSON body gains
         ``cause`` and the request carries ``Peerd-Cause-Idempotency-Key``.
@@ -233,73 +274,108 @@ class HttpExecutor:
         :data:`FAILURE_HTTP_5XX`, :data:`FAILURE_HTTP_429`, :data:`FAILURE_HTTP_4XX` (any other
         non-2xx), :data:`FAILURE_TIMEOUT` (even when the status line had arrived),
         :data:`FAILURE_CONNECTION` (connect or transport error) or :data:`FAILURE_CONFIG`
-        (invalid URL or unparseable ``cause_json``: retrying cannot help).
+        (invalid URL, a target the node's policy refuses, before the request or for a resolved
+        address, a missing secret, or an unparseable ``cause_json``: retrying cannot help).
         ``asyncio.CancelledError`` propagates.
         """
         async with self._in_flight:
             return await self._run(target, execution)
 
-    async def _run(self, target: pb.HttpTarget, execution: Execution) -> Outcome:
-        started = self._clock.now()
-        seconds = _seconds(execution)
-        method = (target.method or DEFAULT_METHOD).upper()
-        has_body = target.HasField("body")
+    def _prepare(
+        self, target: pb.HttpTarget, execution: Execution
+    ) -> tuple[Target, bytes, CIMultiDict[str], list[str]]:
+        """The parsed URL, the body, the headers and the credentials to redact.
+
+        Raises:
+            _Refused: bad ``cause_json`` or URL, a policy refusal, a missing secret.
+        """
+        try:
+            parsed = _parse(target.url)
+        except TargetError as exc:
+            raise _Refused(f"invalid url: {exc}") from None
         try:
             cause = parse_cause(execution.cause_json)
         except ValueError as exc:
-            return Outcome(
-                succeeded=False,
-                started_at=started,
-                finished_at=self._clock.now(),
-                error=str(exc),
-                failure=FAILURE_CONFIG,
-            )
-        content = target.body.encode() if has_body else default_body(execution, cause)
-
-        status = 0
-        body = bytearray()
-        error = ""
-        failure = ""
+            raise _Refused(str(exc)) from None
+        decision = self._policy.check_target(parsed)
+        if not decision.allowed:
+            raise _Refused(f"target refused by this node's policy: {decision.reason}")
         try:
-            headers = build_headers(target, execution, json_body=not has_body, cause=cause)
-            async with asyncio.timeout(seconds):
-                async with self._client_for(target.url).stream(
+            secrets = self._secrets.resolve(target.header_secrets)
+        except MissingSecret as exc:
+            raise _Refused(str(exc)) from None
+        has_body = target.HasField("body")
+        content = target.body.encode() if has_body else default_body(execution, cause)
+        headers = build_headers(
+            target, execution, json_body=not has_body, cause=cause, secrets=secrets
+        )
+        hidden = literal_credentials(target.headers)
+        for value in secrets.values():
+            hidden.extend(credential_fragments(value))
+        return parsed, content, headers, hidden
+
+    async def _run(self, target: pb.HttpTarget, execution: Execution) -> Outcome:
+        started = self._clock.now()
+        try:
+            parsed, content, headers, hidden = self._prepare(target, execution)
+        except _Refused as exc:
+            now = self._clock.now()
+            return Outcome(False, started, now, error=str(exc), failure=FAILURE_CONFIG)
+        seconds = execution.timeout.total_seconds()
+        method = (target.method or DEFAULT_METHOD).upper()
+        body = OutputTail(secrets=hidden)
+        status, error, failure = 0, "", ""
+        await self._sessions.close_idle()
+        lease = self._sessions.acquire(self._policy)
+        try:
+            async with (
+                asyncio.timeout(seconds),
+                lease.session.request(
                     method,
                     target.url,
                     headers=headers,
-                    content=content,
-                    timeout=httpx.Timeout(seconds),
-                    follow_redirects=False,
-                ) as response:
-                    status = response.status_code
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > OUTPUT_TAIL_BYTES:
-                            del body[:-OUTPUT_TAIL_BYTES]
-        except (TimeoutError, httpx.TimeoutException):
-            error, failure = f"timeout after {seconds}s", FAILURE_TIMEOUT
-        except httpx.ConnectError as exc:
-            error, failure = f"connect error: {exc or type(exc).__name__}", FAILURE_CONNECTION
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            error, failure = f"invalid url {target.url!r}: {exc}", FAILURE_CONFIG
-        except httpx.HTTPError as exc:
-            error = f"request error: {type(exc).__name__}: {exc}"
-            failure = FAILURE_CONNECTION
+                    data=content,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=seconds),
+                    proxy=self._proxies.proxy_for(parsed),
+                    skip_auto_headers=_NO_AUTO_HEADERS,
+                ) as response,
+            ):
+                status = response.status
+                async for chunk in response.content.iter_any():
+                    body.add(chunk)
         except Exception as exc:  # never raise for a run failure
-            log.warning("http.run_unexpected_error", task_id=execution.task_id, exc_info=True)
-            # Unknown: treated as transport trouble, so a retry policy may try again.
-            error = f"request error: {type(exc).__name__}: {exc}"
-            failure = FAILURE_CONNECTION
-
+            error, failure = _failure(exc, seconds, target.url, execution)
+        finally:
+            await self._sessions.release(lease)
         if not error and not 200 <= status < 300:
             error, failure = f"HTTP {status}", status_failure(status)
-        finished = self._clock.now()
         return Outcome(
             succeeded=not error,
             started_at=started,
-            finished_at=finished,
+            finished_at=self._clock.now(),
             http_status=status,
-            output_tail=tail(bytes(body)),
-            error=error,
+            output_tail=body.text(),
+            error=redact_values(error, hidden),
             failure=failure,
         )
+
+
+_parse: Callable[[str], Target] = functools.lru_cache(maxsize=4096)(parse_target)
+""":func:`parse_target`, cached: a task's URL is parsed once, not at every fire."""
+
+
+def _failure(exc: Exception, seconds: float, url: str, execution: Execution) -> tuple[str, str]:
+    """``(error, failure class)`` of an exception a request raised."""
+    if isinstance(exc, TimeoutError):
+        return f"timeout after {seconds}s", FAILURE_TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, TargetDenied):
+            return f"target refused by this node's policy: {exc.os_error}", FAILURE_CONFIG
+        return f"connect error: {exc}", FAILURE_CONNECTION
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return f"invalid url {url!r}: {exc}", FAILURE_CONFIG
+    if not isinstance(exc, aiohttp.ClientError):
+        log.warning("http.run_unexpected_error", task_id=execution.task_id, exc_info=True)
+    # Unknown errors are treated as transport trouble, so a retry policy may try again.
+    return f"request error: {type(exc).__name__}: {exc}", FAILURE_CONNECTION

@@ -24,17 +24,19 @@ import structlog
 
 from peerd.clock import Clock, SystemClock
 from peerd.core.records import rfc3339
+from peerd.core.redact import credential_fragments, literal_credentials
+from peerd.core.secrets import ENV_PREFIX
 from peerd.errors import PermissionDenied
 from peerd.runner.base import (
     FAILURE_CONFIG,
     FAILURE_CONNECTION,
     FAILURE_NONZERO_EXIT,
     FAILURE_TIMEOUT,
-    OUTPUT_TAIL_BYTES,
     Execution,
     Outcome,
-    tail,
+    OutputTail,
 )
+from peerd.runner.secrets import MissingSecret, SecretStore
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
@@ -91,22 +93,6 @@ class ShellAllowList:
 
     def __repr__(self) -> str:
         return f"ShellAllowList({list(self._patterns)!r})"
-
-
-class _Tail:
-    """Keeps only the last ``limit`` bytes written to it."""
-
-    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
-        self._limit = limit
-        self._buf = bytearray()
-
-    def add(self, chunk: bytes) -> None:
-        self._buf += chunk[-self._limit :]
-        if len(self._buf) > self._limit:
-            del self._buf[: -self._limit]
-
-    def text(self) -> str:
-        return tail(bytes(self._buf), self._limit)
 
 
 CAUSE_ENV = "PEERD_CAUSE_JSON"
@@ -193,7 +179,9 @@ class ShellExecutor:
         clock: source of ``started_at``/``finished_at`` (default :class:`SystemClock`).
             Timeouts are enforced by the event loop, not by this clock.
         base_env: environment every command starts from; defaults to a copy of
-            ``os.environ`` taken at construction.
+            ``os.environ`` taken at construction. Its ``PEERD_SECRET_*`` variables are left
+            out: a command gets only the secrets its task refers to (``env_secrets``).
+        secrets: where ``env_secrets`` are read (default: none, every secret is missing).
     """
 
     def __init__(
@@ -201,10 +189,13 @@ class ShellExecutor:
         allow: ShellAllowList,
         clock: Clock | None = None,
         base_env: Mapping[str, str] | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self._allow = allow
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._base_env = dict(base_env if base_env is not None else os.environ)
+        env = base_env if base_env is not None else os.environ
+        self._base_env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
+        self._secrets = secrets or SecretStore("", {}, "shell")
 
     kind: ClassVar[str] = "shell"
     """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
@@ -216,7 +207,8 @@ class ShellExecutor:
     @classmethod
     def from_config(cls, cfg: NodeConfig, clock: Clock) -> ShellExecutor:
         """The executor a node with ``cfg`` runs (its ``--allow-shell`` patterns)."""
-        executor = cls(ShellAllowList(cfg.allow_shell), clock=clock)
+        secrets = SecretStore(cfg.secrets_file, os.environ, "shell")
+        executor = cls(ShellAllowList(cfg.allow_shell), clock=clock, secrets=secrets)
         executor.node_id = cfg.node_id
         return executor
 
@@ -233,8 +225,9 @@ class ShellExecutor:
             )
 
     def configure(self, cfg: NodeConfig) -> None:
-        """Use the reloaded allow-list for runs that start from now on."""
+        """Use the reloaded allow-list and secrets file for runs that start from now on."""
         self._allow = ShellAllowList(cfg.allow_shell)
+        self._secrets.set_path(cfg.secrets_file)
 
     async def close(self) -> None:
         """Nothing to release (each run's process group is gone when it ends)."""
@@ -258,7 +251,9 @@ class ShellExecutor:
 
         The command runs without a shell, in a new session (its own process group), with stdin
         from ``/dev/null`` and stdout+stderr merged; only the last :data:`OUTPUT_TAIL_BYTES` of
-        output are kept. Environment: ``base_env``, then ``target.env``, then the ``PEERD_*``
+        output are kept, with the run's secrets and credential-named variables redacted.
+        Environment: ``base_env``, then ``target.env``, then the resolved ``target.env_secrets``,
+        then the ``PEERD_*``
         variables (``PEERD_IDEMPOTENCY_KEY``, ``PEERD_FENCING_TOKEN``, ``PEERD_TASK_ID``,
         ``PEERD_SCHEDULED_AT`` (RFC 3339), ``PEERD_ATTEMPT``, ``PEERD_NODE_ID``, and for a
         compensation run ``PEERD_CAUSE_JSON``: the failed run as JSON), which the target cannot
@@ -275,14 +270,15 @@ class ShellExecutor:
         :data:`FAILURE_NONZERO_EXIT` (non-zero exit or killed by a signal),
         :data:`FAILURE_TIMEOUT`, :data:`FAILURE_CONNECTION` (could not be started: missing
         binary, not executable, missing working directory) or :data:`FAILURE_CONFIG` (not
-        allow-listed, empty argv, unknown ``run_as`` user or a switch the node cannot make).
+        allow-listed, empty argv, a secret the node does not have, unknown ``run_as`` user or
+        a switch the node cannot make).
         On ``asyncio.CancelledError`` the process group is killed (same SIGTERM/SIGKILL
         sequence) before the cancellation propagates.
         """
         started = self._clock.now()
         argv = list(target.argv)
         try:
-            spawn_kwargs = self._prepare(target, execution, argv)
+            spawn_kwargs, hidden = self._prepare(target, execution, argv)
         except _Refused as exc:
             return self._outcome(started, error=str(exc), failure=exc.failure)
 
@@ -303,12 +299,13 @@ class ShellExecutor:
         log.info(
             "shell.started", task_id=execution.task_id, attempt=execution.attempt, pid=proc.pid
         )
-        return await self._supervise(proc, execution, started)
+        return await self._supervise(proc, execution, started, hidden)
 
     def _prepare(
         self, target: pb.ShellTarget, execution: Execution, argv: list[str]
-    ) -> dict[str, Any]:
-        """Validate the target and build the keyword arguments for the spawn.
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Validate the target and build the keyword arguments for the spawn, and the
+        credentials to redact from its output (secrets, credential-named variables).
 
         Raises:
             _Refused: the run must not start; the message is the reason.
@@ -333,6 +330,14 @@ class ShellExecutor:
         if target.run_as:
             kwargs.update(self._switch_user(target.run_as, env))
         env.update(target.env)
+        try:
+            secrets = self._secrets.resolve(target.env_secrets)
+        except MissingSecret as exc:
+            raise _Refused(str(exc)) from None
+        env.update(secrets)
+        hidden = literal_credentials(target.env)
+        for value in secrets.values():
+            hidden.extend(credential_fragments(value))
         env.update(
             {
                 "PEERD_IDEMPOTENCY_KEY": execution.idempotency_key,
@@ -348,7 +353,7 @@ class ShellExecutor:
         else:
             env.pop(CAUSE_ENV, None)
         kwargs["env"] = env
-        return kwargs
+        return kwargs, hidden
 
     @staticmethod
     def _switch_user(run_as: str, env: dict[str, str]) -> dict[str, Any]:
@@ -379,11 +384,16 @@ class ShellExecutor:
         }
 
     async def _supervise(
-        self, proc: asyncio.subprocess.Process, execution: Execution, started: datetime
+        self,
+        proc: asyncio.subprocess.Process,
+        execution: Execution,
+        started: datetime,
+        hidden: list[str],
     ) -> Outcome:
-        """Wait for ``proc`` (bounded by ``execution.timeout``) while collecting its output."""
+        """Wait for ``proc`` (bounded by ``execution.timeout``) while collecting its output
+        (``hidden`` redacted)."""
         assert proc.stdout is not None
-        out = _Tail()
+        out = OutputTail(secrets=hidden)
         reader = asyncio.create_task(self._pump(proc.stdout, out))
         seconds = execution.timeout.total_seconds()
         timed_out = False
@@ -444,7 +454,7 @@ class ShellExecutor:
             await asyncio.wait({reader}, timeout=_EXIT_POLL_SECONDS)
 
     @staticmethod
-    async def _pump(stream: asyncio.StreamReader, out: _Tail) -> None:
+    async def _pump(stream: asyncio.StreamReader, out: OutputTail) -> None:
         while chunk := await stream.read(_READ_CHUNK):
             out.add(chunk)
 

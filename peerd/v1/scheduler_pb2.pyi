@@ -158,8 +158,15 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., initial_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ..., retry_on: _Optional[_Iterable[_Union[RetryOn, str]]] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HttpTarget(_message.Message):
-    __slots__ = ("method", "url", "headers", "body")
+    __slots__ = ("method", "url", "headers", "body", "header_secrets")
     class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HeaderSecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -170,11 +177,13 @@ class HttpTarget(_message.Message):
     URL_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    HEADER_SECRETS_FIELD_NUMBER: _ClassVar[int]
     method: str
     url: str
     headers: _containers.ScalarMap[str, str]
     body: str
-    def __init__(self, method: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ...) -> None: ...
+    header_secrets: _containers.ScalarMap[str, str]
+    def __init__(self, method: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ..., header_secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PythonTarget(_message.Message):
     __slots__ = ("name", "args_json")
@@ -185,8 +194,15 @@ class PythonTarget(_message.Message):
     def __init__(self, name: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
 
 class ShellTarget(_message.Message):
-    __slots__ = ("argv", "env", "working_dir", "run_as")
+    __slots__ = ("argv", "env", "working_dir", "run_as", "env_secrets")
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EnvSecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -197,11 +213,13 @@ class ShellTarget(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     RUN_AS_FIELD_NUMBER: _ClassVar[int]
+    ENV_SECRETS_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     working_dir: str
     run_as: str
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., run_as: _Optional[str] = ...) -> None: ...
+    env_secrets: _containers.ScalarMap[str, str]
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., run_as: _Optional[str] = ..., env_secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("id", "schedule", "http", "shell", "python", "timeout", "paused", "description", "created_at", "updated_at", "source", "resumed_at", "on_owner_lost", "overlap", "catch_up", "catch_up_window", "misfire_threshold", "retry", "priority", "on_failure", "pause_note", "labels", "node_selector", "revision", "schedule_since", "previous_schedule", "paused_at")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -94,6 +95,18 @@ def test_all_options() -> None:
     assert dict(spec.http.headers) == {"X-A": "1", "Auth": "b:c"}
     assert spec.http.HasField("body") and spec.http.body == ""
     assert spec.timeout.ToTimedelta() == timedelta(seconds=30)
+
+
+def test_secret_references() -> None:
+    spec = spec_of(
+        "--every", "1m", "--http-post", "https://h/", "--header-secret",
+        "Authorization=PAYMENTS_TOKEN", "--header-secret", "X-Key = K2",
+    )  # fmt: skip
+    assert dict(spec.http.header_secrets) == {"Authorization": "PAYMENTS_TOKEN", "X-Key": "K2"}
+    assert not spec.http.headers
+    args = parse_args(["task", "create", "--every", "1m", "--env-secret", "DB_PASSWORD=DB",
+                       "--shell", "--", "/bin/true"])  # fmt: skip
+    assert dict(build_task_spec(args).shell.env_secrets) == {"DB_PASSWORD": "DB"}
 
 
 def test_shell_argv_keeps_flags_after_double_dash() -> None:
@@ -223,6 +236,13 @@ def test_global_options_before_and_after_subcommand() -> None:
         ),
         (["--every", "1s", "--deadline", "0s", "--http-post", "http://h/"], "--deadline"),
         (["--every", "1s", "--on-failure", "Bad Id", "--http-post", "http://h/"], "--on-failure"),
+        (
+            ["--every", "1s", "--header-secret", "Auth", "--http-post", "http://h/"],
+            "--header-secret",
+        ),
+        (["--every", "1s", "--header-secret", "A=B", "--python", "x.y"], "--header-secret"),
+        (["--every", "1s", "--env-secret", "A=B", "--http-post", "http://h/"], "--env-secret"),
+        (["--every", "1s", "--env-secret", "A=", "--shell", "--", "/bin/true"], "--env-secret"),
     ],
 )
 def test_bad_create_flags_exit_2_with_one_line(
@@ -721,3 +741,13 @@ def test_dev_node_command_passes_flags(tmp_path: Path) -> None:
     assert cmd[-4:] == ["--allow-shell", "/bin/echo *", "--allow-shell", "x"]
     cfg = build_config(serve_flags(parse_args(cmd[3:])), {})
     assert cfg.node_id == "node1" and cfg.lease_ttl_s == 10 and cfg.cluster == "dev"
+
+
+def test_task_detail_shows_secret_references_by_name() -> None:
+    spec = pb.TaskSpec(
+        id="charge",
+        http=pb.HttpTarget(url="https://h/", header_secrets={"Authorization": "PAYMENTS_TOKEN"}),
+    )
+    assert "header Authorization:  <secret PAYMENTS_TOKEN>" in task_detail(spec)
+    shell = pb.TaskSpec(id="s", shell=pb.ShellTarget(argv=["/bin/true"], env_secrets={"PW": "DB"}))
+    assert re.search(r"^env PW: +<secret DB>$", task_detail(shell), re.MULTILINE)

@@ -81,6 +81,8 @@ def test_reloadable_names_are_fields() -> None:
 
 def test_reload_applies_reloadable_fields_from_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "runs_keep = 10\n")
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('TOKEN = "t"\n')
     current = build_config(FLAGS, {}, path)
     path.write_text(
         'allow_shell = ["/bin/true"]\n'
@@ -95,6 +97,11 @@ def test_reload_applies_reloadable_fields_from_the_file(tmp_path: Path) -> None:
         "drain_grace_s = 5\n"
         'runs_max_age = "1d"\n'
         'etcd_compaction_interval = "0s"\n'
+        'http_allow = ["*.example.com"]\n'
+        'http_deny = ["private"]\n'
+        f"secrets_file = {json.dumps(str(secrets))}\n"
+        "api_rate_limit = 7\n"
+        "api_burst = 8\n"
     )
 
     new, warnings = reload_config(current, FLAGS, {}, path)
@@ -110,6 +117,9 @@ def test_reload_applies_reloadable_fields_from_the_file(tmp_path: Path) -> None:
     assert new.drain_grace_s == 5.0
     assert new.runs_max_age == timedelta(days=1)
     assert new.etcd_compaction_interval == timedelta(0)
+    assert (new.http_allow, new.http_deny) == (("*.example.com",), ("private",))
+    assert new.secrets_file == str(secrets)
+    assert (new.api_rate_limit, new.api_burst) == (7.0, 8)
     assert changed_fields(current, new) == sorted(RELOADABLE)
 
 

@@ -20,6 +20,7 @@ from peerd.settings import INTEGER, Setting, markdown_table, replace_table, sett
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
+SECRETS_SAMPLE = str(Path(__file__).with_name("secrets_sample.toml"))
 SAMPLES: dict[str, tuple[str, Any]] = {
     "node_id": ("n2", "n2"),
     "listen": ("127.0.0.1:7171", "127.0.0.1:7171"),
@@ -53,6 +54,12 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "etcd_password_file": ("/etc/etcd/password", "/etc/etcd/password"),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
+    "http_allow": ("*.example.com", ("*.example.com",)),
+    "http_deny": ("10.0.0.0/8", ("10.0.0.0/8",)),
+    "secrets_file": (SECRETS_SAMPLE, SECRETS_SAMPLE),
+    "max_message_size": ("1048576", 1048576),
+    "api_rate_limit": ("2.5", 2.5),
+    "api_burst": ("9", 9),
 }
 """Per setting: a non-default value as text (flag, env, TOML string) and its parsed value."""
 
@@ -214,6 +221,11 @@ def test_reloadable_set_is_the_intended_one() -> None:
         "drain_grace_s",
         "etcd_compaction_interval",
         "log_level",
+        "http_allow",
+        "http_deny",
+        "secrets_file",
+        "api_rate_limit",
+        "api_burst",
     }
     assert set(RELOADABLE) == intended
 

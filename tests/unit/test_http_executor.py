@@ -1,4 +1,6 @@
-"""HttpExecutor against a real HTTP server on 127.0.0.1 (no HTTP mocks)."""
+"""HttpExecutor against a real HTTP server on 127.0.0.1 (no HTTP mocks). Where a test needs a
+host name to resolve to a chosen address (DNS rebinding), a fixed-answer resolver stands in
+for DNS; the connection and the server stay real."""
 
 from __future__ import annotations
 
@@ -13,14 +15,20 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from peerd import __version__
 from peerd.clock import FakeClock
+from peerd.config import build_config
+from peerd.core.redact import REDACTED
+from peerd.core.targets import TargetPolicy
+from peerd.errors import PermissionDenied
 from peerd.runner import base
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
 from peerd.runner.http import HttpExecutor
+from peerd.runner.http_transport import EnvProxies
+from peerd.runner.secrets import SecretStore
 from peerd.v1 import scheduler_pb2 as pb
 
 SLOT = datetime(2026, 11, 21, 6, 0, 1, tzinfo=UTC)
@@ -47,6 +55,7 @@ class Server:
     response_headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drip: int = 0  # when > 0: send the body in this many pieces, one every 0.2 s
+    echo_header: str = ""  # when set: answer with the value of this request header
     requests: list[Recorded] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -62,23 +71,26 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
             for name, value in self.headers.items():
                 headers.setdefault(name.lower(), []).append(value)
             state.requests.append(Recorded(self.command, self.path, headers, body))
+            response_body = state.response_body
+            if state.echo_header:
+                response_body = f"got {self.headers.get(state.echo_header)}!".encode()
             if state.delay:
                 state.release.wait(state.delay)
             self.send_response(state.status)
             for name, value in state.response_headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(state.response_body)))
+            self.send_header("Content-Length", str(len(response_body)))
             self.end_headers()
             try:
                 if state.drip:
-                    step = max(1, len(state.response_body) // state.drip)
-                    for i in range(0, len(state.response_body), step):
-                        self.wfile.write(state.response_body[i : i + step])
+                    step = max(1, len(response_body) // state.drip)
+                    for i in range(0, len(response_body), step):
+                        self.wfile.write(response_body[i : i + step])
                         self.wfile.flush()
                         if state.release.wait(0.2):
                             return
                 else:
-                    self.wfile.write(state.response_body)
+                    self.wfile.write(response_body)
             except OSError:
                 pass  # client gave up (timeout tests)
 
@@ -235,23 +247,20 @@ def test_redirect_is_not_followed_and_fails(server: Server) -> None:
     assert [r.path for r in server.requests] == ["/"]
 
 
-def test_redirect_not_followed_even_with_injected_following_client(server: Server) -> None:
-    server.status = 301
-    server.response_headers = {"Location": "/elsewhere"}
-    server.response_body = b""
+def test_session_is_reused_and_closed(server: Server) -> None:
+    async def go() -> None:
+        executor = HttpExecutor()
+        for _ in range(3):
+            out = await executor.run_target(pb.HttpTarget(url=server.url), execution())
+            assert out.succeeded, out.error
+        lease = executor._sessions.acquire(TargetPolicy())
+        await executor._sessions.release(lease)
+        await executor.close()
+        assert lease.session.closed
+        await executor.close()  # idempotent
 
-    async def go() -> Outcome:
-        async with httpx.AsyncClient(follow_redirects=True) as client:
-            out = await HttpExecutor(client=client).run_target(
-                pb.HttpTarget(url=server.url), execution()
-            )
-            # The executor did not own (and so did not close) the injected client.
-            assert not client.is_closed
-            return out
-
-    out = asyncio.run(go())
-    assert out.http_status == 301
-    assert len(server.requests) == 1
+    asyncio.run(go())
+    assert len(server.requests) == 3
 
 
 def test_output_tail_keeps_last_4kib_of_large_body(server: Server) -> None:
@@ -437,3 +446,223 @@ def test_invalid_cause_json_fails_as_config_without_sending(server: Server, bad:
     assert out.failure == base.FAILURE_CONFIG
     assert "cause_json" in out.error
     assert server.requests == []
+
+
+# --- target policy at run time -----------------------------------------------------------------
+
+
+class FixedDNS(AbstractResolver):
+    """A resolver with fixed answers (host -> addresses), counting its lookups."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups.append(host)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in self.answers[host]
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def _port(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def test_ip_literal_denied_at_run_time_sends_nothing(server: Server) -> None:
+    # The task passed the check on create; the node's policy changed since.
+    out = run(pb.HttpTarget(url=server.url), execution(), policy=TargetPolicy(deny=["loopback"]))
+
+    assert not out.succeeded
+    assert out.failure == base.FAILURE_CONFIG
+    assert out.error == (
+        "target refused by this node's policy: address 127.0.0.1 denied by --http-deny loopback"
+    )
+    assert server.requests == []
+
+
+def test_name_rebinding_to_metadata_is_refused_at_connect(server: Server) -> None:
+    dns = FixedDNS({"hooks.test": ["169.254.169.254"]})
+    out = run(
+        pb.HttpTarget(url=f"http://hooks.test:{_port(server)}/x"),
+        execution(),
+        resolver_factory=lambda: dns,
+    )
+
+    assert not out.succeeded
+    assert out.failure == base.FAILURE_CONFIG  # not retried
+    assert "hooks.test: address 169.254.169.254 denied by --http-deny 169.254.0.0/16" in out.error
+    assert dns.lookups == ["hooks.test"]
+
+
+def test_answer_with_one_denied_address_is_refused_whole(server: Server) -> None:
+    dns = FixedDNS({"hooks.test": ["127.0.0.1", "169.254.169.254"]})
+    out = run(
+        pb.HttpTarget(url=f"http://hooks.test:{_port(server)}/x"),
+        execution(),
+        resolver_factory=lambda: dns,
+    )
+
+    assert out.failure == base.FAILURE_CONFIG
+    assert server.requests == []
+
+
+def test_vetted_address_is_the_one_connected_to(server: Server) -> None:
+    dns = FixedDNS({"hooks.test": ["127.0.0.1"]})
+    out = run(
+        pb.HttpTarget(url=f"http://hooks.test:{_port(server)}/x"),
+        execution(),
+        resolver_factory=lambda: dns,
+    )
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.path == "/x"
+    assert req.header("Host") == [f"hooks.test:{_port(server)}"]
+
+
+def test_cidr_allow_list_applies_to_resolved_addresses(server: Server) -> None:
+    dns = FixedDNS({"hooks.test": ["127.0.0.1"]})
+    out = run(
+        pb.HttpTarget(url=f"http://hooks.test:{_port(server)}/x"),
+        execution(),
+        policy=TargetPolicy(allow=["10.0.0.0/8"]),
+        resolver_factory=lambda: dns,
+    )
+
+    assert out.failure == base.FAILURE_CONFIG
+    assert "address 127.0.0.1 matches no --http-allow CIDR rule" in out.error
+
+
+def test_policy_reload_drops_cached_resolutions_and_pooled_connections(
+    server: Server, tmp_path: Any
+) -> None:
+    dns = FixedDNS({"hooks.test": ["127.0.0.1"]})
+    target = pb.HttpTarget(url=f"http://hooks.test:{_port(server)}/x")
+
+    async def go() -> tuple[Outcome, Outcome]:
+        executor = HttpExecutor(resolver_factory=lambda: dns)
+        try:
+            first = await executor.run_target(target, execution())
+            executor.configure(build_config({"node_id": "n1", "http_deny": ["loopback"]}, {}))
+            second = await executor.run_target(target, execution())
+            return first, second
+        finally:
+            await executor.close()
+
+    first, second = asyncio.run(go())
+    assert first.succeeded, first.error
+    # Without the new session, the DNS cache (10 s) and the keep-alive connection of the first
+    # request would carry the second one to 127.0.0.1.
+    assert second.failure == base.FAILURE_CONFIG
+    assert "address 127.0.0.1 denied by --http-deny loopback" in second.error
+    assert dns.lookups == ["hooks.test", "hooks.test"]
+    assert len(server.requests) == 1
+
+
+def test_check_on_create_names_the_field_and_rule() -> None:
+    executor = HttpExecutor(policy=TargetPolicy(deny=["*.internal"]))
+    executor.node_id = "n7"
+    spec = pb.TaskSpec(http=pb.HttpTarget(url="http://169.254.169.254/latest/meta-data/"))
+    with pytest.raises(PermissionDenied) as err:
+        executor.check(spec, "task")
+    assert str(err.value) == (
+        "task.http.url: 'http://169.254.169.254/latest/meta-data/' address 169.254.169.254 "
+        "denied by --http-deny 169.254.0.0/16 (built-in: link-local, cloud metadata) (node n7)"
+    )
+    with pytest.raises(PermissionDenied, match=r"denied by --http-deny \*\.internal"):
+        executor.check(pb.TaskSpec(http=pb.HttpTarget(url="https://db.internal/")), "task")
+    executor.check(pb.TaskSpec(http=pb.HttpTarget(url="https://example.com/")), "task")
+
+
+# --- secrets and redaction -----------------------------------------------------------------------
+
+
+def test_secret_header_is_sent_and_redacted_from_the_output(server: Server) -> None:
+    server.echo_header = "Authorization"
+    secrets = SecretStore("", {"PEERD_SECRET_PAY": "Bearer pay-0123456789"}, "test-http")
+    target = pb.HttpTarget(url=server.url, header_secrets={"Authorization": "PAY"})
+    out = run(target, execution(), secrets=secrets)
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.header("Authorization") == ["Bearer pay-0123456789"]
+    assert out.output_tail == f"got {REDACTED}!"
+
+
+def test_echoed_token_part_of_a_literal_credential_is_redacted(server: Server) -> None:
+    server.echo_header = "X-Api-Key"
+    target = pb.HttpTarget(url=server.url, headers={"X-Api-Key": "key-abcdef"})
+    out = run(target, execution())
+
+    assert out.succeeded, out.error
+    assert out.output_tail == f"got {REDACTED}!"
+
+
+def test_missing_secret_fails_as_config_without_sending(server: Server) -> None:
+    target = pb.HttpTarget(url=server.url, header_secrets={"Authorization": "NOT_THERE"})
+    out = run(target, execution())
+
+    assert not out.succeeded
+    assert out.failure == base.FAILURE_CONFIG
+    assert "secret 'NOT_THERE' is not set on this node" in out.error
+    assert server.requests == []
+
+
+def test_cookies_set_by_one_target_are_never_sent(server: Server) -> None:
+    server.response_headers = {"Set-Cookie": "session=abc; Path=/"}
+
+    async def go() -> None:
+        executor = HttpExecutor()
+        try:
+            for _ in range(2):
+                out = await executor.run_target(pb.HttpTarget(url=server.url), execution())
+                assert out.succeeded, out.error
+        finally:
+            await executor.close()
+
+    asyncio.run(go())
+    assert [r.header("Cookie") for r in server.requests] == [[], []]
+
+
+# --- proxies -------------------------------------------------------------------------------------
+
+
+def test_env_proxies_follow_no_proxy() -> None:
+    from peerd.core.targets import parse_target
+
+    proxies = EnvProxies(
+        {"HTTP_PROXY": "http://proxy.corp:3128", "no_proxy": "internal.example,localhost"}
+    )
+    assert proxies.hosts == frozenset({"proxy.corp"})
+    assert proxies.proxy_for(parse_target("http://api.example.com/")) == "http://proxy.corp:3128"
+    assert proxies.proxy_for(parse_target("http://internal.example/")) is None
+    assert proxies.proxy_for(parse_target("https://api.example.com/")) is None  # no https_proxy
+
+
+def test_proxied_request_goes_to_the_proxy_which_resolves_the_name(server: Server) -> None:
+    dns = FixedDNS({})  # the node resolves nothing: the proxy would
+    out = run(
+        pb.HttpTarget(url="http://never-resolved.test/hook"),
+        execution(),
+        proxies=EnvProxies({"http_proxy": server.url}),
+        resolver_factory=lambda: dns,
+    )
+
+    assert out.succeeded, out.error
+    [req] = server.requests
+    assert req.path == "http://never-resolved.test/hook"  # absolute form: a proxy request
+    assert dns.lookups == []

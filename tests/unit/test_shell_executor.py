@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from peerd.core.redact import REDACTED
 from peerd.runner import base
 from peerd.runner import shell as shell_mod
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
+from peerd.runner.secrets import SecretStore
 from peerd.runner.shell import ShellAllowList, ShellExecutor
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -393,3 +395,40 @@ def test_run_as_switches_user_and_groups_when_root() -> None:
     ident = out.output_tail.strip()
     assert ident.startswith(f"uid={nobody.pw_uid}(nobody) gid={nobody.pw_gid}")
     assert "0(root)" not in ident  # root's supplementary groups were dropped
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def test_env_secret_is_set_and_redacted_from_the_output() -> None:
+    secrets = SecretStore("", {"PEERD_SECRET_DB": "db-pass-98765"}, "test-shell")
+    target = sh('echo "pw=$DB_PASSWORD"', env_secrets={"DB_PASSWORD": "DB"})
+    out = run(target, secrets=secrets, base_env={"PATH": os.environ.get("PATH", "")})
+
+    assert out.succeeded, out.error
+    assert out.output_tail == f"pw={REDACTED}\n"
+
+
+def test_node_secrets_are_not_inherited_by_commands() -> None:
+    target = sh('echo "[$PEERD_SECRET_DB]"')
+    out = run(target, base_env={"PATH": os.environ.get("PATH", ""), "PEERD_SECRET_DB": "x"})
+
+    assert out.succeeded, out.error
+    assert out.output_tail == "[]\n"
+
+
+def test_missing_env_secret_fails_as_config_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    out = run(sh(f"touch {marker}", env_secrets={"TOKEN": "NOPE"}))
+
+    assert not out.succeeded
+    assert out.failure == base.FAILURE_CONFIG
+    assert "secret 'NOPE' is not set on this node" in out.error
+    assert not marker.exists()
+
+
+def test_literal_credential_env_is_redacted_from_the_output() -> None:
+    out = run(sh('echo "$API_TOKEN"', env={"API_TOKEN": "tok-abcdef"}))
+
+    assert out.succeeded, out.error
+    assert out.output_tail == f"{REDACTED}\n"
