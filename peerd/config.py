@@ -22,6 +22,7 @@ from typing import Any
 
 from peerd.errors import InvalidArgument
 from peerd.settings import (
+    BOOLEAN,
     DURATION,
     GLOB_LIST,
     HOSTPORT,
@@ -236,6 +237,22 @@ class NodeConfig:
         env="PEERD_ETCD_COMPACTION_RETENTION",
         kind=DURATION,
         minimum=timedelta(0),
+    )
+    http_listen: str = setting(
+        "",
+        help="HOST:PORT of the HTTP server (Prometheus /metrics, /livez, /readyz); empty: off. "
+        "Port 0 picks a free port (logged as http_listening).",
+        flag="--http-listen",
+        env="PEERD_HTTP_LISTEN",
+        kind=OPTIONAL_HOSTPORT,
+    )
+    metrics_per_task: bool = setting(
+        False,
+        help="Also export per-task series (label task_id) on /metrics: about 8 series per task "
+        "and node, so 10,000 tasks on 3 nodes add ~240,000 series (docs/observability.md).",
+        flag="--metrics-per-task",
+        env="PEERD_METRICS_PER_TASK",
+        kind=BOOLEAN,
     )
     log_format: str = setting(
         "auto",

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from aetcd import exceptions as aetcd_exceptions
@@ -201,6 +202,25 @@ def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
     return PeerdError(f"etcd error: {exc!r}")
 
 
+class EtcdObserver(Protocol):
+    """Told about every etcd request and watch restart (the node's metrics implement it)."""
+
+    def request(self, method: str, duration_s: float, ok: bool) -> None:
+        """One unary call (or one keepalive) took ``duration_s``; ``method`` is etcd's gRPC
+        method name (``Txn``, ``Range``, ``LeaseKeepAlive``...); ``ok``: it answered."""
+
+    def watch_restarted(self, watch: str, reason: str) -> None:
+        """The list-then-watch loop ``watch`` re-listed; ``reason``: compacted or broken."""
+
+
+class _NoObserver:
+    def request(self, method: str, duration_s: float, ok: bool) -> None:
+        pass
+
+    def watch_restarted(self, watch: str, reason: str) -> None:
+        pass
+
+
 class Etcd:
     """An etcd client over one gRPC channel.
 
@@ -209,6 +229,8 @@ class Etcd:
         timeout_s: deadline in seconds for each unary call (not for watches).
         space_hint: added to the message of :class:`peerd.errors.ResourceExhausted`: what this
             node does about a full etcd (e.g. how often it compacts).
+        observer: told the duration of every request (default: nobody). Durations are measured
+            on ``time.monotonic`` here, at the I/O boundary, not by logic.
 
     All methods raise :class:`peerd.errors.Unavailable` when etcd cannot be reached in time,
     :class:`peerd.errors.ResourceExhausted` for a write refused by the NOSPACE alarm and
@@ -216,8 +238,13 @@ class Etcd:
     """
 
     def __init__(
-        self, endpoints: Sequence[str], timeout_s: float = 5.0, space_hint: str = ""
+        self,
+        endpoints: Sequence[str],
+        timeout_s: float = 5.0,
+        space_hint: str = "",
+        observer: EtcdObserver | None = None,
     ) -> None:
+        self.observer: EtcdObserver = observer if observer is not None else _NoObserver()
         self.endpoints = tuple(endpoints)
         self.timeout_s = timeout_s
         self.space_hint = space_hint
@@ -306,14 +333,18 @@ class Etcd:
     async def lease_keepalive(self, lease_id: int, timeout_s: float | None = None) -> int:
         """Refresh a lease once. Returns the new TTL in seconds; 0 or less means it has expired."""
         await self.connect()
+        started, ok = time.monotonic(), False
         try:
             stream = self._stubs["lease"].LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout_s or self.timeout_s
             )
             async for reply in stream:
+                ok = True
                 return int(reply.TTL)
         except Exception as exc:
             raise _map_error(exc) from exc
+        finally:
+            self.observer.request("LeaseKeepAlive", time.monotonic() - started, ok)
         raise Unavailable("etcd closed the keepalive stream")
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -426,10 +457,15 @@ class Etcd:
                 channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
                 self._member_channels[endpoint] = channel
             target = rpc.MaintenanceStub(self._member_channels[endpoint])
+        started, ok = time.monotonic(), False
         try:
-            return await getattr(target, method)(req, timeout=timeout_s or self.timeout_s)
+            answer = await getattr(target, method)(req, timeout=timeout_s or self.timeout_s)
+            ok = True
+            return answer
         except Exception as exc:
             raise _map_error(exc, self.space_hint) from exc
+        finally:
+            self.observer.request(method, time.monotonic() - started, ok)
 
 
 # -- transaction building (pure) ---------------------------------------------------------------

@@ -79,8 +79,9 @@ def dev_node(
     allow_shell: list[str],
     workdir: Path,
 ) -> PeerdProcess:
-    """The handle of one dev node listening on ``127.0.0.1:port`` and logging to
-    ``workdir/<name>.log``; it runs in this process's working directory."""
+    """The handle of one dev node listening on ``127.0.0.1:port`` (gRPC) and on a free port for
+    HTTP (metrics, health), logging to ``workdir/<name>.log``; it runs in this process's
+    working directory."""
     return PeerdProcess(
         name,
         etcd,
@@ -88,6 +89,7 @@ def dev_node(
         workdir,
         lease_ttl_s=lease_ttl_s,
         port=port,
+        http_port=0,
         settings={"allow_shell": allow_shell},
         label="peerd dev",
     )
@@ -139,7 +141,7 @@ def _watch(nodes: list[PeerdProcess], stop: threading.Event) -> None:
 def _print_ready(nodes: list[PeerdProcess], etcd_endpoint: str) -> None:
     _say("")
     for node in nodes:
-        _say(f"  {node.node_id}  {node.address}")
+        _say(f"  {node.node_id}  {node.address}  http://{node.http_address}/metrics")
     _say(f"  etcd   {etcd_endpoint}")
     _say("")
     _say(f"export PEERD_SERVER={nodes[0].address}")
@@ -202,8 +204,8 @@ def run_dev(
             node.start(wait=False)
             running.append(node)
             _say(
-                f"peerd dev: started {node.node_id} (pid {node.pid}) on {node.address}, "
-                f"log {node.log_path}"
+                f"peerd dev: started {node.node_id} (pid {node.pid}) on {node.address} "
+                f"(http {node.http_address}), log {node.log_path}"
             )
         failed = _wait_ready(running, stop)
         if failed is not None:

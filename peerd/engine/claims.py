@@ -47,6 +47,7 @@ class Claims:
         lease: this node's lease (every claim is fenced on it).
         batch: ``() -> claim_batch`` (at most this many claims per transaction; hot reload).
         now: the clock's ``now`` (time of overlap SKIPPED records).
+        monotonic: the clock's ``monotonic`` (claim transaction latency, :meth:`on_latency`).
     """
 
     def __init__(
@@ -55,13 +56,20 @@ class Claims:
         lease: Lease,
         batch: Callable[[], int],
         now: Callable[[], object],
+        monotonic: Callable[[], float],
     ) -> None:
         self.ledger = ledger
         self.lease = lease
         self.batch = batch
         self.now = now
+        self.monotonic = monotonic
         self.lost_races = 0
         """Claims another claimant won (since start)."""
+        self._latency: list[Callable[[float, int], None]] = []
+
+    def on_latency(self, fn: Callable[[float, int], None]) -> None:
+        """Call ``fn(duration_s, claims)`` after every claim transaction that etcd answered."""
+        self._latency.append(fn)
 
     async def claim(self, claims: Sequence[Claim], on_settled: Settled) -> None:
         """Claim ``claims`` and their overlap follow-ups; ``on_settled`` is called for each
@@ -78,12 +86,15 @@ class Claims:
             follow: list[Claim] = []
             for batch in pack([CLAIM_COST[c.mode] for c in pending], self.batch()):
                 part = pending[batch.start : batch.stop]
+                started = self.monotonic()
                 results = await self.ledger.claim(
                     self.lease.member_key,
                     self.lease.lease_id,
                     [c.record for c in part],
                     [c.mode for c in part],
                 )
+                for fn in self._latency:
+                    fn(self.monotonic() - started, len(part))
                 for claim, res in zip(part, results, strict=True):
                     nxt = self._follow_up(claim, res)
                     if nxt is None:

@@ -84,6 +84,9 @@ class RunRegistry:
         self._runs: dict[RunKey, Run] = {}
         self._kinds: Counter[str] = Counter()
         self._listeners: list[Callable[[], None]] = []
+        self._finish_listeners: list[Callable[[Run], None]] = []
+        self.started: Counter[str] = Counter()
+        """Runs started (registered and executing) per executor kind, since start."""
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -106,6 +109,11 @@ class RunRegistry:
         """Call ``fn()`` whenever a run leaves the registry (capacity was freed)."""
         self._listeners.append(fn)
 
+    def on_finish(self, fn: Callable[[Run], None]) -> None:
+        """Call ``fn(run)`` when a run reaches its final status (its record holds it), before
+        the record is written. ``fn`` must be cheap: it runs on the fire path."""
+        self._finish_listeners.append(fn)
+
     def spawn(
         self, run: Run, execute: Callable[[Run], Coroutine[Any, Any, None]]
     ) -> asyncio.Task[None] | None:
@@ -124,6 +132,7 @@ class RunRegistry:
         run.state = step(None, "claimed")
         self._runs[run.key] = run
         self._kinds[run.kind] += 1
+        self.started[run.kind] += 1
         run.task = asyncio.get_running_loop().create_task(execute(run))
         return run.task
 
@@ -134,6 +143,9 @@ class RunRegistry:
             IllegalTransition: the event is not allowed in the run's state (nothing changes).
         """
         run.state = step(run.state, event)
+        if event == "finish":
+            for listener in self._finish_listeners:
+                listener(run)
         if run.state is RunState.DONE and self._runs.get(run.key) is run:
             del self._runs[run.key]
             self._kinds[run.kind] -= 1

@@ -40,6 +40,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "claim_batch": ("32", 32),
     "etcd_compaction_interval": ("0", timedelta(0)),
     "etcd_compaction_retention": ("1h", timedelta(hours=1)),
+    "http_listen": ("127.0.0.1:9464", "127.0.0.1:9464"),
+    "metrics_per_task": ("yes", True),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
 }
@@ -170,6 +172,8 @@ def test_the_bounds_themselves_are_accepted(s: Setting, edge: Any) -> None:
         (["--etcd-compaction-interval", "soon"], "--etcd-compaction-interval: 'soon' is not a"),
         (["--catch-up-rate", "0"], "--catch-up-rate: must be > 0, got 0"),
         (["--log-format", "xml"], "--log-format: must be auto, json or console"),
+        (["--metrics-per-task", "maybe"], "--metrics-per-task: expected true or false, got"),
+        (["--http-listen", "9464"], "--http-listen: expected HOST:PORT, got '9464'"),
     ],
 )
 def test_serve_rejects_bad_flags_with_exit_2(
