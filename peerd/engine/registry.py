@@ -23,8 +23,9 @@ from typing import Any
 
 import structlog
 
-from peerd.core.records import rfc3339, run_key
+from peerd.core.records import idempotency_key, rfc3339, run_key
 from peerd.core.runstate import RunState, step
+from peerd.core.trace import trace_id
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
@@ -64,6 +65,12 @@ class Run:
         return run_key(self.record)
 
     @property
+    def trace_id(self) -> str:
+        """The W3C trace id of this slot, shared by all its attempts (:mod:`peerd.core.trace`);
+        log lines about the run carry it."""
+        return trace_id(idempotency_key(*self.key))
+
+    @property
     def lease_id(self) -> int:
         """The lease the run was claimed under (its record updates are fenced on it)."""
         return self.record.claim_lease_id
@@ -74,6 +81,7 @@ class Run:
             "task_id": self.record.task_id,
             "scheduled_at": rfc3339(self.record.scheduled_at.ToDatetime()),
             "fencing_token": self.record.fencing_token,
+            "trace_id": self.trace_id,
         }
 
 

@@ -2,7 +2,8 @@
 
 Every request carries ``Idempotency-Key: <task_id>/<slot epoch ms>`` and
 ``Peerd-Fencing-Token: <etcd revision of the claim>`` so targets can deduplicate retries and
-reject stale claims. A compensation run (``TaskSpec.on_failure``) also carries
+reject stale claims, and ``traceparent`` (W3C Trace Context, derived from the slot and the
+attempt: :mod:`peerd.core.trace`). A compensation run (``TaskSpec.on_failure``) also carries
 ``Peerd-Cause-Idempotency-Key: <idempotency key of the failed run>``. Run failures never raise;
 they are reported in the returned :class:`~peerd.runner.base.Outcome` with a failure class
 (:data:`~peerd.runner.base.FAILURE_CLASSES`).
@@ -42,11 +43,17 @@ log = structlog.get_logger(__name__)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 FENCING_HEADER = "Peerd-Fencing-Token"
 CAUSE_KEY_HEADER = "Peerd-Cause-Idempotency-Key"
+TRACEPARENT_HEADER = "traceparent"
 USER_AGENT = f"peerd/{__version__}"
 DEFAULT_METHOD = "POST"
 
 _RESERVED = frozenset(
-    {IDEMPOTENCY_HEADER.lower(), FENCING_HEADER.lower(), CAUSE_KEY_HEADER.lower()}
+    {
+        IDEMPOTENCY_HEADER.lower(),
+        FENCING_HEADER.lower(),
+        CAUSE_KEY_HEADER.lower(),
+        TRACEPARENT_HEADER,
+    }
 )
 
 
@@ -112,7 +119,8 @@ def build_headers(
     """Request headers: ``User-Agent``, the target's headers, then the peerd headers.
 
     User headers may replace ``User-Agent`` (and ``Content-Type`` for a custom body) but never
-    ``Idempotency-Key``, ``Peerd-Fencing-Token`` or ``Peerd-Cause-Idempotency-Key`` (matched
+    ``Idempotency-Key``, ``Peerd-Fencing-Token``, ``traceparent`` or
+    ``Peerd-Cause-Idempotency-Key`` (matched
     case-insensitively; a user's copy is dropped). For the default JSON body ``Content-Type`` is
     always ``application/json``. ``Peerd-Cause-Idempotency-Key`` is sent when ``cause`` has an
     idempotency key, whatever the body.
@@ -126,6 +134,7 @@ def build_headers(
         headers["Content-Type"] = "application/json"
     headers[IDEMPOTENCY_HEADER] = execution.idempotency_key
     headers[FENCING_HEADER] = str(execution.fencing_token)
+    headers[TRACEPARENT_HEADER] = execution.traceparent
     if cause is not None and (key := cause_idempotency_key(cause)):
         headers[CAUSE_KEY_HEADER] = key
     return headers
@@ -286,7 +295,12 @@ class HttpExecutor:
             error = f"request error: {type(exc).__name__}: {exc}"
             failure = FAILURE_CONNECTION
         except Exception as exc:  # never raise for a run failure
-            log.warning("http.run_unexpected_error", task_id=execution.task_id, exc_info=True)
+            log.warning(
+                "http.run_unexpected_error",
+                task_id=execution.task_id,
+                trace_id=execution.trace_id,
+                exc_info=True,
+            )
             # Unknown: treated as transport trouble, so a retry policy may try again.
             error = f"request error: {type(exc).__name__}: {exc}"
             failure = FAILURE_CONNECTION
