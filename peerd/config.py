@@ -248,8 +248,8 @@ class NodeConfig:
     )
     metrics_per_task: bool = setting(
         False,
-        help="Also export per-task series (label task_id) on /metrics: about 8 series per task "
-        "and node, so 10,000 tasks on 3 nodes add ~240,000 series (docs/observability.md).",
+        help="Also export per-task series (label task_id) on /metrics: up to 5 series per task "
+        "and node, so 10,000 tasks on 3 nodes add up to 150,000 (docs/observability.md).",
         flag="--metrics-per-task",
         env="PEERD_METRICS_PER_TASK",
         kind=BOOLEAN,

@@ -8,6 +8,7 @@ node's counters must stop and equal what the ledger (listed over gRPC) says.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -20,7 +21,7 @@ from peerd.client import SchedulerClient
 from peerd.core.health import SERVICES
 from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import assert_eventually
+from tests.helpers import REPO_ROOT, assert_eventually
 
 MAX_RUNS = 4
 FINAL = {pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.SKIPPED, pb.LOST}
@@ -152,3 +153,47 @@ def test_health_per_service_and_readyz(nodes) -> None:  # type: ignore[no-untype
         assert get(address, "/livez") == (200, "ok\n")
 
     assert_eventually(draining, timeout=10)
+
+
+DOCS = REPO_ROOT / "docs" / "observability.md"
+DASHBOARD = REPO_ROOT / "docs" / "grafana" / "peerd.json"
+METRIC_RE = re.compile(r"\bpeerd_[a-z_]+\b")
+
+
+def exposed_names(address: str) -> set[str]:
+    """Every name a query may use: families (also those without samples yet) and samples."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+def test_docs_and_dashboard_name_only_metrics_a_node_exports(nodes) -> None:  # type: ignore[no-untyped-def]
+    (node,) = nodes(1, http_port=0, extra_args=["--metrics-per-task", "true"])
+    address = node.http_address
+    assert address is not None
+    documented = {
+        METRIC_RE.search(line).group(0)  # type: ignore[union-attr]
+        for line in DOCS.read_text().splitlines()
+        if line.startswith("| `peerd_")
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries += [v["query"] for v in dashboard["templating"]["list"]]
+    in_dashboard = {name for q in queries for name in METRIC_RE.findall(q)}
+    assert len(documented) >= 30 and len(in_dashboard) >= 20
+    with SchedulerClient(node.address) as client:
+        client.create_task(python_task("obs-once", "peerd.echo"))
+
+    def all_exported() -> None:
+        names = exposed_names(address)
+        assert documented <= names, f"documented, not exported: {sorted(documented - names)}"
+        missing = in_dashboard - names
+        assert not missing, f"in the dashboard, not exported: {sorted(missing)}"
+
+    assert_eventually(all_exported, timeout=20, interval=0.5)
