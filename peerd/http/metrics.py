@@ -332,14 +332,14 @@ def _one(
 
 
 def _counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
-    metric = CounterMetricFamily(name, doc, labels=[label])
-    for key, value in sorted(values.items()):
-        metric.add_metric([key], value)
-    return metric
+    return _labelled(CounterMetricFamily(name, doc, labels=[label]), values)
 
 
 def _gauge(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
-    metric = GaugeMetricFamily(name, doc, labels=[label])
+    return _labelled(GaugeMetricFamily(name, doc, labels=[label]), values)
+
+
+def _labelled(metric: CounterMetricFamily | GaugeMetricFamily, values: Mapping[str, int]) -> Metric:
     for key, value in sorted(values.items()):
         metric.add_metric([key], value)
     return metric
