@@ -33,7 +33,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -59,8 +59,6 @@ from peerd.engine.ownership import OwnershipView
 from peerd.errors import DuplicateNode, InvalidArgument, Unavailable
 from peerd.exitcodes import EXIT_ALREADY_EXISTS, EXIT_ERROR, EXIT_OK
 from peerd.healthcheck import check_async
-from peerd.http.metrics import EtcdView, MetricSources, NodeMetrics
-from peerd.http.server import HttpServer
 from peerd.log import set_level
 from peerd.peer.client import PeerClient
 from peerd.peer.detection import PeerLayer
@@ -72,6 +70,10 @@ from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # imported when --http-listen is set: aiohttp adds ~0.3 s to every start
+    from peerd.http.metrics import EtcdView, MetricSources, NodeMetrics
+    from peerd.http.server import HttpServer
 
 log = structlog.get_logger("peerd.node")
 
@@ -115,6 +117,8 @@ class Node:
         interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
         self.metrics: NodeMetrics | None = None
         if cfg.http_listen:
+            from peerd.http.metrics import NodeMetrics
+
             self.metrics = NodeMetrics(self._metric_sources(), per_task=cfg.metrics_per_task)
         self.etcd = Etcd(
             cfg.etcd, space_hint=space_hint(interval, retention), observer=self.metrics
@@ -172,9 +176,13 @@ class Node:
             self.engine.registry.on_finish(self.metrics.run_finished)
             self.engine.claims.on_latency(self.metrics.claim_done)
             self.peers.on_verdict(self.metrics.verdict)
+            from peerd.http.server import HttpServer
+
             self.http = HttpServer(cfg.http_listen, self.metrics, self.health_facts, cfg.node_id)
 
     def _metric_sources(self) -> MetricSources:
+        from peerd.http.metrics import EtcdView, MetricSources
+
         def etcd_view() -> EtcdView | None:
             status = self.alarms.status
             if not self.compactor.holding or status is None:
