@@ -27,7 +27,7 @@ ENV PEERD_LISTEN=0.0.0.0:7070
 
 USER 10001:10001
 WORKDIR /home/peerd
-EXPOSE 7070
+EXPOSE 7070 9464
 
 # A node drains for up to 30 s on SIGTERM: give it `docker stop -t 40` / stop_grace_period: 40s.
 STOPSIGNAL SIGTERM

@@ -26,6 +26,7 @@ from peerd.core.tzrules import PACKAGE, SOURCES, TimeZoneRules
 from peerd.errors import InvalidArgument
 from peerd.runner.secrets import read_secrets_file
 from peerd.settings import (
+    BOOLEAN,
     DURATION,
     GLOB_LIST,
     HOSTPORT,
@@ -435,6 +436,22 @@ class NodeConfig:
         flag="--etcd-password-file",
         env="PEERD_ETCD_PASSWORD_FILE",
         kind=OPTIONAL_FILE,
+    )
+    http_listen: str = setting(
+        "",
+        help="HOST:PORT of the HTTP server (Prometheus /metrics, /livez, /readyz); empty: off. "
+        "Port 0 picks a free port (logged as http_listening).",
+        flag="--http-listen",
+        env="PEERD_HTTP_LISTEN",
+        kind=OPTIONAL_HOSTPORT,
+    )
+    metrics_per_task: bool = setting(
+        False,
+        help="Also export per-task series (label task_id) on /metrics: up to 5 series per task "
+        "and node, so 10,000 tasks on 3 nodes add up to 150,000 (docs/observability.md).",
+        flag="--metrics-per-task",
+        env="PEERD_METRICS_PER_TASK",
+        kind=BOOLEAN,
     )
     log_format: str = setting(
         "auto",

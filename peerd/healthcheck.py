@@ -11,6 +11,9 @@ Docker image's ``HEALTHCHECK`` follows a changed listen port.
 TLS (:func:`tls_from_env`): a client's ``PEERD_CA``/``PEERD_CERT``/``PEERD_KEY`` when set, else
 the node's own ``PEERD_TLS_CLIENT_CA``/``PEERD_TLS_CERT``/``PEERD_TLS_KEY`` (a node certificate
 is a client certificate too), so the image's ``HEALTHCHECK`` works on a TLS node unchanged.
+``--http PATH`` (``/readyz``, ``/livez``) asks the node's HTTP port instead (``--http-listen``;
+without an address, the port of ``PEERD_HTTP_LISTEN``): exit 0 on a 200 answer, else 1 with the
+status and the first line of the body (the readiness problem).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -37,14 +42,16 @@ EXIT_USAGE = 2
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]", "*"}
 
 
-def default_address(env: Mapping[str, str]) -> str:
-    """The address to probe when none is given: ``PEERD_LISTEN``'s port, on loopback if the node
-    listens on a wildcard address.
+def default_address(env: Mapping[str, str], http: bool = False) -> str:
+    """The address to probe when none is given: ``PEERD_LISTEN``'s port (``http``:
+    ``PEERD_HTTP_LISTEN``'s), on loopback if the node listens on a wildcard address.
 
     Args:
         env: the process environment (pass ``os.environ``).
+        http: the HTTP port's address instead of the gRPC port's.
     """
-    listen = (env.get("PEERD_LISTEN") or DEFAULT_LISTEN).strip()
+    default = "" if http else DEFAULT_LISTEN
+    listen = (env.get("PEERD_HTTP_LISTEN" if http else "PEERD_LISTEN") or default).strip()
     host, _, port = listen.rpartition(":")
     if host in _WILDCARD_HOSTS:
         host = "[::1]" if host in ("::", "[::]") else "127.0.0.1"
@@ -138,6 +145,20 @@ async def check_async(
         return None
 
 
+def check_http(address: str, path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """GET ``http://address{path}``; None on a 200 answer, else why not (one line)."""
+    url = f"http://{address}{path}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+    try:
+        with opener.open(url, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace").strip().splitlines()
+        return f"HTTP {exc.code}: {body[0] if body else exc.reason}"
+    except (OSError, ValueError) as exc:
+        return f"no answer: {exc}"
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Parse the command line, probe once, print a reason on failure and return the exit code.
 
@@ -162,6 +183,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         metavar="SECONDS",
         help=f"deadline for the check (default {DEFAULT_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--http",
+        metavar="PATH",
+        help="probe PATH (/readyz, /livez) on the node's HTTP port instead (default address: "
+        "the port of PEERD_HTTP_LISTEN on loopback)",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error
@@ -170,6 +197,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print("peerd.healthcheck: --timeout must be > 0", file=sys.stderr)
         return EXIT_USAGE
     environ = os.environ if env is None else env
+    if args.http is not None:
+        address = args.address or default_address(environ, http=True)
+        problem = check_http(address, args.http, args.timeout)
+        if problem is not None:
+            print(f"peerd.healthcheck: {address}{args.http}: {problem}", file=sys.stderr)
+            return EXIT_UNHEALTHY
+        return EXIT_SERVING
     address = args.address or default_address(environ)
     try:
         tls = tls_from_env(environ)

@@ -9,6 +9,11 @@ Start-up order matters:
    monitor and the compactor (idle while ``etcd_compaction_interval`` is 0);
 4. once both views are loaded, health turns SERVING.
 
+With ``--http-listen`` the HTTP port (:mod:`peerd.http`: ``/metrics``, ``/livez``, ``/readyz``)
+is bound with the gRPC port (step 1) and served as a supervised loop from step 3. Health per
+grpc.health.v1 service and ``/readyz`` come from one set of facts (:meth:`Node.health_facts`,
+:mod:`peerd.core.health`), refreshed every :data:`HEALTH_REFRESH_S`.
+
 Background loops (keepalive, member and task watches, the prober, the engine's loops) run under
 a :class:`peerd.supervise.Supervisor`: a crash is logged and the loop restarts with backoff,
 and the health of service :data:`LOOPS_HEALTH` is NOT_SERVING while any loop is degraded.
@@ -36,7 +41,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -58,6 +63,7 @@ from peerd.coord.membership import Membership
 from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskCache, TaskStore
 from peerd.coord.tzdata import TzdataAgreement
+from peerd.core import health
 from peerd.core.tzrules import TimeZoneRules
 from peerd.engine import Engine
 from peerd.engine.ownership import OwnershipView, matches_node_selector
@@ -86,15 +92,22 @@ from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:  # imported when --http-listen is set: aiohttp adds ~0.3 s to every start
+    from peerd.http.metrics import EtcdView, MetricSources, NodeMetrics
+    from peerd.http.server import HttpServer
+
 log = structlog.get_logger("peerd.node")
 
 ReloadSource = tuple[Mapping[str, Any], Mapping[str, str], Path | None]
 """What a node's configuration was built from: ``(flags, env, config_file)`` as passed to
 :func:`peerd.config.build_config`; SIGHUP re-reads it (:func:`peerd.config.reload_config`)."""
 
-LOOPS_HEALTH = "peerd.node.loops"
+LOOPS_HEALTH = health.LOOPS
 """grpc.health.v1 service name whose status is NOT_SERVING while a supervised loop is degraded
 (crashed and not yet running cleanly again)."""
+HEALTH_REFRESH_S = 0.5
+"""Seconds between two refreshes of the grpc.health.v1 statuses (a lease loss or an etcd alarm
+shows within this; a degraded loop shows at once)."""
 
 
 def _loopback(listen: str) -> bool:
@@ -146,7 +159,17 @@ class Node:
         security = EtcdSecurity.from_settings(
             cfg.etcd_cacert, cfg.etcd_cert, cfg.etcd_key, cfg.etcd_user, cfg.etcd_password_file
         )
-        self.etcd = Etcd(cfg.etcd, space_hint=space_hint(interval, retention), security=security)
+        self.metrics: NodeMetrics | None = None
+        if cfg.http_listen:
+            from peerd.http.metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(self._metric_sources(), per_task=cfg.metrics_per_task)
+        self.etcd = Etcd(
+            cfg.etcd,
+            space_hint=space_hint(interval, retention),
+            security=security,
+            observer=self.metrics,
+        )
         keys = Keys(cfg.prefix)
         self.rules = TimeZoneRules.load(cfg.tzdata)
         me = pb.Member(
@@ -206,9 +229,67 @@ class Node:
             lambda: (self.tzdata.agreed, self.tzdata.pinned),
         )
         self.health = HealthServicer()
+        self._health_now: dict[str, bool] = {}
+        self._serving = False
+        self._draining = False
         self._stop = asyncio.Event()
         for supervisor in (self.loops, self.engine.supervisor):
             supervisor.on_change(self._loops_changed)
+        self.http: HttpServer | None = None
+        if self.metrics is not None:
+            self.engine.registry.on_finish(self.metrics.run_finished)
+            self.engine.claims.on_latency(self.metrics.claim_done)
+            self.peers.on_verdict(self.metrics.verdict)
+            from peerd.http.server import HttpServer
+
+            self.http = HttpServer(cfg.http_listen, self.metrics, self.health_facts, cfg.node_id)
+
+    def _metric_sources(self) -> MetricSources:
+        from peerd.http.metrics import EtcdView, MetricSources
+
+        def etcd_view() -> EtcdView | None:
+            status = self.alarms.status
+            if not self.compactor.holding or status is None:
+                return None
+            kinds = tuple(a.kind for a in self.alarms.alarms)
+            return EtcdView(status.db_size, status.db_size_in_use, kinds)
+
+        return MetricSources(
+            engine=lambda: self.engine.stats,
+            degraded_loops=lambda: len(self.loops.failures) + len(self.engine.supervisor.failures),
+            ready=lambda: not health.readiness_problems(self.health_facts()),
+            members=lambda: len(self.membership.view),
+            etcd=etcd_view,
+            leader=lambda: self.compactor.holding,
+        )
+
+    def health_facts(self) -> health.HealthFacts:
+        """What the health checks are computed from, now (:mod:`peerd.core.health`)."""
+        degraded = (*self.loops.failures, *self.engine.supervisor.failures)
+        return health.HealthFacts(
+            serving=self._serving,
+            registered=self.membership.registered_once.is_set(),
+            watching=self.membership.view_ready.is_set() and self.cache.ready.is_set(),
+            claiming=self.membership.claim_ready.is_set(),
+            draining=self._draining,
+            degraded_loops=tuple(sorted(degraded)),
+            alarms=tuple(sorted({a.kind for a in self.alarms.alarms})),
+        )
+
+    async def _refresh_health(self) -> None:
+        """Set every grpc.health.v1 status that changed (no-op once shutdown began)."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        for service, up in health.service_status(self.health_facts()).items():
+            if self._health_now.get(service) != up:
+                self._health_now[service] = up
+                await self.health.set(service, serving if up else not_serving)
+
+    async def _health_loop(self) -> None:
+        """Refresh the grpc.health.v1 statuses every :data:`HEALTH_REFRESH_S` (supervised)."""
+        while True:
+            await self._refresh_health()
+            await self.clock.sleep(HEALTH_REFRESH_S)
 
     def _peer_credentials(self) -> grpc.ChannelCredentials | None:
         return self.tls.peer_credentials() if self.tls is not None else None
@@ -234,13 +315,8 @@ class Node:
         )
 
     def _loops_changed(self) -> None:
-        healthy = self.loops.healthy and self.engine.supervisor.healthy
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if healthy
-            else (health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
-        asyncio.get_running_loop().create_task(self.health.set(LOOPS_HEALTH, status))
+        if self._serving:
+            asyncio.get_running_loop().create_task(self._refresh_health())
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (signal-handler safe when called from the loop)."""
@@ -365,21 +441,32 @@ class Node:
         except RuntimeError as exc:
             return _fatal(f"cannot listen on {self.cfg.listen}: {exc}", EXIT_ERROR)
         self._warn_if_exposed()
+        if self.http is not None:
+            try:
+                await self.http.start()
+            except OSError as exc:
+                return _fatal(f"cannot listen on {self.cfg.http_listen}: {exc}", EXIT_ERROR)
         await self.etcd.connect()
         failure = await self._register()
         if failure is not None:
+            if self.http is not None:
+                await self.http.stop()
             return _fatal(*failure)
-        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.health.set(LOOPS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        await self._refresh_health()
         await server.start()
+        self._serving = True
         self._log.info(
             "node_listening",
             listen=self.cfg.listen,
             address=self.cfg.address,
+            http=self.http.address if self.http is not None else "",
             etcd=",".join(self.cfg.etcd),
             cluster=self.cfg.cluster,
             tzdata=self.rules.describe(),
         )
+        if self.http is not None:
+            self.loops.spawn("http.server", self.http.run)
+        self.loops.spawn("node.health", self._health_loop)
         self.loops.spawn("membership.keepalive", self.membership.keepalive_loop)
         self.loops.spawn("membership.watch", self.membership.watch_loop)
         self.loops.spawn("tasks.watch", self.cache.run)
@@ -406,6 +493,7 @@ class Node:
 
     async def _shutdown(self, server: grpc.aio.Server, drain: bool) -> None:
         self._log.info("node_stopping")
+        self._draining = True
         await self.health.enter_graceful_shutdown()
         await self.compactor.release()  # the next node takes compaction over at once
         if drain and self.membership.claim_ready.is_set():
@@ -463,7 +551,7 @@ class Node:
     async def _mark_ready(self) -> None:
         await self.membership.view_ready.wait()
         await self.cache.ready.wait()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._refresh_health()
         self._log.info("node_ready", members=self.membership.members(), tasks=len(self.cache.tasks))
 
 

@@ -183,6 +183,8 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
 def show(value: Any) -> str:
     """A value as the docs, ``--help`` and errors show it: durations as ``1m30s``, numbers
     without a trailing ``.0``, lists comma-separated (``none`` when empty)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, timedelta):
         return format_duration(value)
     if isinstance(value, float):
@@ -247,6 +249,21 @@ def _items(value: Any, sep: str) -> list[Any]:
     return str(value).split(sep) if isinstance(value, str) else list(value)
 
 
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _bool(value: Any, flag: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidArgument(flag, f"expected true or false, got {value!r}")
+
+
 def _hostports(value: Any, flag: str) -> tuple[str, ...]:
     endpoints = tuple(parse_hostport(p, flag) for p in _items(value, ",") if str(p).strip())
     if not endpoints:
@@ -283,6 +300,8 @@ NUMBER = Kind("number", "X", _number)
 DURATION = Kind("duration", "DURATION", _duration)
 SECONDS = Kind("duration", "DURATION", lambda value, flag: _duration(value, flag).total_seconds())
 """A duration (``30s``, or a number of seconds) kept as float seconds (fields named ``*_s``)."""
+BOOLEAN = Kind("boolean", "BOOL", _bool)
+"""``true``/``false`` (also ``yes``/``no``, ``on``/``off``, ``1``/``0``; a TOML boolean)."""
 HOSTPORT = Kind("HOST:PORT", "HOST:PORT", lambda value, flag: parse_hostport(value, flag))
 OPTIONAL_HOSTPORT = Kind(
     "HOST:PORT or empty",

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from aetcd import exceptions as aetcd_exceptions
@@ -143,6 +144,25 @@ def _map_error(exc: BaseException, space_hint: str = "") -> PeerdError:
     return PeerdError(f"etcd error: {exc!r}")
 
 
+class EtcdObserver(Protocol):
+    """Told about every etcd request and watch restart (the node's metrics implement it)."""
+
+    def request(self, method: str, duration_s: float, ok: bool) -> None:
+        """One unary call (or one keepalive) took ``duration_s``; ``method`` is etcd's gRPC
+        method name (``Txn``, ``Range``, ``LeaseKeepAlive``...); ``ok``: it answered."""
+
+    def watch_restarted(self, watch: str, reason: str) -> None:
+        """The list-then-watch loop ``watch`` re-listed; ``reason``: compacted or broken."""
+
+
+class _NoObserver:
+    def request(self, method: str, duration_s: float, ok: bool) -> None:
+        pass
+
+    def watch_restarted(self, watch: str, reason: str) -> None:
+        pass
+
+
 class Etcd:
     """An etcd client over one gRPC channel.
 
@@ -152,6 +172,8 @@ class Etcd:
         space_hint: added to the message of :class:`peerd.errors.ResourceExhausted`: what this
             node does about a full etcd (e.g. how often it compacts).
         security: TLS files and etcd user (:class:`peerd.coord.etcd_channel.EtcdSecurity`).
+        observer: told the duration of every request (default: nobody). Durations are measured
+            on ``time.monotonic`` here, at the I/O boundary, not by logic.
 
     All methods raise :class:`peerd.errors.Unavailable` when etcd cannot be reached in time,
     :class:`peerd.errors.ResourceExhausted` for a write refused by the NOSPACE alarm and
@@ -164,7 +186,9 @@ class Etcd:
         timeout_s: float = 5.0,
         space_hint: str = "",
         security: EtcdSecurity | None = None,
+        observer: EtcdObserver | None = None,
     ) -> None:
+        self.observer: EtcdObserver = observer if observer is not None else _NoObserver()
         self.endpoints = tuple(endpoints)
         self.timeout_s = timeout_s
         self.space_hint = space_hint
@@ -292,14 +316,18 @@ class Etcd:
     async def lease_keepalive(self, lease_id: int, timeout_s: float | None = None) -> int:
         """Refresh a lease once. Returns the new TTL in seconds; 0 or less means it has expired."""
         await self.connect()
+        started, ok = time.monotonic(), False
         try:
             stream = self._stubs["lease"].LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout_s or self.timeout_s
             )
             async for reply in stream:
+                ok = True
                 return int(reply.TTL)
         except Exception as exc:
             raise self._error(exc) from exc
+        finally:
+            self.observer.request("LeaseKeepAlive", time.monotonic() - started, ok)
         raise Unavailable("etcd closed the keepalive stream")
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -461,16 +489,24 @@ class Etcd:
                 self._member_channels[endpoint] = self._open(endpoint)
             service = rpc.MaintenanceStub(self._member_channels[endpoint])
         call = getattr(service, method)
+        started, ok = time.monotonic(), False
         try:
-            return await call(req, timeout=timeout_s or self.timeout_s)
-        except Exception as exc:
-            error = self._error(exc)
-            if not _refused_token(exc):
-                raise error from exc
-        try:  # the token was refused: once more with a new one
-            return await call(req, timeout=timeout_s or self.timeout_s)
+            try:
+                answer = await call(req, timeout=timeout_s or self.timeout_s)
+            except Exception as exc:
+                error = self._error(exc)
+                if not _refused_token(exc):
+                    raise error from exc
+                # the token was refused: once more with a new one
+                answer = await call(req, timeout=timeout_s or self.timeout_s)
+            ok = True
+            return answer
+        except PeerdError:
+            raise
         except Exception as exc:
             raise self._error(exc) from exc
+        finally:
+            self.observer.request(method, time.monotonic() - started, ok)
 
 
 # -- transaction building (pure) ---------------------------------------------------------------

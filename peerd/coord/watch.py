@@ -84,10 +84,12 @@ async def list_then_watch(
             backoff.reset()
             await _follow(etcd, prefix, revision + 1, on_event)
         except Compacted as exc:
+            etcd.observer.watch_restarted(log_name, "compacted")
             logger.info(
                 f"{log_name}_watch_compacted_relisting", compact_revision=exc.compact_revision
             )
         except PeerdError as exc:
+            etcd.observer.watch_restarted(log_name, "broken")
             delay_s = backoff.next_delay_s()
             logger.warning(f"{log_name}_watch_broken", error=str(exc), retry_in_s=delay_s)
             await clock.sleep(delay_s)

@@ -156,9 +156,9 @@ def dev_node(
     workdir: Path,
     security: DevSecurity | None = None,
 ) -> PeerdProcess:
-    """The handle of one dev node listening on ``127.0.0.1:port`` and logging to
-    ``workdir/<name>.log``; it runs in this process's working directory. With ``security``
-    it serves mutual TLS under the dev auth policy."""
+    """The handle of one dev node listening on ``127.0.0.1:port`` (gRPC) and on a free port for
+    HTTP (metrics, health), logging to ``workdir/<name>.log``; it runs in this process's
+    working directory. With ``security`` it serves mutual TLS under the dev auth policy."""
     settings: dict[str, str | list[str]] = {"allow_shell": allow_shell}
     if security is not None:
         settings.update(security.node_settings[name])
@@ -169,6 +169,7 @@ def dev_node(
         workdir,
         lease_ttl_s=lease_ttl_s,
         port=port,
+        http_port=0,
         settings=settings,
         label="peerd dev",
         tls=security.client_tls() if security is not None else None,
@@ -223,7 +224,7 @@ def _print_ready(
 ) -> None:
     _say("")
     for node in nodes:
-        _say(f"  {node.node_id}  {node.address}")
+        _say(f"  {node.node_id}  {node.address}  http://{node.http_address}/metrics")
     _say(f"  etcd   {etcd_endpoint}")
     _say("")
     _say(f"export PEERD_SERVER={nodes[0].address}")
@@ -298,8 +299,8 @@ def run_dev(
             node.start(wait=False)
             running.append(node)
             _say(
-                f"peerd dev: started {node.node_id} (pid {node.pid}) on {node.address}, "
-                f"log {node.log_path}"
+                f"peerd dev: started {node.node_id} (pid {node.pid}) on {node.address} "
+                f"(http {node.http_address}), log {node.log_path}"
             )
         failed = _wait_ready(running, stop)
         if failed is not None:

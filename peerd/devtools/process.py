@@ -48,7 +48,7 @@ PROBE_TIMEOUT_S = 1.0
 """Deadline of one health check while waiting for SERVING (a node that is still starting may
 not answer at all)."""
 
-_FIXED_FLAGS = ("node_id", "listen", "etcd", "cluster", "lease_ttl")
+_FIXED_FLAGS = ("node_id", "listen", "etcd", "cluster", "lease_ttl", "http_listen")
 _PACKAGE_ROOT = str(Path(peerd.__file__).resolve().parent.parent)
 
 
@@ -63,7 +63,7 @@ def setting_args(settings: Mapping[str, Setting]) -> list[str]:
 
     Raises:
         ValueError: a key names a flag the handle sets itself (``node_id``, ``listen``, ``etcd``,
-            ``cluster``, ``lease_ttl``).
+            ``cluster``, ``lease_ttl``, ``http_listen``).
     """
     args: list[str] = []
     for key, value in settings.items():
@@ -87,6 +87,8 @@ class PeerdProcess:
         lease_ttl_s: ``--lease-ttl`` in seconds.
         host: address to listen on (``--listen HOST:PORT``).
         port: gRPC port; ``None`` picks a free one on ``host`` now and keeps it for every restart.
+        http_port: ``--http-listen`` port on ``host`` (metrics, health); ``None``: no HTTP port;
+            0 picks a free one now and keeps it for every restart.
         settings: more flags, see :func:`setting_args`.
         extra_args: appended to the command line as they are.
         env: on top of this process's environment; a ``None`` value removes the variable.
@@ -110,6 +112,7 @@ class PeerdProcess:
         lease_ttl_s: int = 3,
         host: str = "127.0.0.1",
         port: int | None = None,
+        http_port: int | None = None,
         settings: Mapping[str, Setting] | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str | None] | None = None,
@@ -125,6 +128,7 @@ class PeerdProcess:
         self.lease_ttl_s = lease_ttl_s
         self.host = host
         self.port = port if port is not None else free_port(host)
+        self.http_port = (http_port or free_port(host)) if http_port is not None else None
         self.settings = dict(settings or {})
         setting_args(self.settings)  # reject a bad key now, not at the first start
         self.extra_args = list(extra_args)
@@ -141,6 +145,11 @@ class PeerdProcess:
     def address(self) -> str:
         """``HOST:PORT`` of the node's gRPC server."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def http_address(self) -> str | None:
+        """``HOST:PORT`` of the node's HTTP port (``/metrics``, ``/readyz``), None when off."""
+        return None if self.http_port is None else f"{self.host}:{self.http_port}"
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +176,8 @@ class PeerdProcess:
             "--cluster", self.cluster,
             "--lease-ttl", str(self.lease_ttl_s),
         ]  # fmt: skip
+        if self.http_address is not None:
+            cmd += ["--http-listen", self.http_address]
         return [*self.command_prefix, *cmd, *setting_args(self.settings), *self.extra_args]
 
     def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:

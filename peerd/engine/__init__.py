@@ -4,6 +4,7 @@
 modules of this package and what each owns.
 """
 
-from peerd.engine.facade import Engine, EngineStats, Load
+from peerd.engine.facade import Engine
+from peerd.engine.stats import EngineStats, Load
 
 __all__ = ["Engine", "EngineStats", "Load"]

@@ -52,6 +52,7 @@ class Claims:
         tz_fence: ``() -> the revision claims of zone-dependent slots are fenced on``, None
             while this node's tzdata is not the agreed version
             (:meth:`peerd.coord.tzdata.TzdataAgreement.fence`).
+        monotonic: the clock's ``monotonic`` (claim transaction latency, :meth:`on_latency`).
     """
 
     def __init__(
@@ -61,16 +62,23 @@ class Claims:
         batch: Callable[[], int],
         now: Callable[[], object],
         tz_fence: Callable[[], int | None],
+        monotonic: Callable[[], float],
     ) -> None:
         self.ledger = ledger
         self.lease = lease
         self.batch = batch
         self.now = now
         self.tz_fence = tz_fence
+        self.monotonic = monotonic
         self.lost_races = 0
         """Claims another claimant won (since start)."""
         self.fenced = 0
         """Claims the tzdata fence refused (since start)."""
+        self._latency: list[Callable[[float, int], None]] = []
+
+    def on_latency(self, fn: Callable[[float, int], None]) -> None:
+        """Call ``fn(duration_s, claims)`` after every claim transaction that etcd answered."""
+        self._latency.append(fn)
 
     async def claim(self, claims: Sequence[Claim], on_settled: Settled) -> None:
         """Claim ``claims`` and their overlap follow-ups; ``on_settled`` is called for each
@@ -87,6 +95,7 @@ class Claims:
             follow: list[Claim] = []
             for batch in pack([claim_cost(c.record, c.mode) for c in pending], self.batch()):
                 part = pending[batch.start : batch.stop]
+                started = self.monotonic()
                 results = await self.ledger.claim(
                     self.lease.member_key,
                     self.lease.lease_id,
@@ -94,6 +103,8 @@ class Claims:
                     [c.mode for c in part],
                     self.tz_fence(),
                 )
+                for fn in self._latency:
+                    fn(self.monotonic() - started, len(part))
                 for claim, res in zip(part, results, strict=True):
                     if res.fenced:
                         self.fenced += 1

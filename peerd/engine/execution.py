@@ -120,7 +120,7 @@ class Execution:
                 task.uncancel()
             self._finish(run, pb.CANCELLED, run.cancel_reason)
         except Exception as exc:  # a bug must not leave the record CLAIMED/RUNNING forever
-            self._log.exception("run_crashed", task_id=run.spec.id)
+            self._log.exception("run_crashed", task_id=run.spec.id, trace_id=run.trace_id)
             self._finish(run, pb.FAILED, f"internal error: {exc!r}")
         finally:
             if watcher is not None:
@@ -202,7 +202,7 @@ class Execution:
         try:
             return await self.executors.run(run.spec, attempt)
         except Exception as exc:  # an executor bug must still leave a record
-            self._log.exception("executor_crashed", task_id=run.spec.id)
+            self._log.exception("executor_crashed", task_id=run.spec.id, trace_id=run.trace_id)
             return Outcome(
                 False,
                 started,
@@ -224,6 +224,7 @@ class Execution:
             "run_retrying",
             task_id=run.spec.id,
             scheduled_at=rfc3339(rec.scheduled_at.ToDatetime(UTC)),
+            trace_id=run.trace_id,
             attempt=rec.attempt,
             at=rfc3339(at),
             error=outcome.error,
@@ -248,6 +249,7 @@ class Execution:
             self._log.info(
                 "run_failed",
                 task_id=spec.id,
+                trace_id=run.trace_id,
                 status=pb.RunStatus.Name(status),  # type: ignore[arg-type]
                 fencing_token=rec.fencing_token,
                 error=rec.error,

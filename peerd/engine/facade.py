@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -72,6 +71,7 @@ from peerd.engine.ownership import OwnershipView
 from peerd.engine.planner import Planner
 from peerd.engine.recovery import OwnerLostRecovery
 from peerd.engine.registry import Run, RunRegistry
+from peerd.engine.stats import EngineStats, Load, PoolStats
 from peerd.engine.writer import RecordWriter
 from peerd.errors import LeaseLost, PeerdError, ResourceExhausted, Unavailable
 from peerd.runner.base import Execution as Attempt
@@ -116,28 +116,6 @@ class TaskView(Protocol):
     def tasks(self) -> Mapping[str, pb.TaskSpec]: ...
 
     def on_change(self, fn: Callable[[str, pb.TaskSpec | None], None]) -> None: ...
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """Counters since start (exported as metrics)."""
-
-    claimed: int
-    lost_races: int
-    skipped: int
-
-
-@dataclass(frozen=True)
-class Load:
-    """How busy the node is: runs in the registry, the admission limit, due tasks waiting."""
-
-    active: int
-    capacity: int
-    backlog: int
-
-    @property
-    def saturated(self) -> bool:
-        return self.backlog > 0
 
 
 class Executors(Protocol):
@@ -208,7 +186,9 @@ class Engine:
             clock,
             self.node_id,
         )
-        self.claims = Claims(ledger, lease, lambda: self.cfg.claim_batch, clock.now, tz_fence)
+        self.claims = Claims(
+            ledger, lease, lambda: self.cfg.claim_batch, clock.now, tz_fence, clock.monotonic
+        )
         self.writer = RecordWriter(
             ledger,
             self.registry,
@@ -376,6 +356,7 @@ class Engine:
                     runs=len(item.in_flight),
                     from_node=request.from_node,
                 )
+        self.handoffs.accepted += len(accepted)
         if accepted:
             self._log.info("handoff_accepted", from_node=request.from_node, tasks=len(accepted))
             self.fire.wake()
@@ -407,8 +388,23 @@ class Engine:
 
     @property
     def stats(self) -> EngineStats:
-        """Counters since start."""
-        return EngineStats(self.fire.claimed, self.claims.lost_races, self.fire.skipped)
+        """Counters since start and gauges now (read at scrape time; see :mod:`.stats`)."""
+        pools = {"node": self.pools.node, **self.pools.kinds}
+        return EngineStats(
+            claimed=self.fire.claimed,
+            lost_races=self.claims.lost_races,
+            skipped=dict(self.fire.skipped),
+            started=dict(self.registry.started),
+            owned=len(self.planner.owned),
+            backlog=self.planner.backlog,
+            active=len(self.registry),
+            capacity=self.fire.capacity,
+            pools={n: PoolStats(p.limit, p.in_use, p.waiting) for n, p in pools.items()},
+            ring_changes=self.ownership.changes,
+            handed_off=self.handoffs.handed_off,
+            handoff_timeouts=self.handoffs.timed_out,
+            handoffs_accepted=self.handoffs.accepted,
+        )
 
     # -- the planning loop -----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ loop's lag (:mod:`peerd.engine.backpressure`).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
@@ -123,8 +124,9 @@ class FireLoop:
         self.clock = clock
         self.claimed = 0
         """Scheduled slots claimed (since start)."""
-        self.skipped = 0
-        """Slots skipped by the catch-up policy (since start)."""
+        self.skipped: Counter[int] = Counter()
+        """Slots this node recorded SKIPPED per ``pb.SkipReason`` (catch-up policy and overlap;
+        a record standing for several slots counts them all), since start."""
         rate = share(settings().catch_up_rate, 1)
         # Empty at start: the first node back after a cluster-wide outage sees itself as the
         # only member (and takes the whole rate) until the others register; a full bucket
@@ -264,9 +266,14 @@ class FireLoop:
             tp = by_run.get(run_key(claim.record))
             if tp is not None:
                 tp.settled.add(claim.record.scheduled_at.ToMilliseconds())
-            if res.claimed and claim.record.status == pb.CLAIMED:
+            if not res.claimed:
+                return
+            rec = claim.record
+            if rec.status == pb.CLAIMED:
                 self.claimed += 1
-                self.spawn(claim.spec, claim.record, claim.mode, res.replaced)
+                self.spawn(claim.spec, rec, claim.mode, res.replaced)
+            elif rec.status == pb.SKIPPED:
+                self.skipped[rec.skip_reason] += max(1, rec.skipped_slots)
 
         try:
             await self.claims.claim(claims, settled)
@@ -349,7 +356,6 @@ class FireLoop:
                         skipped[reason] = skipped.get(reason, 0) + n
         if skipped:
             total = sum(skipped.values())
-            self.skipped += total
             self._log.info("slots_skipped", count=total, tasks=tasks_skipping, reasons=skipped)
 
     def _note_saturation(self, mono: float) -> None:

@@ -63,6 +63,12 @@ class Handoffs:
         """task id -> (target node, since monotonic s): handoffs waiting for an ack."""
         self._wake = asyncio.Event()
         self._log = log.bind(node_id=node_id)
+        self.handed_off = 0
+        """Tasks a new owner acked (since start)."""
+        self.timed_out = 0
+        """Tasks given up without an ack after :data:`HANDOFF_TIMEOUT_S` (since start)."""
+        self.accepted = 0
+        """Tasks taken over from a peer's handoff (since start; counted by the engine)."""
 
     def start(self, task_id: str, target: str) -> None:
         """Hand ``task_id`` to ``target`` (it keeps firing here until acked)."""
@@ -90,6 +96,7 @@ class Handoffs:
             for task_id, (target, since) in list(self.handing.items()):
                 if now - since > HANDOFF_TIMEOUT_S:
                     self._log.warning("handoff_timed_out", task_id=task_id, to_node=target)
+                    self.timed_out += 1
                     self.drop(task_id)
                 else:
                     by_target.setdefault(target, []).append(task_id)
@@ -122,5 +129,6 @@ class Handoffs:
         for task_id in accepted:
             if self.handing.get(task_id, ("", 0.0))[0] == target:
                 self.drop(task_id)
+                self.handed_off += 1
         if accepted:
             self._log.info("handoff_done", to_node=target, tasks=len(accepted))

@@ -88,6 +88,8 @@ class OwnershipView:
         self._members = members
         self._exclusions = exclusions
         self._draining = False
+        self.changes = 0
+        """Times the set of owning members changed (ring changes, since start)."""
         self._owners: tuple[str, ...] = ()
         self._listeners: list[Callable[[], None]] = []
         self._filters: list[Eligible] = []
@@ -178,5 +180,6 @@ class OwnershipView:
             owners = tuple(sorted(m for m in registered if m not in excluded))
         if owners != self._owners:
             self._owners = owners
+            self.changes += 1
             for fn in self._listeners:
                 fn()

@@ -23,8 +23,9 @@ from typing import Any
 
 import structlog
 
-from peerd.core.records import rfc3339, run_key
+from peerd.core.records import idempotency_key, rfc3339, run_key
 from peerd.core.runstate import RunState, step
+from peerd.core.trace import trace_id
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
@@ -64,6 +65,12 @@ class Run:
         return run_key(self.record)
 
     @property
+    def trace_id(self) -> str:
+        """The W3C trace id of this slot, shared by all its attempts (:mod:`peerd.core.trace`);
+        log lines about the run carry it."""
+        return trace_id(idempotency_key(*self.key))
+
+    @property
     def lease_id(self) -> int:
         """The lease the run was claimed under (its record updates are fenced on it)."""
         return self.record.claim_lease_id
@@ -74,6 +81,7 @@ class Run:
             "task_id": self.record.task_id,
             "scheduled_at": rfc3339(self.record.scheduled_at.ToDatetime()),
             "fencing_token": self.record.fencing_token,
+            "trace_id": self.trace_id,
         }
 
 
@@ -84,6 +92,9 @@ class RunRegistry:
         self._runs: dict[RunKey, Run] = {}
         self._kinds: Counter[str] = Counter()
         self._listeners: list[Callable[[], None]] = []
+        self._finish_listeners: list[Callable[[Run], None]] = []
+        self.started: Counter[str] = Counter()
+        """Runs started (registered and executing) per executor kind, since start."""
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -106,6 +117,11 @@ class RunRegistry:
         """Call ``fn()`` whenever a run leaves the registry (capacity was freed)."""
         self._listeners.append(fn)
 
+    def on_finish(self, fn: Callable[[Run], None]) -> None:
+        """Call ``fn(run)`` when a run reaches its final status (its record holds it), before
+        the record is written. ``fn`` must be cheap: it runs on the fire path."""
+        self._finish_listeners.append(fn)
+
     def spawn(
         self, run: Run, execute: Callable[[Run], Coroutine[Any, Any, None]]
     ) -> asyncio.Task[None] | None:
@@ -124,6 +140,7 @@ class RunRegistry:
         run.state = step(None, "claimed")
         self._runs[run.key] = run
         self._kinds[run.kind] += 1
+        self.started[run.kind] += 1
         run.task = asyncio.get_running_loop().create_task(execute(run))
         return run.task
 
@@ -134,6 +151,9 @@ class RunRegistry:
             IllegalTransition: the event is not allowed in the run's state (nothing changes).
         """
         run.state = step(run.state, event)
+        if event == "finish":
+            for listener in self._finish_listeners:
+                listener(run)
         if run.state is RunState.DONE and self._runs.get(run.key) is run:
             del self._runs[run.key]
             self._kinds[run.kind] -= 1

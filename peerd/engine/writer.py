@@ -33,6 +33,7 @@ from peerd.clock import Clock, wait_event
 from peerd.coord.ledger import Ledger
 from peerd.core.backoff import Backoff
 from peerd.core.records import copy, rfc3339, run_key
+from peerd.core.trace import trace_id
 from peerd.engine.registry import Run, RunKey, RunRegistry
 from peerd.errors import PeerdError, Unavailable
 from peerd.v1 import scheduler_pb2 as pb
@@ -201,6 +202,7 @@ class RecordWriter:
                 "run_record_fenced_off",
                 task_id=rec.task_id,
                 scheduled_at=rfc3339(rec.scheduled_at.ToDatetime()),
+                trace_id=trace_id(rec.idempotency_key),
                 status=pb.RunStatus.Name(rec.status),
                 fencing_token=rec.fencing_token,
                 claim_lease_id=f"{rec.claim_lease_id:x}",

@@ -103,6 +103,9 @@ class PeerLayer:
         """The load each peer reported in its last Ping answer."""
         self._announced_claiming = False
         self._listeners: list[Callable[[], None]] = []
+        self._suspected_at: dict[str, float] = {}
+        """Peers this node suspects -> when it first did (monotonic s)."""
+        self._verdict_listeners: list[Callable[[bool, float], None]] = []
         self._announce_task: asyncio.Task[None] | None = None
         self._log = log.bind(node_id=node_id)
         registration.on_change(self._on_members)
@@ -113,6 +116,21 @@ class PeerLayer:
     def on_change(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after every change of :meth:`excluded`."""
         self._listeners.append(fn)
+
+    def on_verdict(self, fn: Callable[[bool, float], None]) -> None:
+        """Call ``fn(dead, suspicion_s)`` for each verdict of this node's own probes: ``dead``
+        (a failover detection) or back alive, and the seconds since this node first suspected
+        the peer (0 when it never suspected it first)."""
+        self._verdict_listeners.append(fn)
+
+    def _track_suspicion(self, verdicts: list[Verdict]) -> None:
+        now = self.clock.monotonic()
+        for v in verdicts:
+            since = self._suspected_at.pop(v.node_id, now)
+            for fn in self._verdict_listeners:
+                fn(v.dead, now - since)
+        suspects = set(self.detector.suspects())
+        self._suspected_at = {n: t for n, t in self._suspected_at.items() if n in suspects}
 
     def excluded(self) -> set[str]:
         """Members that own nothing in this node's view: confirmed dead, draining, or unable to
@@ -238,9 +256,11 @@ class PeerLayer:
             if verdict:
                 verdicts.append(verdict)
         for suspect in self.detector.suspects():
+            self._suspected_at.setdefault(suspect, self.clock.monotonic())
             verdict = self.detector.on_indirect(suspect, await self._indirect(suspect, timeout_s))
             if verdict:
                 verdicts.append(verdict)
+        self._track_suspicion(verdicts)
         if verdicts:
             for v in verdicts:
                 self._log.warning(
@@ -288,5 +308,8 @@ class PeerLayer:
             if r.node_id != self.node_id:
                 changed |= self.detector.on_rumor(r.node_id, r.lease_id, r.dead)
         if changed:
+            now = self.clock.monotonic()
+            for suspect in self.detector.suspects():
+                self._suspected_at.setdefault(suspect, now)
             self._log.info("peer_rumor_applied", source=source, dead=sorted(self.detector.dead()))
             self._notify()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from peerd.core.records import idempotency_key as _key
 from peerd.core.records import slot_ms
 from peerd.core.redact import REDACTED
+from peerd.core.trace import trace_id, traceparent
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
@@ -145,6 +146,17 @@ class Execution:
     def idempotency_key(self) -> str:
         """``<task_id>/<slot epoch ms>`` (:func:`peerd.core.records.idempotency_key`)."""
         return _key(self.task_id, slot_ms(self.scheduled_at))
+
+    @property
+    def trace_id(self) -> str:
+        """W3C trace id of the slot (every attempt shares it); log lines carry it."""
+        return trace_id(self.idempotency_key)
+
+    @property
+    def traceparent(self) -> str:
+        """W3C ``traceparent`` of this attempt: the slot's trace, the attempt's span
+        (:mod:`peerd.core.trace`)."""
+        return traceparent(self.idempotency_key, self.attempt)
 
 
 @dataclass

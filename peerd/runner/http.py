@@ -2,7 +2,8 @@
 
 Every request carries ``Idempotency-Key: <task_id>/<slot epoch ms>`` and
 ``Peerd-Fencing-Token: <etcd revision of the claim>`` so targets can deduplicate retries and
-reject stale claims. A compensation run (``TaskSpec.on_failure``) also carries
+reject stale claims, and ``traceparent`` (W3C Trace Context, derived from the slot and the
+attempt: :mod:`peerd.core.trace`). A compensation run (``TaskSpec.on_failure``) also carries
 ``Peerd-Cause-Idempotency-Key: <idempotency key of the failed run>``. Run failures never raise;
 they are reported in the returned :class:`~peerd.runner.base.Outcome` with a failure class
 (:data:`~peerd.runner.base.FAILURE_CLASSES`).
@@ -62,11 +63,17 @@ log = structlog.get_logger(__name__)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 FENCING_HEADER = "Peerd-Fencing-Token"
 CAUSE_KEY_HEADER = "Peerd-Cause-Idempotency-Key"
+TRACEPARENT_HEADER = "traceparent"
 USER_AGENT = f"peerd/{__version__}"
 DEFAULT_METHOD = "POST"
 
 _RESERVED = frozenset(
-    {IDEMPOTENCY_HEADER.lower(), FENCING_HEADER.lower(), CAUSE_KEY_HEADER.lower()}
+    {
+        IDEMPOTENCY_HEADER.lower(),
+        FENCING_HEADER.lower(),
+        CAUSE_KEY_HEADER.lower(),
+        TRACEPARENT_HEADER,
+    }
 )
 _NO_AUTO_HEADERS = frozenset({"Content-Type"})
 """aiohttp would label a custom body ``application/octet-stream``; peerd sends a custom body
@@ -133,7 +140,8 @@ def build_headers(
     name -> resolved value), then the peerd headers.
 
     User headers may replace ``User-Agent`` (and ``Content-Type`` for a custom body) but never
-    ``Idempotency-Key``, ``Peerd-Fencing-Token`` or ``Peerd-Cause-Idempotency-Key`` (matched
+    ``Idempotency-Key``, ``Peerd-Fencing-Token``, ``traceparent`` or
+    ``Peerd-Cause-Idempotency-Key`` (matched
     case-insensitively; a user's copy is dropped). For the default JSON body ``Content-Type`` is
     always ``application/json``. ``Peerd-Cause-Idempotency-Key`` is sent when ``cause`` has an
     idempotency key, whatever the body.
@@ -147,6 +155,7 @@ def build_headers(
         headers["Content-Type"] = "application/json"
     headers[IDEMPOTENCY_HEADER] = execution.idempotency_key
     headers[FENCING_HEADER] = str(execution.fencing_token)
+    headers[TRACEPARENT_HEADER] = execution.traceparent
     if cause is not None and (key := cause_idempotency_key(cause)):
         headers[CAUSE_KEY_HEADER] = key
     return headers

@@ -124,6 +124,8 @@ class TaskContext:
         cause: for a compensation run (``TaskSpec.on_failure``), the failed run as a dict (the
             protobuf JSON mapping of ``RunRecord``); ``None`` otherwise.
         timeout: the per-attempt time limit.
+        traceparent: W3C ``traceparent`` of this attempt (:mod:`peerd.core.trace`); pass it on
+            to the services the callable calls.
     """
 
     task_id: str
@@ -136,6 +138,7 @@ class TaskContext:
     args: dict[str, Any]
     cause: dict[str, Any] | None
     timeout: timedelta
+    traceparent: str = ""
 
 
 class _Refused(Exception):
@@ -261,7 +264,13 @@ class PythonExecutor:
                 error += "; the callable's thread keeps running until it returns"
             elif not _is_async(fn):
                 error += " waiting for a free worker thread"
-            log.warning("python.timeout", task_id=execution.task_id, name=target.name, error=error)
+            log.warning(
+                "python.timeout",
+                task_id=execution.task_id,
+                trace_id=execution.trace_id,
+                name=target.name,
+                error=error,
+            )
             return self._outcome(started, error=error, failure=FAILURE_TIMEOUT)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
@@ -352,6 +361,7 @@ class PythonExecutor:
             args=args,
             cause=cause,
             timeout=execution.timeout,
+            traceparent=execution.traceparent,
         )
 
     def _raised(

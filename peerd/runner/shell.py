@@ -255,7 +255,8 @@ class ShellExecutor:
         Environment: ``base_env``, then ``target.env``, then the resolved ``target.env_secrets``,
         then the ``PEERD_*``
         variables (``PEERD_IDEMPOTENCY_KEY``, ``PEERD_FENCING_TOKEN``, ``PEERD_TASK_ID``,
-        ``PEERD_SCHEDULED_AT`` (RFC 3339), ``PEERD_ATTEMPT``, ``PEERD_NODE_ID``, and for a
+        ``PEERD_SCHEDULED_AT`` (RFC 3339), ``PEERD_ATTEMPT``, ``PEERD_NODE_ID``, ``TRACEPARENT``
+        (W3C, :mod:`peerd.core.trace`), and for a
         compensation run ``PEERD_CAUSE_JSON``: the failed run as JSON), which the target cannot
         override (``PEERD_CAUSE_JSON`` is removed when the run is not a compensation).
         ``target.working_dir`` (if set) must exist.
@@ -346,6 +347,7 @@ class ShellExecutor:
                 "PEERD_SCHEDULED_AT": rfc3339(execution.scheduled_at),
                 "PEERD_ATTEMPT": str(execution.attempt),
                 "PEERD_NODE_ID": execution.node_id,
+                "TRACEPARENT": execution.traceparent,
             }
         )
         if execution.cause_json:
@@ -463,7 +465,9 @@ class ShellExecutor:
         """Let the reader reach end of output, for at most :data:`DRAIN_GRACE_SECONDS`."""
         done, _ = await asyncio.wait({reader}, timeout=DRAIN_GRACE_SECONDS)
         if not done:
-            log.warning("shell.output_pipe_held", task_id=execution.task_id)
+            log.warning(
+                "shell.output_pipe_held", task_id=execution.task_id, trace_id=execution.trace_id
+            )
 
     @staticmethod
     async def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -328,6 +328,18 @@ def test_every_service_has_a_healthcheck() -> None:
             assert command[-2:] == ["endpoint", "health"], f"{name}: {command}"
         elif not check:  # peerd without an override: the image's HEALTHCHECK applies
             assert "peerd.healthcheck" in _image_healthcheck(), f"{name}: no healthcheck"
+        else:  # peerd: ready per /readyz on its HTTP port
+            assert _peerd_healthcheck(svc) == [
+                "python", "-m", "peerd.healthcheck", "--http", "/readyz", "--timeout", "3"
+            ], name  # fmt: skip
+            http_port = _hostport(build_config({}, _environment(svc)).http_listen)[1]
+            assert http_port in _exposed_ports(), f"{name}: HTTP port not EXPOSEd"
+
+
+def _peerd_healthcheck(svc: dict[str, Any]) -> list[str]:
+    test = _argv(svc["healthcheck"]["test"])
+    assert test[0] == "CMD", test
+    return test[1:]
 
 
 def test_published_ports_loopback_only_and_distinct() -> None:
@@ -421,6 +433,22 @@ def test_healthcheck_passes_against_a_serving_node(nodes: NodesFactory) -> None:
         [sys.executable, *command[1:]], capture_output=True, text=True, timeout=30, env=env
     )
     assert image_check.returncode == 0, image_check.stderr
+
+
+@pytest.mark.integration
+def test_compose_healthcheck_passes_against_a_ready_node(nodes: NodesFactory) -> None:
+    (node,) = nodes(1, http_port=0)
+    [svc, *_] = _peerd_services(_load_compose()).values()
+    command = _peerd_healthcheck(svc)
+    env = {**os.environ, "PEERD_HTTP_LISTEN": f"0.0.0.0:{node.http_port}"}
+    check = subprocess.run(
+        [sys.executable, *command[1:]], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert check.returncode == 0, check.stderr
+    live = _run_healthcheck(str(node.http_address), "--http", "/livez")
+    assert live.returncode == 0, live.stderr
+    missing = _run_healthcheck(str(node.http_address), "--http", "/nothing")
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr, missing.stderr
 
 
 def test_healthcheck_fails_against_a_closed_port() -> None:

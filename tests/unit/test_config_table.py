@@ -52,6 +52,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "etcd_key": ("/etc/etcd/peerd-key.pem", "/etc/etcd/peerd-key.pem"),
     "etcd_user": ("peerd", "peerd"),
     "etcd_password_file": ("/etc/etcd/password", "/etc/etcd/password"),
+    "http_listen": ("127.0.0.1:9464", "127.0.0.1:9464"),
+    "metrics_per_task": ("yes", True),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
     "http_allow": ("*.example.com", ("*.example.com",)),
@@ -190,6 +192,8 @@ def test_the_bounds_themselves_are_accepted(s: Setting, edge: Any) -> None:
         (["--etcd-compaction-interval", "soon"], "--etcd-compaction-interval: 'soon' is not a"),
         (["--catch-up-rate", "0"], "--catch-up-rate: must be > 0, got 0"),
         (["--log-format", "xml"], "--log-format: must be auto, json or console"),
+        (["--metrics-per-task", "maybe"], "--metrics-per-task: expected true or false, got"),
+        (["--http-listen", "9464"], "--http-listen: expected HOST:PORT, got '9464'"),
     ],
 )
 def test_serve_rejects_bad_flags_with_exit_2(

@@ -1,0 +1,1 @@
+"""The node's HTTP port (``--http-listen``): Prometheus metrics and health endpoints."""
