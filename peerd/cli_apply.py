@@ -40,6 +40,7 @@ from peerd.cli_doc import DocumentError, doc_to_spec, load_documents, spec_to_do
 from peerd.cli_spec import print_error
 from peerd.client import SchedulerClient
 from peerd.core.budget import MAX_TXN_OPS
+from peerd.core.redact import REDACTED, needs_redaction, restore_redacted
 from peerd.core.taskspec import (
     CREATE_OPS,
     DELETE_OPS,
@@ -76,6 +77,10 @@ class ApplyPlan:
     updates: list[tuple[pb.TaskSpec, pb.TaskSpec]] = field(default_factory=list)
     deletes: list[pb.TaskSpec] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    hidden: list[tuple[pb.TaskSpec, pb.TaskSpec]] = field(default_factory=list)
+    """Tasks equal to the file but for credential values the server shows redacted (this client
+    cannot compare them): sent as updates, which the server applies only when a value differs
+    (:func:`peerd.core.redact.restore_redacted`); counted as unchanged until it says so."""
 
     @property
     def changes(self) -> int:
@@ -118,14 +123,18 @@ def read_desired(path: Path, managed_by: str) -> list[Desired]:
         try:
             spec = doc_to_spec(doc, label)
             _stamp(spec, managed_by, label)
+            normalise(spec)
         except DocumentError as exc:
             errors.append(exc)
+            continue
+        except InvalidArgument as exc:  # normalise: "task.schedule.cron" is the key "cron"
+            key = exc.field.rsplit(".", 1)[-1].replace("_", "-")
+            errors.append(DocumentError(label, key, exc.reason))
             continue
         if spec.id in seen:
             errors.append(DocumentError(label, "id", f"{spec.id!r} is also in {seen[spec.id]}"))
             continue
         seen[spec.id] = where
-        normalise(spec)
         out.append(Desired(label, spec, "paused" in doc))
     if errors:
         raise ExceptionGroup(f"{len(errors)} invalid task document(s)", errors)
@@ -158,16 +167,33 @@ def plan_apply(
         want.CopyFrom(d.spec)
         if not d.paused_given:
             want.paused = current.paused
-        if same_user_fields(want, current):
-            plan.unchanged.append(want.id)
-        else:
+        shown, hidden = _fill_redacted(current, want)
+        if not same_user_fields(want, shown):
             plan.updates.append((want, current))
+        elif hidden:
+            plan.hidden.append((want, current))
+        else:
+            plan.unchanged.append(want.id)
     if prune:
         wanted = {d.spec.id for d in desired}
         plan.deletes = [
             t for t in live if t.labels.get(MANAGED_BY) == managed_by and t.id not in wanted
         ]
     return plan
+
+
+def _fill_redacted(live: pb.TaskSpec, want: pb.TaskSpec) -> tuple[pb.TaskSpec, bool]:
+    """``live`` with each value the server showed as :data:`REDACTED` replaced by ``want``'s
+    value of the same name (when it has one), and whether any was replaced."""
+    if not needs_redaction(want) or REDACTED not in str(live):
+        return live, False
+    shown = pb.TaskSpec()
+    shown.CopyFrom(live)
+    try:
+        restore_redacted(shown, want)
+    except InvalidArgument:  # a credential the file no longer has: a real difference
+        return live, False
+    return shown, True
 
 
 def requests(plan: ApplyPlan) -> list[pb.ApplyTasksRequest]:
@@ -186,7 +212,7 @@ def requests(plan: ApplyPlan) -> list[pb.ApplyTasksRequest]:
 
     for spec in plan.creates:
         room(CREATE_OPS).create.append(spec)
-    for want, current in plan.updates:
+    for want, current in [*plan.updates, *plan.hidden]:
         room(UPDATE_OPS).update.add(task=want, expected_revision=current.revision)
     for gone in plan.deletes:
         room(DELETE_OPS).delete.add(id=gone.id, expected_revision=gone.revision)
@@ -228,16 +254,24 @@ def diff_text(plan: ApplyPlan, managed_by: str) -> str:
         out += [f"    {line}" for line in lines]
     for gone in plan.deletes:
         out.append(f"- {gone.id} (revision {gone.revision}; {MANAGED_BY}={managed_by})")
+    if plan.hidden:
+        ids = ", ".join(w.id for w, _ in plan.hidden)
+        out.append(f"(credential values not compared, shown redacted by the server: {ids})")
     out.append(summary(plan, managed_by, future=True))
     return "\n".join(out)
 
 
-def summary(plan: ApplyPlan, managed_by: str, future: bool = False) -> str:
-    """E.g. ``2 created, 1 updated, 0 deleted, 5 unchanged (managed-by=tasks)``."""
+def summary(
+    plan: ApplyPlan, managed_by: str, future: bool = False, updated: int | None = None
+) -> str:
+    """E.g. ``2 created, 1 updated, 0 deleted, 5 unchanged (managed-by=tasks)``. ``updated``:
+    the tasks the server changed (after an apply; default: the planned updates)."""
     verbs = ("to create", "to update", "to delete") if future else ("created", "updated", "deleted")
-    counts = (len(plan.creates), len(plan.updates), len(plan.deletes))
+    n_updated = len(plan.updates) if updated is None else updated
+    unchanged = len(plan.unchanged) + len(plan.updates) + len(plan.hidden) - n_updated
+    counts = (len(plan.creates), n_updated, len(plan.deletes))
     parts = [f"{n} {v}" for n, v in zip(counts, verbs, strict=True)]
-    return f"{', '.join(parts)}, {len(plan.unchanged)} unchanged ({MANAGED_BY}={managed_by})"
+    return f"{', '.join(parts)}, {unchanged} unchanged ({MANAGED_BY}={managed_by})"
 
 
 def _prepare(args: argparse.Namespace) -> tuple[ApplyPlan, str, SchedulerClient]:
@@ -278,7 +312,7 @@ def _ids(plan: ApplyPlan) -> dict[str, list[str]]:
         "create": [s.id for s in plan.creates],
         "update": [w.id for w, _ in plan.updates],
         "delete": [s.id for s in plan.deletes],
-        "unchanged": plan.unchanged,
+        "unchanged": [*plan.unchanged, *(w.id for w, _ in plan.hidden)],
     }
 
 
@@ -289,6 +323,7 @@ def cmd_apply(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except ExceptionGroup as group:
         return _invalid(group)
     lines: list[str] = []
+    updated = 0
     with client:
         for n, request in enumerate(requests(plan)):
             try:
@@ -299,11 +334,12 @@ def cmd_apply(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 raise
             lines += [f"created {t.id}" for t in resp.created]
             lines += [f"updated {t.id} (revision {t.revision})" for t in resp.updated]
+            updated += len(resp.updated)
             lines += [f"deleted {task_id}" for task_id in resp.deleted]
     if args.output == "json":
         print(json.dumps(_ids(plan), indent=2))
     else:
-        print("\n".join([*lines, summary(plan, managed_by)]))
+        print("\n".join([*lines, summary(plan, managed_by, updated=updated)]))
     return EXIT_OK
 
 

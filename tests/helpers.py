@@ -1,11 +1,15 @@
-"""Test helpers: polling assertions, bounded async runs, a gRPC health server, and the suite's
-handle on one real ``peerd serve`` process."""
+"""Test helpers: polling assertions, bounded async runs, a gRPC health server, a read of etcd's
+keyspace, the ``peerd`` CLI as a subprocess, and the suite's handle on one real ``peerd serve``
+process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -16,6 +20,8 @@ from typing import Any, TypeVar, overload
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from peerd.coord.etcd import Etcd, prefix_end
+from peerd.coord.etcd_channel import EtcdSecurity
 from peerd.core.tzrules import TimeZoneRules
 from peerd.devtools.process import PeerdProcess
 
@@ -135,6 +141,48 @@ async def until(cond: Callable[[], bool], interval_s: float = 0.0) -> None:
     turn of the event loop). No deadline of its own: use it under :func:`run_async`."""
     while not cond():
         await asyncio.sleep(interval_s)
+
+
+def keyspace(
+    endpoint: str, prefix: bytes = b"", security: EtcdSecurity | None = None
+) -> list[tuple[bytes, bytes, int]]:
+    """Every etcd key under ``prefix`` (``b""``: the whole keyspace) as ``(key, value,
+    mod_revision)``, in key order, read in one range request as ``security``'s user (default:
+    plaintext, no user).
+
+    Raises:
+        peerd.errors.PeerdError: etcd refused the read (e.g. the user lacks the permission).
+        peerd.errors.Unavailable: etcd cannot be reached.
+    """
+
+    async def read() -> list[tuple[bytes, bytes, int]]:
+        etcd = Etcd([endpoint], security=security)
+        await etcd.connect()
+        try:
+            kvs, _, _ = await etcd.range(prefix or b"\0", prefix_end(prefix))
+            return [(kv.key, kv.value, kv.mod_revision) for kv in kvs]
+        finally:
+            await etcd.close()
+
+    return asyncio.run(read())
+
+
+def cli(
+    node: PeerdProcess, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m peerd --server NODE ARGS...`` to completion (30 s at most), its output
+    captured as text; ``env`` is added to ``os.environ`` (e.g. ``PEERD_CA``, ``PEERD_TOKEN``).
+
+    Raises:
+        subprocess.TimeoutExpired: the command ran for more than 30 s.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "peerd", "--server", node.address, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env} if env else None,
+    )
 
 
 @contextlib.contextmanager

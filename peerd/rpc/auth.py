@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from peerd.core.policy import Permission, Principal
 from peerd.errors import NotFound, PeerdError, PermissionDenied, Unauthenticated
@@ -225,6 +226,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return principal
             raise PermissionDenied(f"method {method} has no authorisation rule; refused")
         if rule.permission is None:
+            return principal
+        if not isinstance(request, Message):
+            # Did not parse (peerd.rpc.guard.Malformed): the guard answers INVALID_ARGUMENT,
+            # after the caller's permission on at least one task is checked.
+            principal.require(rule.permission)
             return principal
         targets = rule.targets(request)
         for task_id, spec in targets:

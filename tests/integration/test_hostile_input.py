@@ -192,7 +192,7 @@ def wire_message(draw: st.DrawFn, descriptor: Descriptor, depth: int = 0) -> byt
         else:
             value = draw(scalar(field))
         copies = 1
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             copies = draw(st.sampled_from([1, 2, 3, MANY if len(value) <= 64 else 3]))
         out += value * copies
         if len(out) > MAX_DRAWN_BYTES:

@@ -4,13 +4,17 @@ an etcd user limited to their cluster's prefix.
 
 Principals: tokens (viewer, payments operator, admin) presented over a client certificate that
 the policy does not list (it only admits the connection), and a certificate principal (alice,
-admin). A second CA stands for an outsider.
+admin). A second CA stands for an outsider. The nodes keep the default target policy (link-local
+and cloud metadata addresses denied) and read the secret ``PAYMENTS_TOKEN`` from a secrets file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +27,7 @@ from peerd.coord.etcd import Etcd
 from peerd.coord.etcd_channel import EtcdSecurity
 from peerd.core.policy import token_sha256
 from peerd.devtools.etcd_server import EtcdServerTls
+from peerd.devtools.sink import WebhookSink
 from peerd.errors import PeerdError, Unavailable
 from peerd.security.authn import new_token
 from peerd.security.certs import write_set
@@ -31,7 +36,7 @@ from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from tests.conftest import running_etcd
-from tests.helpers import PeerdNode, assert_eventually
+from tests.helpers import PeerdNode, assert_eventually, cli, keyspace
 
 CLUSTER = "sec"
 PREFIX = f"/peerd/{CLUSTER}/".encode()
@@ -49,6 +54,8 @@ class Secure:
     tokens: dict[str, str]
     etcd_endpoint: str
     etcd_security: EtcdSecurity
+    secret: str
+    """The value of the secret ``PAYMENTS_TOKEN`` in every node's secrets file."""
 
     def tls(self, name: str, pki: Path | None = None) -> ClientTls:
         d = pki or self.pki
@@ -59,6 +66,17 @@ class Secure:
     ) -> SchedulerClient:
         tok = self.tokens[token] if token is not None else None
         return SchedulerClient(self.nodes[node].address, 10.0, self.tls(cert), tok)
+
+    def cli_env(self, token: str) -> dict[str, str]:
+        """The environment of a ``peerd`` CLI calling with the gateway certificate and ``token``."""
+        tls = self.tls("gateway")
+        return {"PEERD_CA": str(tls.ca), "PEERD_CERT": str(tls.cert), "PEERD_KEY": str(tls.key),
+                "PEERD_TOKEN": self.tokens[token]}  # fmt: skip
+
+    def whole_etcd(self) -> list[tuple[bytes, bytes, int]]:
+        """Every key in etcd, read as etcd's root user (client certificate CN=root)."""
+        root = EtcdSecurity(self.pki / "ca.pem", self.pki / "root.pem", self.pki / "root-key.pem")
+        return keyspace(self.etcd_endpoint, b"", root)
 
 
 def _policy(tokens: dict[str, str]) -> str:
@@ -117,13 +135,18 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     policy.write_text(_policy(tokens))
     password = root / "etcd-password"
     password.write_text(ETCD_PASSWORD + "\n")
+    secret = f"tok-{uuid.uuid4().hex}"
+    secrets = root / "secrets.toml"
+    secrets.write_text(f'PAYMENTS_TOKEN = "{secret}"\n')
+    secrets.chmod(0o600)
     etcd_tls = EtcdServerTls(pki / "ca.pem", pki / "etcd.pem", pki / "etcd-key.pem", True,
                              pki / "root.pem", pki / "root-key.pem")  # fmt: skip
     with running_etcd(root / "etcd", name="peerd-secure", tls=etcd_tls) as etcd:
         asyncio.run(_lock_down_etcd(etcd.endpoint, pki))
         nodes = [
             PeerdNode(n, etcd.endpoint, CLUSTER, root, allow_shell=["/bin/true*"],
-                      settings=_node_settings(pki, n, policy, password),
+                      settings={**_node_settings(pki, n, policy, password),
+                                "secrets_file": str(secrets)},
                       tls=ClientTls(pki / "ca.pem", pki / f"{n}.pem", pki / f"{n}-key.pem"))
             for n in NODES
         ]  # fmt: skip
@@ -134,7 +157,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
                 node.wait_ready(30)
             security = EtcdSecurity(pki / "ca.pem", pki / "peerd.pem",
                                     pki / "peerd-key.pem", "peerd", password)  # fmt: skip
-            yield Secure(pki, rogue, nodes, tokens, etcd.endpoint, security)
+            yield Secure(pki, rogue, nodes, tokens, etcd.endpoint, security, secret)
         finally:
             for node in nodes:
                 node.stop(10)
@@ -148,8 +171,8 @@ def _code(call: object) -> tuple[grpc.StatusCode, str]:
     return err.code(), err.details() or ""
 
 
-def _http(task_id: str) -> pb.TaskSpec:
-    spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url="http://127.0.0.1:9/hook"), paused=True)
+def _http(task_id: str, url: str = "http://127.0.0.1:9/hook") -> pb.TaskSpec:
+    spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url=url), paused=True)
     spec.schedule.every.FromSeconds(60)
     return spec
 
@@ -271,6 +294,84 @@ def test_watch_is_filtered_to_the_callers_tasks(secure: Secure) -> None:
     with secure.client("admin") as admin:
         admin.delete_task("billing-watched")
         admin.delete_task("payments-watched")
+
+
+METADATA_RULE = "denied by --http-deny 169.254.0.0/16 (built-in: link-local, cloud metadata)"
+
+
+def test_a_metadata_address_webhook_is_rejected(secure: Secure) -> None:
+    aws = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    with secure.client("payments", node=1) as ops, secure.client("admin", node=2) as admin:
+        code, details = _code(lambda: ops.create_task(_http("payments-meta", aws)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert details.startswith("task.http.url:") and METADATA_RULE in details
+        # the policy is the node's, not the caller's: an admin is refused too
+        code, details = _code(lambda: admin.create_task(_http("meta6", "http://[fd00:ec2::254]/")))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "fd00:ec2::254" in details
+        # checked again on update: an allowed webhook cannot be pointed at the metadata address
+        created = ops.create_task(_http("payments-hook"))
+        moved = _http("payments-hook", aws)
+        code, details = _code(lambda: ops.update_task(moved, created.revision))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and METADATA_RULE in details
+        assert ops.get_task("payments-hook").http.url == "http://127.0.0.1:9/hook"
+        for task_id in ("payments-meta", "meta6"):
+            assert _code(functools.partial(admin.get_task, task_id))[0] == grpc.StatusCode.NOT_FOUND
+        ops.delete_task("payments-hook")
+    stored = b"\n".join(key + b"=" + value for key, value, _ in secure.whole_etcd())
+    assert b"169.254.169.254" not in stored and b"fd00:ec2::254" not in stored
+
+
+def test_a_secret_never_appears_in_etcd_or_task_get(secure: Secure, sink: WebhookSink) -> None:
+    secret, literal = secure.secret, f"Bearer lit-{uuid.uuid4().hex}"
+    charge = _http("payments-charge", f"{sink.url}/charge")
+    charge.http.header_secrets["Authorization"] = "PAYMENTS_TOKEN"
+    legacy = _http("payments-legacy", f"{sink.url}/legacy")
+    legacy.http.headers["Authorization"] = literal
+    with secure.client("payments", node=0) as ops:
+        ops.create_task(charge)
+        ops.create_task(legacy)
+        for node in (1, 2):  # a trigger runs on the answering node: each reads its own file
+            with secure.client("payments", node=node) as there:
+                there.trigger_task("payments-charge")
+
+        def delivered() -> list[pb.RunRecord]:
+            runs = ops.list_runs("payments-charge", 10)
+            assert [pb.RunStatus.Name(r.status) for r in runs] == ["SUCCEEDED"] * 2, runs
+            return runs
+
+        runs = assert_eventually(delivered, timeout=20)
+        assert sorted(r.node_id for r in runs) == ["node1", "node2"]
+        deliveries = [d for d in sink.deliveries() if d.path == "/charge"]
+        assert [d.headers["authorization"] for d in deliveries] == [secret, secret]
+
+        answer = ops.get_task("payments-charge")
+        assert dict(answer.http.header_secrets) == {"Authorization": "PAYMENTS_TOKEN"}
+        assert "authorization" not in {h.lower() for h in answer.http.headers}
+        answers = [answer, *ops.list_tasks()]
+        assert secret.encode() not in b"".join(m.SerializeToString() for m in [*answers, *runs])
+
+    # task get through the CLI, as the operator: the reference, never the value
+    shown = cli(secure.nodes[1], "task", "get", "payments-charge", "-o", "json",
+                env=secure.cli_env("payments"))  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert secret not in shown.stdout
+    assert json.loads(shown.stdout)["http"]["header_secrets"] == {"Authorization": "PAYMENTS_TOKEN"}
+
+    # a literal credential: stored (it has to be sent) but shown in full to admins only
+    for who in ("payments", "viewer"):
+        with secure.client(who, node=2) as reader:
+            assert reader.get_task("payments-legacy").http.headers["Authorization"] == "<redacted>"
+    with secure.client("admin") as admin, secure.client(cert="alice", node=1) as alice:
+        for reader in (admin, alice):
+            assert reader.get_task("payments-legacy").http.headers["Authorization"] == literal
+
+        stored = b"\n".join(key + b"=" + value for key, value, _ in secure.whole_etcd())
+        assert b"PAYMENTS_TOKEN" in stored and literal.encode() in stored  # the tasks are there
+        assert secret.encode() not in stored  # ... and the secret is not
+        admin.delete_task("payments-charge")
+        admin.delete_task("payments-legacy")
+    for node in secure.nodes:
+        assert secret not in node.log_text()
 
 
 def _ping(address: str, tls: ClientTls, from_node: str) -> tuple[grpc.StatusCode, str]:

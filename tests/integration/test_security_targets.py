@@ -4,42 +4,13 @@ but never etcd, ``task get`` or the run records."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 import uuid
 
 from peerd.client import SchedulerClient
-from peerd.coord.etcd import Etcd, prefix_end
 from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import PeerdNode, assert_eventually
-
-
-def keyspace(endpoint: str, cluster: str) -> list[tuple[bytes, bytes, int]]:
-    """Every key under the cluster's prefix with its value and mod revision."""
-
-    async def read() -> list[tuple[bytes, bytes, int]]:
-        prefix = f"/peerd/{cluster}/".encode()
-        etcd = Etcd([endpoint])
-        await etcd.connect()
-        try:
-            kvs, _, _ = await etcd.range(prefix, prefix_end(prefix))
-            return [(kv.key, kv.value, kv.mod_revision) for kv in kvs]
-        finally:
-            await etcd.close()
-
-    return asyncio.run(read())
-
-
-def cli(node: PeerdNode, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", "--server", node.address, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+from tests.helpers import PeerdNode, assert_eventually, cli, keyspace
 
 
 def final_run(node: PeerdNode, task_id: str) -> pb.RunRecord:
@@ -59,10 +30,11 @@ def test_targets_policy_and_secrets_on_three_nodes(  # type: ignore[no-untyped-d
     env = {"PEERD_SECRET_PAYMENTS_TOKEN": secret}
     n1, n2 = nodes(2, env=env)
     [strict] = nodes(1, env=env, extra_args=["--http-deny", "loopback"])
+    prefix = f"/peerd/{cluster_name}/".encode()
 
     # 1. A webhook to the cloud metadata address is refused on create, naming the rule, and
     # nothing is written.
-    before = keyspace(etcd_endpoint, cluster_name)
+    before = keyspace(etcd_endpoint, prefix)
     meta = cli(n1, "task", "create", "meta", "--every", "1h",
                "--http-post", "http://169.254.169.254/latest/meta-data/iam/")  # fmt: skip
     assert meta.returncode == 6, meta.stderr  # PERMISSION_DENIED
@@ -77,7 +49,7 @@ def test_targets_policy_and_secrets_on_three_nodes(  # type: ignore[no-untyped-d
     local = cli(strict, "task", "create", "loc", "--every", "1h",
                 "--http-post", f"http://127.0.0.1:{sink.port}/x")  # fmt: skip
     assert local.returncode == 6 and "denied by --http-deny loopback" in local.stderr
-    assert keyspace(etcd_endpoint, cluster_name) == before
+    assert keyspace(etcd_endpoint, prefix) == before
 
     # 2. A secret header: sent by the node that runs it, stored nowhere.
     created = cli(n1, "task", "create", "charge", "--every", "1h",
@@ -108,7 +80,7 @@ def test_targets_policy_and_secrets_on_three_nodes(  # type: ignore[no-untyped-d
     runs = cli(n1, "runs", "charge", "-o", "json")
     assert runs.returncode == 0 and secret not in runs.stdout
 
-    values = b"\n".join(value for _, value, _ in keyspace(etcd_endpoint, cluster_name))
+    values = b"\n".join(value for _, value, _ in keyspace(etcd_endpoint, prefix))
     assert secret.encode() not in values
     assert b"PAYMENTS_TOKEN" in values  # the reference is stored, the value is not
     assert b"literal-key-123" in values  # literal values are stored (that is what secrets fix)

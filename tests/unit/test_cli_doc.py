@@ -16,6 +16,7 @@ from peerd.cli_apply import (
     plan_apply,
     read_desired,
     requests,
+    summary,
 )
 from peerd.cli_doc import (
     DocumentError,
@@ -27,6 +28,7 @@ from peerd.cli_doc import (
     spec_to_doc,
 )
 from peerd.cli_tasks import history_text, overlay
+from peerd.core.redact import REDACTED
 from peerd.core.taskspec import normalise, user_view
 from peerd.errors import InvalidArgument
 from peerd.v1 import scheduler_pb2 as pb
@@ -240,3 +242,39 @@ def test_history_text_lists_each_change_with_its_fields() -> None:
         '  http.headers.X-A: (unset) -> "1"',
     ]
     assert "no recorded changes" in history_text([])
+
+
+def test_a_bad_cron_is_named_by_file_document_and_key_with_the_other_errors(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ExceptionGroup) as err:
+        _desired(
+            tmp_path,
+            'id: a\ncron: "0 25 * * *"\nhttp: http://h/\n---\nid: b\nevery: 3x\nhttp: http://h/\n',
+        )
+    messages = [str(e) for e in err.value.exceptions]
+    assert len(messages) == 2
+    assert "document 1 (a): cron:" in messages[0] and "hour 25" in messages[0]
+    assert "document 2 (b): every:" in messages[1]
+
+
+def test_credentials_shown_redacted_are_not_a_change_but_are_sent_for_the_server_to_compare(
+    tmp_path: Path,
+) -> None:
+    (desired,) = _desired(
+        tmp_path, 'id: r\nevery: 1m\nhttp: http://h/\nheader: {Authorization: "Bearer t"}\n'
+    )
+    shown = _live(desired.spec, 7)
+    shown.http.headers["Authorization"] = REDACTED
+    plan = plan_apply([desired], [shown], "tasks", prune=False)
+    assert plan.updates == [] and [w.id for w, _ in plan.hidden] == ["r"]
+    (req,) = requests(plan)
+    assert req.update[0].task.http.headers["Authorization"] == "Bearer t"
+    assert req.update[0].expected_revision == 7
+    assert summary(plan, "tasks", updated=0).endswith(
+        "0 updated, 0 deleted, 1 unchanged (managed-by=tasks)"
+    )
+    changed = _live(desired.spec, 8)
+    changed.http.headers["Authorization"] = REDACTED
+    changed.http.url = "http://other/"
+    assert [w.id for w, _ in plan_apply([desired], [changed], "tasks", False).updates] == ["r"]
