@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+import peerd  # noqa: F401  # first: it turns off gRPC's fork handlers before gRPC is imported
 from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, find_etcd_binary
 from peerd.devtools.sink import WebhookSink
 from tests.helpers import PeerdNode

@@ -24,6 +24,7 @@ from peerd.coord.etcd import Etcd, prefix_end
 from peerd.coord.etcd_channel import EtcdSecurity
 from peerd.core.tzrules import TimeZoneRules
 from peerd.devtools.process import PeerdProcess
+from peerd.devtools.sink import Delivery
 
 T = TypeVar("T")
 
@@ -250,3 +251,23 @@ class PeerdNode(PeerdProcess):
             cwd=Path(workdir),
             **kw,
         )
+
+
+def retried_keys(deliveries: Sequence[Delivery]) -> dict[str, list[int | None]]:
+    """Idempotency keys delivered more than once -> their fencing tokens in arrival order.
+
+    A slot whose run was cut off by a kill -9 after its request went out but before its final
+    record was written is run again by the new owner under a new fencing token (at-least-once,
+    ``on_owner_lost`` RETRY; the receiver deduplicates by the key and rejects the older token).
+    A *real* duplicate is a key delivered twice under the same token: :func:`real_duplicates`.
+    """
+    tokens: dict[str, list[int | None]] = {}
+    for d in deliveries:
+        if d.idempotency_key is not None:
+            tokens.setdefault(d.idempotency_key, []).append(d.fencing_token)
+    return {k: t for k, t in tokens.items() if len(t) > 1}
+
+
+def real_duplicates(deliveries: Sequence[Delivery]) -> list[str]:
+    """Keys delivered more than once under one fencing token (never allowed)."""
+    return sorted(k for k, t in retried_keys(deliveries).items() if len(set(t)) < len(t))

@@ -52,6 +52,8 @@ NOSPACE = "NOSPACE"
 """etcd's alarm for a database that reached ``--quota-backend-bytes``."""
 _NOSPACE_DETAIL = "database space exceeded"
 _COMPACTED = "required revision has been compacted"
+WATCH_CANCEL_S = 1.0
+"""How long closing a watch waits for etcd to confirm the cancel (seconds)."""
 STATUS_TIMEOUT_S = 2.0
 """Deadline of one Status call (seconds): the member answers it locally, no consensus round."""
 DEFRAGMENT_TIMEOUT_S = 300.0
@@ -377,8 +379,10 @@ class Etcd:
                 yield Event(kind, _kv(item.kv), item.kv.mod_revision)
         finally:
             if cb.watch_id is not None:
+                # Bounded: aetcd waits for etcd's answer to the cancel, which may never come
+                # (the stream gone, etcd busy); an unbounded wait here hung a stopping member.
                 with contextlib.suppress(Exception):  # the stream may be gone already
-                    await self._watcher.cancel(cb.watch_id)
+                    await asyncio.wait_for(self._watcher.cancel(cb.watch_id), WATCH_CANCEL_S)
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ TIMEOUT_S = 240
 
 @pytest.mark.integration
 @pytest.mark.timeout(TIMEOUT_S + 30)
+@pytest.mark.slow
 def test_short_profile_passes(tmp_path: Path) -> None:
     try:
         find_etcd_binary()

@@ -195,6 +195,7 @@ def test_etcd_leader_then_follower_killed(
             assert all(n.health() == "SERVING" for n in nodes)
 
 
+@pytest.mark.slow
 def test_full_etcd_outage(sink: WebhookSink, start_nodes: StartNodes, tmp_path: Path) -> None:
     ids = [f"out-{i}" for i in range(5)]
     etcd = EmbeddedEtcd(tmp_path / "etcd-data", log_path=tmp_path / "etcd.log")

@@ -8,6 +8,8 @@ import re
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from peerd.client import SchedulerClient
 from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
@@ -23,6 +25,7 @@ def every_second(task_id: str, url: str) -> pb.TaskSpec:
     return spec
 
 
+@pytest.mark.slow
 def test_rolling_restart_misses_and_duplicates_nothing(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
     cluster = nodes(3, lease_ttl_s=LEASE_TTL_S, extra_args=["--runs-keep", "500"])
     ids = [f"roll-{i:03d}" for i in range(100)]

@@ -58,8 +58,9 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
     (n1,) = nodes(1, lease_ttl_s=4)
     tid = owned_by("n2", ["n1", "n2"], "forbid")
     with SchedulerClient(n1.address) as client:
-        # Every 1 s, each run takes 2.5 s: most slots find a run in progress.
-        client.create_task(every(tid, 1, f"{sink.url}/f?delay_s=2.5", overlap=pb.OVERLAP_FORBID))
+        # Every 1 s, each run takes 12 s: n2 (started below, a few seconds in) takes the task
+        # over while n1's first run is certainly still in progress.
+        client.create_task(every(tid, 1, f"{sink.url}/f?delay_s=12", overlap=pb.OVERLAP_FORBID))
 
         def running_on_n1() -> None:
             assert any(
@@ -80,7 +81,7 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
             ), [(r.node_id, pb.RunStatus.Name(r.status), r.error) for r in runs[:8]]
             assert any(r.status == pb.SUCCEEDED and r.node_id == "n2" for r in runs)
 
-        assert_eventually(n2_skipped_for_n1, timeout=20)
+        assert_eventually(n2_skipped_for_n1, timeout=40)
         runs = client.list_runs(tid, 100)
     assert_no_overlap(runs)
     assert {r.node_id for r in runs if r.status == pb.SUCCEEDED} == {"n1", "n2"}

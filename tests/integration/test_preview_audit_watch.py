@@ -133,7 +133,9 @@ def test_preview_dst_days_via_rpc_and_cli(nodes) -> None:  # type: ignore[no-unt
     jit = cli(node, "preview", "--every", "1m", "--jitter", "20s", "-n", "3")
     assert jit.returncode == 0 and "FIRE AT" in jit.stdout.splitlines()[0], jit.stderr
     out = cli(node, "task", "preview", "berlin", "-n", "2")
-    assert out.returncode == 0 and len(out.stdout.splitlines()) == 3, out.stderr
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 4, out.stderr  # header, 2 slots, the rules
+    assert lines[-1].startswith("time-zone rules: tzdata "), lines
     bad = cli(node, "preview", "--cron", "30 2 * * *", "--tz", "Nowhere/Land")
     assert bad.returncode == 2 and "schedule.time_zone" in bad.stderr
     assert cli(node, "task", "preview", "nope").returncode == 3

@@ -250,6 +250,7 @@ def test_a_schedule_change_takes_effect_after_the_update(nodes, sink: WebhookSin
         no_multi_claims(c, ids)
 
 
+@pytest.mark.slow
 def test_updates_landing_during_owner_changes(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
     cluster = nodes(3, lease_ttl_s=LEASE_TTL_S)
     ids = [f"own-{i:02d}" for i in range(12)]

@@ -297,6 +297,7 @@ def at(epoch_s: int) -> str:
     return rfc3339(datetime.fromtimestamp(epoch_s, UTC))
 
 
+@pytest.mark.slow
 def test_rolling_upgrade_of_the_rules_runs_the_day_once(
     nodes: Callable[..., list[PeerdNode]], sink: WebhookSink, tmp_path: Path
 ) -> None:
