@@ -146,6 +146,10 @@ def test_agreement_sticks_pins_and_fences_claims(etcd_endpoint: str, cluster_nam
     run(etcd_endpoint, cluster_name, body)
 
 
+# Slow: under CPU contention this in-process test (two members on one shared Etcd client and
+# event loop) has twice stalled until its 60 s timeout, its members' keepalives included; not
+# yet understood (the same rule is also covered by test_tzagree and the tests below).
+@pytest.mark.slow
 def test_the_rule_is_written_only_from_a_current_member_view(
     etcd_endpoint: str, cluster_name: str
 ) -> None:
