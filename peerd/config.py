@@ -439,11 +439,20 @@ class NodeConfig:
     )
     http_listen: str = setting(
         "",
-        help="HOST:PORT of the HTTP server (Prometheus /metrics, /livez, /readyz); empty: off. "
-        "Port 0 picks a free port (logged as http_listening).",
+        help="HOST:PORT of the HTTP server (Prometheus /metrics, /livez, /readyz, the HTTP/JSON "
+        "API under /v1/); empty: off. Port 0 picks a free port (logged as http_listening).",
         flag="--http-listen",
         env="PEERD_HTTP_LISTEN",
         kind=OPTIONAL_HOSTPORT,
+    )
+    http_tls: bool = setting(
+        False,
+        help="Serve the HTTP port over HTTPS with --tls-cert (reloaded on SIGHUP). With "
+        "--tls-client-ca, /v1/ calls must present a client certificate of that CA, as gRPC "
+        "calls must (docs/http-api.md).",
+        flag="--http-tls",
+        env="PEERD_HTTP_TLS",
+        kind=BOOLEAN,
     )
     metrics_per_task: bool = setting(
         False,
@@ -536,6 +545,8 @@ _TOGETHER = [
     ("--tls-cert", "tls_cert", "--tls-key", "tls_key"),
     ("--tls-key", "tls_key", "--tls-cert", "tls_cert"),
     ("--tls-client-ca", "tls_client_ca", "--tls-cert", "tls_cert"),
+    ("--http-tls", "http_tls", "--tls-cert", "tls_cert"),
+    ("--http-tls", "http_tls", "--http-listen", "http_listen"),
     ("--etcd-cert", "etcd_cert", "--etcd-key", "etcd_key"),
     ("--etcd-key", "etcd_key", "--etcd-cert", "etcd_cert"),
     ("--etcd-user", "etcd_user", "--etcd-password-file", "etcd_password_file"),

@@ -94,6 +94,7 @@ from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:  # imported when --http-listen is set: aiohttp adds ~0.3 s to every start
     from peerd.http.metrics import EtcdView, MetricSources, NodeMetrics
+    from peerd.http.rest import LoopbackSocket
     from peerd.http.server import HttpServer
 
 log = structlog.get_logger("peerd.node")
@@ -236,13 +237,33 @@ class Node:
         for supervisor in (self.loops, self.engine.supervisor):
             supervisor.on_change(self._loops_changed)
         self.http: HttpServer | None = None
+        self.loopback: LoopbackSocket | None = None
         if self.metrics is not None:
             self.engine.registry.on_finish(self.metrics.run_finished)
             self.engine.claims.on_latency(self.metrics.claim_done)
             self.peers.on_verdict(self.metrics.verdict)
-            from peerd.http.server import HttpServer
+            self.http = self._http_server(cfg)
 
-            self.http = HttpServer(cfg.http_listen, self.metrics, self.health_facts, cfg.node_id)
+    def _http_server(self, cfg: NodeConfig) -> HttpServer:
+        """The HTTP port: metrics, health and the HTTP/JSON API, whose gateway calls this
+        node's gRPC server on :attr:`loopback` (docs/http-api.md)."""
+        from peerd.http.rest import LoopbackSocket, RestGateway
+        from peerd.http.server import HttpServer
+
+        assert self.metrics is not None
+        https = self.tls.https_context() if self.tls is not None and cfg.http_tls else None
+        mutual = self.tls is not None and self.tls.mutual
+        self.loopback = LoopbackSocket()
+        return HttpServer(
+            cfg.http_listen,
+            self.metrics,
+            self.health_facts,
+            cfg.node_id,
+            rest=RestGateway(self.loopback, client_cert_required=mutual),
+            ssl_context=https,
+            # JSON spells a message out at up to a few times its protobuf size.
+            max_body_bytes=4 * cfg.max_message_size,
+        )
 
     def _metric_sources(self) -> MetricSources:
         from peerd.http.metrics import EtcdView, MetricSources
@@ -432,12 +453,21 @@ class Node:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
+        try:
+            return await self._run()
+        finally:
+            if self.loopback is not None:
+                self.loopback.remove()
+
+    async def _run(self) -> int:
         server = self._server()
         try:
             if self.tls is not None:
                 server.add_secure_port(self.cfg.listen, self.tls.server_credentials())
             else:
                 server.add_insecure_port(self.cfg.listen)
+            if self.loopback is not None:
+                server.add_insecure_port(self.loopback.target)  # the REST gateway's
         except RuntimeError as exc:
             return _fatal(f"cannot listen on {self.cfg.listen}: {exc}", EXIT_ERROR)
         self._warn_if_exposed()
@@ -511,6 +541,14 @@ class Node:
 
     def _warn_if_exposed(self) -> None:
         """Say at start what anyone who reaches a non-loopback port could do."""
+        http = self.cfg.http_listen
+        if http and self.tls is not None and not self.cfg.http_tls and not _loopback(http):
+            self._log.warning(
+                "http_plaintext_with_tls",
+                listen=http,
+                detail="the HTTP port serves plaintext: bearer tokens sent to its /v1/ API "
+                "cross the network readable; give --http-tls (docs/http-api.md)",
+            )
         if _loopback(self.cfg.listen):
             return
         if self.tls is None:

@@ -8,7 +8,11 @@ route          answer
 ``/readyz``    200 ``ok``, or 503 with one reason per line (:func:`peerd.core.health.
                readiness_problems`: not registered, views not loaded, no live lease, a degraded
                loop, an etcd alarm, draining)
+``/v1/...``    the HTTP/JSON API (:mod:`peerd.http.rest`, routes in :mod:`peerd.http.rest_routes`;
+               ``/v1/openapi.json`` its OpenAPI document), when the node gives a gateway
 =============  =================================================================================
+
+With an SSL context (``--http-tls``) the port serves HTTPS with the node's certificate.
 
 The node binds the port before it registers (:meth:`HttpServer.start`: a taken port fails the
 start at once, like the gRPC port) and then runs :meth:`HttpServer.run` under its supervisor,
@@ -18,6 +22,7 @@ which keeps serving until cancelled and re-binds after a crash.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -25,6 +30,7 @@ from aiohttp import web
 
 from peerd.core.health import HealthFacts, readiness_problems
 from peerd.http.metrics import CONTENT_TYPE, NodeMetrics
+from peerd.http.rest import RestGateway
 
 log = structlog.get_logger("peerd.http")
 
@@ -37,6 +43,9 @@ class HttpServer:
         metrics: the node's metrics.
         health: ``() -> HealthFacts`` now (read per ``/readyz`` request).
         node_id: for the log.
+        rest: the HTTP/JSON API's gateway; ``None``: no ``/v1/`` routes.
+        ssl_context: serve HTTPS with it; ``None``: plain HTTP.
+        max_body_bytes: largest request body taken (aiohttp answers 413 above it).
     """
 
     def __init__(
@@ -45,12 +54,18 @@ class HttpServer:
         metrics: NodeMetrics,
         health: Callable[[], HealthFacts],
         node_id: str,
+        rest: RestGateway | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_body_bytes: int = 1024**2,
     ) -> None:
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
         self.metrics = metrics
         self.health = health
+        self.rest = rest
+        self.ssl_context = ssl_context
+        self.max_body_bytes = max_body_bytes
         self._runner: web.AppRunner | None = None
         self._log = log.bind(node_id=node_id)
 
@@ -64,10 +79,12 @@ class HttpServer:
 
     def app(self) -> web.Application:
         """The aiohttp application with the routes of the module table."""
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
+        if self.rest is not None:
+            self.rest.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -78,15 +95,19 @@ class HttpServer:
         """
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # Handler cancellation: a client that goes away cancels its gRPC call (an event stream).
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self._log.info("http_listening", address=self.address)
+        scheme = "https" if self.ssl_context is not None else "http"
+        self._log.info("http_listening", address=self.address, scheme=scheme)
 
     async def run(self) -> None:
         """Serve until cancelled (a supervised loop): start if needed, then wait; the port is
@@ -102,6 +123,8 @@ class HttpServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        if self.rest is not None:
+            await self.rest.close()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.scrape(), headers={"Content-Type": CONTENT_TYPE})

@@ -439,6 +439,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if task_id is not None:
             validate_task_id(task_id, "task_id")
             await self.store.get(task_id)
+        # Headers now: the stream is accepted (the REST gateway answers 200 on them).
+        await context.send_initial_metadata(())
         entries, revision = await self.runs.newest(task_id, request.replay)
         for e in entries:
             if visible(e.record.task_id):

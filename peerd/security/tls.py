@@ -13,6 +13,13 @@ port that serves both the public API and the Peer service, mutual TLS for peers 
 client shows a certificate of the cluster CA. That certificate admits the connection; a bearer
 token, when sent, names the principal (as Temporal's JWT authorizer works over mTLS).
 
+**HTTPS.** With ``--http-tls`` the HTTP port serves the same certificate
+(:meth:`ServerTls.https_context`, an :class:`ssl.SSLContext` reloaded with the rest). Python's
+ssl module, unlike gRPC Python, can *ask* for a client certificate and verify it only when one
+is sent (``CERT_OPTIONAL``): scrapers and health checks connect without one, and the REST
+gateway refuses ``/v1/`` calls whose connection showed none when the node has
+``--tls-client-ca``.
+
 **Peer client.** A node dials its peers with its own certificate (a node certificate is valid
 for clientAuth too) and trusts the cluster CA (``--tls-client-ca``).
 
@@ -22,6 +29,7 @@ for clientAuth too) and trusts the cluster CA (``--tls-client-ca``).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +112,7 @@ class ServerTls:
         self.files = (cert, key, client_ca)
         self.pair = load_pair(cert, key, client_ca, _SERVER_FLAGS)
         self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._https: ssl.SSLContext | None = None
 
     @property
     def mutual(self) -> bool:
@@ -135,6 +144,27 @@ class ServerTls:
         """
         self.pair = load_pair(*self.files, _SERVER_FLAGS)
         self._pending = self._config()
+        if self._https is not None:
+            self._load_https(self._https)
+
+    def https_context(self) -> ssl.SSLContext:
+        """The HTTP port's server context (``--http-tls``): the node's certificate; with
+        ``--tls-client-ca``, client certificates asked for and verified when sent
+        (``CERT_OPTIONAL``). :meth:`reload` loads the new files into it: new handshakes use
+        them (a CA dropped from the bundle stays trusted on HTTPS until a restart: OpenSSL
+        adds to a context's trust store, it never removes)."""
+        if self._https is None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._load_https(context)
+            self._https = context
+        return self._https
+
+    def _load_https(self, context: ssl.SSLContext) -> None:
+        cert, key, _ = self.files
+        context.load_cert_chain(cert, key)
+        if self.pair.ca_pem is not None:
+            context.load_verify_locations(cadata=self.pair.ca_pem.decode())
+            context.verify_mode = ssl.CERT_OPTIONAL
 
     def peer_credentials(self) -> grpc.ChannelCredentials:
         """What this node presents when it dials a peer: its own certificate, trusting the
