@@ -54,7 +54,7 @@ def test_query_maps_onto_fields_by_either_name() -> None:
     assert (request.task_id, request.count, request.WhichOneof("source")) == ("x", 3, "task_id")
     assert request.HasField("from")
     route, _ = _route("/v1/tasks", "GET")
-    with pytest.raises(InvalidArgument, match="^pageSise: no such field"):
+    with pytest.raises(InvalidArgument, match=r"^pageSise: no such field"):
         build_request(route, None, [("pageSise", "5")], b"")
 
 
@@ -64,12 +64,12 @@ def test_body_and_path() -> None:
     request = build_request(route, task_id, [], body)
     assert (request.task.id, request.expected_revision) == ("x", 7)
     assert request.task.schedule.every.seconds == 5
-    with pytest.raises(InvalidArgument, match="^task.id: 'y' in the body differs"):
+    with pytest.raises(InvalidArgument, match=r"^task\.id: 'y' in the body differs"):
         build_request(route, task_id, [], b'{"task": {"id": "y"}}')
     route, _ = _route("/v1/tasks", "POST")
-    with pytest.raises(InvalidArgument, match='^body: .*no field named "colour"'):
+    with pytest.raises(InvalidArgument, match=r'^body: .*no field named "colour"'):
         build_request(route, None, [], b'{"id": "a", "colour": 1}')
-    with pytest.raises(InvalidArgument, match="^body: expected a JSON object"):
+    with pytest.raises(InvalidArgument, match=r"^body: expected a JSON object"):
         build_request(route, None, [], b"[1]")
 
 
