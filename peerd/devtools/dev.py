@@ -133,6 +133,7 @@ def dev_security(workdir: Path, node_ids: list[str]) -> DevSecurity:
             "tls_key": str(files[n].key),
             "tls_client_ca": ca,
             "auth_policy": str(policy),
+            "http_tls": "true",  # HTTPS: REST calls present the dev certificate and token
         }
         for n in node_ids
     }
@@ -224,7 +225,8 @@ def _print_ready(
 ) -> None:
     _say("")
     for node in nodes:
-        _say(f"  {node.node_id}  {node.address}  http://{node.http_address}/metrics")
+        scheme = "https" if security is not None else "http"
+        _say(f"  {node.node_id}  {node.address}  {scheme}://{node.http_address}/metrics")
     _say(f"  etcd   {etcd_endpoint}")
     _say("")
     _say(f"export PEERD_SERVER={nodes[0].address}")

@@ -23,8 +23,8 @@ in plaintext and without a client certificate, so:
   certificate of the cluster CA, as every gRPC connection must (401 otherwise); the certificate
   admits the connection, it never names the principal.
 * the rate limit counts REST callers by their own address: the gateway forwards it as
-  ``peerd-forwarded-for`` metadata, which :func:`peerd.rpc.caller.principal` believes only on
-  the unix socket.
+  ``peerd-forwarded-for`` metadata, which :func:`peerd.rpc.auth.peer_of` believes only on the
+  unix socket (also the address ``api_denied`` logs).
 
 Errors are answered with google.rpc's HTTP status for the gRPC status code and a
 ``google.rpc.Status`` body (:func:`peerd.http.rest_routes.status_body`).
@@ -63,7 +63,7 @@ from peerd.http.rest_routes import (
     status_body,
     to_json,
 )
-from peerd.rpc.caller import FORWARDED_FOR
+from peerd.rpc.auth import FORWARDED_FOR
 
 log = structlog.get_logger("peerd.http.rest")
 

@@ -28,7 +28,7 @@ The principal of the call in progress is :func:`current_principal` (a contextvar
 handler and every interceptor after this one): the audit log, the List/Watch filters and the
 per-principal rate limit read it there. Every successful write is logged as ``api_write`` with
 the principal, the method and the task ids (never the request's contents): the API's audit
-trail. Refusals are logged as ``api_denied``.
+trail. Refusals are logged as ``api_denied`` with the caller's address (:func:`peer_of`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,24 @@ REFLECTION_SERVICES = (
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
+
+
+FORWARDED_FOR = "peerd-forwarded-for"
+"""Metadata key: the HTTP client of a call made by the node's REST gateway
+(``ipv4:10.0.0.7:51234``, :mod:`peerd.http.rest`)."""
+
+
+def peer_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's address: ``context.peer()`` (``ipv4:127.0.0.1:5123``), or for a call of the
+    node's REST gateway its HTTP client's, from :data:`FORWARDED_FOR`. That metadata is believed
+    only on a unix socket: the gateway's is the only one the server listens on, in a directory
+    only the node's user can enter (``--listen`` is always ``HOST:PORT``)."""
+    peer = context.peer() or "unknown"
+    if peer.startswith("unix:"):
+        forwarded = dict(context.invocation_metadata() or ()).get(FORWARDED_FOR)
+        if forwarded:
+            return str(forwarded)
+    return peer
 
 
 def current_principal() -> Principal | None:
@@ -308,7 +326,7 @@ async def _authorise(
     try:
         return await check(request, context)
     except PeerdError as exc:
-        log.warning("api_denied", method=method, peer=context.peer(), reason=str(exc))
+        log.warning("api_denied", method=method, peer=peer_of(context), reason=str(exc))
         await context.abort(status_for(exc), str(exc))
         raise AssertionError("unreachable") from exc  # abort raises
 
@@ -354,11 +372,13 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, check: Check) -> grpc.Rpc
 
 
 __all__ = [
+    "FORWARDED_FOR",
     "SCHEDULER",
     "AuthInterceptor",
     "MethodRule",
     "TaskLookup",
     "current_principal",
     "node_of",
+    "peer_of",
     "visible",
 ]

@@ -40,6 +40,7 @@ class Api:
     """A REST client of the module's node."""
 
     base: str
+    etcd: str
     tokens: dict[str, str]
     with_cert: ssl.SSLContext
     without_cert: ssl.SSLContext
@@ -111,7 +112,8 @@ def api(etcd_server: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> 
         without_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         with_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         with_cert.load_cert_chain(Path(pki / "gateway.pem"), Path(pki / "gateway-key.pem"))
-        yield Api(f"https://{node.http_address}", tokens, with_cert, without_cert)
+        base = f"https://{node.http_address}"
+        yield Api(base, etcd_server.endpoint, tokens, with_cert, without_cert)
     finally:
         node.stop()
 
@@ -164,8 +166,18 @@ def test_update_pause_resume_delete(api: Api) -> None:
     assert (status, answer["code"], answer["status"]) == (404, 5, "NOT_FOUND"), answer
 
 
+def etcd_watchers(api: Api) -> int:
+    """Watchers etcd serves now (its ``etcd_debugging_mvcc_watcher_total`` gauge)."""
+    with urllib.request.urlopen(f"http://{api.etcd}/metrics", timeout=TIMEOUT_S) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("etcd exports no etcd_debugging_mvcc_watcher_total")
+
+
 def test_trigger_shows_in_runs_and_in_the_event_stream(api: Api) -> None:
     api.ok("POST", "/v1/tasks", spec("rt-1"))
+    before = etcd_watchers(api)
     request = urllib.request.Request(
         f"{api.base}/v1/tasks/rt-1/runs:watch?replay=5",
         headers={"Authorization": f"Bearer {api.tokens['viewer']}"},
@@ -185,6 +197,9 @@ def test_trigger_shows_in_runs_and_in_the_event_stream(api: Api) -> None:
                 events.append(json.loads(line[len("data: ") :]))
         assert {e["fencingToken"] for e in events} == {token}
         assert {e["taskId"] for e in events} == {"rt-1"}
+        assert_eventually(lambda: etcd_watchers(api) == before + 1, timeout=TIMEOUT_S)
+    # The client went away: the node cancels its watch (no leaked watch).
+    assert_eventually(lambda: etcd_watchers(api) == before, timeout=TIMEOUT_S)
 
     def succeeded() -> None:
         runs = api.ok("GET", "/v1/tasks/rt-1/runs?pageSize=10")["runs"]
