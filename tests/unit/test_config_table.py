@@ -53,6 +53,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "etcd_user": ("peerd", "peerd"),
     "etcd_password_file": ("/etc/etcd/password", "/etc/etcd/password"),
     "http_listen": ("127.0.0.1:9464", "127.0.0.1:9464"),
+    "http_tls": ("yes", True),
     "metrics_per_task": ("yes", True),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
