@@ -73,8 +73,7 @@ of common proxies and load balancers, so an idle watch is not cut."""
 CALL_TIMEOUT_S = 60.0
 """Deadline of one unary call through the gateway (the CLI's default is 10 s; an apply of many
 tasks may take longer). A client that goes away cancels its call at once."""
-PREFIX = "/v1/"
-"""Every route of the API is under this path."""
+Metadata = list[tuple[str, str]]
 
 
 class LoopbackSocket:
@@ -149,10 +148,12 @@ class RestGateway:
     async def _openapi_doc(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")
 
-    def _metadata(self, request: web.Request) -> list[tuple[str, str]]:
+    def _metadata(self, request: web.Request) -> Metadata:
         metadata = [(FORWARDED_FOR, _peer_address(request))]
         authorization = request.headers.get("Authorization")
         if authorization:
+            if not (authorization.isascii() and authorization.isprintable()):
+                raise InvalidArgument("Authorization", "not a printable ASCII header value")
             metadata.append(("authorization", authorization))
         return metadata
 
@@ -179,14 +180,15 @@ class RestGateway:
                 "the node requires a client certificate of the cluster CA (mutual TLS)",
             )
         try:
+            metadata = self._metadata(request)
             body = await request.read() if route.body else b""
             message = build_request(route, path_id, list(request.rel_url.query.items()), body)
         except InvalidArgument as exc:
             return _error(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self.open()
         if route.stream:
-            return await self._stream(request, route, message)
-        return await self._unary(request, route, message)
+            return await self._stream(request, route, message, metadata)
+        return await self._unary(route, message, metadata)
 
     def _callable(self, route: Route, stream: bool) -> Any:
         assert self._channel is not None
@@ -199,18 +201,18 @@ class RestGateway:
             response_deserializer=response.FromString,
         )
 
-    async def _unary(self, request: web.Request, route: Route, message: Message) -> web.Response:
+    async def _unary(self, route: Route, message: Message, metadata: Metadata) -> web.Response:
         call = self._callable(route, stream=False)
         try:
-            answer = await call(message, metadata=self._metadata(request), timeout=CALL_TIMEOUT_S)
+            answer = await call(message, metadata=metadata, timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             return _error(exc.code(), exc.details() or exc.code().name)
         return web.json_response(to_json(answer))
 
     async def _stream(
-        self, request: web.Request, route: Route, message: Message
+        self, request: web.Request, route: Route, message: Message, metadata: Metadata
     ) -> web.StreamResponse:
-        call = self._callable(route, stream=True)(message, metadata=self._metadata(request))
+        call = self._callable(route, stream=True)(message, metadata=metadata)
         try:
             await call.initial_metadata()  # sent once the handler started: auth and checks passed
             if call.done():
