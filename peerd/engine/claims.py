@@ -17,6 +17,7 @@ says) does not settle either: its slot is planned again, by whichever node owns 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,11 @@ from peerd.core.overlap import QUEUE, when_busy
 from peerd.core.records import describe_holder, overlap_skipped
 from peerd.engine.lock import Lease
 from peerd.v1 import scheduler_pb2 as pb
+
+SLOW_CLAIM_S = 0.2
+"""A claim transaction unanswered after this long (seconds) reports ``on_slow`` (the node checks
+its lease at once, :meth:`peerd.coord.membership.Membership.etcd_slow`) and goes on waiting up
+to its own deadline (:data:`peerd.coord.ledger.CLAIM_TIMEOUT_S`)."""
 
 
 @dataclass(eq=False)
@@ -53,6 +59,7 @@ class Claims:
             while this node's tzdata is not the agreed version
             (:meth:`peerd.coord.tzdata.TzdataAgreement.fence`).
         monotonic: the clock's ``monotonic`` (claim transaction latency, :meth:`on_latency`).
+        on_slow: ``()``, called when a claim transaction has waited :data:`SLOW_CLAIM_S`.
     """
 
     def __init__(
@@ -63,8 +70,10 @@ class Claims:
         now: Callable[[], object],
         tz_fence: Callable[[], int | None],
         monotonic: Callable[[], float],
+        on_slow: Callable[[], None] = lambda: None,
     ) -> None:
         self.ledger = ledger
+        self.on_slow = on_slow
         self.lease = lease
         self.batch = batch
         self.now = now
@@ -96,13 +105,7 @@ class Claims:
             for batch in pack([claim_cost(c.record, c.mode) for c in pending], self.batch()):
                 part = pending[batch.start : batch.stop]
                 started = self.monotonic()
-                results = await self.ledger.claim(
-                    self.lease.member_key,
-                    self.lease.lease_id,
-                    [c.record for c in part],
-                    [c.mode for c in part],
-                    self.tz_fence(),
-                )
+                results = await self._send(part)
                 for fn in self._latency:
                     fn(self.monotonic() - started, len(part))
                 for claim, res in zip(part, results, strict=True):
@@ -115,6 +118,26 @@ class Claims:
                     else:
                         follow.append(nxt)
             pending = follow
+
+    async def _send(self, part: Sequence[Claim]) -> list[ClaimResult]:
+        """One claim transaction; ``on_slow`` once it has waited :data:`SLOW_CLAIM_S`."""
+        call = asyncio.ensure_future(
+            self.ledger.claim(
+                self.lease.member_key,
+                self.lease.lease_id,
+                [c.record for c in part],
+                [c.mode for c in part],
+                self.tz_fence(),
+            )
+        )
+        try:
+            done, _ = await asyncio.wait({call}, timeout=SLOW_CLAIM_S)
+        except BaseException:
+            call.cancel()
+            raise
+        if not done:
+            self.on_slow()
+        return await call
 
     def _follow_up(self, claim: Claim, res: ClaimResult) -> Claim | None:
         """The next round's claim for a claim the overlap lock turned away, else None."""

@@ -108,6 +108,8 @@ class NodeLease(Protocol):
 
     def etcd_suspect(self) -> None: ...
 
+    def etcd_slow(self) -> None: ...
+
 
 class TaskView(Protocol):
     """The watched task specs (a narrow view of TaskCache)."""
@@ -187,7 +189,13 @@ class Engine:
             self.node_id,
         )
         self.claims = Claims(
-            ledger, lease, lambda: self.cfg.claim_batch, clock.now, tz_fence, clock.monotonic
+            ledger,
+            lease,
+            lambda: self.cfg.claim_batch,
+            clock.now,
+            tz_fence,
+            clock.monotonic,
+            lease.etcd_slow,
         )
         self.writer = RecordWriter(
             ledger,

@@ -1,5 +1,6 @@
 """Who is calling: the two questions the API asks about a caller, answered in one place.
 
+* :func:`authenticated_name` is recorded with every task change (:mod:`peerd.rpc.task_writes`).
 * :func:`principal` keys the per-caller rate limit (:mod:`peerd.rpc.guard`).
 * :func:`sees_credentials` decides whether task answers show credential-named literal values
   (:func:`peerd.core.redact.redact_spec`).
@@ -19,12 +20,20 @@ from peerd.core.policy import Permission
 from peerd.rpc.auth import current_principal, peer_of
 
 
-def principal(context: grpc.aio.ServicerContext) -> str:
-    """The caller, as the rate limit counts it: ``ipv4:127.0.0.1``, ``ipv6:[::1]``,
-    ``unix:/path``, or ``unknown`` (from :func:`peerd.rpc.auth.peer_of`, its port dropped)."""
+def authenticated_name() -> str:
+    """The name of the principal authenticated for the call in progress; ``""`` without an auth
+    policy (an unrestricted caller) or outside a call."""
     who = current_principal()
-    if who is not None and not who.unrestricted:
-        return f"principal:{who.name}"
+    return who.name if who is not None and not who.unrestricted else ""
+
+
+def principal(context: grpc.aio.ServicerContext) -> str:
+    """The caller, as the rate limit counts it: ``principal:<name>`` when authenticated, else
+    ``ipv4:127.0.0.1``, ``ipv6:[::1]``, ``unix:/path``, or ``unknown`` (from
+    :func:`peerd.rpc.auth.peer_of`, its port dropped)."""
+    name = authenticated_name()
+    if name:
+        return f"principal:{name}"
     peer = peer_of(context)
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
@@ -41,4 +50,4 @@ def sees_credentials(context: grpc.aio.ServicerContext) -> bool:
     return who is not None and not who.unrestricted and who.may(Permission.ADMIN)
 
 
-__all__ = ["principal", "sees_credentials"]
+__all__ = ["authenticated_name", "principal", "sees_credentials"]

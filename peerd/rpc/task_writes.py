@@ -30,7 +30,7 @@ from peerd.core.taskspec import (
 from peerd.core.tzrules import TimeZoneRules
 from peerd.core.validate import new_task_id, validate_pause_note, validate_task, validate_task_id
 from peerd.errors import Aborted, InvalidArgument
-from peerd.rpc.auth import current_principal
+from peerd.rpc.caller import authenticated_name
 from peerd.v1 import scheduler_pb2 as pb
 
 
@@ -115,7 +115,7 @@ class TaskWrites:
                 operation=operation,
                 changes=field_changes(before, after, redact_spec),
                 node_id=self.node_id(),
-                principal=_principal_name(),
+                principal=authenticated_name(),
             )
             change.changed_at.FromDatetime(now)
             return change
@@ -208,9 +208,3 @@ def _copy(spec: pb.TaskSpec) -> pb.TaskSpec:
     out = pb.TaskSpec()
     out.CopyFrom(spec)
     return out
-
-
-def _principal_name() -> str:
-    """The authenticated caller's name ("" without an auth policy)."""
-    who = current_principal()
-    return who.name if who is not None and not who.unrestricted else ""

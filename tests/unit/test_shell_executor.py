@@ -315,7 +315,9 @@ def test_timeout_escalates_to_sigkill_when_sigterm_ignored(tmp_path: Path) -> No
     assert out.failure == base.FAILURE_TIMEOUT
     assert out.exit_code == -9
     assert wait_gone(int(pidfile.read_text()))
-    assert 1.5 + shell_mod.KILL_GRACE_SECONDS <= elapsed < 1.5 + shell_mod.KILL_GRACE_SECONDS + 3.0
+    # The lower bound is the grace period; the upper one only tells SIGKILL from the child's own
+    # end (`sleep 100`), wide enough for a busy machine.
+    assert 1.5 + shell_mod.KILL_GRACE_SECONDS <= elapsed < 60.0
 
 
 def test_cancellation_kills_process_group_and_reraises(tmp_path: Path) -> None:
