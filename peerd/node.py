@@ -417,6 +417,10 @@ class Node:
             self.tzdata,
         )
         pb_grpc.add_SchedulerServicer_to_server(scheduler, server)
+        if self.http is not None:  # TEMPORARY: dropped with _rest_standin.py at the rest merge
+            from peerd.http._rest_standin import standin_routes
+
+            self.http.extra_routes.append(standin_routes(scheduler))
         ppb_grpc.add_PeerServicer_to_server(PeerService(self, self.peers, self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

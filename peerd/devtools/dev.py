@@ -227,6 +227,7 @@ def _print_ready(
         _say(f"  {node.node_id}  {node.address}  http://{node.http_address}/metrics")
     _say(f"  etcd   {etcd_endpoint}")
     _say("")
+    _say(f"dashboard: http://{nodes[0].http_address}/  (any node's HTTP port serves it)")
     _say(f"export PEERD_SERVER={nodes[0].address}")
     for name, value in (security.client_env if security is not None else {}).items():
         _say(f"export {name}={value}")

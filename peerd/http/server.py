@@ -8,6 +8,7 @@ route          answer
 ``/readyz``    200 ``ok``, or 503 with one reason per line (:func:`peerd.core.health.
                readiness_problems`: not registered, views not loaded, no live lease, a degraded
                loop, an etcd alarm, draining)
+``/``          the read-only web dashboard (:mod:`peerd.http.dashboard`)
 =============  =================================================================================
 
 The node binds the port before it registers (:meth:`HttpServer.start`: a taken port fails the
@@ -24,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from peerd.core.health import HealthFacts, readiness_problems
+from peerd.http.dashboard import add_dashboard
 from peerd.http.metrics import CONTENT_TYPE, NodeMetrics
 
 log = structlog.get_logger("peerd.http")
@@ -53,6 +55,8 @@ class HttpServer:
         self.health = health
         self._runner: web.AppRunner | None = None
         self._log = log.bind(node_id=node_id)
+        self.extra_routes: list[Callable[[web.Application], None]] = [add_dashboard]
+        """``app -> None`` each: more routes (the dashboard, the REST API), added at start."""
 
     @property
     def address(self) -> str:
@@ -68,6 +72,8 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
+        for add in self.extra_routes:
+            add(app)
         return app
 
     async def start(self) -> None:
