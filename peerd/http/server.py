@@ -55,8 +55,8 @@ class HttpServer:
         self.health = health
         self._runner: web.AppRunner | None = None
         self._log = log.bind(node_id=node_id)
-        self.extra_routes: list[Callable[[web.Application], None]] = [add_dashboard]
-        """``app -> None`` each: more routes (the dashboard, the REST API), added at start."""
+        # TEMPORARY: the REST stand-in's routes (peerd/http/_rest_standin.py); dropped with it.
+        self.extra_routes: list[Callable[[web.Application], None]] = []
 
     @property
     def address(self) -> str:
@@ -72,6 +72,7 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
+        add_dashboard(app)
         for add in self.extra_routes:
             add(app)
         return app
