@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what peerd needs on a fresh Debian/Ubuntu machine: the etcd server (Debian's
-# etcd-server package) when `etcd` is missing, and a virtualenv in .venv with peerd and its
-# development tools. Safe to run again. Sourced by demo.sh and test.sh.
+# etcd-server package) when `etcd` is missing, Chromium for the dashboard's browser test when
+# missing (not for the demo), and a virtualenv in .venv with peerd and its development tools.
+# Safe to run again. Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,6 +11,9 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_packages=()
 command -v etcd >/dev/null 2>&1 || apt_packages+=(etcd-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+if [ "${PEERD_DEMO:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  apt_packages+=(chromium)   # tests/integration/test_dashboard.py drives it with Playwright
+fi
 if [ "${PEERD_DEMO:-0}" = 1 ] && [ ! -f /etc/crontab ]; then
   apt_packages+=(cron-daemon-common)   # Debian's /etc/crontab, imported by the demo
 fi

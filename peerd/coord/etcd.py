@@ -571,9 +571,12 @@ def op_delete(key: bytes, range_end: bytes = b"") -> Any:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
 
 
-def op_get(key: bytes, range_end: bytes = b"") -> Any:
-    """A range read inside a transaction (shows what made a compare fail)."""
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=range_end))
+def op_get(key: bytes, range_end: bytes = b"", *, limit: int = 0, descending: bool = False) -> Any:
+    """A range read inside a transaction (shows what made a compare fail; with ``limit`` and
+    ``descending``, e.g. the newest key under a prefix), sorted by key."""
+    order = rpc.RangeRequest.DESCEND if descending else rpc.RangeRequest.ASCEND
+    req = rpc.RangeRequest(key=key, range_end=range_end, limit=limit, sort_order=order)
+    return rpc.RequestOp(request_range=req)
 
 
 def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:

@@ -224,11 +224,12 @@ def _print_ready(
     nodes: list[PeerdProcess], etcd_endpoint: str, security: DevSecurity | None
 ) -> None:
     _say("")
+    scheme = "https" if security is not None else "http"
     for node in nodes:
-        scheme = "https" if security is not None else "http"
         _say(f"  {node.node_id}  {node.address}  {scheme}://{node.http_address}/metrics")
     _say(f"  etcd   {etcd_endpoint}")
     _say("")
+    _say(f"dashboard: {scheme}://{nodes[0].http_address}/  (any node's HTTP port serves it)")
     _say(f"export PEERD_SERVER={nodes[0].address}")
     for name, value in (security.client_env if security is not None else {}).items():
         _say(f"export {name}={value}")

@@ -10,6 +10,7 @@ route          answer
                loop, an etcd alarm, draining)
 ``/v1/...``    the HTTP/JSON API (:mod:`peerd.http.rest`, routes in :mod:`peerd.http.rest_routes`;
                ``/v1/openapi.json`` its OpenAPI document), when the node gives a gateway
+``/``          the read-only web dashboard (:mod:`peerd.http.dashboard`), which reads ``/v1/``
 =============  =================================================================================
 
 With an SSL context (``--http-tls``) the port serves HTTPS with the node's certificate.
@@ -29,6 +30,7 @@ import structlog
 from aiohttp import web
 
 from peerd.core.health import HealthFacts, readiness_problems
+from peerd.http.dashboard import add_dashboard
 from peerd.http.metrics import CONTENT_TYPE, NodeMetrics
 from peerd.http.rest import RestGateway
 
@@ -85,6 +87,7 @@ class HttpServer:
         app.router.add_get("/readyz", self._readyz)
         if self.rest is not None:
             self.rest.add_routes(app)
+        add_dashboard(app)
         return app
 
     async def start(self) -> None:

@@ -25,7 +25,6 @@ from peerd.coord.runs_view import RunsView
 from peerd.coord.store import TaskStore
 from peerd.core import audit as audit_core
 from peerd.core import preview as preview_core
-from peerd.core.labels import Selector, compile_selector
 from peerd.core.policy import UNRESTRICTED
 from peerd.core.redact import redact_spec
 from peerd.core.schedule import CompiledSchedule, spec_from_proto, validate_schedule
@@ -36,23 +35,14 @@ from peerd.errors import InvalidArgument
 from peerd.rpc.auth import current_principal, visible
 from peerd.rpc.caller import sees_credentials
 from peerd.rpc.errors import grpc_errors, grpc_stream_errors
+from peerd.rpc.task_list import TaskLister, page_size
 from peerd.rpc.task_writes import TargetCheck, TaskWrites
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 DEFAULT_PREVIEW = 10
 MAX_PREVIEW = 1000
 MAX_REPLAY = 1000
-SCAN_PAGE = 1000
-"""Tasks read from etcd per range request while ListTasks filters by a label selector."""
-
-
-def _page_size(value: int, default: int) -> int:
-    if value < 0 or value > MAX_PAGE:
-        raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE}, got {value}")
-    return value or default
 
 
 def _timestamp(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -148,6 +138,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self.rules = rules
         self.tzdata = tzdata
         self.writes = TaskWrites(store, targets, clock, lambda: settings().node_id, rules)
+        self.lister = TaskLister(store, ledger, clock, rules)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -181,45 +172,22 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTasksResponse:
-        """Tasks in id order, a page at a time; with ``label_selector``, only the tasks whose
-        labels match it (filtered here, reading etcd :data:`SCAN_PAGE` tasks at a time, so a
-        page holds up to ``page_size`` matches).
+        """Tasks in id order, a page at a time, filtered server-side by ``label_selector``,
+        ``id_contains`` and ``paused``; with ``include_status``, each task's next fire time and
+        newest run record too (:mod:`peerd.rpc.task_list`).
 
         Raises (as status codes):
-            INVALID_ARGUMENT: ``page_size`` outside 0..1000, a malformed ``page_token``, or a
-                malformed ``label_selector`` (the message gives the position and the reason).
+            INVALID_ARGUMENT: ``page_size`` outside 0..1000, a malformed ``page_token``, a
+                malformed ``label_selector`` (the message gives the position and the reason),
+                ``id_contains`` over 128 characters or an unknown ``paused``.
         """
-        size = _page_size(request.page_size, DEFAULT_PAGE)
-        if request.page_token:
-            validate_task_id(request.page_token, "page_token")
-        if request.label_selector:
-            selector = compile_selector(request.label_selector, "label_selector")
-            specs, token = await self._matching(selector, size, request.page_token)
-        else:
-            specs, token = await self.store.list(size, request.page_token)
+        specs, token = await self.lister.page(request)
         # Filtered after paging: a page may come back short (even empty) with a next token.
-        return pb.ListTasksResponse(
-            tasks=[shown(s, context) for s in specs if visible(s.id)], next_page_token=token
-        )
-
-    async def _matching(
-        self, selector: Selector, size: int, page_token: str
-    ) -> tuple[list[pb.TaskSpec], str]:
-        """Up to ``size`` tasks after ``page_token`` whose labels match ``selector``, and the
-        token to continue after the last one ("" when nothing follows)."""
-        out: list[pb.TaskSpec] = []
-        token = page_token
-        while True:
-            page, token = await self.store.list(SCAN_PAGE, token)
-            for i, spec in enumerate(page):
-                if not selector.matches(spec.labels):
-                    continue
-                out.append(spec)
-                if len(out) == size:
-                    more = i < len(page) - 1 or bool(token)
-                    return out, spec.id if more else ""
-            if not token:
-                return out, ""
+        specs = [s for s in specs if visible(s.id)]
+        out = pb.ListTasksResponse(tasks=[shown(s, context) for s in specs], next_page_token=token)
+        if request.include_status:
+            out.statuses.extend(await self.lister.statuses(specs))
+        return out
 
     @grpc_errors
     async def DeleteTask(
@@ -292,7 +260,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRunsResponse:
         validate_task_id(request.task_id, "task_id")
-        size = _page_size(request.page_size, 20)
+        size = page_size(request.page_size, 20)
         if request.page_token and not request.page_token.isdigit():
             raise InvalidArgument("page_token", "not a token returned by ListRuns")
         runs, token = await self.ledger.list(request.task_id, size, request.page_token)

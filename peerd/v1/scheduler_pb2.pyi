@@ -440,22 +440,50 @@ class GetTaskRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "label_selector")
+    __slots__ = ("page_size", "page_token", "label_selector", "include_status", "id_contains", "paused")
+    class PausedFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PAUSED_FILTER_UNSPECIFIED: _ClassVar[ListTasksRequest.PausedFilter]
+        PAUSED_FILTER_ACTIVE: _ClassVar[ListTasksRequest.PausedFilter]
+        PAUSED_FILTER_PAUSED: _ClassVar[ListTasksRequest.PausedFilter]
+    PAUSED_FILTER_UNSPECIFIED: ListTasksRequest.PausedFilter
+    PAUSED_FILTER_ACTIVE: ListTasksRequest.PausedFilter
+    PAUSED_FILTER_PAUSED: ListTasksRequest.PausedFilter
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ID_CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     label_selector: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., label_selector: _Optional[str] = ...) -> None: ...
+    include_status: bool
+    id_contains: str
+    paused: ListTasksRequest.PausedFilter
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., label_selector: _Optional[str] = ..., include_status: _Optional[bool] = ..., id_contains: _Optional[str] = ..., paused: _Optional[_Union[ListTasksRequest.PausedFilter, str]] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks", "next_page_token")
+    __slots__ = ("tasks", "next_page_token", "statuses")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     next_page_token: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    statuses: _containers.RepeatedCompositeFieldContainer[TaskStatus]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[TaskStatus, _Mapping]]] = ...) -> None: ...
+
+class TaskStatus(_message.Message):
+    __slots__ = ("task_id", "next_slot", "next_fire_at", "last_run")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SLOT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRE_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    next_slot: _timestamp_pb2.Timestamp
+    next_fire_at: _timestamp_pb2.Timestamp
+    last_run: RunRecord
+    def __init__(self, task_id: _Optional[str] = ..., next_slot: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_run: _Optional[_Union[RunRecord, _Mapping]] = ...) -> None: ...
 
 class DeleteTaskRequest(_message.Message):
     __slots__ = ("id",)
