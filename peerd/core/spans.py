@@ -128,13 +128,15 @@ def execute_spans(rec: pb.RunRecord, executor: str, node_id: str) -> list[SpanPl
 
 def record_span(rec: pb.RunRecord, node_id: str, written: bool, end_ns: int) -> SpanPlan:
     """The ``peerd.record`` span of a final record: from the run's end (``finished_at``) to
-    ``end_ns``, when etcd answered; a child of the last attempt's execute span.
+    ``end_ns``, when etcd answered; a child of the last attempt's execute span (a root span
+    in the slot's trace if the run never started).
 
     Args:
         written: etcd took the record; ``False``: it was fenced off (the claimant's lease was
             gone), and the span's status is ERROR.
     """
     trace, parent = _ids(rec, max(1, rec.attempt))
+    started = rec.HasField("started_at")  # else there is no execute span to be a child of
     start = rec.finished_at.ToNanoseconds() if rec.HasField("finished_at") else end_ns
     attrs = {
         **_run_attributes(rec),
@@ -143,7 +145,10 @@ def record_span(rec: pb.RunRecord, node_id: str, written: bool, end_ns: int) -> 
         "peerd.record.written": written,
     }
     error = None if written else "fenced off: the claimant's lease is gone"
-    return SpanPlan(RECORD, min(start, end_ns), end_ns, trace, None, parent, INTERNAL, attrs, error)
+    parent_id = parent if started else None
+    return SpanPlan(
+        RECORD, min(start, end_ns), end_ns, trace, None, parent_id, attributes=attrs, error=error
+    )
 
 
 def claim_span(
