@@ -53,11 +53,12 @@ class Span:
 
 
 class Receiver:
-    """OTLP/HTTP traces at ``/v1/traces``; any request to ``/hook`` is recorded with its headers."""
+    """OTLP/HTTP traces at ``/v1/traces``; requests to ``/hook`` are recorded (``traceparent``)."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
-        self.hooks: list[tuple[str, dict[str, str]]] = []
+        self.hooks: list[tuple[str, str]] = []
+        """``(task, traceparent header)`` of every request to ``/hook``."""
         self.content_types: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -88,7 +89,7 @@ class Receiver:
 
     async def _hook(self, request: web.Request) -> web.Response:
         await request.read()
-        self.hooks.append((request.query.get("task", ""), dict(request.headers)))
+        self.hooks.append((request.query.get("task", ""), request.headers.get("traceparent", "")))
         return web.Response(text="ok")
 
     async def _start(self) -> None:
@@ -159,7 +160,9 @@ def test_spans_join_the_trace_the_target_saw(nodes, receiver: Receiver) -> None:
         def finished() -> dict[str, pb.RunRecord]:
             runs = {}
             for spec in specs:
-                (rec,) = client.list_runs(spec.id, 10)
+                records = client.list_runs(spec.id, 10)
+                assert len(records) == 1, (spec.id, records)
+                rec = records[0]
                 assert rec.status in (pb.SUCCEEDED, pb.FAILED), (spec.id, rec.status, rec.error)
                 runs[spec.id] = rec
             return runs
@@ -167,7 +170,7 @@ def test_spans_join_the_trace_the_target_saw(nodes, receiver: Receiver) -> None:
         runs = assert_eventually(finished, timeout=20, interval=0.2)
     assert runs["otel-http"].status == runs["otel-post"].status == pb.SUCCEEDED
     assert runs["otel-shell"].status == pb.FAILED
-    seen = {task: headers["traceparent"] for task, headers in receiver.hooks}
+    seen = dict(receiver.hooks)
     seen["otel-shell"] = runs["otel-shell"].output_tail
     assert set(seen) == {s.id for s in specs}
     ids = {task: tuple(value.split("-")[1:3]) for task, value in seen.items()}
