@@ -54,6 +54,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "etcd_password_file": ("/etc/etcd/password", "/etc/etcd/password"),
     "http_listen": ("127.0.0.1:9464", "127.0.0.1:9464"),
     "metrics_per_task": ("yes", True),
+    "otel_endpoint": ("http://collector:4318/", "http://collector:4318"),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
     "http_allow": ("*.example.com", ("*.example.com",)),
