@@ -36,7 +36,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import structlog
 from opentelemetry import trace
@@ -54,7 +54,6 @@ from peerd.coord.ledger import ClaimResult
 from peerd.core import spans
 from peerd.engine.claims import Claim
 from peerd.engine.registry import Run
-from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.otel")
 
@@ -208,12 +207,23 @@ class OtelExport:
         inner = exporter or OTLPSpanExporter(endpoint=endpoint.rstrip("/") + TRACES_PATH)
         self.provider.add_span_processor(BatchSpanProcessor(_Reporting(inner, self.report)))
         self._tracer = self.provider.get_tracer("peerd", __version__)
+        self._emit_failed = False
 
     def _now_ns(self) -> int:
         return round(self.clock.now().timestamp() * 1e9)
 
-    def emit(self, plan: spans.SpanPlan) -> None:
-        """Start and end one span as ``plan`` describes it."""
+    def emit(self, make: Callable[[], Iterable[spans.SpanPlan]]) -> None:
+        """Start and end the spans ``make()`` describes. This runs inside the engine's
+        listeners, so an error here is logged (once) and never reaches the run."""
+        try:
+            for plan in make():
+                self._emit(plan)
+        except Exception:
+            if not self._emit_failed:
+                self._emit_failed = True
+                log.exception("otel_span_failed", node_id=self.node_id)
+
+    def _emit(self, plan: spans.SpanPlan) -> None:
         context = None
         if plan.parent_span_id is not None and plan.trace_id is not None:
             parent = SpanContext(plan.trace_id, plan.parent_span_id, False, SAMPLED)
@@ -240,20 +250,19 @@ class OtelExport:
     ) -> None:
         """``Claims.on_transaction``: one ``peerd.claim`` span."""
         end = self._now_ns()
+        start = end - round(duration_s * 1e9)
         records = [c.record for c in claims]
         won = [r.claimed for r in results]
-        start = end - round(duration_s * 1e9)
-        self.emit(spans.claim_span(records, won, self.node_id, start, end))
+        self.emit(lambda: [spans.claim_span(records, won, self.node_id, start, end)])
 
     def run_finished(self, run: Run) -> None:
         """``RunRegistry.on_finish``: the run's ``peerd.execute`` spans."""
-        for plan in spans.execute_spans(run.record, run.kind, self.node_id):
-            self.emit(plan)
+        self.emit(lambda: spans.execute_spans(run.record, run.kind, self.node_id))
 
     def run_recorded(self, run: Run, written: bool) -> None:
         """``RunRegistry.on_recorded``: the run's ``peerd.record`` span."""
-        rec: pb.RunRecord = run.record
-        self.emit(spans.record_span(rec, self.node_id, written, self._now_ns()))
+        end = self._now_ns()
+        self.emit(lambda: [spans.record_span(run.record, self.node_id, written, end)])
 
     async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Export what is queued and stop the processor's thread, waiting at most

@@ -243,3 +243,13 @@ def test_export_off_loads_no_sdk() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_an_error_in_a_listener_is_logged_once_and_never_reaches_the_run() -> None:
+    export = OtelExport("n1", "http://x", SystemClock(), {}, exporter=InMemorySpanExporter())
+    rec = final_record()
+    rec.status = 99  # type: ignore[assignment]  # no such RunStatus: RunStatus.Name raises
+    with capture_logs() as logs:
+        export.run_finished(_run(rec))
+        export.run_finished(_run(rec))
+    assert [e["event"] for e in logs] == ["otel_span_failed"]
