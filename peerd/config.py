@@ -11,6 +11,7 @@ whether SIGHUP reloads it. The ``serve`` flags, :data:`RELOADABLE`, validation a
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import tomllib
@@ -19,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from peerd.core.secrets import SecretsFileError
 from peerd.core.targets import TargetError, validate_rules
@@ -70,6 +72,41 @@ def _tzdata_source(value: Any, flag: str) -> str:
 
 TZDATA_SOURCE = Kind("package, system or a directory", "package|system|PATH", _tzdata_source)
 """Where time-zone rules come from (:meth:`peerd.core.tzrules.TimeZoneRules.load` reads them)."""
+
+
+OTEL_PACKAGES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+"""What ``--otel-endpoint`` needs installed: the ``otel`` extra (``pip install 'peerd[otel]'``)."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _otel_endpoint(value: Any, flag: str) -> str:
+    """Empty, or the base ``http(s)://HOST[:PORT][/PATH]`` of an OTLP/HTTP receiver."""
+    text = str(value).strip().rstrip("/")
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(flag, f"{text!r} must be an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise InvalidArgument(flag, f"{text!r}: a base URL takes no query or fragment")
+    if parts.path.endswith("/v1/traces"):
+        raise InvalidArgument(flag, f"{text!r}: give the base URL; peerd adds /v1/traces")
+    missing = [m for m in OTEL_PACKAGES if not _installed(m)]
+    if missing:
+        raise InvalidArgument(
+            flag, f"needs {', '.join(missing)}: pip install 'peerd[otel]' (docs/observability.md)"
+        )
+    return text
+
+
+OTEL_ENDPOINT = Kind("URL or empty", "URL", _otel_endpoint)
+"""The base URL of an OTLP/HTTP receiver; the SDK must be installed (checked, not imported)."""
 
 
 MIN_MESSAGE_SIZE = 64 * 1024
@@ -461,6 +498,15 @@ class NodeConfig:
         flag="--metrics-per-task",
         env="PEERD_METRICS_PER_TASK",
         kind=BOOLEAN,
+    )
+    otel_endpoint: str = setting(
+        "",
+        help="Base URL of an OTLP/HTTP receiver (http://collector:4318) to export spans of "
+        "claims, runs and records to (<URL>/v1/traces); empty: off. Needs the otel extra; "
+        "OTEL_* variables tune the SDK (docs/observability.md).",
+        flag="--otel-endpoint",
+        env="PEERD_OTEL_ENDPOINT",
+        kind=OTEL_ENDPOINT,
     )
     log_format: str = setting(
         "auto",

@@ -10,7 +10,9 @@ Start-up order matters:
 4. once both views are loaded, health turns SERVING.
 
 With ``--http-listen`` the HTTP port (:mod:`peerd.http`: ``/metrics``, ``/livez``, ``/readyz``)
-is bound with the gRPC port (step 1) and served as a supervised loop from step 3. Health per
+is bound with the gRPC port (step 1) and served as a supervised loop from step 3. With
+``--otel-endpoint`` spans of claims, runs and records are exported (:mod:`peerd.observe.otel`),
+and flushed last at shutdown. Health per
 grpc.health.v1 service and ``/readyz`` come from one set of facts (:meth:`Node.health_facts`,
 :mod:`peerd.core.health`), refreshed every :data:`HEALTH_REFRESH_S`.
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -92,10 +95,12 @@ from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
-if TYPE_CHECKING:  # imported when --http-listen is set: aiohttp adds ~0.3 s to every start
+if TYPE_CHECKING:  # imported when --http-listen (aiohttp: ~0.3 s per start) or --otel-endpoint
+    # (the OpenTelemetry SDK) is set
     from peerd.http.metrics import EtcdView, MetricSources, NodeMetrics
     from peerd.http.rest import LoopbackSocket
     from peerd.http.server import HttpServer
+    from peerd.observe.otel import OtelExport
 
 log = structlog.get_logger("peerd.node")
 
@@ -240,9 +245,10 @@ class Node:
         self.loopback: LoopbackSocket | None = None
         if self.metrics is not None:
             self.engine.registry.on_finish(self.metrics.run_finished)
-            self.engine.claims.on_latency(self.metrics.claim_done)
+            self.engine.claims.on_transaction(self.metrics.claim_done)
             self.peers.on_verdict(self.metrics.verdict)
             self.http = self._http_server(cfg)
+        self._otel_export(cfg)
 
     def _http_server(self, cfg: NodeConfig) -> HttpServer:
         """The HTTP port: metrics, health and the HTTP/JSON API, whose gateway calls this
@@ -264,6 +270,18 @@ class Node:
             # JSON spells a message out at up to a few times its protobuf size.
             max_body_bytes=4 * cfg.max_message_size,
         )
+
+    def _otel_export(self, cfg: NodeConfig) -> None:
+        """Spans of claims, runs and records to ``--otel-endpoint`` (docs/observability.md);
+        the SDK is imported only then."""
+        self.otel: OtelExport | None = None
+        if cfg.otel_endpoint:
+            from peerd.observe.otel import OtelExport
+
+            self.otel = OtelExport(cfg.node_id, cfg.otel_endpoint, self.clock, os.environ)
+            self.engine.claims.on_transaction(self.otel.claim_transaction)
+            self.engine.registry.on_finish(self.otel.run_finished)
+            self.engine.registry.on_recorded(self.otel.run_recorded)
 
     def _metric_sources(self) -> MetricSources:
         from peerd.http.metrics import EtcdView, MetricSources
@@ -538,6 +556,8 @@ class Node:
         await self.peer_client.close()
         await server.stop(1.0)
         await self.etcd.close()
+        if self.otel is not None:
+            await self.otel.close()
 
     def _warn_if_exposed(self) -> None:
         """Say at start what anyone who reaches a non-loopback port could do."""

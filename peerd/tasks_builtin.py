@@ -67,8 +67,9 @@ def fail(ctx: TaskContext) -> None:
 async def post(ctx: TaskContext) -> None:
     """POST :func:`context_doc` of ``ctx`` plus ``node_id`` as JSON to ``args["url"]``.
 
-    Sends ``Idempotency-Key`` and ``Peerd-Fencing-Token`` like the HTTP executor; the request is
-    bounded by ``ctx.timeout``; redirects are not followed.
+    Sends ``Idempotency-Key``, ``Peerd-Fencing-Token`` and the attempt's W3C ``traceparent``
+    like the HTTP executor; the request is bounded by ``ctx.timeout``; redirects are not
+    followed.
 
     Raises:
         ValueError: ``args["url"]`` is missing or not an http(s) URL.
@@ -82,6 +83,7 @@ async def post(ctx: TaskContext) -> None:
     headers = {
         "Idempotency-Key": ctx.idempotency_key,
         "Peerd-Fencing-Token": str(ctx.fencing_token),
+        "traceparent": ctx.traceparent,
     }
     seconds = ctx.timeout.total_seconds()
     async with httpx.AsyncClient(follow_redirects=False, timeout=seconds) as client:

@@ -45,6 +45,8 @@ class Claim:
 
 Settled = Callable[[Claim, ClaimResult], None]
 """``on_settled(claim, result)``: a claim's final answer (see the module docstring)."""
+Transaction = Callable[[float, Sequence[Claim], Sequence[ClaimResult]], None]
+"""``fn(duration_s, claims, results)``: one claim transaction etcd answered."""
 
 
 class Claims:
@@ -58,7 +60,7 @@ class Claims:
         tz_fence: ``() -> the revision claims of zone-dependent slots are fenced on``, None
             while this node's tzdata is not the agreed version
             (:meth:`peerd.coord.tzdata.TzdataAgreement.fence`).
-        monotonic: the clock's ``monotonic`` (claim transaction latency, :meth:`on_latency`).
+        monotonic: the clock's ``monotonic`` (claim transaction latency, :meth:`on_transaction`).
         on_slow: ``()``, called when a claim transaction has waited :data:`SLOW_CLAIM_S`.
     """
 
@@ -83,11 +85,12 @@ class Claims:
         """Claims another claimant won (since start)."""
         self.fenced = 0
         """Claims the tzdata fence refused (since start)."""
-        self._latency: list[Callable[[float, int], None]] = []
+        self._listeners: list[Transaction] = []
 
-    def on_latency(self, fn: Callable[[float, int], None]) -> None:
-        """Call ``fn(duration_s, claims)`` after every claim transaction that etcd answered."""
-        self._latency.append(fn)
+    def on_transaction(self, fn: Transaction) -> None:
+        """Call ``fn(duration_s, claims, results)`` after every claim transaction that etcd
+        answered (the claims sent and their results, in order)."""
+        self._listeners.append(fn)
 
     async def claim(self, claims: Sequence[Claim], on_settled: Settled) -> None:
         """Claim ``claims`` and their overlap follow-ups; ``on_settled`` is called for each
@@ -106,8 +109,8 @@ class Claims:
                 part = pending[batch.start : batch.stop]
                 started = self.monotonic()
                 results = await self._send(part)
-                for fn in self._latency:
-                    fn(self.monotonic() - started, len(part))
+                for fn in self._listeners:
+                    fn(self.monotonic() - started, part, results)
                 for claim, res in zip(part, results, strict=True):
                     if res.fenced:
                         self.fenced += 1

@@ -93,6 +93,7 @@ class RunRegistry:
         self._kinds: Counter[str] = Counter()
         self._listeners: list[Callable[[], None]] = []
         self._finish_listeners: list[Callable[[Run], None]] = []
+        self._recorded_listeners: list[Callable[[Run, bool], None]] = []
         self.started: Counter[str] = Counter()
         """Runs started (registered and executing) per executor kind, since start."""
 
@@ -121,6 +122,11 @@ class RunRegistry:
         """Call ``fn(run)`` when a run reaches its final status (its record holds it), before
         the record is written. ``fn`` must be cheap: it runs on the fire path."""
         self._finish_listeners.append(fn)
+
+    def on_recorded(self, fn: Callable[[Run, bool], None]) -> None:
+        """Call ``fn(run, written)`` when etcd answered for a run's final record: written, or
+        fenced off (``written`` false). ``fn`` must be cheap: it runs on the writer's path."""
+        self._recorded_listeners.append(fn)
 
     def spawn(
         self, run: Run, execute: Callable[[Run], Coroutine[Any, Any, None]]
@@ -154,6 +160,9 @@ class RunRegistry:
         if event == "finish":
             for listener in self._finish_listeners:
                 listener(run)
+        elif event in ("written", "dropped"):
+            for recorded in self._recorded_listeners:
+                recorded(run, event == "written")
         if run.state is RunState.DONE and self._runs.get(run.key) is run:
             del self._runs[run.key]
             self._kinds[run.kind] -= 1

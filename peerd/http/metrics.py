@@ -19,7 +19,7 @@ checks that the table and the Grafana dashboard name only metrics that exist).
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -181,8 +181,8 @@ class NodeMetrics:
         if self._per_task is not None:
             self._per_task.observe(rec)
 
-    def claim_done(self, duration_s: float, claims: int) -> None:
-        """One claim transaction of ``claims`` claims took ``duration_s``."""
+    def claim_done(self, duration_s: float, claims: Sequence[object], results: object) -> None:
+        """One claim transaction took ``duration_s`` (``Claims.on_transaction``)."""
         self._claim.observe(duration_s)
         self._claim_batch.inc()
 

@@ -55,6 +55,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "http_listen": ("127.0.0.1:9464", "127.0.0.1:9464"),
     "http_tls": ("yes", True),
     "metrics_per_task": ("yes", True),
+    "otel_endpoint": ("http://collector:4318/", "http://collector:4318"),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "debug"),
     "http_allow": ("*.example.com", ("*.example.com",)),

@@ -11,10 +11,12 @@ import pytest
 
 from peerd.core.records import idempotency_key
 from peerd.core.trace import TRACEPARENT_RE, span_id, trace_id, traceparent
+from peerd.devtools.sink import WebhookSink
 from peerd.runner.base import Execution
 from peerd.runner.http import build_headers
 from peerd.runner.python import PythonExecutor
 from peerd.runner.shell import ShellAllowList, ShellExecutor
+from peerd.tasks_builtin import post
 from peerd.v1 import scheduler_pb2 as pb
 
 SLOT = datetime(2026, 11, 21, 6, 0, 1, tzinfo=UTC)
@@ -90,3 +92,12 @@ def test_python_runs_get_traceparent_in_the_context() -> None:
     target = pb.PythonTarget(name="peerd.echo")
     context = PythonExecutor._context(target, attempt(5))
     assert context.traceparent == traceparent(KEY, 5)
+
+
+def test_peerd_post_sends_the_attempts_traceparent(sink: WebhookSink) -> None:
+    target = pb.PythonTarget(name="peerd.post", args_json=f'{{"url": "{sink.url}/hook"}}')
+    context = PythonExecutor._context(target, attempt(3))
+    asyncio.run(post(context))
+    (delivery,) = sink.deliveries()
+    assert delivery.headers["traceparent"] == traceparent(KEY, 3)
+    assert delivery.idempotency_key == KEY

@@ -1,0 +1,1 @@
+"""Observability that is optional and off by default: OpenTelemetry export (:mod:`.otel`)."""
