@@ -9,7 +9,7 @@ Starts etcd, the nginx receiver (:mod:`receiver`), the etcd recorder (:mod:`reco
    (:func:`http_client.measure`: requests/s and CPU µs per request of one process), and etcd
    batched claims (:class:`claims.ClaimBench`, the nodes' claim batch of 64, 4 in flight).
 2. **Ramps**: for each offered rate R of ``--http-rates``, R HTTP tasks ``every 1s`` POST to
-   nginx (with ``--jitter-ms`` of jitter, default 1 s: each slot fires at a hashed instant of
+   nginx (with ``--jitter-ms`` of jitter, default 999 ms: each slot fires at a hashed instant of
    its second, so the offered load is a steady R/s rather than R fires at each whole
    second); then (the HTTP tasks paused) for each R of ``--noop-rates``, R tasks run the
    in-process callable ``peerd.noop``. Each step lasts ``--step-seconds``; its window leaves
@@ -18,7 +18,8 @@ Starts etcd, the nginx receiver (:mod:`receiver`), the etcd recorder (:mod:`reco
 Per step it prints: fires/s (runs of slots due in the window whose SUCCEEDED record was
 written, per second), lateness p50/p99/max (start minus fire time, from the records), the CPU per
 fire of the nodes and of etcd (``/proc/<pid>/stat`` utime+stime over the window), etcd writes
-(events) per fire (the recorder's watch, between the window's revisions, per claim written),
+(events) and transactions per fire (the recorder's watch, between the window's revisions, per
+claim written),
 duplicates (slots run under two fencing tokens, plus idempotency keys nginx logged twice:
 must be 0), slots of the window without a final record, and the ratio of fires/s to the bare
 client's and to the claims ceiling.
@@ -175,6 +176,7 @@ class Row:
     node_us: float
     etcd_us: float
     writes: float
+    txns: float
     dups: int
     unsettled: int
 
@@ -203,11 +205,12 @@ def figures(step: Step, writes: list[Write], runs: list[RunRow], latest: dict, d
     ms = [v * 1000 for v in lateness]
     late = (pct(ms, 0.5), pct(ms, 0.99), max(ms, default=float("nan")))
     per_fire = fires * window or float("nan")
+    t = tally(writes, step.rev0, step.rev1)
     return Row(
         step.kind, step.offered, fires, late,
         (step.cpu1["nodes"] - step.cpu0["nodes"]) * 1e6 / per_fire,
         (step.cpu1["etcd"] - step.cpu0["etcd"]) * 1e6 / per_fire,
-        tally(writes, step.rev0, step.rev1).events / max(1, claims), dups, unsettled,
+        t.events / max(1, claims), t.txns / max(1, claims), dups, unsettled,
     )  # fmt: skip
 
 
@@ -215,16 +218,16 @@ def print_table(rows: list[Row], c: Ceilings) -> None:
     """The side-by-side table, ratios against the bare client and the claims ceiling."""
     print(
         f"\n{'kind':<5} {'offered/s':>9} {'fires/s':>8} {'late p50/p99/max ms':>22} "
-        f"{'node us/fire':>12} {'etcd us/fire':>12} {'writes/fire':>11} {'dups':>4} "
-        f"{'unrec':>5} {'/bare http':>10} {'/claims':>8}"
+        f"{'node us/fire':>12} {'etcd us/fire':>12} {'writes/fire':>11} {'txns/fire':>9} "
+        f"{'dups':>4} {'unrec':>5} {'/bare http':>10} {'/claims':>8}"
     )
     for r in rows:
         late = "/".join(f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in r.late_ms)
         http = f"{r.fires_ps / c.bare[0]:.2f}" if r.kind == "http" else "-"
         print(
             f"{r.kind:<5} {r.offered:>9} {r.fires_ps:>8.0f} {late:>22} {r.node_us:>12.0f} "
-            f"{r.etcd_us:>12.0f} {r.writes:>11.2f} {r.dups:>4} {r.unsettled:>5} {http:>10} "
-            f"{r.fires_ps / c.claims_ps:>8.2f}"
+            f"{r.etcd_us:>12.0f} {r.writes:>11.2f} {r.txns:>9.2f} {r.dups:>4} {r.unsettled:>5} "
+            f"{http:>10} {r.fires_ps / c.claims_ps:>8.2f}"
         )
     print(
         f"ceilings: nginx {c.nginx_rps:.0f} req/s; bare aiohttp {c.bare[0]:.0f} req/s at "
@@ -240,11 +243,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-rates", default="500,1000,2000,4000", help="HTTP fires/s per step")
     p.add_argument("--noop-rates", default="1000,3000,6000,10000", help="peerd.noop fires/s")
     p.add_argument("--step-seconds", type=float, default=20.0)
-    p.add_argument("--jitter-ms", type=int, default=1000, help="0: every task fires at :00.000")
+    p.add_argument("--jitter-ms", type=int, default=999, help="0: every task fires at :00.000")
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
     p.add_argument("--lease-ttl", type=int, default=10)
     p.add_argument("--peerd-src", type=Path, default=None, help="run the nodes from this tree")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a node setting for every node, e.g. claim_ahead=0s (repeatable)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -280,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         args.nodes, args.lease_ttl, args.peerd_src, keep=args.keep,
         python_path=[write_entry_point(workdir)], workdir=workdir,
     )  # fmt: skip
+    for proc in bench.procs.values():
+        proc.settings.update(dict(item.split("=", 1) for item in args.set))
     try:
         bench.start()
     except (ReceiverError, RuntimeError, TimeoutError) as exc:
