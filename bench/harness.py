@@ -170,6 +170,10 @@ class Bench:
                 settings=settings,
                 env=env,
                 label="bench",
+                # Not the caller's directory: ``python -m peerd`` puts the working directory
+                # first on sys.path, so a run from a checkout would import that tree's peerd
+                # whatever ``peerd_src`` says.
+                cwd=self.workdir,
             )
             for i in range(self.nodes)
         }
