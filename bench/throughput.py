@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -51,7 +50,7 @@ import checks
 from claims import ClaimBench
 from harness import TASK_TIMEOUT_S, Bench, pct, task_spec, window_runs
 from http_client import measure
-from receiver import ReceiverError, measure_ceiling
+from receiver import measure_ceiling
 from recorder import RunRow, Write, latest_runs, load, tally
 
 from peerd.coord.etcd import Etcd
@@ -289,18 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for proc in bench.procs.values():
         proc.settings.update(dict(item.split("=", 1) for item in args.set))
-    try:
-        bench.start()
-    except (ReceiverError, RuntimeError, TimeoutError) as exc:
-        print(f"throughput: could not start: {exc}", file=sys.stderr)
-        bench.stop()
-        bench.cleanup()
-        return checks.RET_SETUP
-    try:
-        return run(bench, args)
-    finally:
-        bench.stop()
-        bench.cleanup()
+    return checks.run_bench(bench, "throughput", lambda b: run(b, args))
 
 
 if __name__ == "__main__":
