@@ -153,7 +153,12 @@ class Bench:
         self.receiver = NginxReceiver(self.workdir)
         self.ledger_path = self.workdir / "ledger.tsv"
         self.recorder: subprocess.Popen[str] | None = None
-        settings: dict[str, str | int] = {"log_format": "json", "log_level": "info"}
+        # No API rate limit: the benchmark creates, pauses and resumes thousands of tasks.
+        settings: dict[str, str | int] = {
+            "log_format": "json",
+            "log_level": "info",
+            "api_rate_limit": 0,
+        }
         if self.runs_keep is not None:
             settings["runs_keep"] = self.runs_keep
         env = None
