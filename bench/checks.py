@@ -8,12 +8,14 @@ soft ones fail) or information only.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from harness import Bench, LogEvent, Probe, Repeats, cpu_s, pct, repeats
+from receiver import ReceiverError
 from recorder import RunRow, WriteTally
 
 RET_OK = 0
@@ -36,6 +38,24 @@ class Check:
     limit: str
     ok: bool | None
     hard: bool = True
+
+
+def run_bench(bench: Bench, name: str, body: Callable[[Bench], int]) -> int:
+    """Start ``bench``, run ``body(bench)`` and return its exit code; stop and clean up
+    whatever happens. A cluster that does not start: the error on stderr (``name: could not
+    start: ...``) and :data:`RET_SETUP`."""
+    try:
+        bench.start()
+    except (ReceiverError, RuntimeError, TimeoutError) as exc:
+        print(f"{name}: could not start: {exc}", file=sys.stderr)
+        bench.stop()
+        bench.cleanup()
+        return RET_SETUP
+    try:
+        return body(bench)
+    finally:
+        bench.stop()
+        bench.cleanup()
 
 
 def print_checks(checks: list[Check]) -> int:

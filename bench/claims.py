@@ -54,50 +54,79 @@ async def run(
         await admin.close()
     etcd = Etcd([endpoint], security=security)
     await etcd.connect()
-    keys = Keys("/peerd/bench/")
-    membership = Membership(etcd, keys, pb.Member(node_id="bench"), 10, no_probe, SystemClock())
-    await membership.register(first=True)
-    keepalive = asyncio.create_task(membership.keepalive_loop())
-    ledger = Ledger(etcd, keys)
-    slot = 0
+    bench = ClaimBench(etcd, Keys("/peerd/bench/"))
+    await bench.start()
     print(f"{'batch':>6} {'concurrency':>11} {'claims/s':>10} {'txn p50 ms':>10}")
     for batch in batches:
+        rate, p50 = await bench.rate(seconds, batch, concurrency, mode)
+        print(f"{batch:>6} {concurrency:>11} {rate:>10.0f} {p50:>10.2f}")
+    await bench.stop()
+    await etcd.close()
+
+
+class ClaimBench:
+    """One registered member claiming distinct slots through the ledger.
+
+    Args:
+        etcd: a connected client.
+        keys: the cluster prefix claimed under (keep it apart from a running cluster's).
+    """
+
+    def __init__(self, etcd: Etcd, keys: Keys) -> None:
+        self.ledger = Ledger(etcd, keys)
+        self.membership = Membership(
+            etcd, keys, pb.Member(node_id="bench"), 10, no_probe, SystemClock()
+        )
+        self.slot = 0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Register the member and keep its lease alive."""
+        await self.membership.register(first=True)
+        self._keepalive = asyncio.create_task(self.membership.keepalive_loop())
+
+    async def stop(self) -> None:
+        """Stop the keepalive and revoke the lease (its claims' keys stay)."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        await self.membership.revoke()
+
+    async def rate(
+        self, seconds: float, batch: int, concurrency: int, mode: str | None = None
+    ) -> tuple[float, float]:
+        """Claim for ``seconds`` with ``concurrency`` workers, ``batch`` slots per transaction;
+        returns (claims/s, median transaction latency in ms)."""
         claimed = 0
         latencies: list[float] = []
         deadline = time.perf_counter() + seconds
 
-        async def worker(batch: int, deadline: float, latencies: list[float]) -> None:
-            nonlocal slot, claimed
+        async def worker() -> None:
+            nonlocal claimed
             while time.perf_counter() < deadline:
                 records = []
                 for i in range(batch):
-                    slot += 1
+                    self.slot += 1
                     # With an overlap mode every claim names its own task, so none finds the lock
                     # taken: this measures the cost of taking it.
-                    task_id = f"task-{i}" if mode is None else f"task-{slot}"
+                    task_id = f"task-{i}" if mode is None else f"task-{self.slot}"
                     rec = pb.RunRecord(
                         task_id=task_id, node_id="bench", attempt=1, status=pb.CLAIMED
                     )
-                    rec.scheduled_at.FromMilliseconds(slot)
+                    rec.scheduled_at.FromMilliseconds(self.slot)
                     records.append(rec)
                 t0 = time.perf_counter()
-                results = await ledger.claim(
-                    membership.member_key, membership.lease_id, records, [mode] * len(records)
+                m = self.membership
+                results = await self.ledger.claim(
+                    m.member_key, m.lease_id, records, [mode] * len(records)
                 )
                 latencies.append((time.perf_counter() - t0) * 1000)
                 claimed += sum(r.claimed for r in results)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker(batch, deadline, latencies) for _ in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         latencies.sort()
-        print(
-            f"{batch:>6} {concurrency:>11} {claimed / elapsed:>10.0f} "
-            f"{latencies[len(latencies) // 2]:>10.2f}"
-        )
-    keepalive.cancel()
-    await membership.revoke()
-    await etcd.close()
+        return claimed / elapsed, latencies[len(latencies) // 2] if latencies else float("nan")
 
 
 def main() -> None:

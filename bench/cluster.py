@@ -31,13 +31,12 @@ recovery time, API latency) or 2 (the run could not be set up).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import checks
 from harness import Bench, distinct_rate, pct, scan_logs, slot_rate, window_runs
-from receiver import ReceiverError, measure_ceiling
+from receiver import measure_ceiling
 from recorder import latest_runs, load, tally
 
 SETTLE_S = 5.0
@@ -103,26 +102,19 @@ def default_run(bench: Bench, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = Bench(args.nodes, args.lease_ttl, args.peerd_src, args.runs_keep, args.keep)
-    try:
-        bench.start()
-    except (ReceiverError, RuntimeError, TimeoutError) as exc:
-        print(f"bench: could not start: {exc}", file=sys.stderr)
-        bench.stop()
-        bench.cleanup()
-        return checks.RET_SETUP
-    try:
-        ceiling = measure_ceiling(bench.receiver, seconds=2.0)
-        src = args.peerd_src or "this tree"
-        print(f"receiver (nginx, 1 process) ceiling {ceiling:.0f} requests/s "
-              f"from one asyncio client, 8 connections; nodes run peerd from {src}")  # fmt: skip
-        if args.overload:
-            from overload import overload_run
+    return checks.run_bench(bench, "bench", lambda b: _run(b, args))
 
-            return overload_run(bench, args)
-        return default_run(bench, args)
-    finally:
-        bench.stop()
-        bench.cleanup()
+
+def _run(bench: Bench, args: argparse.Namespace) -> int:
+    ceiling = measure_ceiling(bench.receiver, seconds=2.0)
+    src = args.peerd_src or "this tree"
+    print(f"receiver (nginx, 1 process) ceiling {ceiling:.0f} requests/s "
+          f"from one asyncio client, 8 connections; nodes run peerd from {src}")  # fmt: skip
+    if args.overload:
+        from overload import overload_run
+
+        return overload_run(bench, args)
+    return default_run(bench, args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -135,6 +135,8 @@ class Bench:
             an older checkout; the benchmark itself runs from this tree.
         runs_keep: the nodes' ``--runs-keep`` (``None``: their default).
         keep: keep the workdir (logs, the recorder's file, the access log) afterwards.
+        python_path: more directories on the nodes' ``PYTHONPATH`` (after the peerd tree), e.g.
+            one holding the entry points of a benchmark's Python tasks.
     """
 
     nodes: int
@@ -142,6 +144,7 @@ class Bench:
     peerd_src: Path | None = None
     runs_keep: int | None = None
     keep: bool = False
+    python_path: list[Path] = field(default_factory=list)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="peerd-bench-")))
     deliveries: list[Delivery] = field(default_factory=list)
 
@@ -150,10 +153,18 @@ class Bench:
         self.receiver = NginxReceiver(self.workdir)
         self.ledger_path = self.workdir / "ledger.tsv"
         self.recorder: subprocess.Popen[str] | None = None
-        settings: dict[str, str | int] = {"log_format": "json", "log_level": "info"}
+        # No API rate limit: the benchmark creates, pauses and resumes thousands of tasks.
+        settings: dict[str, str | int] = {
+            "log_format": "json",
+            "log_level": "info",
+            "api_rate_limit": 0,
+        }
         if self.runs_keep is not None:
             settings["runs_keep"] = self.runs_keep
-        env = {"PYTHONPATH": str(self.peerd_src)} if self.peerd_src else None
+        env = None
+        if self.peerd_src or self.python_path:
+            tree = self.peerd_src or Path(__file__).resolve().parent.parent
+            env = {"PYTHONPATH": os.pathsep.join(map(str, [tree, *self.python_path]))}
         self.procs = {
             f"node{i + 1}": PeerdProcess(
                 f"node{i + 1}",
@@ -164,6 +175,10 @@ class Bench:
                 settings=settings,
                 env=env,
                 label="bench",
+                # Not the caller's directory: ``python -m peerd`` puts the working directory
+                # first on sys.path, so a run from a checkout would import that tree's peerd
+                # whatever ``peerd_src`` says.
+                cwd=self.workdir,
             )
             for i in range(self.nodes)
         }
@@ -234,14 +249,19 @@ class Bench:
         """etcd's store revision now."""
         return asyncio.run(current_revision(self.etcd.endpoint))
 
-    def set_active(self, n: int, prefix: str = "bench") -> None:
+    def set_active(
+        self, n: int, prefix: str = "bench", spec: Callable[[str], pb.TaskSpec] | None = None
+    ) -> None:
         """Make the first ``n`` task ids the active ones: create or resume what is missing,
-        pause what is beyond ``n`` (16 calls at a time)."""
+        pause what is beyond ``n`` (16 calls at a time). ``spec``: ``task id -> TaskSpec`` of
+        a new task (default :func:`task_spec` at the receiver). One prefix per run: the ids
+        created so far are assumed to be this prefix's."""
         ids = [f"{prefix}-{i:05d}" for i in range(n)]
         new = ids[len(self.created) :]
         url = self.receiver.base_url
+        make = spec or (lambda task_id: task_spec(task_id, url))
         for start in range(0, len(new), 100):
-            self.client.create_tasks([task_spec(t, url) for t in new[start : start + 100]])
+            self.client.create_tasks([make(t) for t in new[start : start + 100]])
         was_active = set(self.active)
         resume = [t for t in ids[: len(self.created)] if t not in was_active]
         self.created += new
@@ -250,6 +270,12 @@ class Bench:
             list(pool.map(self.client.resume_task, resume))
             list(pool.map(self.client.pause_task, pause))
         self.active = ids
+
+    def retire_all(self) -> None:
+        """Pause every active task and forget the ids created so far, so that
+        :meth:`set_active` can start tasks of another prefix."""
+        self.set_active(0)
+        self.created, self.active = [], []
 
     def poll(self) -> list[Delivery]:
         """Read the receiver's new deliveries into :attr:`deliveries`; returns the new ones."""

@@ -283,6 +283,17 @@ class NodeConfig:
         minimum=timedelta(0),
         reloadable=True,
     )
+    claim_ahead: timedelta = setting(
+        timedelta(milliseconds=300),
+        help="Slots of tasks without an overlap lock are claimed this long before they fire "
+        "(batched, so a claim's etcd latency is not lateness); 0 claims at the fire instant.",
+        flag="--claim-ahead",
+        env="PEERD_CLAIM_AHEAD",
+        kind=DURATION,
+        minimum=timedelta(0),
+        maximum=timedelta(seconds=5),
+        bound_reason="a claimed run waits in memory until its fire instant",
+    )
     tzdata: str = setting(
         PACKAGE,
         help="Time-zone rules (tzdata) this node computes cron slots with: package (the PyPI "

@@ -5,6 +5,7 @@
 ``peerd.sleep`` sleeps ``args["seconds"]`` (default 1), async
 ``peerd.fail``  raises ``RuntimeError(args.get("message", "failed on purpose"))``
 ``peerd.post``  POSTs the context as JSON to ``args["url"]``; raises on a non-2xx answer
+``peerd.noop``  does nothing and returns at once, async (the fire path's own cost, benchmarks)
 =============== ======================================================================
 
 Example target: ``PythonTarget(name="peerd.echo", args_json='{"hello": 1}')``.
@@ -90,3 +91,9 @@ async def post(ctx: TaskContext) -> None:
         response = await client.post(url, json=doc, headers=headers)
     if not 200 <= response.status_code < 300:
         raise RuntimeError(f"HTTP {response.status_code}")
+
+
+async def noop(ctx: TaskContext) -> None:
+    """Do nothing and return at once (async: runs on the event loop, no worker thread); the
+    in-process task of ``bench/throughput.py``, which measures the fire path without a
+    target's cost."""

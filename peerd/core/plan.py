@@ -5,9 +5,11 @@ as skipped) and ``now``. Each slot ``s`` has a *fire instant* ``fire_at(s)`` (th
 task's deterministic jitter; the identity without jitter), strictly increasing in ``s`` and never
 before ``s``. Rules:
 
-* **Due**: ``fire_at(s) <= now``. Due slots are a prefix of the slots in ``(cursor, now]``; the
-  first slot whose fire instant is after ``now`` is *not due yet*: the cursor never passes it and
-  ``next_at`` is its fire instant.
+* **Due**: ``fire_at(s) <= now + ahead`` (``ahead``: the engine's claim-ahead, 0 by default).
+  Due slots are a prefix of the slots in ``(cursor, now + ahead]``; the first slot whose fire
+  instant is after that is *not due yet*: the cursor never passes it and ``next_at`` is its fire
+  instant. A slot due ahead of its fire instant is on time (it is claimed early and started at
+  its fire instant); it can serve as ``run_once``'s catch-up run.
 * **On time**: due and ``now - fire_at(s) <= misfire_threshold``. On-time slots always fire.
 * **Missed**: due and later than that. What happens to them is the catch-up policy
   (``TaskSpec.catch_up``, as in Kubernetes CronJob / anacron after downtime):
@@ -240,6 +242,7 @@ def plan_due(
     max_fire: int = 1000,
     replay_budget: int | None = None,
     skip_record_limit: int = 100,
+    ahead: timedelta = timedelta(0),
 ) -> Plan:
     """Plan the due slots of ``schedule`` after ``cursor`` (rules in the module docstring).
 
@@ -257,6 +260,8 @@ def plan_due(
         max_fire: most slots in ``fire`` per call (>= 1).
         replay_budget: most *missed* slots in ``fire`` per call (>= 0); None = unlimited.
         skip_record_limit: most skipped slots listed (>= 0); the counts are always exact.
+        ahead: claim-ahead (>= 0): slots firing by ``now + ahead`` are due (planned to fire,
+            on time); missed slots are still judged against ``now``.
 
     Raises:
         ValueError: for naive datetimes, ``max_fire < 1``, ``replay_budget < 0``,
@@ -270,6 +275,8 @@ def plan_due(
         raise ValueError("unschedulable must be timezone-aware")
     if max_fire < 1 or skip_record_limit < 0 or (replay_budget is not None and replay_budget < 0):
         raise ValueError("need max_fire >= 1, skip_record_limit >= 0, replay_budget >= 0")
+    if ahead < timedelta(0):
+        raise ValueError("need ahead >= 0")
 
     def fire_of(slot: datetime) -> datetime:
         if fire_at is None:
@@ -291,10 +298,10 @@ def plan_due(
             b = last[0] - _US
         return max(b, cursor)
 
-    if now <= cursor:
+    if now + ahead <= cursor:
         nxt = schedule.next_after(cursor)
         return Plan([], [], _no_skips(), 0, cursor, None if nxt is None else fire_of(nxt))
-    due_b = split(now + _US)  # due: (cursor, due_b]
+    due_b = split(now + ahead + _US)  # due: (cursor, due_b]
     on_time_b = min(split(now - catch_up.misfire_threshold), due_b)  # missed: (cursor, on_time_b]
     # the due slots are [skipped: (cursor, skip_b]] [missed to fire: (skip_b, missed_b]] [on time]
     skip_b, missed_b, reason = on_time_b, on_time_b, SKIP_MISFIRE

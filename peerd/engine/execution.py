@@ -5,7 +5,8 @@
 1. take the task's overlap lock if the claim did not (BUFFER_ONE's waiting slot, a retried run
    of a lost owner), cancel the run a REPLACE claim took the lock from, and watch for being
    replaced in turn;
-2. run the attempts: each waits for a slot of its executor's pool (priority, then fire time),
+2. wait for the slot's fire instant if it was claimed ahead of it, then run the attempts: each
+   waits for a slot of its executor's pool (priority, then fire time),
    runs with the per-attempt timeout cut to the retry policy's overall deadline, and is
    recorded (``history`` keeps the earlier ones); failures the policy retries wait a full-jitter
    backoff on the clock;
@@ -144,6 +145,9 @@ class Execution:
         fire_at = rec.fire_at.ToDatetime(UTC) if rec.HasField("fire_at") else slot
         retry = self._retry_policy(spec)
         per_attempt = spec.timeout.ToTimedelta() if spec.HasField("timeout") else DEFAULT_TIMEOUT
+        early_s = (fire_at - self.clock.now()).total_seconds()
+        if early_s > 0:  # claimed ahead (peerd.engine.planner, "Claim-ahead"): wait to fire
+            await self.clock.sleep(early_s)
         cause_json = ""
         if rec.HasField("cause"):
             cause_json = json_format.MessageToJson(

@@ -180,7 +180,13 @@ class Engine:
         self.registry = RunRegistry()
         self.pools = Pools(cfg)
         self.rules = rules
-        self.planner = Planner(self.node_id, cfg.misfire_threshold, self.pools.kinds, rules=rules)
+        self.planner = Planner(
+            self.node_id,
+            cfg.misfire_threshold,
+            self.pools.kinds,
+            rules=rules,
+            claim_ahead=cfg.claim_ahead,
+        )
         self.backpressure = Backpressure(
             self.pools.node,
             cfg.max_concurrent_runs,

@@ -24,6 +24,13 @@ cursor was computed with other rules (the ledger's newest record names another t
 the cluster switched versions) resumes after the local time that record covered
 (:meth:`Planner.resume`), so a day's run is not repeated at the instant the new rules give it.
 
+**Claim-ahead.** A task without an overlap lock (ALLOW) enters the heap ``claim_ahead`` before
+its fire instant and its slots are planned and claimed then; the run waits for its fire instant
+after the claim (:mod:`peerd.engine.execution`), so the claim transaction's latency is not in
+the run's lateness, and the claims of slots firing within ``claim_ahead`` of each other share a
+transaction. A task with a lock is planned at its fire instant: its lock is taken by the claim,
+and must not be taken (nor the run skipped as busy) while the previous run may still finish.
+
 After the claims, :meth:`Planner.commit` moves each cursor to the last slot whose claim settled
 (claimed, lost to another claimant, or recorded), in slot order: a slot whose claim failed is
 planned again, one that settled never is.
@@ -129,6 +136,8 @@ class Planner:
         kinds: the executor kinds this node has; a task of another kind (written by a newer
             peerd, say) is refused rather than left due forever.
         rules: the node's time-zone rules; every schedule is compiled with them.
+        claim_ahead: how long before their fire instant the slots of tasks without an overlap
+            lock are planned and claimed (see "Claim-ahead" in the module docstring).
     """
 
     def __init__(
@@ -138,8 +147,10 @@ class Planner:
         kinds: Collection[str] = (),
         *,
         rules: TimeZoneRules,
+        claim_ahead: timedelta = timedelta(0),
     ) -> None:
         self.kinds = frozenset(kinds)
+        self.claim_ahead = claim_ahead
         self.rules = rules
         self.owned: dict[str, Owned] = {}
         self.invalid: dict[str, str] = {}
@@ -286,15 +297,30 @@ class Planner:
             )
         return moved
 
+    def ahead_of(self, o: Owned) -> timedelta:
+        """How long before a slot's fire instant ``o`` plans it: :attr:`claim_ahead`, or 0 for a
+        task with an overlap lock (its lock must be taken when the run starts)."""
+        return timedelta(0) if needs_lock(o.spec.overlap) else self.claim_ahead
+
     def push(self, o: Owned, at_s: float | None = None) -> None:
-        """Schedule ``o`` for planning at its ``next_at`` (or at ``at_s``, epoch seconds)."""
+        """Schedule ``o`` for planning at its ``next_at`` less :meth:`ahead_of` (or at ``at_s``,
+        epoch seconds)."""
         if o.next_at is not None:
-            ts = o.next_at.timestamp() if at_s is None else at_s
+            ts = (o.next_at - self.ahead_of(o)).timestamp() if at_s is None else at_s
             heapq.heappush(self._heap, (ts, o.generation, o.spec.id))
 
     def next_due_s(self) -> float | None:
         """Epoch seconds of the earliest entry not yet due-collected (may be stale), or None."""
         return self._heap[0][0] if self._heap else None
+
+    def next_is_early(self) -> bool:
+        """Whether the earliest entry is a claim-ahead one (its task has no overlap lock and
+        :attr:`claim_ahead` is set): planning it a little later still claims it before its
+        fire instant."""
+        if not self._heap or self.claim_ahead <= timedelta(0):
+            return False
+        o = self.owned.get(self._heap[0][2])
+        return o is not None and not needs_lock(o.spec.overlap)
 
     @property
     def backlog(self) -> int:
@@ -374,6 +400,7 @@ class Planner:
             # As many SKIPPED records as the ledger keeps, so an audit of what is kept finds no
             # gap; the count in the log is always exact.
             skip_record_limit=skip_record_limit,
+            ahead=self.ahead_of(o),
         )
 
     def commit(self, tp: TaskPlan, now: datetime, replay_at_s: Callable[[], float]) -> int:

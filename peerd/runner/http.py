@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import structlog
+import yarl
 from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 
@@ -341,11 +342,11 @@ class HttpExecutor:
                 asyncio.timeout(seconds),
                 lease.session.request(
                     method,
-                    target.url,
+                    _url(target.url),
                     headers=headers,
                     data=content,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=seconds),
+                    timeout=_timeout(seconds),
                     proxy=self._proxies.proxy_for(parsed),
                     skip_auto_headers=_NO_AUTO_HEADERS,
                 ) as response,
@@ -372,6 +373,25 @@ class HttpExecutor:
 
 _parse: Callable[[str], Target] = functools.lru_cache(maxsize=4096)(parse_target)
 """:func:`parse_target`, cached: a task's URL is parsed once, not at every fire."""
+_yarl: Callable[[str], yarl.URL] = functools.lru_cache(maxsize=4096)(yarl.URL)
+
+
+def _url(url: str) -> yarl.URL:
+    """The ``yarl.URL`` aiohttp would build from ``url`` at every request, built once per URL.
+
+    Raises:
+        aiohttp.InvalidURL: ``url`` does not parse (as aiohttp would raise it).
+    """
+    try:
+        return _yarl(url)
+    except ValueError as exc:
+        raise aiohttp.InvalidURL(url) from exc
+
+
+_timeout: Callable[[float], aiohttp.ClientTimeout] = functools.lru_cache(maxsize=256)(
+    lambda seconds: aiohttp.ClientTimeout(total=seconds)
+)
+"""aiohttp's timeout object (immutable) per timeout in seconds, built once."""
 
 
 def _failure(exc: Exception, seconds: float, url: str, execution: Execution) -> tuple[str, str]:

@@ -31,6 +31,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "lease_ttl_s": ("5", 5),
     "allow_shell": ("/bin/echo *", ("/bin/echo *",)),
     "misfire_threshold": ("30s", timedelta(seconds=30)),
+    "claim_ahead": ("1s", timedelta(seconds=1)),
     "tzdata": ("System", "system"),
     "runs_keep": ("7", 7),
     "runs_max_age": ("1d", timedelta(days=1)),

@@ -628,3 +628,23 @@ def test_replanning_until_done_handles_every_due_slot_exactly_once() -> None:
         remaining = [x for x in every_slot if f(x) > now]  # type: ignore[operator]
         assert sorted(fired + skipped) + remaining == every_slot
         assert len(fired) + len(skipped) + len(remaining) == len(every_slot)
+
+
+# --- claim-ahead ---------------------------------------------------------------------------
+
+
+def test_ahead_plans_slots_firing_within_it_and_judges_misses_at_now() -> None:
+    # now 00:00:59.700: without ahead, the 00:01 slot is not due; with 300 ms it fires (on time)
+    now = T0 + M - 300 * MS
+    assert plan_due(every(M), T0, now, skip()).fire == []
+    p = plan_due(every(M), T0, now, skip(), ahead=300 * MS)
+    assert p == Plan([T0 + M], [], counts(), 0, T0 + M, T0 + 2 * M)
+    assert plan_due(every(M), T0, now, skip(), ahead=299 * MS).fire == []
+    # a missed slot is judged against now, not now + ahead: 00:01 is 29.9 s late (threshold 30 s)
+    late = plan_due(every(M), T0, T0 + M + 29_900 * MS, skip(), ahead=300 * MS)
+    assert late.fire == [T0 + M] and late.skipped_count == 0
+
+
+def test_ahead_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="ahead"):
+        plan_due(every(M), T0, T0 + M, skip(), ahead=-MS)

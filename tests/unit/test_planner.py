@@ -231,3 +231,19 @@ def test_a_stale_backlog_entry_does_not_unqueue_the_current_one() -> None:
     assert p.backlog == 1
     plans = p.plan(T0 + 3 * S, {"http": 10}, bucket(), 0.0, 100)
     assert [tp.plan.fire for tp in plans] == [[T0 + 3 * S]] and p.backlog == 0
+
+
+def test_claim_ahead_enters_the_heap_early_only_without_an_overlap_lock() -> None:
+    p = Planner("n1", timedelta(seconds=5), rules=RULES, claim_ahead=timedelta(milliseconds=300))
+    allow = spec("allow")
+    forbid = spec("forbid", overlap=pb.OVERLAP_FORBID)
+    for s in (allow, forbid):
+        assert p.acquire(s, cursor=T0) is not None
+    early = T0 + S - timedelta(milliseconds=300)
+    assert p.next_due_s() == early.timestamp() and p.next_is_early()
+    plans = plan(p, early, {"http": 10})
+    assert [(tp.owned.spec.id, tp.plan.fire) for tp in plans] == [("allow", [T0 + S])]
+    settle_all(p, plans, early)
+    assert p.next_due_s() == (T0 + S).timestamp() and not p.next_is_early()  # forbid, at 00:01
+    plans = plan(p, T0 + S, {"http": 10})
+    assert [(tp.owned.spec.id, tp.plan.fire) for tp in plans] == [("forbid", [T0 + S])]
