@@ -205,6 +205,10 @@ class Figures:
     moved_join: int = 0
     stall_idle_s: float = 0.0
     stall_s: float = 0.0
+    etcd_in_use: tuple[int, int] = (0, 0)
+    """etcd's database size in use (bytes), before the creates and once every task is in."""
+    stored_bytes: int = 0
+    """Key + value of one task as etcd holds it (bytes)."""
 
     def kib_per_task(self) -> float:
         """The largest (loaded - idle) RSS of a node, per task held, in KiB."""
@@ -275,12 +279,18 @@ def run(args: argparse.Namespace) -> Figures:
         bench.start()
         time.sleep(3)
         fig.rss_idle = {n: rss_mib(p.pid) for n, p in bench.procs.items()}
+        in_use = bench.client.get_cluster().etcd_db_size_in_use_bytes
         ids = [f"scale-{i:06d}" for i in range(args.tasks)]
         fig.create_per_s = create_all(bench, ids, args.batch, args.clients, args.firing)
         print(f"created {len(ids)} tasks: {fig.create_per_s:,.0f}/s", flush=True)
         fig.settle_s = settle(bench, args.tasks)
         time.sleep(2)
         fig.rss_loaded = {n: rss_mib(p.pid) for n, p in bench.procs.items()}
+        time.sleep(1.5)  # the nodes poll etcd's status once a second
+        fig.etcd_in_use = (in_use, bench.client.get_cluster().etcd_db_size_in_use_bytes)
+        stored = bench.client.get_task(ids[-1])
+        stored.ClearField("revision")
+        fig.stored_bytes = len(stored.SerializeToString()) + len(f"/peerd/bench/tasks/{ids[-1]}")
         addresses = [p.address for p in bench.procs.values()]
         fig.single = asyncio.run(_open_loop(addresses, args.rate, args.rate_seconds))
         total = args.tasks + len(fig.single)
@@ -315,6 +325,9 @@ def report(fig: Figures, args: argparse.Namespace) -> None:
          f"{fig.moved_kill / total * n / 1.1:.2f}"),
         ("tasks moved by the rejoin (x 1/N)", f"{fig.moved_join / total * n:.3f}", "<= 1.1",
          f"{fig.moved_join / total * n / 1.1:.2f}"),
+        ("etcd: task key + value / db in use per task (bytes)",
+         f"{fig.stored_bytes} / {(fig.etcd_in_use[1] - fig.etcd_in_use[0]) / fig.tasks:.0f}",
+         "", ""),
         ("event-loop stall, survivors: idle / change (ms)",
          f"{fig.stall_idle_s * 1000:.0f} / {fig.stall_s * 1000:.0f}", "<= 100",
          f"{fig.stall_s * 10:.2f}"),
