@@ -49,6 +49,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import Bench, pct
 
+from peerd.coord.etcd import Etcd, prefix_end
 from peerd.devtools.process import PeerdProcess
 from peerd.v1 import scheduler_pb2 as pb
 from peerd.v1 import scheduler_pb2_grpc as pb_grpc
@@ -209,12 +210,29 @@ class Figures:
     """etcd's database size in use (bytes), before the creates and once every task is in."""
     stored_bytes: int = 0
     """Key + value of one task as etcd holds it (bytes)."""
+    list_s: float = 0.0
+    """One range read of every task (what a node lists at start), as a node does it."""
+    list_mib: float = 0.0
 
     def kib_per_task(self) -> float:
         """The largest (loaded - idle) RSS of a node, per task held, in KiB."""
         return max(
             (self.rss_loaded[n] - self.rss_idle[n]) * 1024 / self.tasks for n in self.rss_idle
         )
+
+
+async def _list_tasks(endpoint: str) -> tuple[float, float]:
+    """Range-read the whole ``tasks/`` prefix once: (seconds, MiB of keys and values)."""
+    etcd = Etcd([endpoint])
+    await etcd.connect()
+    try:
+        prefix = b"/peerd/bench/tasks/"
+        start = time.monotonic()
+        kvs, _, _ = await etcd.range(prefix, prefix_end(prefix))
+        took = time.monotonic() - start
+        return took, sum(len(kv.key) + len(kv.value) for kv in kvs) / MiB
+    finally:
+        await etcd.close()
 
 
 def owned_counts(bench: Bench, names: list[str]) -> dict[str, int]:
@@ -291,6 +309,7 @@ def run(args: argparse.Namespace) -> Figures:
         stored = bench.client.get_task(ids[-1])
         stored.ClearField("revision")
         fig.stored_bytes = len(stored.SerializeToString()) + len(f"/peerd/bench/tasks/{ids[-1]}")
+        fig.list_s, fig.list_mib = asyncio.run(_list_tasks(bench.etcd.endpoint))
         addresses = [p.address for p in bench.procs.values()]
         fig.single = asyncio.run(_open_loop(addresses, args.rate, args.rate_seconds))
         total = args.tasks + len(fig.single)
@@ -327,6 +346,8 @@ def report(fig: Figures, args: argparse.Namespace) -> None:
          f"{fig.moved_join / total * n / 1.1:.2f}"),
         ("etcd: task key + value / db in use per task (bytes)",
          f"{fig.stored_bytes} / {(fig.etcd_in_use[1] - fig.etcd_in_use[0]) / fig.tasks:.0f}",
+         "", ""),
+        ("list every task from etcd once (s / MiB)", f"{fig.list_s:.2f} / {fig.list_mib:.1f}",
          "", ""),
         ("event-loop stall, survivors: idle / change (ms)",
          f"{fig.stall_idle_s * 1000:.0f} / {fig.stall_s * 1000:.0f}", "<= 100",
