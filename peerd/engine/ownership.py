@@ -95,6 +95,7 @@ class OwnershipView:
         self._listeners: list[Callable[[], None]] = []
         self._filters: list[Eligible] = []
         self._eligible: dict[Placement, tuple[str, ...]] = {}
+        self._facts: tuple[bytes, ...] = ()
         members.on_change(self.refresh)
         exclusions.on_change(self.refresh)
 
@@ -180,7 +181,8 @@ class OwnershipView:
         return self.owner_of(task_id, placement, exclude_self=True)
 
     def refresh(self) -> None:
-        """Recompute :attr:`owners` from both sources; notify listeners if it changed."""
+        """Recompute :attr:`owners` from both sources; notify listeners if it changed, or if
+        an owning member's key changed (the filters read its labels and tzdata version)."""
         registered = self._members.view
         if self.node_id not in registered:
             owners: tuple[str, ...] = ()
@@ -189,9 +191,13 @@ class OwnershipView:
             if self._draining:
                 excluded = excluded | {self.node_id}
             owners = tuple(sorted(m for m in registered if m not in excluded))
-        self._eligible.clear()  # a member's labels or tzdata may have changed, not the owners
+        facts = tuple(registered[m].SerializeToString(deterministic=True) for m in owners)
+        if owners == self._owners and facts == self._facts:
+            return
+        self._eligible.clear()
+        self._facts = facts
         if owners != self._owners:
             self._owners = owners
             self.changes += 1
-            for fn in self._listeners:
-                fn()
+        for fn in self._listeners:
+            fn()
