@@ -311,6 +311,7 @@ def run(args: argparse.Namespace) -> Figures:
         fig.stored_bytes = len(stored.SerializeToString()) + len(f"/peerd/bench/tasks/{ids[-1]}")
         fig.list_s, fig.list_mib = asyncio.run(_list_tasks(bench.etcd.endpoint))
         addresses = [p.address for p in bench.procs.values()]
+        print(f"open loop: {args.rate:.0f} CreateTask/s for {args.rate_seconds:.0f} s", flush=True)
         fig.single = asyncio.run(_open_loop(addresses, args.rate, args.rate_seconds))
         total = args.tasks + len(fig.single)
         settle(bench, total)
