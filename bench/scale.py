@@ -39,6 +39,7 @@ import contextlib
 import re
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -165,16 +166,24 @@ def create_all(bench: Bench, ids: list[str], batch: int, clients: int, firing: f
     return len(ids) / (time.monotonic() - start)
 
 
-async def _open_loop(addresses: list[str], rate: float, seconds: float) -> list[float]:
-    """Send CreateTask at ``rate``/s for ``seconds``, each at its instant; latencies (s)."""
+async def _open_loop(
+    addresses: list[str], rate: float, seconds: float
+) -> tuple[list[float], list[str]]:
+    """Send CreateTask at ``rate``/s for ``seconds``, each at its instant; the latencies (s) of
+    the calls that succeeded, and the status of each that failed."""
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     stubs = [pb_grpc.SchedulerStub(c) for c in channels]
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
+    failed: list[str] = []
 
     async def one(i: int, at: float) -> None:
         spec = scale_spec(f"single-{i:06d}", False)
-        await stubs[i % len(stubs)].CreateTask(pb.CreateTaskRequest(task=spec), timeout=30)
+        try:
+            await stubs[i % len(stubs)].CreateTask(pb.CreateTaskRequest(task=spec), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            failed.append(exc.code().name)
+            return
         latencies.append(loop.time() - at)
 
     t0 = loop.time() + 0.2
@@ -186,7 +195,7 @@ async def _open_loop(addresses: list[str], rate: float, seconds: float) -> list[
     await asyncio.gather(*calls)
     for c in channels:
         await c.close()
-    return latencies
+    return latencies, failed
 
 
 @dataclass
@@ -200,6 +209,7 @@ class Figures:
     create_per_s: float = 0.0
     settle_s: float = 0.0
     single: list[float] = field(default_factory=list)
+    single_failed: list[str] = field(default_factory=list)
     failover_s: float = 0.0
     moved_kill: int = 0
     restart_s: float = 0.0
@@ -215,7 +225,9 @@ class Figures:
     list_mib: float = 0.0
 
     def kib_per_task(self) -> float:
-        """The largest (loaded - idle) RSS of a node, per task held, in KiB."""
+        """The largest (loaded - idle) RSS of a node, per task held, in KiB (0: not measured)."""
+        if not self.rss_loaded:
+            return 0.0
         return max(
             (self.rss_loaded[n] - self.rss_idle[n]) * 1024 / self.tasks for n in self.rss_idle
         )
@@ -312,10 +324,14 @@ def run(args: argparse.Namespace) -> Figures:
         fig.list_s, fig.list_mib = asyncio.run(_list_tasks(bench.etcd.endpoint))
         addresses = [p.address for p in bench.procs.values()]
         print(f"open loop: {args.rate:.0f} CreateTask/s for {args.rate_seconds:.0f} s", flush=True)
-        fig.single = asyncio.run(_open_loop(addresses, args.rate, args.rate_seconds))
+        fig.single, fig.single_failed = asyncio.run(
+            _open_loop(addresses, args.rate, args.rate_seconds)
+        )
         total = args.tasks + len(fig.single)
         settle(bench, total)
         kill_and_restart(bench, fig, total, args.lease_ttl)
+    except Exception:  # report what was measured before the failure
+        traceback.print_exc()
     finally:
         bench.stop()
         bench.cleanup()
@@ -338,6 +354,8 @@ def report(fig: Figures, args: argparse.Namespace) -> None:
         (f"CreateTask at {args.rate:.0f}/s: p50 / p99 / max (ms)",
          "{:.1f} / {:.1f} / {:.1f}".format(*(1000 * pct(fig.single, q) for q in (0.5, 0.99, 1))),
          "p99 <= 20", f"{1000 * pct(fig.single, 0.99) / 20:.2f}"),
+        ("CreateTask calls failed", f"{len(fig.single_failed)} {sorted(set(fig.single_failed))}",
+         "0", ""),
         ("kill -9: survivors own all its tasks (s)", f"{fig.failover_s:.2f}", "", ""),
         ("restart: owns its share again (s)", f"{fig.restart_s:.2f}", "<= 5",
          f"{fig.restart_s / 5:.2f}"),
