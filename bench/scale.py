@@ -26,7 +26,7 @@ each node with an HTTP port for ``/metrics`` and no API rate limit), then, in or
 Prints the table with each figure's ratio to its target (issue 13), and exits 0.
 
     .venv/bin/python bench/scale.py [--tasks 100000] [--nodes 3] [--batch 100] [--clients 4]
-        [--firing 0.0] [--rate 500] [--rate-seconds 10] [--lease-ttl 5]
+        [--firing 0.0] [--rate 500] [--rate-seconds 10] [--lease-ttl 10]
     .venv/bin/python bench/scale.py --tasks 20000           # quick run
     .venv/bin/python bench/scale.py ... --peerd-src /tmp/peerd-old   # nodes from another tree
 """
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--firing", type=float, default=0.0, help="fraction firing every 10 s")
     p.add_argument("--rate", type=float, default=500.0, help="single CreateTask calls/s")
     p.add_argument("--rate-seconds", type=float, default=10.0)
-    p.add_argument("--lease-ttl", type=int, default=5)
+    p.add_argument("--lease-ttl", type=int, default=10)
     p.add_argument("--peerd-src", type=Path, default=None, help="run the nodes from this tree")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
     return p.parse_args(argv)

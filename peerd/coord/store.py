@@ -42,7 +42,7 @@ from peerd.coord.etcd import (
     txn_request,
 )
 from peerd.coord.keys import Keys
-from peerd.coord.watch import list_then_watch
+from peerd.coord.watch import STEP_S, list_then_watch
 from peerd.core.budget import MAX_TXN_OPS
 from peerd.core.placement import Placement, Placements
 from peerd.core.taskspec import write_ops
@@ -340,16 +340,23 @@ class TaskCache:
         spec = pb.TaskSpec.FromString(value)
         return (value, self._placements.of(spec)), spec
 
-    def _on_listed(self, kvs: list[KV], revision: int) -> None:
-        """Replace the entries with the list; an unchanged value is not decoded again (a
-        re-list after a compaction costs little)."""
+    async def _on_listed(self, kvs: list[KV], revision: int) -> None:
+        """Replace the entries with the list, yielding the event loop every
+        :data:`peerd.coord.watch.STEP_S` (decoding 100,000 specs takes about a second); an
+        unchanged value is not decoded again (a re-list after a compaction costs little)."""
         old = dict(self._entries)
-        self._entries.clear()
-        for kv in kvs:
+        entries: dict[str, tuple[bytes, Placement]] = {}
+        step_end = self.clock.monotonic() + STEP_S
+        for i, kv in enumerate(kvs):
             task_id = self.keys.id_of(kv.key, self.keys.tasks)
             was = old.get(task_id)
             same = was is not None and was[0] == kv.value
-            self._entries[task_id] = was if same and was else self._entry(kv.value)[0]
+            entries[task_id] = was if same and was else self._entry(kv.value)[0]
+            if i % 256 == 255 and self.clock.monotonic() >= step_end:
+                await asyncio.sleep(0)  # a yield, not a wait
+                step_end = self.clock.monotonic() + STEP_S
+        self._entries.clear()  # the views keep referring to this dict
+        self._entries.update(entries)
         self.revision = revision
         self.ready.set()
         self._notify("", None)
