@@ -352,8 +352,7 @@ class Engine:
     def accept_handoff(self, request: ppb.HandoffRequest) -> list[str]:
         """Take over tasks a peer hands to us (the Peer servicer marked a draining sender
         first). Returns the ids this node now plans; the sender stops firing those."""
-        self.ownership.refresh()
-        self.reconcile()
+        self.ownership.refresh()  # a change reconciles (its listener); a pass is not restarted
         accepted = []
         sender = self.lease.view.get(request.from_node)
         sender_rules = sender.tzdata_version if sender is not None else None
