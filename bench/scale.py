@@ -60,7 +60,7 @@ YEARLY = "17 3 1 1 *"
 """The holding tasks' schedule: once a year, so no run interferes with the figures."""
 PROBE_EVERY_S = 0.01
 """How often the stall probe asks each surviving node for its health (seconds)."""
-SETTLE_TIMEOUT_S = 600.0
+SETTLE_TIMEOUT_S = 300.0
 _OWNED = re.compile(rb"^peerd_owned_tasks(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
 
 
