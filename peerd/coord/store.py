@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -310,9 +311,11 @@ class TaskCache:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._entries: dict[str, tuple[bytes, Placement]] = {}
         self._placements = Placements()  # bounded by the distinct placements: never cleared
-        self.tasks: Mapping[str, pb.TaskSpec] = _Specs(self._entries)
+        self.tasks: Mapping[str, pb.TaskSpec] = _View(
+            self._entries, lambda e: pb.TaskSpec.FromString(e[0])
+        )
         """Task id -> spec, decoded on each lookup (iteration and ``in`` decode nothing)."""
-        self.placements: Mapping[str, Placement] = _PlacementView(self._entries)
+        self.placements: Mapping[str, Placement] = _View(self._entries, lambda e: e[1])
         """Task id -> placement (shared objects; nothing decoded)."""
         self.revision = 0
         self.ready = asyncio.Event()
@@ -379,33 +382,19 @@ class TaskCache:
                 log.exception("task_listener_failed")
 
 
-class _Specs(Mapping[str, pb.TaskSpec]):
-    """The cache's entries as decoded specs (a read-only view; each lookup decodes)."""
+_V = TypeVar("_V")
+_Entry = tuple[bytes, Placement]
 
-    def __init__(self, entries: dict[str, tuple[bytes, Placement]]) -> None:
+
+class _View(Mapping[str, _V]):
+    """A read-only view of the cache's entries, each seen through ``pick``."""
+
+    def __init__(self, entries: dict[str, _Entry], pick: Callable[[_Entry], _V]) -> None:
         self._entries = entries
+        self._pick = pick
 
-    def __getitem__(self, task_id: str) -> pb.TaskSpec:
-        return pb.TaskSpec.FromString(self._entries[task_id][0])
-
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-class _PlacementView(Mapping[str, Placement]):
-    """The cache's entries as placements (a read-only view)."""
-
-    def __init__(self, entries: dict[str, tuple[bytes, Placement]]) -> None:
-        self._entries = entries
-
-    def __getitem__(self, task_id: str) -> Placement:
-        return self._entries[task_id][1]
+    def __getitem__(self, task_id: str) -> _V:
+        return self._pick(self._entries[task_id])
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._entries

@@ -9,21 +9,7 @@ from peerd.core.placement import Placement
 from peerd.core.ring import owner
 from peerd.engine.ownership import OwnershipView
 from peerd.engine.reconcile import INLINE_TASKS, Reconciler
-from peerd.v1 import scheduler_pb2 as pb
-
-
-class Members:
-    def __init__(self, *ids: str) -> None:
-        self.view = {i: pb.Member(node_id=i) for i in ids}
-        self.listeners: list[Callable[[], None]] = []
-
-    def on_change(self, fn: Callable[[], None]) -> None:
-        self.listeners.append(fn)
-
-    def set(self, *ids: str) -> None:
-        self.view = {i: pb.Member(node_id=i) for i in ids}
-        for fn in self.listeners:
-            fn()
+from tests.unit.test_ownership import Members
 
 
 class NoExclusions:
