@@ -318,6 +318,9 @@ class TaskCache:
         self.placements: Mapping[str, Placement] = _View(self._entries, lambda e: e[1])
         """Task id -> placement (shared objects; nothing decoded)."""
         self.revision = 0
+        self.creating = ""
+        """While listeners are told of a task's creation (its key's first put): its id; else
+        "". A new task has no run records, so its owner need not read its cursor."""
         self.ready = asyncio.Event()
         self._listeners: list[Callable[[str, pb.TaskSpec | None], None]] = []
 
@@ -372,7 +375,12 @@ class TaskCache:
         else:
             self._entries.pop(task_id, None)
         self.revision = ev.revision
-        self._notify(task_id, spec)
+        created = spec is not None and ev.kv.create_revision == ev.kv.mod_revision
+        self.creating = task_id if created else ""
+        try:
+            self._notify(task_id, spec)
+        finally:
+            self.creating = ""
 
     def _notify(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         for fn in self._listeners:

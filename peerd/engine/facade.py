@@ -121,6 +121,9 @@ class TaskView(Protocol):
     @property
     def placements(self) -> Mapping[str, Placement]: ...
 
+    @property
+    def creating(self) -> str: ...
+
     def on_change(self, fn: Callable[[str, pb.TaskSpec | None], None]) -> None: ...
 
 
@@ -302,9 +305,14 @@ class Engine:
         if task_id in self.planner.owned:
             return
         spec = self.tasks.tasks.get(task_id)
-        if spec is not None:
-            window = self.ownership.ineligible_window(self.tasks.placements[task_id])
-            self.planner.acquire(spec, unschedulable=window)
+        if spec is None:
+            return
+        window = self.ownership.ineligible_window(self.tasks.placements[task_id])
+        o = self.planner.acquire(spec, unschedulable=window)
+        if o is not None and self.tasks.creating == task_id:
+            # Just created: no run record to read (a delete takes its runs along), so the
+            # cursor is the schedule's floor, as the ledger read would find (no etcd read).
+            self.planner.set_cursor(o, o.compiled.floor)
 
     def _release_gone(self, task_id: str) -> None:
         """``task_id`` is not owned here: hand it to its new owner, unless it was deleted or
