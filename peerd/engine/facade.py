@@ -342,7 +342,8 @@ class Engine:
         o = self.planner.owned.get(task_id)
         if o is None:
             return
-        target = self.ownership.next_owner(task_id, placement_of(o.spec)) if to_peer else None
+        placement = self.tasks.placements.get(task_id) or placement_of(o.spec)  # shared one
+        target = self.ownership.next_owner(task_id, placement) if to_peer else None
         if (
             target
             and o.cursor is not None
