@@ -177,6 +177,9 @@ class Bench:
                 env=env,
                 label="bench",
                 http_port=0 if self.http else None,
+                # ``python -m peerd`` puts its working directory first on sys.path: run the
+                # nodes in the other tree, or they import this one's peerd (from our cwd).
+                cwd=self.peerd_src,
             )
             for i in range(self.nodes)
         }
