@@ -137,6 +137,12 @@ class Bench:
         keep: keep the workdir (logs, the recorder's file, the access log) afterwards.
         python_path: more directories on the nodes' ``PYTHONPATH`` (after the peerd tree), e.g.
             one holding the entry points of a benchmark's Python tasks.
+        with_receiver: start the nginx receiver (the HTTP tasks' target); off for in-process
+            tasks.
+        with_recorder: start the etcd recorder (every write, every run record).
+        with_prober: start the API prober (GetCluster and ListTasks once a second).
+        http: give every node an HTTP port (``/metrics``; :attr:`PeerdProcess.http_address`).
+        settings: more node settings (flags, see :func:`peerd.devtools.process.setting_args`).
     """
 
     nodes: int
@@ -145,6 +151,11 @@ class Bench:
     runs_keep: int | None = None
     keep: bool = False
     python_path: list[Path] = field(default_factory=list)
+    with_receiver: bool = True
+    with_recorder: bool = True
+    with_prober: bool = True
+    http: bool = False
+    settings: dict[str, str | int] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="peerd-bench-")))
     deliveries: list[Delivery] = field(default_factory=list)
 
@@ -159,6 +170,7 @@ class Bench:
             "log_level": "info",
             "api_rate_limit": 0,
         }
+        settings.update(self.settings)
         if self.runs_keep is not None:
             settings["runs_keep"] = self.runs_keep
         env = None
@@ -175,6 +187,7 @@ class Bench:
                 settings=settings,
                 env=env,
                 label="bench",
+                http_port=0 if self.http else None,
                 # Not the caller's directory: ``python -m peerd`` puts the working directory
                 # first on sys.path, so a run from a checkout would import that tree's peerd
                 # whatever ``peerd_src`` says.
@@ -189,9 +202,23 @@ class Bench:
 
     def start(self) -> None:
         """etcd, the receiver, the recorder (waits until it watches), then every node
-        (waits until SERVING) and the API prober."""
+        (waits until SERVING) and the API prober (each of the three unless turned off)."""
         self.etcd.start()
-        self.receiver.start()
+        if self.with_receiver:
+            self.receiver.start()
+        if self.with_recorder:
+            self._start_recorder()
+        for proc in self.procs.values():
+            proc.etcd = self.etcd.endpoint
+            proc.start(wait=False)
+        for proc in self.procs.values():
+            proc.wait_ready(30)
+        self.prober.targets = [p.address for p in self.procs.values()]
+        if self.with_prober:
+            self.prober.start()
+        self._client = SchedulerClient(self.prober.targets[0], timeout_s=60)
+
+    def _start_recorder(self) -> None:
         here = Path(__file__).resolve().parent
         self.recorder = subprocess.Popen(
             [sys.executable, str(here / "recorder.py"), "--etcd", self.etcd.endpoint,
@@ -201,14 +228,6 @@ class Bench:
         assert self.recorder.stdout is not None
         if not self.recorder.stdout.readline().startswith("ready"):
             raise RuntimeError("the recorder did not start")
-        for proc in self.procs.values():
-            proc.etcd = self.etcd.endpoint
-            proc.start(wait=False)
-        for proc in self.procs.values():
-            proc.wait_ready(30)
-        self.prober.targets = [p.address for p in self.procs.values()]
-        self.prober.start()
-        self._client = SchedulerClient(self.prober.targets[0], timeout_s=60)
 
     def stop(self) -> None:
         """Stop everything started (nodes gracefully, 15 s at most); the files stay until
@@ -223,7 +242,8 @@ class Bench:
                 self.recorder.terminate()
                 self.recorder.wait(10)
         finally:
-            self.receiver.stop()
+            if self.with_receiver:
+                self.receiver.stop()
             self.etcd.stop()
 
     def cleanup(self) -> None:

@@ -21,6 +21,7 @@ from typing import Protocol
 from peerd.coord.alarms import AlarmMonitor
 from peerd.coord.membership import MemberView
 from peerd.core.labels import LabelError, parse_selector
+from peerd.core.placement import Placement
 from peerd.engine import Load
 from peerd.errors import Unavailable
 from peerd.v1 import peer_pb2 as ppb
@@ -36,13 +37,11 @@ class Ownership(Protocol):
     @property
     def owners(self) -> tuple[str, ...]: ...
 
-    def owner_of(self, spec: pb.TaskSpec) -> str | None: ...
-
-    def eligible(self, spec: pb.TaskSpec) -> tuple[str, ...]: ...
+    def eligible(self, placement: Placement) -> tuple[str, ...]: ...
 
 
-def unschedulable_reason(spec: pb.TaskSpec) -> str:
-    """Why no live member may own ``spec`` (when its eligible members are none), e.g.
+def unschedulable_reason(spec: Placement | pb.TaskSpec) -> str:
+    """Why no live member may own a task (when its eligible members are none), e.g.
     ``"no live node matches zone=b"``."""
     if not spec.node_selector:
         return "no live node is eligible"
@@ -77,7 +76,10 @@ class ClusterView:
         members: the member view.
         ownership: the ownership view (owners, filters applied).
         peers: the peer layer's states.
-        tasks: ``() -> {task_id: spec}`` (the task view).
+        tasks: ``() -> {task_id: placement}`` (the task view).
+        owners: ``() -> {task_id: owner or None}``, each task's owner as the engine last
+            computed it (:attr:`peerd.engine.reconcile.Reconciler.owners`): counted here
+            rather than hashing every task on each call.
         load: ``() -> this node's engine load``.
         alarms: the etcd alarm monitor (alarms, database size).
         compactor: ``() -> the node holding the compactor key`` (None: nobody).
@@ -91,7 +93,8 @@ class ClusterView:
         members: MemberView,
         ownership: Ownership,
         peers: PeerStates,
-        tasks: Callable[[], Mapping[str, pb.TaskSpec]],
+        tasks: Callable[[], Mapping[str, Placement]],
+        owners: Callable[[], Mapping[str, str | None]],
         load: Callable[[], Load],
         alarms: AlarmMonitor,
         compactor: Callable[[], str | None],
@@ -103,6 +106,7 @@ class ClusterView:
         self.ownership = ownership
         self.peers = peers
         self.tasks = tasks
+        self.owners = owners
         self.load = load
         self.alarms = alarms
         self.compactor = compactor
@@ -118,7 +122,9 @@ class ClusterView:
             raise Unavailable("membership view not loaded yet")
         view = self.members.view
         tasks = self.tasks()
-        counts = Counter(self.ownership.owner_of(s) for s in tasks.values() if not s.paused)
+        owners = self.owners()
+        counts = Counter(owners.values())
+        ownerless = [t for t, o in owners.items() if o is None] if None in counts else []
         dead = self.peers.dead()
         agreed, pinned = self.tzdata()
         out = pb.GetClusterResponse(
@@ -135,7 +141,7 @@ class ClusterView:
         if self.alarms.status is not None:
             out.etcd_db_size_bytes = self.alarms.status.db_size
             out.etcd_db_size_in_use_bytes = self.alarms.status.db_size_in_use
-        self._unschedulable(out, tasks, counts.get(None, 0))
+        self._unschedulable(out, tasks, ownerless)
         for node_id in sorted(view):
             m = out.members.add()
             m.CopyFrom(view[node_id])
@@ -155,14 +161,14 @@ class ClusterView:
         return out
 
     def _unschedulable(
-        self, out: pb.GetClusterResponse, tasks: Mapping[str, pb.TaskSpec], ownerless: int
+        self, out: pb.GetClusterResponse, tasks: Mapping[str, Placement], ownerless: list[str]
     ) -> None:
         """Fill the unschedulable tasks: not paused, owning members exist, none eligible."""
         if not ownerless or not self.ownership.owners:
             return
-        for task_id in sorted(tasks):
-            spec = tasks[task_id]
-            if spec.paused or self.ownership.eligible(spec):
+        for task_id in sorted(ownerless):
+            spec = tasks.get(task_id)
+            if spec is None or spec.paused or self.ownership.eligible(spec):
                 continue
             out.unschedulable_count += 1
             if len(out.unschedulable_tasks) < MAX_UNSCHEDULABLE:

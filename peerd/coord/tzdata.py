@@ -54,7 +54,8 @@ from peerd.coord.etcd import (
 from peerd.coord.keys import Keys
 from peerd.coord.membership import MemberView
 from peerd.coord.watch import list_then_watch
-from peerd.core.tzagree import agreed_version, live_versions, may_own, mismatch
+from peerd.core.placement import Placement
+from peerd.core.tzagree import agreed_version, live_versions, may_own_zone, mismatch
 from peerd.core.tzrules import check_version
 from peerd.errors import InvalidArgument, PeerdError
 from peerd.v1 import scheduler_pb2 as pb
@@ -105,10 +106,10 @@ class TzdataAgreement:
         while it names this node's version; None while it does not (claim none)."""
         return self.revision if self.agreed == self.version and self.revision else None
 
-    def eligible(self, spec: pb.TaskSpec, member: pb.Member) -> bool:
-        """The ownership filter: ``member`` may own ``spec`` (:func:`peerd.core.tzagree.
-        may_own`)."""
-        return may_own(spec.schedule, member.tzdata_version, self.agreed)
+    def eligible(self, placement: Placement, member: pb.Member) -> bool:
+        """The ownership filter: ``member`` may own tasks of ``placement`` (:func:`peerd.core.
+        tzagree.may_own_zone`)."""
+        return may_own_zone(placement.zone_dependent, member.tzdata_version, self.agreed)
 
     # -- the watch -------------------------------------------------------------------------
 

@@ -32,8 +32,10 @@ list's resourceVersion, re-list on "410 Gone") applied to etcd revisions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import cast
 
 import structlog
@@ -46,8 +48,13 @@ from peerd.errors import PeerdError, Unavailable
 
 log: FilteringBoundLogger = structlog.get_logger("peerd.watch")
 
-OnList = Callable[[list[KV], int], None]
-"""``on_list(kvs, revision)``: the whole prefix as of ``revision``."""
+STEP_S = 0.02
+"""Most time spent handling watch events (or a list, in a consumer that steps) before yielding
+to the event loop (seconds): peers probe with a 250 ms deadline, and a stalled loop looks dead."""
+
+OnList = Callable[[list[KV], int], Awaitable[None] | None]
+"""``on_list(kvs, revision)``: the whole prefix as of ``revision`` (awaited when it returns an
+awaitable: a large list is then processed in steps, and the watch starts after it)."""
 OnEvent = Callable[[Event], None]
 """``on_event(event)``: one change after the last list."""
 
@@ -80,9 +87,11 @@ async def list_then_watch(
     while True:
         try:
             kvs, _, revision = await etcd.range(prefix, prefix_end(prefix))
-            on_list(kvs, revision)
+            listed = on_list(kvs, revision)
+            if inspect.isawaitable(listed):
+                await listed
             backoff.reset()
-            await _follow(etcd, prefix, revision + 1, on_event)
+            await _follow(etcd, prefix, revision + 1, on_event, clock)
         except Compacted as exc:
             etcd.observer.watch_restarted(log_name, "compacted")
             logger.info(
@@ -95,11 +104,19 @@ async def list_then_watch(
             await clock.sleep(delay_s)
 
 
-async def _follow(etcd: Etcd, prefix: bytes, start_revision: int, on_event: OnEvent) -> None:
+async def _follow(
+    etcd: Etcd, prefix: bytes, start_revision: int, on_event: OnEvent, clock: Clock
+) -> None:
     """Feed every event from ``start_revision`` on to ``on_event``; closing the generator (on
-    any exit) cancels the etcd watch."""
+    any exit) cancels the etcd watch. A watch response can carry thousands of events (a bulk
+    create, a watcher that fell behind): after every :data:`STEP_S` of handling them the loop
+    yields, so the event loop never stalls longer than that for them."""
     events = cast(AsyncGenerator[Event, None], etcd.watch_prefix(prefix, start_revision))
+    step_end = clock.monotonic() + STEP_S
     async with contextlib.aclosing(events):
         async for event in events:
             on_event(event)
+            if clock.monotonic() >= step_end:
+                await asyncio.sleep(0)  # a yield, not a wait
+                step_end = clock.monotonic() + STEP_S
     raise Unavailable("etcd watch ended")  # watch_prefix never ends on its own

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from croniter import CroniterError, croniter
 
@@ -111,8 +112,12 @@ def _field(text: str, idx: int) -> set[int]:
     return (values - {7}) | {0} if idx == 5 and 7 in values else values
 
 
+@lru_cache(maxsize=4096)
 def parse_cron_fields(expr: str) -> CronFields:
     """Parse a 5- or 6-field expression (no descriptors) into :class:`CronFields`.
+
+    Cached by expression (the result is immutable): a node compiles the schedule of every task
+    it acquires, and most tasks of a cluster share a few expressions.
 
     Raises:
         ValueError: with a specific reason, e.g. ``"minute 61 out of range 0-59"``,
@@ -134,8 +139,12 @@ def parse_cron_fields(expr: str) -> CronFields:
     return CronFields(sec, mn, hr, dom, mon, dow, full[3], full[5], six, canonical)
 
 
+@lru_cache(maxsize=4096)
 def normalise_cron(expr: str, field: str) -> tuple[str | None, timedelta | None]:
     """Validate a ``Schedule.cron`` string: ``(cron, None)``, or ``(None, every)`` for ``@every``.
+
+    Cached by ``(expr, field)`` (errors are not cached): croniter's check costs about 0.3 ms,
+    which made compiling the schedules of 33,000 acquired tasks take 10 s.
 
     ``cron`` comes back normalised (descriptor lowercased, fields single-spaced). Accepted: 5
     fields, 6 fields (leading seconds), the descriptors above, ``@every <duration>`` (Go-style

@@ -104,7 +104,7 @@ _POLICY_FROM_PB = {
 _US = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CatchUp:
     """A task's catch-up policy (pure mirror of the ``TaskSpec`` fields).
 

@@ -13,18 +13,25 @@ Properties (tested in ``tests/unit/test_ring.py``):
 
 The weight is the first 8 bytes of BLAKE2b(node_id, task_id), so every node, process and Python
 version computes the same owner (``hash()`` is salted per process and must not be used).
-Cost: O(N) per lookup, about 1 µs per member.
+Cost: O(N) per lookup, 1-2 µs per member on the project's 2-core machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from functools import lru_cache
 from hashlib import blake2b
+
+
+@lru_cache(maxsize=1024)
+def _key(node_id: str) -> bytes:
+    """The BLAKE2b key of ``node_id`` (at most 64 bytes, BLAKE2b's limit)."""
+    return node_id.encode()[:64]
 
 
 def weight(node_id: str, task_id: str) -> int:
     """The rendezvous weight of ``node_id`` for ``task_id``: an unsigned 64-bit integer."""
-    digest = blake2b(task_id.encode(), digest_size=8, key=node_id.encode()[:64]).digest()
+    digest = blake2b(task_id.encode(), digest_size=8, key=_key(node_id)).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -32,11 +39,14 @@ def owner(task_id: str, members: Iterable[str]) -> str | None:
     """The node that owns ``task_id`` among ``members`` (node ids), or None if there are none.
 
     Ties (astronomically unlikely) are broken by the larger node id, so the result never depends
-    on the iteration order of ``members``.
+    on the iteration order of ``members``. The weights are compared as their 8 big-endian
+    digest bytes, which orders them like :func:`weight` without converting (this is the hot
+    loop of a reconcile pass: 100,000 tasks x N members).
     """
-    best: tuple[int, str] | None = None
+    data = task_id.encode()
+    best: tuple[bytes, str] | None = None
     for node_id in members:
-        candidate = (weight(node_id, task_id), node_id)
+        candidate = (blake2b(data, digest_size=8, key=_key(node_id)).digest(), node_id)
         if best is None or candidate > best:
             best = candidate
     return None if best is None else best[1]

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScheduleSpec:
     """Pure mirror of ``pb.Schedule``; exactly one of ``cron``/``every``/``at`` is set.
 

@@ -58,7 +58,7 @@ class Slots(Protocol):
         """The (current) schedule's time zone."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Piece:
     """Slots of ``compiled`` in ``(after, until]`` (None: unbounded on that side)."""
 
@@ -87,6 +87,8 @@ class TaskSchedule:
     Raises:
         ValueError: ``previous`` given without ``since``, or naive datetimes.
     """
+
+    __slots__ = ("_pieces", "current", "since")  # one per owned task: no __dict__
 
     def __init__(
         self,

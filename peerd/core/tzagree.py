@@ -71,7 +71,13 @@ def may_own(schedule: pb.Schedule, version: str, agreed: str | None) -> bool:
     ``version`` is the agreed one, else only when the schedule does not depend on time-zone
     rules (:func:`peerd.core.tzrules.zone_dependent`). While no version is agreed, nobody owns
     a zone-dependent task. Cheap: the version is compared first."""
-    return (agreed is not None and version == agreed) or not zone_dependent(schedule)
+    return may_own_zone(zone_dependent(schedule), version, agreed)
+
+
+def may_own_zone(zone_dependent: bool, version: str, agreed: str | None) -> bool:
+    """:func:`may_own` for a schedule already known to be ``zone_dependent`` or not (a task's
+    :class:`peerd.core.placement.Placement`)."""
+    return (agreed is not None and version == agreed) or not zone_dependent
 
 
 def mismatch(version: str, agreed: str | None, pinned: bool) -> str | None:
@@ -91,4 +97,4 @@ def mismatch(version: str, agreed: str | None, pinned: bool) -> str | None:
     )
 
 
-__all__ = ["agreed_version", "live_versions", "may_own", "mismatch"]
+__all__ = ["agreed_version", "live_versions", "may_own", "may_own_zone", "mismatch"]

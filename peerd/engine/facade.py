@@ -50,6 +50,7 @@ from peerd.config import NodeConfig
 from peerd.coord.ledger import ClaimResult, Ledger
 from peerd.core.budget import MAX_TXN_OPS
 from peerd.core.overlap import first_mode
+from peerd.core.placement import Placement, placement_of
 from peerd.core.plan import (
     CATCH_UP_RUN_ONCE,
     DEFAULT_CATCH_UP_WINDOW,
@@ -69,6 +70,7 @@ from peerd.engine.handoff import Handoffs, SendHandoff
 from peerd.engine.lock import OverlapLocks
 from peerd.engine.ownership import OwnershipView
 from peerd.engine.planner import Planner
+from peerd.engine.reconcile import Reconciler
 from peerd.engine.recovery import OwnerLostRecovery
 from peerd.engine.registry import Run, RunRegistry
 from peerd.engine.stats import EngineStats, Load, PoolStats
@@ -112,10 +114,17 @@ class NodeLease(Protocol):
 
 
 class TaskView(Protocol):
-    """The watched task specs (a narrow view of TaskCache)."""
+    """The watched task specs (a narrow view of TaskCache): specs decoded on lookup, and
+    every task's placement."""
 
     @property
     def tasks(self) -> Mapping[str, pb.TaskSpec]: ...
+
+    @property
+    def placements(self) -> Mapping[str, Placement]: ...
+
+    @property
+    def creating(self) -> str: ...
 
     def on_change(self, fn: Callable[[str, pb.TaskSpec | None], None]) -> None: ...
 
@@ -260,6 +269,15 @@ class Engine:
             self.etcd_space,
             clock,
         )
+        self.reconciler = Reconciler(
+            self.node_id,
+            tasks.placements,
+            ownership,
+            lambda: self.planner.owned,
+            self._keep,
+            self._release_gone,
+            clock,
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._log = log.bind(node_id=self.node_id)
         ownership.on_change(self.reconcile)
@@ -273,18 +291,14 @@ class Engine:
         return o.spec if o is not None else None
 
     def reconcile(self) -> None:
-        """Recompute the owned set from the owning members and the task view."""
+        """Recompute the owned set from the owning members and the task view (in steps, in
+        the background, for a large view: :mod:`peerd.engine.reconcile`)."""
         self.fire.set_owners(len(self.ownership.owners))
-        specs = self.tasks.tasks
-        wanted = {tid for tid, spec in specs.items() if self.ownership.owns(spec)}
-        for task_id in list(self.planner.owned):
-            if task_id not in wanted:
-                self._release(task_id, to_peer=True)
-        for task_id in wanted:
-            self.handoffs.cancel(task_id)
-            if task_id not in self.planner.owned:
-                self._acquire(specs[task_id])
-        self.planner.forget_invalid(wanted)
+        self.reconciler.request()
+        owners = self.reconciler.owners
+        self.planner.forget_invalid(
+            t for t in self.planner.invalid if owners.get(t) == self.node_id
+        )
         self.fire.wake()
 
     def rules_changed(self) -> None:
@@ -297,10 +311,28 @@ class Engine:
                 self.handoffs.drop(task_id)
         self.ownership.changed()
 
-    def _acquire(self, spec: pb.TaskSpec) -> None:
-        """Start planning ``spec``; slots it missed while no live member was eligible are
-        skipped as ``unschedulable`` (:meth:`OwnershipView.ineligible_window`)."""
-        self.planner.acquire(spec, unschedulable=self.ownership.ineligible_window(spec))
+    def _keep(self, task_id: str) -> None:
+        """``task_id`` is owned here: keep planning it (a handoff in progress is cancelled),
+        or start; slots it missed while no live member was eligible are skipped as
+        ``unschedulable`` (:meth:`OwnershipView.ineligible_window`)."""
+        self.handoffs.cancel(task_id)
+        if task_id in self.planner.owned:
+            return
+        spec = self.tasks.tasks.get(task_id)
+        if spec is None:
+            return
+        window = self.ownership.ineligible_window(self.tasks.placements[task_id])
+        o = self.planner.acquire(spec, unschedulable=window)
+        if o is not None and self.tasks.creating == task_id:
+            # Just created: no run record to read (a delete takes its runs along), so the
+            # cursor is the schedule's floor, as the ledger read would find (no etcd read).
+            self.planner.set_cursor(o, o.compiled.floor)
+
+    def _release_gone(self, task_id: str) -> None:
+        """``task_id`` is not owned here: hand it to its new owner, unless it was deleted or
+        paused (then nobody owns it)."""
+        placement = self.tasks.placements.get(task_id)
+        self._release(task_id, to_peer=placement is not None and not placement.paused)
 
     def _on_task_change(self, task_id: str, spec: pb.TaskSpec | None) -> None:
         """A task was written or deleted. An owned task takes its new spec at once, also while
@@ -313,14 +345,9 @@ class Engine:
         owned = self.planner.owned.get(task_id)
         if spec is not None and owned is not None and owned.spec != spec:
             self.planner.update(spec)
-        if spec is None or not self.ownership.owns(spec):
-            self._release(task_id, to_peer=spec is not None and not spec.paused)
-            if spec is None:
-                self.planner.forget_invalid(set(self.planner.invalid) - {task_id})
-        elif task_id in self.planner.owned:
-            self.handoffs.cancel(task_id)
-        else:
-            self._acquire(spec)
+        self.reconciler.place(task_id)
+        if spec is None:
+            self.planner.forget_invalid(set(self.planner.invalid) - {task_id})
         self.fire.wake()
 
     def _release(self, task_id: str, to_peer: bool) -> None:
@@ -329,7 +356,8 @@ class Engine:
         o = self.planner.owned.get(task_id)
         if o is None:
             return
-        target = self.ownership.next_owner(o.spec) if to_peer else None
+        placement = self.tasks.placements.get(task_id) or placement_of(o.spec)  # shared one
+        target = self.ownership.next_owner(task_id, placement) if to_peer else None
         if (
             target
             and o.cursor is not None
@@ -347,12 +375,12 @@ class Engine:
     def accept_handoff(self, request: ppb.HandoffRequest) -> list[str]:
         """Take over tasks a peer hands to us (the Peer servicer marked a draining sender
         first). Returns the ids this node now plans; the sender stops firing those."""
-        self.ownership.refresh()
-        self.reconcile()
+        self.ownership.refresh()  # a change reconciles (its listener); a pass is not restarted
         accepted = []
         sender = self.lease.view.get(request.from_node)
         sender_rules = sender.tzdata_version if sender is not None else None
         for item in request.tasks:
+            self.reconciler.place(item.task_id)  # a pass in steps may not have reached it
             o = self.planner.owned.get(item.task_id)
             if o is None or item.task_id in self.handoffs.handing:
                 continue  # not ours in our view: the sender keeps it and retries
@@ -530,6 +558,7 @@ class Engine:
         """Stop planning; wait up to ``grace_s`` seconds for running executions, flush the
         record writer, stop the loops."""
         self.fire.stopping = True
+        self.reconciler.stop()
         self.fire.wake()
         running = self.registry.tasks() + list(self._background)
         if running:

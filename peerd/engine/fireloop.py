@@ -20,6 +20,7 @@ loop's lag (:mod:`peerd.engine.backpressure`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -45,6 +46,9 @@ from peerd.runner.pools import Pools
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
+
+LOAD_BATCH = 1000
+"""Most cursors one pass of the loop loads (32 reads in flight); the rest in the next passes."""
 
 TRIM_EVERY = 20
 """Trim a task's ledger after this many of its slots settled."""
@@ -225,7 +229,9 @@ class FireLoop:
             await wait_event(self.clock, self._wake, delay)
 
     async def _load_cursors(self) -> None:
-        ids = list(self.planner.to_load)
+        # At most LOAD_BATCH per call (the loop comes back while some are left): gathering the
+        # 33,000 loads of a restarted node's share at once stalled the event loop for 0.3 s.
+        ids = list(itertools.islice(self.planner.to_load, LOAD_BATCH))
         sem = asyncio.Semaphore(32)
 
         async def load(task_id: str) -> None:

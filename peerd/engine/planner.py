@@ -71,7 +71,7 @@ MAX_FIRE = 1000
 """Most slots of one task planned per tick (an ALLOW task far behind catches up in steps)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Owned:
     """A task this node plans. ``cursor`` is the last slot handled (None until loaded);
     ``next_at`` the fire instant (slot + jitter) of the next slot to plan."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peerd.cluster import MAX_UNSCHEDULABLE, ClusterView, unschedulable_reason
+from peerd.core.placement import placement_of
 from peerd.engine import Load
 from peerd.engine.ownership import OwnershipView, matches_node_selector
 from peerd.v1 import peer_pb2 as ppb
@@ -54,9 +55,11 @@ def cluster(tasks: dict[str, pb.TaskSpec], dead: set[str]) -> pb.GetClusterRespo
     ownership = OwnershipView("n1", members, peers)
     ownership.add_filter(matches_node_selector)
     ownership.refresh()
+    placements = {t: placement_of(s) for t, s in tasks.items()}
+    owners = {t: None if p.paused else ownership.owner_of(t, p) for t, p in placements.items()}
     view = ClusterView(
-        "c", "n1", members, ownership, peers, lambda: tasks, lambda: Load(0, 8, 0),
-        Alarms(), lambda: None, lambda: (None, False),  # type: ignore[arg-type]
+        "c", "n1", members, ownership, peers, lambda: placements, lambda: owners,
+        lambda: Load(0, 8, 0), Alarms(), lambda: None, lambda: (None, False),  # type: ignore[arg-type]
     )  # fmt: skip
     return view()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from peerd.core.placement import Placement, placement_of
 from peerd.core.ring import owner
 from peerd.engine.ownership import OwnershipView, matches_node_selector
 from peerd.v1 import scheduler_pb2 as pb
@@ -41,6 +42,10 @@ class Peers:
             fn()
 
 
+def owner_of(ov: OwnershipView, spec: pb.TaskSpec) -> str | None:
+    return ov.owner_of(spec.id, placement_of(spec))
+
+
 def view(*ids: str) -> tuple[OwnershipView, Members, Peers, list[int]]:
     members, peers = Members(*ids), Peers()
     ov = OwnershipView("a", members, peers)
@@ -64,22 +69,25 @@ def test_one_event_per_real_change() -> None:
 def test_not_registered_owns_nothing() -> None:
     ov, _, _, _ = view("b", "c")
     assert ov.owners == ()
-    assert not ov.owns(pb.TaskSpec(id="t"))
+    assert not ov.owns("t", Placement())
 
 
 def test_filters_narrow_the_members_a_task_is_hashed_over() -> None:
     ov, members, _, calls = view("a", "b", "c")
     members.view["b"].address = "ssd"  # stands in for a label this test filters on
     before = len(calls)
-    ov.add_filter(lambda spec, m: not spec.description or m.address == spec.description)
+    ov.add_filter(lambda p, m: not p.node_selector or m.address == p.node_selector)
     assert len(calls) == before + 1  # a new filter is a change: listeners reconcile
-    plain, pinned = pb.TaskSpec(id="t1"), pb.TaskSpec(id="t2", description="ssd")
-    assert ov.owner_of(plain) == owner("t1", ["a", "b", "c"])
-    assert ov.eligible(pinned) == ("b",) and ov.owner_of(pinned) == "b"
-    assert ov.next_owner(pinned) == "b"  # the others, filtered
-    nowhere = pb.TaskSpec(id="t3", description="gpu")
-    assert ov.eligible(nowhere) == () and ov.owner_of(nowhere) is None
-    assert not ov.owns(pb.TaskSpec(id="t4", paused=True))
+    plain, pinned = Placement(), Placement(node_selector="ssd")
+    assert ov.owner_of("t1", plain) == owner("t1", ["a", "b", "c"])
+    assert ov.eligible(pinned) == ("b",) and ov.owner_of("t2", pinned) == "b"
+    assert ov.next_owner("t2", pinned) == "b"  # the others, filtered
+    nowhere = Placement(node_selector="gpu")
+    assert ov.eligible(nowhere) == () and ov.owner_of("t3", nowhere) is None
+    assert not ov.owns("t4", Placement(paused=True))
+    members.view["b"].address = "hdd"  # a member changed, the owners did not: asked again
+    members.set("a", "b", "c")
+    assert ov.eligible(pinned) == ()
 
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -98,17 +106,22 @@ def test_node_selector_filter_hashes_over_matching_members_only() -> None:
     ov.add_filter(matches_node_selector)
     zoned(ov, members, a=("x", 0), b=("x", 0), c=("y", 0), d=("y", 0))
     specs = [pb.TaskSpec(id=f"t{i}", node_selector="zone=y") for i in range(50)]
-    assert {ov.owner_of(s) for s in specs} == {"c", "d"}  # both get some, never a or b
+    assert {owner_of(ov, s) for s in specs} == {"c", "d"}  # both get some, never a or b
     for s in specs:
-        assert ov.owner_of(s) == owner(s.id, ["c", "d"])
-        assert ov.next_owner(s) in ("c", "d")  # handoff stays within the matching set
+        assert owner_of(ov, s) == owner(s.id, ["c", "d"])
+        assert ov.next_owner(s.id, placement_of(s)) in (
+            "c",
+            "d",
+        )  # handoff stays within the matching set
     peers.exclude("c")  # c dies: failover within the set
-    assert {ov.owner_of(s) for s in specs} == {"d"}
+    assert {owner_of(ov, s) for s in specs} == {"d"}
     peers.exclude("c", "d")  # the whole zone is gone: unschedulable, nobody owns it
-    assert {ov.owner_of(s) for s in specs} == {None} and not any(ov.owns(s) for s in specs)
+    assert {owner_of(ov, s) for s in specs} == {None} and not any(
+        ov.owns(s.id, placement_of(s)) for s in specs
+    )
     everywhere = pb.TaskSpec(id="t", node_selector="")
-    assert ov.owner_of(everywhere) == owner("t", ["a", "b"])
-    assert ov.eligible(pb.TaskSpec(id="t", node_selector="zone in (")) == ()  # unreadable
+    assert owner_of(ov, everywhere) == owner("t", ["a", "b"])
+    assert ov.eligible(Placement(node_selector="zone in (")) == ()  # unreadable
 
 
 def test_ineligible_window_spans_live_members_without_a_match() -> None:
@@ -116,11 +129,11 @@ def test_ineligible_window_spans_live_members_without_a_match() -> None:
     ov.add_filter(matches_node_selector)
     # a and b (zone x) have been up since T0; c (zone y) started 10 minutes later
     zoned(ov, members, a=("x", 0), b=("x", 5), c=("y", 10))
-    in_y = pb.TaskSpec(id="t", node_selector="zone=y")
+    in_y = Placement(node_selector="zone=y")
     assert ov.ineligible_window(in_y) == (T0, T0 + timedelta(minutes=10))
-    assert ov.ineligible_window(pb.TaskSpec(id="t")) is None  # no selector: all are eligible
-    in_x = pb.TaskSpec(id="t", node_selector="zone=x")
+    assert ov.ineligible_window(Placement()) is None  # no selector: all are eligible
+    in_x = Placement(node_selector="zone=x")
     assert ov.ineligible_window(in_x) is None  # an eligible member was up all along
     peers.exclude("a")
     assert ov.ineligible_window(in_x) is None  # b was up as early as any live member
-    assert ov.ineligible_window(pb.TaskSpec(id="t", node_selector="zone=z")) is None  # none
+    assert ov.ineligible_window(Placement(node_selector="zone=z")) is None  # none
