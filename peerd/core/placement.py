@@ -8,7 +8,7 @@ slots depend on time-zone rules (:func:`peerd.core.tzrules.zone_dependent`). Tho
 view keeps one object per distinct placement (:class:`Placements`), and the filters are
 evaluated once per placement and member, not once per task.
 
-Measured with 100,000 tasks on 3 nodes (``bench/scale.py``, docs/performance-scale.md): a
+Measured with 100,000 tasks on 3 nodes (``bench/scale.py``, docs/performance.md (Part 2)): a
 decoded ``TaskSpec`` costs about 1.3 KiB of memory, its serialized bytes about 0.2 KiB; a
 shared placement costs a reference.
 """

@@ -7,7 +7,7 @@ task's owner must be computed again: one rendezvous weight per eligible member a
 lease keepalives and probe answers, long enough for peers to suspect this node (their probe
 deadline is 250 ms). So a full pass over the tasks runs in steps of at most :data:`STEP_S` of
 work, yielding to the loop between them (measured: a membership change at 100,000 tasks
-stalls the loop for at most the step plus what else was ready, docs/performance-scale.md).
+stalls the loop for at most the step plus what else was ready, docs/performance.md (Part 2)).
 
 The pass decides task by task, on the task's current placement (the view may change between
 steps; a task changed meanwhile was already placed by its event, :meth:`Reconciler.place`):
