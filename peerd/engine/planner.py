@@ -317,10 +317,8 @@ class Planner:
         """Whether the earliest entry is a claim-ahead one (its task has no overlap lock and
         :attr:`claim_ahead` is set): planning it a little later still claims it before its
         fire instant."""
-        if not self._heap or self.claim_ahead <= timedelta(0):
-            return False
-        o = self.owned.get(self._heap[0][2])
-        return o is not None and not needs_lock(o.spec.overlap)
+        o = self.owned.get(self._heap[0][2]) if self._heap else None
+        return o is not None and self.ahead_of(o) > timedelta(0)
 
     @property
     def backlog(self) -> int:
