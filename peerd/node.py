@@ -78,6 +78,7 @@ from peerd.exitcodes import (
     EXIT_OK,
     EXIT_PERMISSION_DENIED,
 )
+from peerd.gctune import Freezer, GcPauses, tune_young
 from peerd.healthcheck import check_async
 from peerd.log import set_level
 from peerd.peer.client import PeerClient
@@ -235,6 +236,13 @@ class Node:
             lambda: self.compactor.holder,
             lambda: (self.tzdata.agreed, self.tzdata.pinned),
         )
+        self.gc_pauses = GcPauses()
+        self.freezer = Freezer(
+            lambda: len(self.cache.placements) + len(self.engine.planner.owned),
+            lambda: self.cache.ready.is_set() and not self.engine.reconciler.busy,
+            self.clock,
+        )
+        self._tune_gc = False
         self.health = HealthServicer()
         self._health_now: dict[str, bool] = {}
         self._serving = False
@@ -357,6 +365,15 @@ class Node:
     def _loops_changed(self) -> None:
         if self._serving:
             asyncio.get_running_loop().create_task(self._refresh_health())
+
+    def tune_gc(self) -> None:
+        """Own the process's garbage collector (:mod:`peerd.gctune`): log long collections,
+        collect the young generation less often, freeze the long-lived task objects as they
+        grow (a loop from :meth:`run` on). For a process that runs one node; tests that run
+        nodes in their own process leave it alone."""
+        self._tune_gc = True
+        self.gc_pauses.install()
+        tune_young()
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (signal-handler safe when called from the loop)."""
@@ -519,6 +536,8 @@ class Node:
         self.loops.spawn("membership.keepalive", self.membership.keepalive_loop)
         self.loops.spawn("membership.watch", self.membership.watch_loop)
         self.loops.spawn("tasks.watch", self.cache.run)
+        if self._tune_gc:
+            self.loops.spawn("gc.freeze", self.freezer.run)
         self.loops.spawn("peers.probe", self.peers.run)
         self.loops.spawn("etcd.alarms", self.alarms.run)
         self.loops.spawn("etcd.compactor", self.compactor.run)
@@ -631,6 +650,7 @@ def run_node(cfg: NodeConfig, reload_source: ReloadSource | None = None) -> int:
 
     async def main() -> int:
         node = Node(cfg, reload_source=reload_source)
+        node.tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.request_stop)

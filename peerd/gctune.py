@@ -1,0 +1,158 @@
+"""The garbage collector of a node holding many tasks: its pauses measured, its work bounded.
+
+CPython's cyclic collector stops the whole interpreter, and with it the event loop, while it
+runs. A *full* collection (generation 2) traverses every object the collector tracks; a node
+holding 100,000 tasks tracks about 290,000 of them (about 2,900 per owned task, 300 per task it
+only knows of), and one full collection of them took 240 ms on the project's 2-core machine,
+more under contention (docs/performance.md, Part 2). CPython runs one whenever the objects that
+survived the younger generations grew by a quarter of those already old (``long_lived_pending >
+long_lived_total / 4`` in ``Modules/gcmodule.c``), so a node that acquires a few thousand
+tasks (a peer died, the node restarted) runs several of them exactly when its peers probe it.
+
+Almost all of those objects live as long as the node holds the task: the task view's entries,
+the owned tasks' specs, schedules and cursors. :func:`gc.freeze` moves every tracked object to
+a *permanent* generation that no collection traverses (the approach of Instagram's pre-fork
+servers, `CPython issue 31558 <https://github.com/python/cpython/issues/75739>`_). Objects frozen
+are still freed by reference counting when the last reference goes; only garbage *cycles* among
+them stay until :func:`gc.unfreeze` (the task objects form none).
+
+:class:`Freezer` freezes when the long-lived set grew: after the node's first full view (task
+list and first ownership pass), and after a batch that added at least :data:`FREEZE_GROWTH` of
+it (a bulk create, an acquisition after a membership change), looked at every :data:`CHECK_S`
+(freezing is a constant-time list splice). Before freezing it runs a collection of the young
+generations (a few milliseconds), so short-lived cycles are collected rather than frozen.
+
+:class:`GcPauses` measures every collection through :data:`gc.callbacks` and logs those longer
+than :data:`LOG_OVER_MS` as ``gc_pause`` (generation, milliseconds, objects tracked).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from peerd.clock import Clock
+
+log = structlog.get_logger("peerd.gc")
+
+LOG_OVER_MS = 50.0
+"""A collection longer than this is logged (half the 100 ms stall the issue allows)."""
+FREEZE_GROWTH = 0.1
+"""Freeze once the long-lived set grew by this share since the last freeze (and by at least
+:data:`FREEZE_MIN`)."""
+FREEZE_MIN = 1000
+"""Growth (in the units of the size callable: tasks) below which nothing is frozen."""
+CHECK_S = 1.0
+"""How often :meth:`Freezer.run` looks at the size (seconds)."""
+YOUNG_THRESHOLD = 7000
+"""Allocations (net, of tracked objects) between collections of generation 0; CPython's
+default is 700. Ten times fewer young collections, each a few milliseconds at most."""
+
+
+class GcPauses:
+    """Times the collector's runs (see the module docstring). :meth:`install` adds the callback,
+    :meth:`uninstall` removes it; one instance per process is enough.
+
+    Attributes:
+        count: collections seen, per generation (0, 1, 2).
+        total_s: time spent in them, per generation (seconds).
+        worst_ms: the longest, per generation (milliseconds).
+    """
+
+    def __init__(self, log_over_ms: float = LOG_OVER_MS) -> None:
+        self.log_over_ms = log_over_ms
+        self.count = [0, 0, 0]
+        self.total_s = [0.0, 0.0, 0.0]
+        self.worst_ms = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def install(self) -> None:
+        """Start measuring (idempotent)."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        """Stop measuring."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = int(info.get("generation", 2))
+        took_s = time.perf_counter() - self._started
+        self.count[gen] += 1
+        self.total_s[gen] += took_s
+        took_ms = took_s * 1000
+        self.worst_ms[gen] = max(self.worst_ms[gen], took_ms)
+        if took_ms > self.log_over_ms:
+            log.warning(
+                "gc_pause",
+                generation=gen,
+                pause_ms=round(took_ms, 1),
+                collected=info.get("collected", 0),
+                frozen=gc.get_freeze_count(),
+            )
+
+
+class Freezer:
+    """Freezes the long-lived objects after they grew (see the module docstring).
+
+    Args:
+        size: the size of the long-lived set now (e.g. tasks known plus tasks owned).
+        ready: whether the node has its first full view (nothing is frozen before).
+        clock: what :meth:`run` sleeps on.
+        growth: share of growth that triggers a freeze (:data:`FREEZE_GROWTH`).
+        minimum: least growth that triggers one (:data:`FREEZE_MIN`).
+    """
+
+    def __init__(
+        self,
+        size: Callable[[], int],
+        ready: Callable[[], bool],
+        clock: Clock,
+        growth: float = FREEZE_GROWTH,
+        minimum: int = FREEZE_MIN,
+    ) -> None:
+        self._size = size
+        self._ready = ready
+        self.clock = clock
+        self.growth = growth
+        self.minimum = minimum
+        self.frozen_at = 0
+        """The size at the last freeze (0: never frozen)."""
+        self.freezes = 0
+
+    def check(self) -> bool:
+        """Freeze now if the node is ready and the set grew enough since the last freeze.
+        Returns whether it froze."""
+        size = self._size()
+        if not self._ready() or size - self.frozen_at < max(self.minimum, self.growth * size):
+            return False
+        gc.collect(1)  # young cycles are collected, not frozen
+        gc.freeze()
+        self.frozen_at = size
+        self.freezes += 1
+        log.info("gc_frozen", size=size, frozen=gc.get_freeze_count())
+        return True
+
+    async def run(self) -> None:
+        """Check every :data:`CHECK_S` seconds, until cancelled."""
+        while True:
+            await self.clock.sleep(CHECK_S)
+            self.check()
+
+
+def tune_young(threshold: int = YOUNG_THRESHOLD) -> None:
+    """Collect generation 0 every ``threshold`` net allocations (:data:`YOUNG_THRESHOLD`); the
+    thresholds of the older generations stay CPython's."""
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(threshold, gen1, gen2)
+
+
+__all__ = ["FREEZE_GROWTH", "LOG_OVER_MS", "Freezer", "GcPauses", "tune_young"]
