@@ -294,6 +294,18 @@ def kill_and_restart(bench: Bench, fig: Figures, total: int, ttl_s: int) -> None
     back = owned_counts(bench, survivors)
     fig.moved_join = sum(abs(after[n] - back[n]) for n in survivors)
     fig.stall_s = max(p.worst(t_kill, time.time()) for p in probes)
+    restarted = t_kill + ttl_s + 1
+    for name, probe in zip(survivors, probes, strict=True):
+        slow = sorted((lat, at) for at, lat in probe.samples if at >= t_kill and lat > 0.1)
+        print(
+            f"{name}: {len(slow)} probe answers over 100 ms after the kill; slowest (ms @ s "
+            "after the kill / the restart): "
+            + ", ".join(
+                f"{lat * 1000:.0f} @ {at - t_kill:.1f}/{at - restarted:.1f}"
+                for lat, at in slow[-5:]
+            ),
+            flush=True,
+        )
     for probe in probes:
         probe.stop()
 

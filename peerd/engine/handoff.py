@@ -28,11 +28,11 @@ HANDOFF_TIMEOUT_S = 3.0
 RESEND_S = 0.1
 """Pause between handoff rounds while tasks wait for an ack (seconds)."""
 
-BATCH = 250
-"""Most tasks per handoff request. A node that rejoins gets a third of the tasks back from each
-of two peers at once (8,300 at 25,000 tasks); in one request, building it stalled the sender's
-event loop and accepting it (placing and acquiring each task) the receiver's. A request of 250
-is a few milliseconds to build and about 25 ms to accept."""
+BATCH = 100
+"""Most tasks per handoff request. A node that rejoins gets its share back from its peers at once
+(8,300 tasks at 25,000); in one request, building it would stall the sender's event loop and
+accepting it (placing and acquiring each task) the receiver's. Accepting 250 took 40-80 ms on a
+busy receiver (``bench/scale.py``, docs/performance.md Part 2), so 100 stays well under 50 ms."""
 
 SendHandoff = Callable[[str, ppb.HandoffRequest], Awaitable[list[str]]]
 """``send(node_id, request) -> accepted task ids`` (the peer client; [] on failure)."""

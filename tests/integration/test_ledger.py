@@ -226,3 +226,25 @@ def test_large_batches_fit_etcds_operation_budget(etcd_endpoint: str, cluster_na
             await ledger.claim(a.member_key, a.lease_id, claims[:127], ["lock"] * 127)
 
     run(etcd_endpoint, cluster_name, body)
+
+
+def test_recent_of_reads_many_tasks_in_one_transaction(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    """The rescan's batched read gives, per task, what :meth:`Ledger.recent` gives for it."""
+
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        claims = [record(f"t{i}", s) for i in range(3) for s in range(1000, 1000 * (i + 2), 1000)]
+        await ledger.claim(a.member_key, a.lease_id, claims)
+        ids = ["t0", "t1", "t2", "none", "t1"]  # a task without records, one named twice
+        found = await ledger.recent_of(ids, 2)
+        assert sorted(found) == ["t0", "t1", "t2"]
+        for task_id in ("t0", "t1", "t2"):
+            assert found[task_id] == await ledger.recent(task_id, 2)
+        assert [r.scheduled_at.ToMilliseconds() for r, _ in found["t2"]] == [3000, 2000]
+        with pytest.raises(ValueError, match="at most 128 tasks"):
+            await ledger.recent_of([f"x{i}" for i in range(129)], 1)
+
+    run(etcd_endpoint, cluster_name, body)

@@ -1,0 +1,61 @@
+"""The garbage-collector tuning of a node (:mod:`peerd.gctune`), on this process's collector."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from peerd.clock import SystemClock
+from peerd.gctune import Freezer, GcPauses, tune_young
+
+
+@pytest.fixture(autouse=True)
+def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_pauses_are_timed_per_generation() -> None:
+    pauses = GcPauses(log_over_ms=0.0)  # log every collection: the path that logs runs too
+    pauses.install()
+    pauses.install()  # idempotent: one callback
+    try:
+        gc.collect(2)
+        gc.collect(0)
+    finally:
+        pauses.uninstall()
+    assert pauses.count[2] >= 1 and pauses.count[0] >= 1
+    assert 0 < pauses.worst_ms[2] <= pauses.total_s[2] * 1000
+    seen = list(pauses.count)
+    gc.collect(2)  # uninstalled: not counted
+    assert pauses.count == seen
+
+
+def test_freezes_only_once_ready_and_grown() -> None:
+    size, ready = [5000], [False]
+    freezer = Freezer(lambda: size[0], lambda: ready[0], SystemClock(), growth=0.1, minimum=1000)
+    assert not freezer.check()  # not ready: nothing frozen
+    assert gc.get_freeze_count() == 0
+    ready[0] = True
+    kept = [[i] for i in range(100)]  # tracked objects that live on
+    assert freezer.check()
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(kept) and freezer.frozen_at == 5000 and freezer.freezes == 1
+    size[0] = 5900  # grew by less than the minimum
+    assert not freezer.check()
+    size[0] = 6000
+    assert freezer.check() and freezer.frozen_at == 6000
+    size[0] = 60_000  # the share decides above the minimum: 10 % of 66,000 is 6,600
+    assert freezer.check()
+    size[0] = 66_000
+    assert not freezer.check()
+
+
+def test_young_threshold_keeps_the_older_generations() -> None:
+    _, gen1, gen2 = gc.get_threshold()
+    tune_young(5000)
+    assert gc.get_threshold() == (5000, gen1, gen2)
