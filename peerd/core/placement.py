@@ -38,6 +38,11 @@ class Placement:
     zone_dependent: bool = False
 
 
+COMMON = Placement()
+"""The placement of most tasks (not paused, no selector, not zone-dependent): :class:`Placements`
+hands out this object for it, so a view can store only the tasks whose placement differs."""
+
+
 def placement_of(spec: pb.TaskSpec) -> Placement:
     """The placement of ``spec`` (a new object; :class:`Placements` shares equal ones)."""
     return Placement(spec.paused, spec.node_selector, zone_dependent(spec.schedule))
@@ -52,6 +57,7 @@ class Placements:
 
     def __init__(self) -> None:
         self._known: dict[tuple[bool, str, bool], Placement] = {}
+        self.clear()
 
     def of(self, spec: pb.TaskSpec) -> Placement:
         """The shared placement of ``spec``."""
@@ -62,11 +68,12 @@ class Placements:
         return found
 
     def clear(self) -> None:
-        """Forget every placement (objects handed out stay valid)."""
+        """Forget every placement but :data:`COMMON` (objects handed out stay valid)."""
         self._known.clear()
+        self._known[(COMMON.paused, COMMON.node_selector, COMMON.zone_dependent)] = COMMON
 
     def __len__(self) -> int:
         return len(self._known)
 
 
-__all__ = ["Placement", "Placements", "placement_of"]
+__all__ = ["COMMON", "Placement", "Placements", "placement_of"]

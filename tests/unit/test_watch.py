@@ -21,6 +21,7 @@ from peerd.coord.keys import Keys
 from peerd.coord.store import TaskCache, TaskStore
 from peerd.coord.watch import list_then_watch
 from peerd.core.backoff import Backoff
+from peerd.core.placement import COMMON
 from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.errors import Unavailable
 from peerd.v1 import scheduler_pb2 as pb
@@ -323,5 +324,40 @@ def test_broken_stream_backs_off_on_the_clock_and_relists(own_etcd: EmbeddedEtcd
             assert delays == pytest.approx([min(2.0, 0.2 * 2**i) for i in range(len(delays))])
             assert all(x["log_level"] == "warning" for x in broken)
             assert [name for _, name, _ in mirror.events] == ["y", "w"]
+
+    run(main)
+
+
+def test_task_cache_keeps_placements_of_listed_and_changed_tasks(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    """Only uncommon placements are stored per task: the view answers COMMON for the others,
+    through a list, updates that make a placement common or uncommon, and a delete."""
+    keys = Keys(f"/peerd/{cluster_name}/")
+
+    def spec(task_id: str, paused: bool = False) -> pb.TaskSpec:
+        s = pb.TaskSpec(id=task_id, paused=paused)
+        s.schedule.cron = "* * * * *"
+        return s
+
+    async def main() -> None:
+        async with connected(Etcd([etcd_endpoint])) as e:
+            store = TaskStore(e, keys)
+            await store.create([spec("a", paused=True), spec("b")])
+            cache = TaskCache(e, keys, FakeClock(datetime(2030, 1, 1, tzinfo=UTC)))
+            heard: list[str] = []
+            cache.on_change(lambda tid, _: heard.append(tid))
+            async with running(cache.run()):
+                await until(lambda: cache.ready.is_set(), POLL_S)
+                assert cache.placements["a"].paused and cache.placements["b"] is COMMON
+                await store.update("a", lambda s: setattr(s, "paused", False))
+                await store.update("b", lambda s: setattr(s, "node_selector", "zone=x"))
+                await until(lambda: len(heard) == 3, POLL_S)
+                assert cache.placements["a"] is COMMON
+                assert cache.placements["b"].node_selector == "zone=x"
+                await store.delete("b")
+                await until(lambda: len(heard) == 4, POLL_S)
+            assert sorted(cache.placements) == ["a"] and "b" not in cache.placements
+            assert dict(cache.placements) == {"a": COMMON}
 
     run(main)
