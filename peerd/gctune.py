@@ -23,7 +23,11 @@ it (a bulk create, an acquisition after a membership change), looked at every :d
 generations (a few milliseconds), so short-lived cycles are collected rather than frozen.
 
 :class:`GcPauses` measures every collection through :data:`gc.callbacks` and logs those longer
-than :data:`LOG_OVER_MS` as ``gc_pause`` (generation, milliseconds, objects tracked).
+than :data:`LOG_OVER_MS` as ``gc_pause`` (generation, milliseconds, objects frozen).
+
+The thresholds of the generations stay CPython's: with generation 0 collected every 2,000 or
+7,000 allocations instead of 700, collections of generation 1 (up to ten times as many objects)
+took 51-127 ms in the benchmark, where with 700 none took over 50 ms.
 """
 
 from __future__ import annotations
@@ -48,12 +52,6 @@ FREEZE_MIN = 1000
 """Growth (in the units of the size callable: tasks) below which nothing is frozen."""
 CHECK_S = 1.0
 """How often :meth:`Freezer.run` looks at the size (seconds)."""
-YOUNG_THRESHOLD = 2000
-"""Allocations (net, of tracked objects) between collections of generation 0: CPython 3.13's
-default (3.11 and 3.12: 700), fewer young collections. Not more: a collection of generation 1
-takes up to 10 times this many objects, and with 7,000 one took 51 ms in the benchmark."""
-
-
 class GcPauses:
     """Times the collector's runs (see the module docstring). :meth:`install` adds the callback,
     :meth:`uninstall` removes it; one instance per process is enough.
@@ -149,11 +147,4 @@ class Freezer:
             self.check()
 
 
-def tune_young(threshold: int = YOUNG_THRESHOLD) -> None:
-    """Collect generation 0 every ``threshold`` net allocations (:data:`YOUNG_THRESHOLD`); the
-    thresholds of the older generations stay CPython's."""
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(threshold, gen1, gen2)
-
-
-__all__ = ["FREEZE_GROWTH", "LOG_OVER_MS", "Freezer", "GcPauses", "tune_young"]
+__all__ = ["FREEZE_GROWTH", "LOG_OVER_MS", "Freezer", "GcPauses"]

@@ -78,7 +78,7 @@ from peerd.exitcodes import (
     EXIT_OK,
     EXIT_PERMISSION_DENIED,
 )
-from peerd.gctune import Freezer, GcPauses, tune_young
+from peerd.gctune import Freezer, GcPauses
 from peerd.healthcheck import check_async
 from peerd.log import set_level
 from peerd.peer.client import PeerClient
@@ -367,13 +367,11 @@ class Node:
             asyncio.get_running_loop().create_task(self._refresh_health())
 
     def tune_gc(self) -> None:
-        """Own the process's garbage collector (:mod:`peerd.gctune`): log long collections,
-        collect the young generation less often, freeze the long-lived task objects as they
-        grow (a loop from :meth:`run` on). For a process that runs one node; tests that run
-        nodes in their own process leave it alone."""
+        """Own the process's garbage collector (:mod:`peerd.gctune`): log long collections and
+        freeze the long-lived task objects as they grow (a loop from :meth:`run` on). For a
+        process that runs one node; tests that run nodes in their own process leave it alone."""
         self._tune_gc = True
         self.gc_pauses.install()
-        tune_young()
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (signal-handler safe when called from the loop)."""

@@ -8,15 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from peerd.clock import SystemClock
-from peerd.gctune import Freezer, GcPauses, tune_young
+from peerd.gctune import Freezer, GcPauses
 
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
-    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
-    gc.set_threshold(*thresholds)
 
 
 def test_pauses_are_timed_per_generation() -> None:
@@ -54,8 +52,3 @@ def test_freezes_only_once_ready_and_grown() -> None:
     size[0] = 66_000
     assert not freezer.check()
 
-
-def test_young_threshold_keeps_the_older_generations() -> None:
-    _, gen1, gen2 = gc.get_threshold()
-    tune_young(5000)
-    assert gc.get_threshold() == (5000, gen1, gen2)
