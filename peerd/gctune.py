@@ -52,6 +52,8 @@ FREEZE_MIN = 1000
 """Growth (in the units of the size callable: tasks) below which nothing is frozen."""
 CHECK_S = 1.0
 """How often :meth:`Freezer.run` looks at the size (seconds)."""
+
+
 class GcPauses:
     """Times the collector's runs (see the module docstring). :meth:`install` adds the callback,
     :meth:`uninstall` removes it; one instance per process is enough.

@@ -51,4 +51,3 @@ def test_freezes_only_once_ready_and_grown() -> None:
     assert freezer.check()
     size[0] = 66_000
     assert not freezer.check()
-
