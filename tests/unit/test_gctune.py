@@ -51,3 +51,7 @@ def test_freezes_only_once_ready_and_grown() -> None:
     assert freezer.check()
     size[0] = 66_000
     assert not freezer.check()
+    size[0] = 40_000  # tasks handed off: the baseline follows it down
+    assert not freezer.check() and freezer.frozen_at == 40_000
+    size[0] = 45_000  # taken back: 5,000 new long-lived tasks' objects
+    assert freezer.check() and freezer.frozen_at == 45_000
