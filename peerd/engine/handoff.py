@@ -30,9 +30,10 @@ RESEND_S = 0.1
 
 BATCH = 100
 """Most tasks per handoff request. A node that rejoins gets its share back from its peers at once
-(8,300 tasks at 25,000); in one request, building it would stall the sender's event loop and
-accepting it (placing and acquiring each task) the receiver's. Accepting 250 took 40-80 ms on a
-busy receiver (``bench/scale.py``, docs/performance.md Part 2), so 100 stays well under 50 ms."""
+(8,300 tasks at 25,000 on 3 nodes, about 4,200 from each); in one request, building it would
+stall the sender's event loop and accepting it (placing and acquiring each task) the
+receiver's. Accepting 250 took 40-80 ms on a busy receiver (``bench/scale.py``,
+docs/performance.md Part 2), so 100: about 16-32 ms."""
 
 SendHandoff = Callable[[str, ppb.HandoffRequest], Awaitable[list[str]]]
 """``send(node_id, request) -> accepted task ids`` (the peer client; [] on failure)."""
