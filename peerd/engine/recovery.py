@@ -35,10 +35,11 @@ log = structlog.get_logger("peerd.engine")
 ORPHAN_CHECK_S = 0.5
 """How often runs of a possibly lost owner are re-checked (seconds)."""
 SCAN_IN_FLIGHT = 4
-"""Rescan reads in flight at a time. A rescan after a member's lease vanished reads every owned
-task (33,000 at 100,000 tasks on 3 nodes): one read of each task at a time, with 32 in flight, took
-tens of thousands of calls and, gathered at once, created a task per owned task in one callback
-(a stall of hundreds of milliseconds); 128 tasks per transaction and 4 in flight bound both."""
+"""Rescan reads (of up to 128 tasks each) in flight at a time. A rescan after a member's lease
+vanished reads every owned task (33,000 at 100,000 tasks on 3 nodes). One read per task, 32 in
+flight, all gathered at once (an asyncio task per owned task created in one callback), took
+the CPU a restarting node needed: its restart fell from 7.5-8.4 s to 2.5-3.5 s at 20,000 tasks
+with this and smaller handoff requests (docs/performance.md, Part 2)."""
 RECENT_SCAN = 20
 """Run records read per task on a rescan (the newest; older unfinished runs are resolved when
 the task is next acquired)."""
