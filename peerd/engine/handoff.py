@@ -35,6 +35,11 @@ stall the sender's event loop and accepting it (placing and acquiring each task)
 receiver's. Accepting 250 took 40-80 ms on a busy receiver (``bench/scale.py``,
 docs/performance.md Part 2), so 100: about 16-32 ms."""
 
+IN_FLIGHT = 4
+"""Handoff requests in flight per peer. One at a time, the 42 requests of 4,200 tasks took longer
+than :data:`HANDOFF_TIMEOUT_S` on a busy machine, and 1,108 tasks were dropped unacked (their new
+owner then read their cursor from the ledger) in a ``bench/scale.py`` run at 20,000 tasks."""
+
 SendHandoff = Callable[[str, ppb.HandoffRequest], Awaitable[list[str]]]
 """``send(node_id, request) -> accepted task ids`` (the peer client; [] on failure)."""
 
@@ -112,10 +117,16 @@ class Handoffs:
                 await self.clock.sleep(RESEND_S)
 
     async def _send(self, target: str, task_ids: list[str]) -> None:
-        """Hand ``task_ids`` to ``target``, :data:`BATCH` tasks per request, one request at a
-        time."""
-        for i in range(0, len(task_ids), BATCH):
-            await self._send_batch(target, task_ids[i : i + BATCH])
+        """Hand ``task_ids`` to ``target``, :data:`BATCH` tasks per request, :data:`IN_FLIGHT`
+        requests at a time."""
+        sem = asyncio.Semaphore(IN_FLIGHT)
+
+        async def send(batch: list[str]) -> None:
+            async with sem:
+                await self._send_batch(target, batch)
+
+        step = BATCH
+        await asyncio.gather(*(send(task_ids[i : i + step]) for i in range(0, len(task_ids), step)))
 
     async def _send_batch(self, target: str, task_ids: list[str]) -> None:
         items = []
