@@ -29,7 +29,8 @@ than :data:`LOG_OVER_MS` as ``gc_pause`` (generation, milliseconds, objects froz
 
 The thresholds of the generations stay CPython's: with generation 0 collected every 2,000 or
 7,000 allocations instead of 700, collections of generation 1 (up to ten times as many objects)
-took 51-127 ms in the benchmark, where with 700 none took over 50 ms.
+took 51-127 ms in the benchmark (with 700, one of 109 ms in three runs, on a saturated machine),
+and the CPU saved was not measurable (docs/performance.md, Part 2).
 """
 
 from __future__ import annotations
