@@ -603,6 +603,34 @@ def test_matches_the_reference_model_on_random_cases() -> None:
         assert call(s, cursor, now, kw) == reference(s, cursor, now, *args), (cursor, now, kw)  # type: ignore[arg-type]
 
 
+def test_one_due_slot_on_time_matches_the_reference_model() -> None:
+    # The steady state (cursor at most a gap or two behind now) takes plan_due's quick path
+    # when exactly one slot is due and on time: it must plan what the rules say.
+    rng = random.Random(13)
+    quick = 0
+    for _ in range(400):
+        s, kw, now = random_case(rng)
+        gap = next(g for c, g in SCHEDULES if c is s)
+        cursor = now - MS * rng.randrange(0, 2 * gap)
+        last = s.last_slots(cursor - D, cursor, 1)  # a slot, as the engine's cursors are
+        cursor = last[-1] if last else cursor
+        args = (
+            kw["catch_up"],
+            kw["fire_at"],
+            kw["paused_until"],
+            kw["unschedulable"],
+            kw["max_fire"],
+            kw["budget"],
+        )
+        p = call(s, cursor, now, kw)
+        assert p == reference(s, cursor, now, *args), (cursor, now, kw)  # type: ignore[arg-type]
+        if p.fire_instants:
+            quick += 1
+            f = kw["fire_at"] or (lambda x: x)
+            assert p.fire_instants == [f(x) for x in p.fire]  # type: ignore[operator]
+    assert quick > 50  # the quick path was taken, not only the general one
+
+
 def test_replanning_until_done_handles_every_due_slot_exactly_once() -> None:
     rng = random.Random(7)
     for _ in range(200):
