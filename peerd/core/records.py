@@ -68,6 +68,11 @@ def time_of(ts: Timestamp) -> datetime:
     return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
+def duration_of(d: Duration) -> timedelta:
+    """``d`` as a timedelta (microsecond precision, as ``Duration.ToTimedelta``)."""
+    return timedelta(seconds=d.seconds, microseconds=int(d.nanos / 1000))
+
+
 def ts_ms(ts: Timestamp) -> int:
     """Epoch milliseconds of ``ts`` (floor, as ``Timestamp.ToMilliseconds``)."""
     return ts.seconds * 1000 + ts.nanos // 1_000_000

@@ -31,7 +31,14 @@ from google.protobuf import json_format
 
 from peerd.clock import Clock
 from peerd.core.overlap import QUEUE, effective, needs_lock
-from peerd.core.records import attempt_of, rfc3339, set_duration, set_time, time_of
+from peerd.core.records import (
+    attempt_of,
+    duration_of,
+    rfc3339,
+    set_duration,
+    set_time,
+    time_of,
+)
 from peerd.core.retry import NO_RETRY, Retry, attempt_timeout, next_attempt, retry_from_proto
 from peerd.engine.lock import OverlapLocks
 from peerd.engine.registry import Run, RunRegistry
@@ -144,7 +151,7 @@ class Execution:
         slot = time_of(rec.scheduled_at)
         fire_at = time_of(rec.fire_at) if rec.HasField("fire_at") else slot
         retry = self._retry_policy(spec)
-        per_attempt = spec.timeout.ToTimedelta() if spec.HasField("timeout") else DEFAULT_TIMEOUT
+        per_attempt = duration_of(spec.timeout) if spec.HasField("timeout") else DEFAULT_TIMEOUT
         early_s = (fire_at - self.clock.now()).total_seconds()
         if early_s > 0:  # claimed ahead (peerd.engine.planner, "Claim-ahead"): wait to fire
             await self.clock.sleep(early_s)

@@ -111,3 +111,4 @@ def test_time_conversions_agree_with_the_protobuf_helpers() -> None:
         records.set_duration(d_ours, td)
         d_theirs.FromTimedelta(td)
         assert (d_ours.seconds, d_ours.nanos) == (d_theirs.seconds, d_theirs.nanos), td
+        assert records.duration_of(d_theirs) == d_theirs.ToTimedelta() == td
