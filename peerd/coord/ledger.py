@@ -70,7 +70,7 @@ from peerd.coord.etcd_values import KV
 from peerd.coord.keys import Keys
 from peerd.core.budget import MAX_TXN_OPS, pack
 from peerd.core.overlap import CLAIM_MODES, LOCK, QUEUE, REPLACE
-from peerd.core.records import FINAL, lock_value
+from peerd.core.records import FINAL, lock_value, ts_ms
 from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -469,4 +469,4 @@ def _sendable(record: pb.RunRecord, tz_fence: int | None) -> bool:
 
 
 def _ms(record: pb.RunRecord) -> int:
-    return record.scheduled_at.ToMilliseconds()
+    return ts_ms(record.scheduled_at)
