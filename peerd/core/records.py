@@ -94,8 +94,15 @@ def idempotency_key(task_id: str, scheduled_ms: int) -> str:
 
 
 def rfc3339(ts: datetime) -> str:
-    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T06:00:01.000Z``."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T06:00:01.000Z`` (a naive ``ts`` is
+    taken as local time, as ``astimezone`` does). Formatted field by field: ``strftime`` took
+    2.8 % of a node's CPU on the webhook path (issue 13, py-spy)."""
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return (
+        f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:"
+        f"{ts.second:02d}.{ts.microsecond // 1000:03d}Z"
+    )
 
 
 def run_key(rec: pb.RunRecord) -> tuple[str, int]:

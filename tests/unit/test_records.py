@@ -112,3 +112,16 @@ def test_time_conversions_agree_with_the_protobuf_helpers() -> None:
         d_theirs.FromTimedelta(td)
         assert (d_ours.seconds, d_ours.nanos) == (d_theirs.seconds, d_theirs.nanos), td
         assert records.duration_of(d_theirs) == d_theirs.ToTimedelta() == td
+
+
+def test_rfc3339_is_utc_with_milliseconds_from_any_zone() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        dt = datetime(1000, 1, 2, tzinfo=UTC) + timedelta(microseconds=rng.randrange(2 * 10**17))
+        dt = dt.astimezone(timezone(timedelta(minutes=rng.randrange(-720, 720))))
+        utc = dt.astimezone(UTC)
+        want = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+        assert records.rfc3339(dt) == want
+    assert records.rfc3339(datetime(2026, 11, 21, 6, 0, 1, 999_999, tzinfo=UTC)) == (
+        "2026-11-21T06:00:01.999Z"
+    )
