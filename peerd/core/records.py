@@ -42,8 +42,8 @@ def set_time(ts: Timestamp, dt: datetime) -> None:
     """Set ``ts`` to the aware datetime ``dt`` (microsecond precision), as
     ``Timestamp.FromDatetime`` does, by integer arithmetic on the datetime's difference from the
     epoch: ~1 µs where the protobuf helper (Python code, through ``calendar.timegm``) takes
-    ~4.5 µs, three to five times per fire (measured with upb, ``/tmp`` micro-benchmark of
-    issue 13).
+    ~4.5 µs, three to five times per fire (measured with upb; docs/performance.md, second
+    round).
 
     Raises:
         TypeError: ``dt`` is naive.
