@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime
 
+import pytest
+
 from peerd.clock import FakeClock
 from peerd.coord.keys import Keys
 from peerd.coord.membership import CHECK_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, Membership
@@ -30,6 +32,12 @@ class UnreachableEtcd:
         self.clock = clock
         self.calls: list[tuple[float, float]] = []
         """(monotonic start, deadline) of every keepalive."""
+
+    @property
+    def deadline_s(self) -> float:
+        """Monotonic time at which the latest keepalive gives up."""
+        start, timeout_s = self.calls[-1]
+        return start + timeout_s
 
     async def lease_keepalive(self, lease_id: int, timeout_s: float | None = None) -> int:
         assert timeout_s is not None
@@ -57,6 +65,15 @@ async def _check_asked_during_a_regular_keepalive(ask: str) -> None:
         assert etcd.calls[0][1] == KEEPALIVE_TIMEOUT_S
         clock.advance(0.1)
         getattr(m, ask)()  # a claim went unanswered
+        # Besides the keepalive waiting out its 2 s, a wait of CHECK_TIMEOUT_S must start.
+        await assert_eventually_async(
+            lambda: (
+                clock.deadlines()
+                == pytest.approx([clock.monotonic() + CHECK_TIMEOUT_S, etcd.deadline_s])
+            ),
+            timeout=5,
+            message=f"no {CHECK_TIMEOUT_S}s deadline for the check",
+        )
         clock.advance(CHECK_TIMEOUT_S)
         await assert_eventually_async(
             lambda: not m.claiming,
