@@ -3,8 +3,13 @@
     python -m chaos --profile short|long [--nodes 3] [--etcd-members 1|3] [--tasks 50]
                     [--lease-ttl S] [--seed N] [--workdir DIR] [--max-failover-p99 S]
                     [--partitions | --no-partitions]
+    python -m chaos --measure-capacity [--profile long] [--ramp-start 50] [--ramp-step 25]
+                    [--step-seconds 15] [--max-lag-p99-ms 500] [--nodes ...] [--workdir ...]
 
 Exit code 0: every check passed; 1: a check failed; 2: the harness could not finish the run.
+With ``--measure-capacity`` (the profile's cluster, no faults, a ramp of the task count; see
+:mod:`chaos.capacity`; the profile defaults to ``long``): 0 a capacity was measured, 1 not even
+the first step was sustained, 2 the harness could not finish.
 """
 
 from __future__ import annotations
@@ -15,16 +20,22 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from chaos.capacity import RampParams, measure
 from chaos.profiles import PROFILES, FaultTimings, RunConfig, runs_keep_for
 from chaos.runner import default_workdir, run
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     """The command line as a :class:`RunConfig` (profile defaults, then overrides)."""
+    return _parse(argv)[0]
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[RunConfig, RampParams | None]:
+    """The run settings, and the ramp's when ``--measure-capacity`` was given."""
     parser = argparse.ArgumentParser(
         prog="python -m chaos", description="Chaos harness for a real peerd cluster."
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
+    parser.add_argument("--profile", choices=sorted(PROFILES))
     parser.add_argument("--nodes", type=int, metavar="N")
     parser.add_argument("--etcd-members", type=int, choices=(1, 3))
     parser.add_argument("--tasks", type=int, metavar="N")
@@ -47,8 +58,10 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         help="run nodes in network namespaces and add the partition faults (root only)",
     )
     parts.add_argument("--no-partitions", dest="partitions", action="store_false")
+    _add_ramp_args(parser)
     args = parser.parse_args(list(argv) if argv is not None else None)
-    prof = PROFILES[args.profile]
+    default_profile = "long" if args.measure_capacity else "short"
+    prof = PROFILES[args.profile or default_profile]
     nodes = args.nodes if args.nodes is not None else prof.nodes
     tasks = args.tasks if args.tasks is not None else prof.tasks
     ttl = args.lease_ttl if args.lease_ttl is not None else prof.lease_ttl_s
@@ -72,7 +85,18 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
             k for k in ("partition_node_etcd", "partition_node_node") if k not in round_faults
         )
     prof = dataclasses.replace(prof, round_faults=round_faults)
-    return RunConfig(
+    ramp = None
+    if args.measure_capacity:
+        try:
+            ramp = RampParams(
+                start=args.ramp_start,
+                step=args.ramp_step,
+                step_s=args.step_seconds,
+                max_lag_p99_s=args.max_lag_p99_ms / 1000,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+    cfg = RunConfig(
         profile=prof,
         nodes=nodes,
         etcd_members=args.etcd_members if args.etcd_members is not None else prof.etcd_members,
@@ -85,11 +109,34 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         runs_keep=runs_keep_for(prof),
         timings=FaultTimings.for_ttl(ttl),
     )
+    return cfg, ramp
+
+
+def _add_ramp_args(parser: argparse.ArgumentParser) -> None:
+    ramp = RampParams()
+    group = parser.add_argument_group("capacity ramp (--measure-capacity)")
+    group.add_argument(
+        "--measure-capacity",
+        action="store_true",
+        help="no faults: ramp the task count on the profile's cluster and report the highest "
+        "rate sustained (profile default: long)",
+    )
+    group.add_argument("--ramp-start", type=int, default=ramp.start, metavar="N")
+    group.add_argument("--ramp-step", type=int, default=ramp.step, metavar="N")
+    group.add_argument("--step-seconds", type=float, default=ramp.step_s, metavar="S")
+    group.add_argument(
+        "--max-lag-p99-ms",
+        type=float,
+        default=ramp.max_lag_p99_s * 1000,
+        metavar="MS",
+        help="delivery lag p99 bound of a sustained step",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    return run(parse_args(argv))
+    cfg, ramp = _parse(argv)
+    return measure(cfg, ramp) if ramp is not None else run(cfg)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ Definitions (a *slot* is one scheduled instant of one task, keyed ``<task_id>/<s
 * **failover time** (kill-type faults): for each task the victim owned at fault time
   (:func:`peerd.core.ring.owner` over the live members then), seconds from the fault to the first
   delivery of that task by another node, looked for until the next fault starts; for a rolling
-  restart (hand-off), to the first delivery by any node of a slot after the fault.
+  restart (hand-off), to the first delivery by any node of a slot after the fault. Reported
+  with it: the lateness of the victim's slots that another node ran as a retry (claimed by the
+  victim before the fault, taken over once its lease was gone).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ __all__ = [
     "failover_times",
     "parse_delivery",
     "percentile",
+    "retried_lateness",
 ]
 
 KILL_FAULTS: tuple[str, ...] = ("kill9", "sigstop", "partition_node_etcd")
@@ -101,7 +104,7 @@ def evaluate(
     _check_duplicate_deliveries(rep, deliveries)
     _check_early(rep, deliveries, p)
     _check_gaps(rep, ledger, p)
-    _check_failover(rep, task_ids, deliveries, faults)
+    _check_failover(rep, task_ids, deliveries, faults, ledger)
     _check_lateness_and_runs(rep, deliveries, ledger)
     _check_stuck(rep, deliveries, ledger, workload_end_s, p)
     rep.fault_errors = [f"{f.kind} {f.target}: {f.note or 'failed'}" for f in faults if not f.ok]
@@ -235,20 +238,48 @@ def failover_times(
     return [first.get(t, math.inf) - fault.at_s for t in sorted(owned)]
 
 
+def retried_lateness(
+    task_ids: Sequence[str], ledger: Sequence[LedgerRecord], fault: FaultEvent, until_s: float
+) -> list[float]:
+    """Lateness (seconds) of each slot of a task the victim owned at fault time, due from one
+    second before the fault until ``until_s``, that another node ran as a retry (attempt > 1).
+
+    Such a slot was claimed by the victim before the fault (claimed ahead of its time, or in
+    flight); another node may take it over only once the victim's lease is gone
+    (:meth:`peerd.coord.ledger.Ledger.take_over`), so after a kill -9 it runs about one lease
+    TTL late, while the task's later slots move within the failover time.
+    """
+    members = fault.members or (fault.target,)
+    owned = {t for t in task_ids if owner(t, members) == fault.target}
+    return sorted(
+        r.lateness_s
+        for r in ledger
+        if r.task_id in owned
+        and r.attempt > 1
+        and r.node_id != fault.target
+        and r.lateness_s is not None
+        and fault.at_s - 1 <= r.slot_ms / 1000 < until_s
+    )
+
+
 def _check_failover(
     rep: Report,
     task_ids: Sequence[str],
     deliveries: Sequence[Delivery],
     faults: Sequence[FaultEvent],
+    ledger: Sequence[LedgerRecord] = (),
 ) -> None:
     starts = sorted(f.at_s for f in faults if f.kind != "node_crash")
     samples: dict[str, list[float]] = defaultdict(list)
+    retried: dict[str, list[float]] = defaultdict(list)
     counts: Counter[str] = Counter()
     for f in faults:
         if f.kind not in KILL_FAULTS + HANDOFF_FAULTS:
             continue
         until_s = min((s for s in starts if s > f.at_s), default=math.inf)
         samples[f.kind].extend(failover_times(task_ids, deliveries, f, until_s))
+        if f.kind in KILL_FAULTS:
+            retried[f.kind].extend(retried_lateness(task_ids, ledger, f, until_s))
         counts[f.kind] += 1
     overall: list[float] = []
     for kind in KILL_FAULTS + HANDOFF_FAULTS:
@@ -260,6 +291,7 @@ def _check_failover(
             tasks=len(values),
             not_observed=sum(1 for v in values if math.isinf(v)),
             seconds=Stats.of(values),
+            retried_lateness_s=Stats.of(retried[kind]),
         )
         if kind in KILL_FAULTS:
             overall.extend(values)

@@ -146,6 +146,11 @@ class FailoverStats:
     tasks: int = 0
     not_observed: int = 0
     seconds: Stats = field(default_factory=Stats)
+    retried_lateness_s: Stats = field(default_factory=Stats)
+    """Lateness (ledger) of the victim's slots, due from one second before the fault on, that
+    another node ran as a retry (attempt > 1): slots the victim had claimed (claim-ahead, or in
+    flight) when the fault came. :attr:`seconds` does not show them: it counts the first
+    delivery by another node of any slot of the task."""
 
 
 @dataclass

@@ -69,6 +69,9 @@ def _failover_row(label: str, f: FailoverStats, limit: str, result: str) -> list
     extra = f"{f.tasks} tasks, {f.faults} fault(s)"
     if f.not_observed:
         extra += f", {f.not_observed} never moved"
+    retried = f.retried_lateness_s
+    if retried.n:
+        extra += f"; {retried.n} claimed slot(s) retried, late {_stats(retried)} s"
     return [label, _stats(f.seconds), limit, f"{result} ({extra})"]
 
 

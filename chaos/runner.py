@@ -40,7 +40,7 @@ DRAIN_TIMEOUT_S = 15.0
 SINK_BACKLOG = 1024
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     """SIGTERM/SIGINT arrived: stop early, but still clean up."""
 
 
@@ -246,7 +246,7 @@ class Runner:
 def run(cfg: RunConfig) -> int:
     """Run one chaos session; returns the process exit code."""
     runner = Runner(cfg)
-    previous = _install_signal_handlers()
+    previous = install_signal_handlers()
     ids = workload.task_ids(cfg.tasks)
     try:
         try:
@@ -256,7 +256,7 @@ def run(cfg: RunConfig) -> int:
             workload_end_s, listed, ledger = runner.finish(ids)
             deliveries = runner.deliveries()
         except Exception as exc:
-            if not isinstance(exc, (*HARNESS_ERRORS, _Interrupted)):
+            if not isinstance(exc, (*HARNESS_ERRORS, Interrupted)):
                 traceback.print_exc()
             runner.say(f"run aborted: {type(exc).__name__}: {exc}")
             runner.say(f"node logs and etcd log are in {cfg.workdir}")
@@ -280,7 +280,7 @@ def run(cfg: RunConfig) -> int:
         print(f"chaos: passed; report in {cfg.workdir / 'report.txt'}", flush=True)
         return EXIT_PASS
     finally:
-        _restore_signal_handlers(previous)
+        restore_signal_handlers(previous)
 
 
 def _deepen_sink_backlog() -> None:
@@ -296,9 +296,12 @@ def _deepen_sink_backlog() -> None:
         server_cls.request_queue_size = SINK_BACKLOG
 
 
-def _install_signal_handlers() -> dict[int, Any]:
+def install_signal_handlers() -> dict[int, Any]:
+    """Make SIGTERM and SIGINT raise :class:`Interrupted` (so clean-up runs); returns the
+    previous handlers for :func:`restore_signal_handlers`."""
+
     def _raise(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted(f"signal {signum}")
+        raise Interrupted(f"signal {signum}")
 
     previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,7 +310,9 @@ def _install_signal_handlers() -> dict[int, Any]:
     return previous
 
 
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put back the handlers :func:`install_signal_handlers` replaced."""
+
     for sig, handler in previous.items():
         signal.signal(sig, handler)
 

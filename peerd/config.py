@@ -286,7 +286,9 @@ class NodeConfig:
     claim_ahead: timedelta = setting(
         timedelta(milliseconds=300),
         help="Slots of tasks without an overlap lock are claimed this long before they fire "
-        "(batched, so a claim's etcd latency is not lateness); 0 claims at the fire instant.",
+        "(batched, so a claim's etcd latency is not lateness); 0 claims at the fire instant. "
+        "Cost: slots a node claimed ahead and did not start before it died run one lease TTL "
+        "late on a survivor (docs/reliability.md).",
         flag="--claim-ahead",
         env="PEERD_CLAIM_AHEAD",
         kind=DURATION,

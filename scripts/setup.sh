@@ -32,8 +32,14 @@ if ! command -v docker-compose >/dev/null 2>&1; then
 fi
 
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  python3 -m venv .venv   # Python 3.11+ bundles pip 22.3+: it builds the editable install as is
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# pip runs only when pyproject.toml or the checkout's path changed since the last install: a
+# second run of test.sh skips its resolve and editable build.
+stamp=.venv/.peerd-installed
+want="$(pwd) $(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
 echo "setup: $(etcd --version | head -1), $(.venv/bin/python --version), peerd installed in .venv"

@@ -589,6 +589,58 @@ def txn_request(compare: Sequence[Any], success: Sequence[Any], failure: Sequenc
     return rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
 
 
+class TxnBuilder:
+    """Builds an ``rpc.TxnRequest`` in place: each compare and operation is added to the
+    request's own repeated fields, where :func:`txn_request` and :func:`op_txn` build each
+    message on its own and copy it into its parent (a claim's nested transaction: ~3.5 µs
+    against ~12 µs, measured with upb in issue 13; the claim and record-update transactions are
+    built once or twice per fire). The request built is the same, byte for byte.
+
+    Args:
+        txn: the request to add to (a new one when None).
+    """
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: Any = None) -> None:
+        self.txn = rpc.TxnRequest() if txn is None else txn
+
+    def _compare(self, key: bytes, target: int, result: int) -> Any:
+        c = self.txn.compare.add()
+        c.key, c.target, c.result = key, target, result
+        return c
+
+    def compare_create_revision(self, key: bytes, revision: int) -> None:
+        """As :func:`cmp_create_revision`."""
+        self._compare(key, rpc.Compare.CREATE, rpc.Compare.EQUAL).create_revision = revision
+
+    def compare_mod_revision(self, key: bytes, revision: int) -> None:
+        """As :func:`cmp_mod_revision`."""
+        self._compare(key, rpc.Compare.MOD, rpc.Compare.EQUAL).mod_revision = revision
+
+    def compare_lease(self, key: bytes, lease_id: int) -> None:
+        """As :func:`cmp_lease` (``equal=True``)."""
+        self._compare(key, rpc.Compare.LEASE, rpc.Compare.EQUAL).lease = lease_id
+
+    def compare_exists(self, key: bytes) -> None:
+        """As :func:`cmp_exists`."""
+        self._compare(key, rpc.Compare.CREATE, rpc.Compare.GREATER).create_revision = 0
+
+    def put(self, key: bytes, value: bytes, lease: int = 0, *, failure: bool = False) -> None:
+        """As :func:`op_put`, on success (or on ``failure``)."""
+        op = (self.txn.failure if failure else self.txn.success).add().request_put
+        op.key, op.value, op.lease = key, value, lease
+
+    def get(self, key: bytes, *, failure: bool = False) -> None:
+        """As :func:`op_get` of one key, on success (or on ``failure``)."""
+        op = (self.txn.failure if failure else self.txn.success).add().request_range
+        op.key, op.sort_order = key, rpc.RangeRequest.ASCEND
+
+    def nested(self, *, failure: bool = False) -> TxnBuilder:
+        """A nested transaction added as an operation, on success (or on ``failure``)."""
+        return TxnBuilder((self.txn.failure if failure else self.txn.success).add().request_txn)
+
+
 def range_kvs(response_op: Any) -> list[KV]:
     """The key-values of a ``response_range`` inside a TxnResponse."""
     return [_kv(m) for m in response_op.response_range.kvs]

@@ -50,12 +50,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from peerd.coord.etcd import (
     Etcd,
+    TxnBuilder,
     cmp_create_revision,
-    cmp_exists,
     cmp_lease,
     cmp_mod_revision,
     cmp_value,
@@ -71,7 +70,7 @@ from peerd.coord.etcd_values import KV
 from peerd.coord.keys import Keys
 from peerd.core.budget import MAX_TXN_OPS, pack
 from peerd.core.overlap import CLAIM_MODES, LOCK, QUEUE, REPLACE
-from peerd.core.records import FINAL, lock_value
+from peerd.core.records import FINAL, lock_value, ts_ms
 from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -172,13 +171,11 @@ class Ledger:
         sent = [(r, m) for r, m in zip(records, modes, strict=True) if _sendable(r, tz_fence)]
         resp = None
         if sent:
-            resp = await self.etcd.txn(
-                txn_request(
-                    [cmp_lease(member_key, lease_id)],
-                    [self._claim_op(r, m, lease_id, tz_fence) for r, m in sent],
-                ),
-                timeout_s=CLAIM_TIMEOUT_S,
-            )
+            txn = TxnBuilder()
+            txn.compare_lease(member_key, lease_id)
+            for r, m in sent:
+                self._add_claim(txn.nested(), r, m, lease_id, tz_fence)
+            resp = await self.etcd.txn(txn.txn, timeout_s=CLAIM_TIMEOUT_S)
             if not resp.succeeded:
                 raise LeaseLost("member key is not on this node's lease")
         answers = iter(resp.responses if resp is not None else [])
@@ -218,30 +215,39 @@ class Ledger:
             results.append(ClaimResult(r.task_id, _ms(r), ours, token, busy=busy, fenced=fenced))
         return results
 
-    def _claim_op(
-        self, r: pb.RunRecord, mode: str | None, lease_id: int, tz_fence: int | None
-    ) -> Any:
+    def _add_claim(
+        self,
+        txn: TxnBuilder,
+        r: pb.RunRecord,
+        mode: str | None,
+        lease_id: int,
+        tz_fence: int | None,
+    ) -> None:
+        """Fill ``txn`` (a nested transaction) with the claim of ``r`` in ``mode``."""
+        if mode is not None and mode not in CLAIM_MODES:
+            raise ValueError(f"unknown claim mode {mode!r}")
         key = self.keys.run(r.task_id, _ms(r))
-        put = op_put(key, r.SerializeToString())
-        first = [cmp_create_revision(key, 0)]
+        txn.compare_create_revision(key, 0)
         if r.tzdata_version and tz_fence is not None:
-            first.append(cmp_mod_revision(self.keys.tzdata_agreed, tz_fence))
+            txn.compare_mod_revision(self.keys.tzdata_agreed, tz_fence)
         if mode is None:
-            return op_txn(first, [put], [op_get(key)])
+            txn.put(key, r.SerializeToString())
+            txn.get(key, failure=True)
+            return
         holder = lock_value(key, r.node_id, lease_id)
         if mode == REPLACE:
             active = self.keys.active(r.task_id)
-            return op_txn(
-                first, [op_get(active), put, op_put(active, holder, lease_id)], [op_get(key)]
-            )
+            txn.get(active)
+            txn.put(key, r.SerializeToString())
+            txn.put(active, holder, lease_id)
+            txn.get(key, failure=True)
+            return
         lock = self.keys.active(r.task_id) if mode == LOCK else self.keys.queued(r.task_id)
-        if mode not in CLAIM_MODES:
-            raise ValueError(f"unknown claim mode {mode!r}")
-        return op_txn(
-            [*first, cmp_create_revision(lock, 0)],
-            [put, op_put(lock, holder, lease_id)],
-            [op_get(key), op_get(lock)],
-        )
+        txn.compare_create_revision(lock, 0)
+        txn.put(key, r.SerializeToString())
+        txn.put(lock, holder, lease_id)
+        txn.get(key, failure=True)
+        txn.get(lock, failure=True)
 
     async def acquire_lock(
         self, member_key: bytes, lease_id: int, rec: pb.RunRecord, from_queue: bool
@@ -316,19 +322,23 @@ class Ledger:
         result = UpdateResult()
         for batch in pack([UPDATE_COST] * len(items), MAX_TXN_OPS):
             chunk = items[batch.start : batch.stop]
-            ops = [
-                op_txn(self._fence(key, r), [op_put(key, r.SerializeToString())])
-                for key, r in chunk
-            ]
-            resp = await self.etcd.txn(txn_request([], ops))
+            txn = TxnBuilder()
+            for key, r in chunk:
+                self._add_fenced_put(txn.nested(), key, r)
+            resp = await self.etcd.txn(txn.txn)
             for (_, r), op in zip(chunk, resp.responses, strict=True):
                 (result.written if op.response_txn.succeeded else result.rejected).append(r)
         return result
 
-    def _fence(self, key: bytes, r: pb.RunRecord) -> list[Any]:
+    def _add_fenced_put(self, txn: TxnBuilder, key: bytes, r: pb.RunRecord) -> None:
+        """Fill ``txn`` (a nested transaction) with the put of ``r`` at ``key``, fenced on the
+        claimant's lease (or, without one, on the key's create revision)."""
         if r.claim_lease_id:
-            return [cmp_lease(self.keys.member(r.node_id), r.claim_lease_id), cmp_exists(key)]
-        return [cmp_create_revision(key, r.fencing_token)]
+            txn.compare_lease(self.keys.member(r.node_id), r.claim_lease_id)
+            txn.compare_exists(key)
+        else:
+            txn.compare_create_revision(key, r.fencing_token)
+        txn.put(key, r.SerializeToString())
 
     async def recent(self, task_id: str, limit: int) -> list[tuple[pb.RunRecord, int]]:
         """The newest ``limit`` records of a task with their mod revisions, newest first (one
@@ -461,7 +471,7 @@ def _sendable(record: pb.RunRecord, tz_fence: int | None) -> bool:
 
 
 def _ms(record: pb.RunRecord) -> int:
-    return record.scheduled_at.ToMilliseconds()
+    return ts_ms(record.scheduled_at)
 
 
 def _record(kv: KV) -> pb.RunRecord:

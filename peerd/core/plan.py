@@ -66,7 +66,7 @@ Worked examples, ``every 1m`` anchored at 00:00, no jitter, cursor 00:00, thresh
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from peerd.core.task_schedule import Slots
@@ -189,6 +189,9 @@ class Plan:
     missed_fired: int
     cursor: datetime
     next_at: datetime | None
+    fire_instants: list[datetime] = field(default_factory=list, compare=False)
+    """The fire instants of ``fire`` when planning computed them (the single on-time slot,
+    :func:`plan_due`'s quick path), else empty."""
 
     @property
     def skipped_count(self) -> int:
@@ -228,6 +231,35 @@ def _skips(
 
     tail = schedule.last_slots(cursor, skip_b, max(limit, 1))
     return counts, [(s, reason_of(s)) for s in tail] if limit else [], tail[-1]
+
+
+def _one_on_time(
+    schedule: Slots,
+    cursor: datetime,
+    due_by: datetime,
+    on_time_from: datetime,
+    fire_of: Callable[[datetime], datetime],
+) -> Plan | None:
+    """The plan when exactly one slot is due and it is on time (the steady state of a task
+    that keeps up: one slot per tick), else None (:func:`plan_due`'s general path decides).
+
+    The first slot after ``cursor`` fires by ``due_by`` (due) and not before ``on_time_from``
+    (on time, so no slot is missed: fire instants increase with the slots), and the next one
+    fires after ``due_by``: the plan fires that slot alone and skips nothing, whatever the
+    catch-up policy, pause or unschedulable period (they decide only about missed slots). Two
+    slot lookups and two ``fire_at`` calls, where the general path takes a dozen of each
+    (measured in issue 13: planning 11 % of a node's CPU at 1,000 fires/s)."""
+    first = schedule.next_after(cursor)
+    if first is None:
+        return None
+    first_fire = fire_of(first)
+    if not on_time_from <= first_fire <= due_by:
+        return None
+    second = schedule.next_after(first)
+    next_at = None if second is None else fire_of(second)
+    if next_at is not None and next_at <= due_by:
+        return None
+    return Plan([first], [], _no_skips(), 0, first, next_at, [first_fire])
 
 
 def plan_due(
@@ -285,6 +317,10 @@ def plan_due(
         if t < slot:
             raise ValueError(f"fire_at({slot.isoformat()}) = {t.isoformat()} is before the slot")
         return t
+
+    quick = _one_on_time(schedule, cursor, now + ahead, now - catch_up.misfire_threshold, fire_of)
+    if quick is not None:
+        return quick
 
     def split(x: datetime) -> datetime:
         """Bound b >= cursor: slots in (cursor, b] fire before ``x``, later slots at/after it."""

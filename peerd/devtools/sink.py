@@ -11,7 +11,10 @@ Per-request overrides in the query string (the query string is recorded, not int
 * ``?status=503`` answers that status instead of the sink's;
 * ``?delay_s=2.5`` waits that many seconds before answering (for executor timeout tests);
 * ``?delay_first_s=30`` waits only when this is the first delivery of its idempotency key (the
-  first attempt of a slot hangs, its retries do not: a deterministic "killed mid-attempt").
+  first attempt of a slot hangs, its retries do not: a deterministic "killed mid-attempt");
+* ``?hold=NAME`` waits until :meth:`WebhookSink.release` is called with ``NAME`` (at most
+  ``MAX_DELAY_S``); once released, requests naming it are answered at once (a run that stays in
+  progress exactly until a test has seen what it waits for, with no guessed duration).
 
 peerd passes the slot's idempotency key and the claim's fencing token as the HTTP headers
 ``Idempotency-Key`` and ``Peerd-Fencing-Token``; :meth:`WebhookSink.duplicates` reports keys
@@ -198,6 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(ValueError):
             if delay_s:
                 time.sleep(min(max(float(delay_s), 0.0), MAX_DELAY_S))
+        hold = query.get("hold", [""])[-1]
+        if hold:
+            sink._hold(hold).wait(MAX_DELAY_S)
         self._reply(status, {"ok": 200 <= status < 300, "status": status})
 
     def _reply(self, status: int, payload: Any) -> None:
@@ -244,6 +250,7 @@ class WebhookSink:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._holds: dict[str, threading.Event] = {}
 
     @property
     def url(self) -> str:
@@ -304,6 +311,9 @@ class WebhookSink:
         server.shutdown()
         with self._lock:
             conns = list(self._connections)
+            holds = list(self._holds.values())
+        for held in holds:  # answer held requests now instead of after MAX_DELAY_S
+            held.set()
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -354,6 +364,16 @@ class WebhookSink:
             "unique_keys": len(counts),
             "duplicate_keys": sum(1 for n in counts.values() if n > 1),
         }
+
+    def release(self, name: str) -> None:
+        """Answer the requests held with ``?hold=NAME`` (``name``), and from now on answer such
+        requests at once. Releasing a name no request has used yet is allowed."""
+        self._hold(name).set()
+
+    def _hold(self, name: str) -> threading.Event:
+        """The event that releases ``?hold=NAME`` requests (created unset on first use)."""
+        with self._lock:
+            return self._holds.setdefault(name, threading.Event())
 
     def clear(self) -> None:
         """Forget the deliveries recorded so far (the JSONL file is kept)."""

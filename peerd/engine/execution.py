@@ -31,7 +31,14 @@ from google.protobuf import json_format
 
 from peerd.clock import Clock
 from peerd.core.overlap import QUEUE, effective, needs_lock
-from peerd.core.records import attempt_of, rfc3339
+from peerd.core.records import (
+    attempt_of,
+    duration_of,
+    rfc3339,
+    set_duration,
+    set_time,
+    time_of,
+)
 from peerd.core.retry import NO_RETRY, Retry, attempt_timeout, next_attempt, retry_from_proto
 from peerd.engine.lock import OverlapLocks
 from peerd.engine.registry import Run, RunRegistry
@@ -141,10 +148,10 @@ class Execution:
     async def _attempts(self, run: Run) -> None:
         """Attempts of one slot under the task's retry policy; the final one decides."""
         spec, rec = run.spec, run.record
-        slot = rec.scheduled_at.ToDatetime(UTC)
-        fire_at = rec.fire_at.ToDatetime(UTC) if rec.HasField("fire_at") else slot
+        slot = time_of(rec.scheduled_at)
+        fire_at = time_of(rec.fire_at) if rec.HasField("fire_at") else slot
         retry = self._retry_policy(spec)
-        per_attempt = spec.timeout.ToTimedelta() if spec.HasField("timeout") else DEFAULT_TIMEOUT
+        per_attempt = duration_of(spec.timeout) if spec.HasField("timeout") else DEFAULT_TIMEOUT
         early_s = (fire_at - self.clock.now()).total_seconds()
         if early_s > 0:  # claimed ahead (peerd.engine.planner, "Claim-ahead"): wait to fire
             await self.clock.sleep(early_s)
@@ -168,13 +175,13 @@ class Execution:
                 rec.exit_code = outcome.exit_code
             rec.output_tail = outcome.output_tail
             if outcome.succeeded:
-                rec.finished_at.FromDatetime(outcome.finished_at)
+                set_time(rec.finished_at, outcome.finished_at)
                 self._finish(run, pb.SUCCEEDED, "")
                 return
             now = self.clock.now()
             nxt = next_attempt(retry, rec.attempt, outcome.failure, fire_at, now, self.rng)
             if nxt is None:
-                rec.finished_at.FromDatetime(outcome.finished_at)
+                set_time(rec.finished_at, outcome.finished_at)
                 if timeout < per_attempt and outcome.failure == FAILURE_TIMEOUT and retry.deadline:
                     error = (
                         f"overall deadline {retry.deadline.total_seconds():g}s reached: "
@@ -191,9 +198,9 @@ class Execution:
     def _start(self, run: Run, started: datetime, fire_at: datetime) -> None:
         rec = run.record
         if not rec.HasField("started_at"):
-            rec.lateness.FromTimedelta(started - fire_at)
+            set_duration(rec.lateness, started - fire_at)
         rec.status = pb.RUNNING
-        rec.started_at.FromDatetime(started)
+        set_time(rec.started_at, started)
         rec.ClearField("finished_at")
         rec.ClearField("next_attempt_at")
         self.registry.transition(run, "start")
@@ -241,7 +248,7 @@ class Execution:
         rec.error = error
         rec.ClearField("next_attempt_at")
         if not rec.HasField("finished_at"):
-            rec.finished_at.FromDatetime(self.clock.now())
+            set_time(rec.finished_at, self.clock.now())
         if failed and spec.on_failure:
             if not self.has_task(spec.on_failure):
                 rec.error += f" (on_failure task {spec.on_failure!r} does not exist)"

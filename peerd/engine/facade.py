@@ -4,6 +4,7 @@
 module                   job
 =======================  ==================================================================
 ``ownership``            which members own tasks (membership + detector + drains), one event
+``reconcile``            the owned tasks kept in step with the task view, in 20 ms steps
 ``fireloop``             the loop: plan what is due and fits, claim it, start the claimed runs
 ``planner``              the owned tasks, their cursors, what is due, admission
 ``claims``               fenced claim batches sized from etcd's budget, overlap follow-ups
@@ -14,10 +15,12 @@ module                   job
 ``writer``               batched record updates, fenced-off finals logged, trims
 ``handoff``              tasks moving to a new owner with their cursor, no gap
 ``backpressure``         the node-wide execution limit, adapted to the event loop's lag
+``triggers``             manual runs and compensations: slot = now, claimed like any slot
+``ports``                the narrow views of the node the engine takes (lease, tasks, executors)
 =======================  ==================================================================
 
 The facade wires them, reconciles ownership with the task view, accepts handoffs, applies
-reloaded configuration, runs manual triggers and compensations, drains and stops.
+reloaded configuration, drains and stops.
 
 The planning loop, the writer, the handoff sender and the owner-lost recovery run as supervised
 loops (:class:`peerd.supervise.Supervisor`): an unexpected exception is logged, the loop
@@ -40,17 +43,15 @@ node.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable
 
 import structlog
 
 from peerd.clock import Clock
 from peerd.config import NodeConfig
-from peerd.coord.ledger import ClaimResult, Ledger
+from peerd.coord.ledger import Ledger
 from peerd.core.budget import MAX_TXN_OPS
-from peerd.core.overlap import first_mode
-from peerd.core.placement import Placement, placement_of
+from peerd.core.placement import placement_of
 from peerd.core.plan import (
     CATCH_UP_RUN_ONCE,
     DEFAULT_CATCH_UP_WINDOW,
@@ -58,83 +59,29 @@ from peerd.core.plan import (
 )
 from peerd.core.records import (
     from_ms,
-    manual_record,
-    slot_ms,
 )
 from peerd.core.tzrules import TimeZoneRules
 from peerd.engine.backpressure import Backpressure
-from peerd.engine.claims import Claim, Claims
+from peerd.engine.claims import Claims
 from peerd.engine.execution import Execution
 from peerd.engine.fireloop import FireLoop
 from peerd.engine.handoff import Handoffs, SendHandoff
 from peerd.engine.lock import OverlapLocks
 from peerd.engine.ownership import OwnershipView
 from peerd.engine.planner import Planner
+from peerd.engine.ports import Executors, NodeLease, TaskView
 from peerd.engine.reconcile import Reconciler
 from peerd.engine.recovery import OwnerLostRecovery
 from peerd.engine.registry import Run, RunRegistry
 from peerd.engine.stats import EngineStats, Load, PoolStats
+from peerd.engine.triggers import Triggers
 from peerd.engine.writer import RecordWriter
-from peerd.errors import LeaseLost, PeerdError, ResourceExhausted, Unavailable
-from peerd.runner.base import Execution as Attempt
-from peerd.runner.base import Outcome
 from peerd.runner.pools import Pools
 from peerd.supervise import Supervisor
 from peerd.v1 import peer_pb2 as ppb
 from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
-
-TRIGGER_TRIES = 5
-"""Manual slots tried (1 ms apart) when a trigger's slot is taken."""
-
-
-class NodeLease(Protocol):
-    """This node's registration as the engine needs it (a narrow view of Membership)."""
-
-    @property
-    def member_key(self) -> bytes: ...
-
-    @property
-    def lease_id(self) -> int: ...
-
-    @property
-    def claim_ready(self) -> asyncio.Event: ...
-
-    @property
-    def view(self) -> Mapping[str, pb.Member]: ...
-
-    def on_change(self, fn: Callable[[], None]) -> None: ...
-
-    def lease_lost(self) -> None: ...
-
-    def etcd_suspect(self) -> None: ...
-
-    def etcd_slow(self) -> None: ...
-
-
-class TaskView(Protocol):
-    """The watched task specs (a narrow view of TaskCache): specs decoded on lookup, and
-    every task's placement."""
-
-    @property
-    def tasks(self) -> Mapping[str, pb.TaskSpec]: ...
-
-    @property
-    def placements(self) -> Mapping[str, Placement]: ...
-
-    @property
-    def creating(self) -> str: ...
-
-    def on_change(self, fn: Callable[[str, pb.TaskSpec | None], None]) -> None: ...
-
-
-class Executors(Protocol):
-    """The node's executors (:class:`peerd.runner.executors.Executors`)."""
-
-    async def run(self, spec: pb.TaskSpec, execution: Attempt) -> Outcome: ...
-
-    def configure(self, cfg: NodeConfig) -> None: ...
 
 
 class Engine:
@@ -212,6 +159,16 @@ class Engine:
             clock.monotonic,
             lease.etcd_slow,
         )
+        self.triggers = Triggers(
+            self.node_id,
+            lease,
+            self.claims,
+            tasks.tasks.get,
+            self.etcd_space,
+            lambda: ledger.etcd.space_hint,
+            self._spawn,
+            clock,
+        )
         self.writer = RecordWriter(
             ledger,
             self.registry,
@@ -228,7 +185,7 @@ class Engine:
             lambda: {n: m.lease_id for n, m in lease.view.items()},
             lease.claim_ready.is_set,
             self._retry,
-            self._compensate,
+            self.triggers.compensate,
             clock,
         )
         self.locks = OverlapLocks(
@@ -241,7 +198,7 @@ class Engine:
             self.pools,
             self.locks,
             self.writer,
-            self._compensate,
+            self.triggers.compensate,
             lambda task_id: task_id in tasks.tasks,
             clock,
         )
@@ -278,7 +235,6 @@ class Engine:
             self._release_gone,
             clock,
         )
-        self._background: set[asyncio.Task[None]] = set()
         self._log = log.bind(node_id=self.node_id)
         ownership.on_change(self.reconcile)
         tasks.on_change(self._on_task_change)
@@ -473,73 +429,10 @@ class Engine:
     def _retry(self, spec: pb.TaskSpec, rec: pb.RunRecord) -> None:
         self._spawn(spec, rec, None, None)
 
-    async def trigger(self, spec: pb.TaskSpec, cause: pb.RunRecord | None = None) -> pb.RunRecord:
-        """Run ``spec`` once now on this node (slot = now, ``manual``), honouring the claim and
-        the task's overlap policy: the answer is the CLAIMED record, or the SKIPPED one when the
-        policy turned the trigger away. ``cause``: the failed run a compensation run is for.
-
-        Raises:
-            Unavailable: etcd unreachable, or this node has no live lease.
-            ResourceExhausted: etcd's NOSPACE alarm is on.
-        """
-        if not self.lease.claim_ready.is_set():
-            raise Unavailable("this node has no live membership lease; try another node")
-        if not self.etcd_space.is_set():  # a claim is a nested txn: etcd would let it past
-            raise ResourceExhausted(
-                "no node claims while the alarm is on", self.ledger.etcd.space_hint
-            )
-        now = self.clock.now()
-        ms = slot_ms(now)
-        answer: list[pb.RunRecord] = []
-
-        def settled(claim: Claim, res: ClaimResult) -> None:
-            if not res.claimed:
-                return
-            answer.append(claim.record)
-            if claim.record.status == pb.CLAIMED:
-                self._spawn(claim.spec, claim.record, claim.mode, res.replaced)
-
-        for offset in range(TRIGGER_TRIES):
-            rec = manual_record(
-                spec.id,
-                from_ms(ms + offset),
-                self.node_id,
-                self.lease.lease_id,
-                now,
-                priority=spec.priority,
-                cause=cause,
-            )
-            try:
-                await self.claims.claim([Claim(spec, rec, first_mode(spec.overlap))], settled)
-            except LeaseLost as exc:
-                self.lease.lease_lost()
-                raise Unavailable("this node lost its membership lease; try again") from exc
-            if answer:
-                return answer[0]
-        raise Unavailable("could not claim a slot for the trigger; try again")
-
-    def _compensate(self, task_id: str, cause: pb.RunRecord) -> None:
-        """Trigger ``task_id`` with ``cause`` in the background (failures are logged)."""
-        spec = self.tasks.tasks.get(task_id)
-        if spec is None:
-            self._log.error("compensation_failed", task_id=cause.task_id, error="no such task")
-            return
-
-        async def go() -> None:
-            try:
-                run = await self.trigger(spec, cause=cause)
-                self._log.info(
-                    "compensation_triggered",
-                    task_id=cause.task_id,
-                    on_failure=task_id,
-                    status=pb.RunStatus.Name(run.status),
-                )
-            except PeerdError as exc:
-                self._log.error("compensation_failed", task_id=cause.task_id, error=str(exc))
-
-        task = asyncio.get_running_loop().create_task(go())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def trigger(self, spec: pb.TaskSpec) -> pb.RunRecord:
+        """Run ``spec`` once now on this node (:meth:`peerd.engine.triggers.Triggers.trigger`:
+        the CLAIMED or SKIPPED record; raises Unavailable or ResourceExhausted)."""
+        return await self.triggers.trigger(spec)
 
     # -- drain and stop --------------------------------------------------------------------
 
@@ -560,7 +453,7 @@ class Engine:
         self.fire.stopping = True
         self.reconciler.stop()
         self.fire.wake()
-        running = self.registry.tasks() + list(self._background)
+        running = self.registry.tasks() + list(self.triggers.background)
         if running:
             await asyncio.wait(running, timeout=grace_s)
         await self.writer.flush(5.0)

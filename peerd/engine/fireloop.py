@@ -35,7 +35,7 @@ from peerd.core.backoff import Backoff
 from peerd.core.overlap import first_mode
 from peerd.core.plan import SKIP_REASON_PB
 from peerd.core.ratelimit import TokenBucket, share
-from peerd.core.records import claim_record, from_ms, run_key, skipped_record
+from peerd.core.records import claim_record, from_ms, run_key, skipped_record, ts_ms
 from peerd.engine.claims import Claim, Claims
 from peerd.engine.planner import Owned, Planner, TaskPlan
 from peerd.engine.recovery import RECENT_SCAN, OwnerLostRecovery
@@ -279,7 +279,7 @@ class FireLoop:
         def settled(claim: Claim, res: ClaimResult) -> None:
             tp = by_run.get(run_key(claim.record))
             if tp is not None:
-                tp.settled.add(claim.record.scheduled_at.ToMilliseconds())
+                tp.settled.add(ts_ms(claim.record.scheduled_at))
             if not res.claimed:
                 return
             rec = claim.record
@@ -308,7 +308,8 @@ class FireLoop:
             rec = self._skipped(o, slot, reason, now, lease_id, covers)
             out.append(Claim(o.spec, rec, None))
         mode = first_mode(o.spec.overlap)
-        for slot in plan.fire:
+        known = plan.fire_instants if len(plan.fire_instants) == len(plan.fire) else None
+        for i, slot in enumerate(plan.fire):
             version, local = o.rules_of(slot)
             rec = claim_record(
                 o.spec.id,
@@ -316,7 +317,7 @@ class FireLoop:
                 self.node_id,
                 lease_id,
                 now,
-                fire_at=o.fire_at(slot),
+                fire_at=known[i] if known is not None else o.fire_at(slot),
                 priority=o.spec.priority,
                 tzdata_version=version,
                 local_time=local,

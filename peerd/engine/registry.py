@@ -59,10 +59,11 @@ class Run:
     state: RunState | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     cancel_reason: str | None = None
+    key: RunKey = field(init=False, repr=False)
+    """``(task_id, slot_ms)`` of :attr:`record` (fixed for the run's life)."""
 
-    @property
-    def key(self) -> RunKey:
-        return run_key(self.record)
+    def __post_init__(self) -> None:
+        self.key = run_key(self.record)
 
     @property
     def trace_id(self) -> str:

@@ -68,9 +68,7 @@ def _compile(
 class Trigger(Protocol):
     """Runs a task once now on this node (:meth:`peerd.engine.Engine.trigger`)."""
 
-    async def trigger(
-        self, spec: pb.TaskSpec, cause: pb.RunRecord | None = None
-    ) -> pb.RunRecord: ...
+    async def trigger(self, spec: pb.TaskSpec) -> pb.RunRecord: ...
 
 
 class TzdataControl(Protocol):

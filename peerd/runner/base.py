@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -142,7 +143,7 @@ class Execution:
     cause_json: str = ""
     fire_at: datetime | None = None
 
-    @property
+    @functools.cached_property
     def idempotency_key(self) -> str:
         """``<task_id>/<slot epoch ms>`` (:func:`peerd.core.records.idempotency_key`)."""
         return _key(self.task_id, slot_ms(self.scheduled_at))

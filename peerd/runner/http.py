@@ -27,6 +27,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
@@ -117,6 +118,13 @@ def default_body(execution: Execution, cause: dict[str, Any] | None = None) -> b
     Keys: ``task_id``, ``scheduled_at`` (RFC 3339 UTC, ms), ``attempt``, ``node_id``,
     ``fencing_token``, plus ``cause`` (the failed run, a JSON object) when ``cause`` is given.
     """
+    if cause is None:  # the same bytes as json.dumps below, without its encoder's overhead
+        return (
+            f'{{"task_id":{_json_str(execution.task_id)},'
+            f'"scheduled_at":"{rfc3339(execution.scheduled_at)}",'
+            f'"attempt":{execution.attempt:d},"node_id":{_json_str(execution.node_id)},'
+            f'"fencing_token":{execution.fencing_token:d}}}'
+        ).encode()
     doc: dict[str, Any] = {
         "task_id": execution.task_id,
         "scheduled_at": rfc3339(execution.scheduled_at),

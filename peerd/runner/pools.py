@@ -197,5 +197,16 @@ class Pools:
             raise ValueError(
                 f"no executor pool for kind {kind!r}; expected one of {sorted(self.kinds)}"
             ) from None
-        async with pool.slot(priority, fire_at_s), self.node.slot(priority, fire_at_s):
+        # The limiters' own acquire/release rather than their ``slot`` context managers: the
+        # same steps, two generator-based context managers fewer per run (the fire path).
+        await pool._acquire(priority, fire_at_s)
+        try:
+            await self.node._acquire(priority, fire_at_s)
+        except BaseException:
+            pool._release()
+            raise
+        try:
             yield
+        finally:
+            self.node._release()
+            pool._release()

@@ -186,6 +186,8 @@ class PythonExecutor:
             max_workers=max_threads, thread_name_prefix="peerd-python-task"
         )
         self._loaded: dict[str, Callable[[TaskContext], Any]] = {}
+        self._async: dict[str, bool] = {}
+        """Whether each loaded callable is async (asked once per name, not per run)."""
 
     kind: ClassVar[str] = "python"
     """The ``TaskSpec.target`` this executor runs (and the name of its pool)."""
@@ -252,17 +254,23 @@ class PythonExecutor:
 
         seconds = execution.timeout.total_seconds()
         deadline = asyncio.timeout(seconds)
-        in_thread = threading.Event()  # set once a plain callable started in its thread
+        is_async = self._async[target.name]
+        # set once a plain callable started in its thread (not needed for an async one)
+        in_thread = None if is_async else threading.Event()
         try:
             async with deadline:
-                result = await self._call(fn, ctx, in_thread)
+                if is_async:
+                    result = await fn(ctx)
+                else:
+                    assert in_thread is not None
+                    result = await self._call(fn, ctx, in_thread)
         except TimeoutError as exc:
             if not deadline.expired():  # the callable's own TimeoutError
                 return self._raised(started, execution, target, exc)
             error = f"timeout after {seconds}s"
-            if in_thread.is_set():
+            if in_thread is not None and in_thread.is_set():
                 error += "; the callable's thread keeps running until it returns"
-            elif not _is_async(fn):
+            elif in_thread is not None:
                 error += " waiting for a free worker thread"
             log.warning(
                 "python.timeout",
@@ -285,8 +293,7 @@ class PythonExecutor:
     async def _call(
         self, fn: Callable[[TaskContext], Any], ctx: TaskContext, in_thread: threading.Event
     ) -> Any:
-        if _is_async(fn):
-            return await fn(ctx)
+        """Call the plain function ``fn`` in a worker thread."""
 
         def call() -> Any:
             in_thread.set()
@@ -328,6 +335,7 @@ class PythonExecutor:
             ) from None
         if not callable(loaded):
             raise _Refused(f"python task {name!r} ({ep.value}) is not callable")
+        self._async[name] = _is_async(loaded)
         self._loaded[name] = loaded
         return loaded
 

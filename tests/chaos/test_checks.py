@@ -17,6 +17,7 @@ from chaos.checks import (
     failover_times,
     parse_delivery,
     percentile,
+    retried_lateness,
 )
 from peerd.core.ring import owner
 
@@ -183,6 +184,22 @@ def test_failover_time_per_victim_task() -> None:
     assert rep.failover_overall.seconds.max == pytest.approx(3.8)
     assert rep.violations == ["failover p99 3.80s above the 2s limit"]
     assert run(deliveries, ledger, [fault], tasks=tasks).ok
+
+
+def test_claimed_slot_retried_after_the_lease_is_reported_apart() -> None:
+    # n1 claimed slot 6 ahead (at 5.7 s) and is killed at 5.8 s; n2 fires slot 7 on time (the
+    # failover time) but may retry slot 6 only once n1's lease is gone, 9 s late.
+    deliveries, ledger = steady(["a"], range(6), {"a": "n1"})
+    deliveries += [d("a", s, "n2") for s in range(7, 31)]
+    deliveries.append(d("a", 6, "n2", lag_s=9.0, token=99, attempt=2))
+    ledger += [r("a", s, "n2") for s in range(7, 31)]
+    ledger.append(LedgerRecord("a", T0_MS + 6000, "n2", 2, 99, "SUCCEEDED", 9.0))
+    fault = FaultEvent("kill9", "n1", T0_S + 5.8, T0_S + 19, ("n1",))  # n1 owned "a"
+    assert retried_lateness(["a"], ledger, fault, math.inf) == [9.0]
+    rep = run(deliveries, ledger, [fault], tasks=["a"])
+    assert rep.failover["kill9"].seconds.max == pytest.approx(1.22)
+    assert rep.failover["kill9"].retried_lateness_s.max == pytest.approx(9.0)
+    assert rep.ok
 
 
 def test_failover_not_observed_before_next_fault_is_inf() -> None:

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from peerd.client import SchedulerClient
 from peerd.v1 import scheduler_pb2 as pb
+from tests.helpers import cli
 
 TASKS_YAML = """\
 id: report
@@ -35,18 +33,6 @@ tasks:
     overlap: forbid
     labels: {team: billing}
 """
-
-
-def cli(
-    server: str, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", "--server", server, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def revisions(client: SchedulerClient) -> dict[str, int]:

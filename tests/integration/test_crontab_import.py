@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from peerd.client import SchedulerClient
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, cli
 
 DEBIAN_CRONTAB = """\
 # /etc/crontab: system-wide crontab
@@ -23,15 +21,6 @@ PATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin
 52 6\t1 * *\troot\ttest -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.monthly; }
 #
 """
-
-
-def cli(server: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", "--server", server, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_import_system_crontab(nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -34,8 +34,7 @@ from peerd.errors import ResourceExhausted
 from peerd.exitcodes import EXIT_NO_SPACE
 from peerd.v1 import scheduler_pb2 as pb
 from tests.conftest import NodesFactory, running_etcd
-from tests.helpers import PeerdNode, assert_eventually
-from tests.integration.test_preview_audit_watch import cli
+from tests.helpers import PeerdNode, assert_eventually, cli
 from tests.integration.test_reload import hup
 
 T = TypeVar("T")

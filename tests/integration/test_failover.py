@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from peerd.client import SchedulerClient
 from peerd.core.ring import owner
-from peerd.devtools.sink import WebhookSink
+from peerd.devtools.sink import Delivery, WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import assert_eventually, real_duplicates, retried_keys
 
@@ -27,6 +27,15 @@ def http_task(task_id: str, url: str, every_s: int = 1) -> pb.TaskSpec:
     spec.schedule.every.FromSeconds(every_s)
     spec.timeout.FromSeconds(5)
     return spec
+
+
+def fired_by(deliveries: list[Delivery]) -> dict[str, list[tuple[float, str]]]:
+    """Task id -> (received_at, node_id) of each of its deliveries, in arrival order."""
+    by_task: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for d in deliveries:
+        body = json.loads(d.body)
+        by_task[body["task_id"]].append((d.received_at, body["node_id"]))
+    return by_task
 
 
 def test_kill9_failover_no_duplicates(nodes, sink: WebhookSink) -> None:  # type: ignore[no-untyped-def]
@@ -42,26 +51,42 @@ def test_kill9_failover_no_duplicates(nodes, sink: WebhookSink) -> None:  # type
             assert fired >= set(ids), f"{len(set(ids) - fired)} tasks not fired yet"
 
         assert_eventually(all_fired, timeout=15)
-        time.sleep(6)  # steady state
-        victim = cluster[1]
         members = [n.node_id for n in cluster]
+
+        def steady_state() -> None:  # each task fired a few times, lately by its ring owner
+            by_task = fired_by(sink.deliveries())
+            assert all(len(by_task[t]) >= 3 for t in ids), "not every task fired 3 times yet"
+            moving = [t for t in ids if by_task[t][-1][1] != owner(t, members)]
+            assert not moving, f"{len(moving)} tasks not yet fired by their owner"
+
+        assert_eventually(steady_state, timeout=20)
+        victim = cluster[1]
         victim_tasks = [t for t in ids if owner(t, members) == victim.node_id]
         assert victim_tasks, "the victim owns no task; choose another victim"
         killed_at = time.time()
         victim.kill()
 
+        def survivor_fires_since(at: float) -> dict[str, int]:
+            by_task = fired_by(sink.deliveries())
+            return {
+                t: sum(node != victim.node_id and received > at for received, node in fires)
+                for t, fires in by_task.items()
+            }
+
         def victim_tasks_moved() -> None:
-            by_task: dict[str, list[float]] = defaultdict(list)
-            for d in sink.deliveries():
-                body = json.loads(d.body)
-                if body["node_id"] != victim.node_id and d.received_at > killed_at:
-                    by_task[body["task_id"]].append(d.received_at)
-            missing = [t for t in victim_tasks if not by_task.get(t)]
+            fires = survivor_fires_since(killed_at)
+            missing = [t for t in victim_tasks if not fires.get(t)]
             assert not missing, f"{len(missing)} of the victim's tasks not fired by a survivor"
-            return None
 
         assert_eventually(victim_tasks_moved, timeout=LEASE_TTL_S + 8)
-        time.sleep(8)  # run on after failover
+        moved_at = time.time()
+
+        def ran_on() -> None:  # every task ran 3 more slots after the failover
+            fires = survivor_fires_since(moved_at)
+            short = [t for t in ids if fires.get(t, 0) < 3]
+            assert not short, f"{len(short)} tasks fired fewer than 3 times since the failover"
+
+        assert_eventually(ran_on, timeout=15)
 
         deliveries = sink.deliveries()
         dupes = real_duplicates(deliveries)

@@ -18,6 +18,25 @@ from tests.helpers import assert_eventually
 LEASE_TTL_S = 4
 
 
+def fired_since(sink: WebhookSink, ids: list[str], after: float, times: int = 1) -> None:
+    """Every task of ``ids`` was delivered at least ``times`` times after ``after`` (epoch s)."""
+    count = dict.fromkeys(ids, 0)
+    for d in sink.deliveries():
+        task_id = json.loads(d.body)["task_id"]
+        if d.received_at > after and task_id in count:
+            count[task_id] += 1
+    short = [t for t, n in count.items() if n < times]
+    assert not short, f"{len(short)} tasks delivered fewer than {times} times since {after:.3f}"
+
+
+def delivered_by(sink: WebhookSink, node_id: str, after: float) -> None:
+    """``node_id`` delivered a run after ``after`` (epoch s)."""
+    assert any(
+        d.received_at > after and json.loads(d.body)["node_id"] == node_id
+        for d in sink.deliveries()
+    ), f"{node_id} delivered nothing since {after:.3f}"
+
+
 def every_second(task_id: str, url: str) -> pb.TaskSpec:
     spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url=url))
     spec.schedule.every.FromSeconds(1)
@@ -61,7 +80,7 @@ def test_join_hands_tasks_over(nodes, sink: WebhookSink) -> None:  # type: ignor
     ids = [f"join-{i:02d}" for i in range(30)]
     with SchedulerClient(first[0].address) as client:
         client.create_tasks([every_second(t, f"{sink.url}/j/{t}") for t in ids])
-    time.sleep(3)
+    assert_eventually(lambda: fired_since(sink, ids, 0.0, times=2), timeout=15)
     (joiner,) = nodes(1, lease_ttl_s=LEASE_TTL_S)
 
     def joiner_fires() -> None:
@@ -69,8 +88,9 @@ def test_join_hands_tasks_over(nodes, sink: WebhookSink) -> None:  # type: ignor
         assert joiner.node_id in senders
 
     assert_eventually(joiner_fires, timeout=10)
-    time.sleep(2)
-    assert any("handoff_done" in n.log_text() for n in first)
+    assert_eventually(lambda: any("handoff_done" in n.log_text() for n in first), timeout=10)
+    joined_at = time.time()
+    assert_eventually(lambda: fired_since(sink, ids, joined_at, times=2), timeout=10)  # run on
     with SchedulerClient(joiner.address) as client:
         for t in ids:
             assert not [r for r in client.list_runs(t, 30) if r.status == pb.SKIPPED], t
@@ -83,10 +103,16 @@ def test_paused_zombie_claims_nothing_until_reregistered(nodes, sink: WebhookSin
     ids = [f"z-{i:02d}" for i in range(20)]
     with SchedulerClient(cluster[0].address) as client:
         client.create_tasks([every_second(t, f"{sink.url}/z/{t}") for t in ids])
-    time.sleep(3)
-    zombie = cluster[2]
-    zombie.pause()
-    time.sleep(LEASE_TTL_S + 2)  # its lease expires while it is stopped
+        assert_eventually(lambda: fired_since(sink, ids, 0.0, times=2), timeout=15)
+        zombie = cluster[2]
+        zombie.pause()
+
+        def lease_gone() -> None:  # its lease expires while it is stopped
+            assert zombie.node_id not in {m.node_id for m in client.get_cluster().members}
+
+        assert_eventually(lease_gone, timeout=LEASE_TTL_S + 10)
+        expired_at = time.time()
+        assert_eventually(lambda: fired_since(sink, ids, expired_at), timeout=10)  # taken over
     resumed_at = time.time()
     zombie.resume()
 
@@ -101,7 +127,8 @@ def test_paused_zombie_claims_nothing_until_reregistered(nodes, sink: WebhookSin
         return stamps[-1]
 
     registered_at = assert_eventually(reregistered, timeout=15)
-    time.sleep(2)
+    # Back at work: what it claimed before re-registering is in the ledger by now.
+    assert_eventually(lambda: delivered_by(sink, zombie.node_id, registered_at), timeout=10)
     with SchedulerClient(cluster[0].address) as client:
         early = []
         for t in ids:

@@ -14,8 +14,9 @@ LEASE_TTL_S = 4
 
 
 def slow_task(task_id: str, url: str, policy: int) -> pb.TaskSpec:
-    # The target answers after 3 s, so a run is in flight most of the time.
-    spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url=f"{url}?delay_s=3"), on_owner_lost=policy)  # type: ignore[arg-type]
+    # The sink holds every run until the test releases it: a run is in flight when the test
+    # kills its node.
+    spec = pb.TaskSpec(id=task_id, http=pb.HttpTarget(url=f"{url}?hold=lost"), on_owner_lost=policy)  # type: ignore[arg-type]
     spec.schedule.every.FromSeconds(2)
     spec.timeout.FromSeconds(10)
     return spec
@@ -46,6 +47,7 @@ def test_lost_runs_are_retried_or_marked_lost(nodes, sink: WebhookSink) -> None:
             for t in (retry_id, mark_id)
         }
         victim.kill()
+        sink.release("lost")  # the victim got no answer; the retry gets one at once
 
         def resolved() -> None:
             retried = [

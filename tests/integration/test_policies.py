@@ -58,9 +58,9 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
     (n1,) = nodes(1, lease_ttl_s=4)
     tid = owned_by("n2", ["n1", "n2"], "forbid")
     with SchedulerClient(n1.address) as client:
-        # Every 1 s, each run takes 12 s: n2 (started below, a few seconds in) takes the task
-        # over while n1's first run is certainly still in progress.
-        client.create_task(every(tid, 1, f"{sink.url}/f?delay_s=12", overlap=pb.OVERLAP_FORBID))
+        # Every 1 s; the sink holds every run until the test releases it, so n2 (started below)
+        # takes the task over while n1's first run is certainly still in progress.
+        client.create_task(every(tid, 1, f"{sink.url}/f?hold=forbid", overlap=pb.OVERLAP_FORBID))
 
         def running_on_n1() -> None:
             assert any(
@@ -79,9 +79,17 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
                 and "on n1" in r.error
                 for r in runs
             ), [(r.node_id, pb.RunStatus.Name(r.status), r.error) for r in runs[:8]]
-            assert any(r.status == pb.SUCCEEDED and r.node_id == "n2" for r in runs)
 
-        assert_eventually(n2_skipped_for_n1, timeout=40)
+        assert_eventually(n2_skipped_for_n1, timeout=20)
+        sink.release("forbid")  # n1's run ends; n2 runs the next slot
+
+        def both_succeeded() -> None:  # n1's held run, then a run of n2's
+            runs = client.list_runs(tid, 50)
+            assert {r.node_id for r in runs if r.status == pb.SUCCEEDED} == {"n1", "n2"}, [
+                (r.node_id, pb.RunStatus.Name(r.status), r.error) for r in runs[:8]
+            ]
+
+        assert_eventually(both_succeeded, timeout=20)
         runs = client.list_runs(tid, 100)
     assert_no_overlap(runs)
     assert {r.node_id for r in runs if r.status == pb.SUCCEEDED} == {"n1", "n2"}

@@ -26,19 +26,10 @@ from peerd.coord.runs_view import RunsView
 from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.devtools.sink import WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import RULES, PeerdNode, assert_eventually
+from tests.helpers import RULES, assert_eventually, cli
 from tests.integration.test_api import etcd_state
 
 BERLIN = RULES.zone("Europe/Berlin", "tz")
-
-
-def cli(node: PeerdNode, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", "--server", node.address, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def ts(msg: object) -> datetime:

@@ -237,7 +237,7 @@ def test_a_schedule_change_takes_effect_after_the_update(nodes, sink: WebhookSin
         for i, t in enumerate(ids):  # through every node, owner or not
             with SchedulerClient(cluster[i % 3].address) as via:
                 changes[t] = update_every(via, t, 1)  # the odd seconds: new slots only
-        horizon = max(changes.values()) + 7 * S
+        horizon = max(changes.values()) + 4 * S
         history = {t: eras(datetime.min.replace(tzinfo=UTC), 2, [(changes[t], 1)]) for t in ids}
 
         def settled() -> None:

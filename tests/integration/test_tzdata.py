@@ -7,8 +7,8 @@
   the test, :mod:`tests.tzfiles`): a ``0 9 * * *`` America/Vancouver task whose owner is killed
   across its 09:00, and a rolling upgrade of the rules. Real time cannot be faked in a real
   process, so the test writes the zone files: "today" in America/Vancouver is chosen so that
-  09:00 local falls a few seconds ahead, and the two releases place it 20 s apart (as 2025b and
-  2026f place it an hour apart in winter 2027).
+  09:00 local falls a few seconds ahead, and the two releases place it 14 or 20 s apart (as 2025b
+  and 2026f place it an hour apart in winter 2027).
 """
 
 from __future__ import annotations
@@ -184,7 +184,14 @@ def test_the_rule_is_written_only_from_a_current_member_view(
 # --- two real nodes ---------------------------------------------------------------------------
 
 OFFSET_APART_S = 20
-"""How far apart the two releases place 09:00 local (the new rules 20 s later)."""
+"""How far apart the two releases of the rolling upgrade place 09:00 local."""
+KILL_APART_S = 14
+"""How far apart the two releases place 09:00 local when the owner is killed (the new rules
+later): the owner is killed about 1 s after the old 09:00 and its lease expires 3 s later, so n2
+owns the task well before the new 09:00."""
+LATER_S = 10
+"""The second task fires at 09:00:10: n1 (killed about 1 s after its 09:00) never reaches it,
+and by the new rules it falls well after the new 09:00."""
 
 
 def rules_for(nine_am_s: int) -> int:
@@ -218,12 +225,12 @@ def http_task(task_id: str, cron: str, url: str) -> pb.TaskSpec:
 def test_owner_killed_across_9am_no_double_no_gap(
     nodes: Callable[..., list[PeerdNode]], sink: WebhookSink, tmp_path: Path
 ) -> None:
-    """n1 runs release "2040a" (09:00 at T), n2 runs "2040b" (09:00 at T + 20 s). The cluster
+    """n1 runs release "2040a" (09:00 at T), n2 runs "2040b" (09:00 at T + 14 s). The cluster
     agrees on 2040a (n1 came first), so n1 owns the Vancouver tasks and fires the day's 09:00
     at T. n1 is killed right after; once its lease is gone the cluster agrees on 2040b and n2
-    takes over from the ledger. The new rules put 09:00 at T + 20 s, after n1's slot: n2 must
+    takes over from the ledger. The new rules put 09:00 at T + 14 s, after n1's slot: n2 must
     not run it again (the record's local time says 09:00 ran), yet it must run the next slot,
-    09:00:15 by the new rules (a second task, ``15 0 9 * * *``), which n1 never reached."""
+    09:00:10 by the new rules (a second task, ``10 0 9 * * *``), which n1 never reached."""
     old_db = write_database(tmp_path / "old", "2040a", {})
     new_db = write_database(tmp_path / "new", "2040b", {})
     (n1,) = nodes(1, lease_ttl_s=LEASE_TTL_S, extra_args=["--tzdata", str(old_db)])
@@ -231,8 +238,8 @@ def test_owner_killed_across_9am_no_double_no_gap(
         assert_eventually(lambda: client.get_cluster().tzdata_version == "2040a", timeout=10)
     (n2,) = nodes(1, lease_ttl_s=LEASE_TTL_S, extra_args=["--tzdata", str(new_db)])
     # Zones are read when a task is compiled: write them now, 09:00 a few seconds ahead.
-    t_old = int(time.time()) + 12
-    t_new = t_old + OFFSET_APART_S
+    t_old = int(time.time()) + 10
+    t_new = t_old + KILL_APART_S
     write_zone(old_db, ZONE, (rules_for(t_old), []))
     write_zone(new_db, ZONE, (rules_for(t_new), []))
     with SchedulerClient(n2.address) as client:
@@ -245,7 +252,7 @@ def test_owner_killed_across_9am_no_double_no_gap(
         client.create_tasks(
             [
                 http_task("daily", "0 9 * * *", f"{sink.url}/daily"),
-                http_task("later", "15 0 9 * * *", f"{sink.url}/later"),
+                http_task("later", f"{LATER_S} 0 9 * * *", f"{sink.url}/later"),
             ]
         )
 
@@ -272,8 +279,8 @@ def test_owner_killed_across_9am_no_double_no_gap(
             lambda: client.get_cluster().tzdata_version == "2040b", timeout=LEASE_TTL_S + 10
         )
         later = assert_eventually(lambda: deliveries(sink, "later"), timeout=60)
-        assert [(d["node_id"], d["scheduled_at"]) for d in later] == [("n2", at(t_new + 15))]
-        assert time.time() > t_new + 5  # n2's 09:00 (T + 20 s) is well past ...
+        assert [(d["node_id"], d["scheduled_at"]) for d in later] == [("n2", at(t_new + LATER_S))]
+        assert time.time() > t_new + 5  # n2's 09:00 (T + 14 s) is well past ...
         assert [(d["node_id"], d["scheduled_at"]) for d in deliveries(sink, "daily")] == [
             ("n1", at(t_old))
         ]  # ... and was not run again
@@ -284,7 +291,10 @@ def test_owner_killed_across_9am_no_double_no_gap(
         ]
         assert daily[0].local_time.startswith(_local_day(t_old) + "T09:00:00")
         (run_later,) = records(client, "later")
-        assert (run_later.tzdata_version, run_later.local_time[11:19]) == ("2040b", "09:00:15")
+        assert (run_later.tzdata_version, run_later.local_time[11:19]) == (
+            "2040b",
+            f"09:00:{LATER_S:02d}",
+        )
         audit = client.audit_task("daily")
         assert (audit.gap_count, list(audit.multi_claims)) == (0, [])
         nxt = client.preview(task_id="daily", count=1).slots[0].scheduled_at.ToSeconds()

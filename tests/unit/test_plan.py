@@ -587,20 +587,47 @@ def call(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, obj
     )
 
 
+def expected(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, object]) -> Plan:
+    """:func:`reference` with the arguments of a :func:`random_case`."""
+    return reference(
+        s,
+        cursor,
+        now,
+        kw["catch_up"],  # type: ignore[arg-type]
+        kw["fire_at"],  # type: ignore[arg-type]
+        kw["paused_until"],  # type: ignore[arg-type]
+        kw["unschedulable"],  # type: ignore[arg-type]
+        kw["max_fire"],  # type: ignore[arg-type]
+        kw["budget"],  # type: ignore[arg-type]
+    )
+
+
 def test_matches_the_reference_model_on_random_cases() -> None:
     rng = random.Random(20260101)
     for _ in range(400):
         s, kw, now = random_case(rng)
         cursor = now - MS * rng.randrange(0, 6 * 3_600_000)
-        args = (
-            kw["catch_up"],
-            kw["fire_at"],
-            kw["paused_until"],
-            kw["unschedulable"],
-            kw["max_fire"],
-            kw["budget"],
-        )
-        assert call(s, cursor, now, kw) == reference(s, cursor, now, *args), (cursor, now, kw)  # type: ignore[arg-type]
+        assert call(s, cursor, now, kw) == expected(s, cursor, now, kw), (cursor, now, kw)
+
+
+def test_one_due_slot_on_time_matches_the_reference_model() -> None:
+    # The steady state (cursor at most a gap or two behind now) takes plan_due's quick path
+    # when exactly one slot is due and on time: it must plan what the rules say.
+    rng = random.Random(13)
+    quick = 0
+    for _ in range(400):
+        s, kw, now = random_case(rng)
+        gap = next(g for c, g in SCHEDULES if c is s)
+        cursor = now - MS * rng.randrange(0, 2 * gap)
+        last = s.last_slots(cursor - D, cursor, 1)  # a slot, as the engine's cursors are
+        cursor = last[-1] if last else cursor
+        p = call(s, cursor, now, kw)
+        assert p == expected(s, cursor, now, kw), (cursor, now, kw)
+        if p.fire_instants:
+            quick += 1
+            f = kw["fire_at"] or (lambda x: x)
+            assert p.fire_instants == [f(x) for x in p.fire]  # type: ignore[operator]
+    assert quick > 50  # the quick path was taken, not only the general one
 
 
 def test_replanning_until_done_handles_every_due_slot_exactly_once() -> None:

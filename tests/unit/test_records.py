@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime, timedelta, timezone
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from peerd.core import records
 from peerd.v1 import scheduler_pb2 as pb
@@ -83,3 +87,41 @@ def test_owner_lost_retry_is_the_next_attempt() -> None:
     assert lost.started_at == rec.started_at and "n2 lost its lease 10" in lost.error
     marked = records.marked_lost(rec, NOW)
     assert marked.status == pb.LOST and marked.attempt == 1 and "RUNNING" in marked.error
+
+
+def test_time_conversions_agree_with_the_protobuf_helpers() -> None:
+    # set_time/time_of/ts_ms/set_duration replace Timestamp/Duration's Python helpers on the
+    # fire path: they must give the same fields and values, also before 1970 and for
+    # negative durations.
+    rng = random.Random(3)
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+    for _ in range(2000):
+        us = rng.randrange(-2 * 10**15, 4 * 10**15)
+        dt = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).astimezone(
+            rng.choice(zones)
+        )
+        ours, theirs = Timestamp(), Timestamp()
+        records.set_time(ours, dt)
+        theirs.FromDatetime(dt)
+        assert (ours.seconds, ours.nanos) == (theirs.seconds, theirs.nanos), dt
+        assert records.time_of(theirs) == theirs.ToDatetime(UTC) == dt
+        assert records.ts_ms(theirs) == theirs.ToMilliseconds()
+        td = timedelta(microseconds=rng.randrange(-(10**13), 10**13))
+        d_ours, d_theirs = Duration(), Duration()
+        records.set_duration(d_ours, td)
+        d_theirs.FromTimedelta(td)
+        assert (d_ours.seconds, d_ours.nanos) == (d_theirs.seconds, d_theirs.nanos), td
+        assert records.duration_of(d_theirs) == d_theirs.ToTimedelta() == td
+
+
+def test_rfc3339_is_utc_with_milliseconds_from_any_zone() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        dt = datetime(1000, 1, 2, tzinfo=UTC) + timedelta(microseconds=rng.randrange(2 * 10**17))
+        dt = dt.astimezone(timezone(timedelta(minutes=rng.randrange(-720, 720))))
+        utc = dt.astimezone(UTC)
+        want = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+        assert records.rfc3339(dt) == want
+    assert records.rfc3339(datetime(2026, 11, 21, 6, 0, 1, 999_999, tzinfo=UTC)) == (
+        "2026-11-21T06:00:01.999Z"
+    )

@@ -105,6 +105,23 @@ def test_delay_override(running_sink: WebhookSink, http: httpx.Client) -> None:
         http.post(f"{running_sink.url}/slow?delay_s=2", timeout=0.2)
 
 
+def test_hold_until_released(running_sink: WebhookSink, http: httpx.Client) -> None:
+    url = f"{running_sink.url}/held?hold=gate"
+    with pytest.raises(httpx.ReadTimeout):  # held: recorded, not answered
+        http.post(url, timeout=0.3)
+    answers: list[int] = []
+    waiter = threading.Thread(target=lambda: answers.append(http.post(url).status_code))
+    waiter.start()
+    assert_eventually(lambda: len(running_sink.deliveries()) == 2, timeout=5)
+    assert answers == []
+    running_sink.release("gate")
+    waiter.join(timeout=5)
+    assert answers == [200]  # the held request was answered on release ...
+    assert http.post(url, timeout=2).status_code == 200  # ... and later ones pass at once
+    with pytest.raises(httpx.ReadTimeout):  # another name is still held
+        http.post(f"{running_sink.url}/held?hold=other", timeout=0.3)
+
+
 def test_introspection_endpoints(running_sink: WebhookSink, http: httpx.Client) -> None:
     http.post(f"{running_sink.url}/a", headers={"Idempotency-Key": "k1"}, content="one")
     http.post(f"{running_sink.url}/a", headers={"Idempotency-Key": "k1"}, content="two")
