@@ -25,7 +25,9 @@ counts as growth again. Before freezing it runs a collection of the young
 generations (a few milliseconds), so short-lived cycles are collected rather than frozen.
 
 :class:`GcPauses` measures every collection through :data:`gc.callbacks` and logs those longer
-than :data:`LOG_OVER_MS` as ``gc_pause`` (generation, milliseconds, objects frozen).
+than :data:`LOG_OVER_MS` as ``gc_pause`` (generation, milliseconds, objects frozen), from its own
+loop: never from inside the callback, which runs wherever a collection starts, possibly inside
+the log handler holding its lock.
 
 The thresholds of the generations stay CPython's: with generation 0 collected every 2,000 or
 7,000 allocations instead of 700, collections of generation 1 (up to ten times as many objects)
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +56,8 @@ FREEZE_GROWTH = 0.1
 :data:`FREEZE_MIN`)."""
 FREEZE_MIN = 1000
 """Growth (in the units of the size callable: tasks) below which nothing is frozen."""
+PENDING_MAX = 100
+"""Long collections kept for :meth:`GcPauses.report` (older ones are dropped, still counted)."""
 CHECK_S = 1.0
 """How often :meth:`Freezer.run` looks at the size (seconds)."""
 
@@ -73,6 +78,8 @@ class GcPauses:
         self.total_s = [0.0, 0.0, 0.0]
         self.worst_ms = [0.0, 0.0, 0.0]
         self._started = 0.0
+        self.pending: deque[tuple[int, float, int]] = deque(maxlen=PENDING_MAX)
+        """Long collections not yet logged: ``(generation, ms, objects collected)``."""
 
     def install(self) -> None:
         """Start measuring (idempotent)."""
@@ -95,13 +102,31 @@ class GcPauses:
         took_ms = took_s * 1000
         self.worst_ms[gen] = max(self.worst_ms[gen], took_ms)
         if took_ms > self.log_over_ms:
+            # Kept, not logged: logging here could re-enter the log handler's lock (a
+            # collection may start inside its print) and hang the process.
+            self.pending.append((gen, round(took_ms, 1), int(info.get("collected", 0))))
+
+    def report(self) -> int:
+        """Log the long collections seen since the last report as ``gc_pause`` (generation,
+        milliseconds, objects collected, objects frozen). Returns how many were logged."""
+        n = 0
+        while self.pending:
+            gen, pause_ms, collected = self.pending.popleft()
             log.warning(
                 "gc_pause",
                 generation=gen,
-                pause_ms=round(took_ms, 1),
-                collected=info.get("collected", 0),
+                pause_ms=pause_ms,
+                collected=collected,
                 frozen=gc.get_freeze_count(),
             )
+            n += 1
+        return n
+
+    async def run(self, clock: Clock) -> None:
+        """:meth:`report` every :data:`CHECK_S` seconds of ``clock``, until cancelled."""
+        while True:
+            await clock.sleep(CHECK_S)
+            self.report()
 
 
 class Freezer:

@@ -536,6 +536,7 @@ class Node:
         self.loops.spawn("tasks.watch", self.cache.run)
         if self._tune_gc:
             self.loops.spawn("gc.freeze", self.freezer.run)
+            self.loops.spawn("gc.pauses", lambda: self.gc_pauses.run(self.clock))
         self.loops.spawn("peers.probe", self.peers.run)
         self.loops.spawn("etcd.alarms", self.alarms.run)
         self.loops.spawn("etcd.compactor", self.compactor.run)

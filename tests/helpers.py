@@ -193,7 +193,7 @@ def cli(
         try:
             code = peerd_cli.main(argv, env={**os.environ, **env} if env else None)
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(["peerd", *argv], code, out.getvalue(), err.getvalue())
 
 

@@ -17,6 +17,7 @@ import structlog
 
 from peerd.clock import Clock
 from peerd.core.records import slot_ms
+from peerd.engine.batches import in_batches
 from peerd.engine.planner import Planner
 from peerd.engine.registry import RunRegistry
 from peerd.v1 import peer_pb2 as ppb
@@ -118,15 +119,12 @@ class Handoffs:
 
     async def _send(self, target: str, task_ids: list[str]) -> None:
         """Hand ``task_ids`` to ``target``, :data:`BATCH` tasks per request, :data:`IN_FLIGHT`
-        requests at a time."""
-        sem = asyncio.Semaphore(IN_FLIGHT)
-
-        async def send(batch: list[str]) -> None:
-            async with sem:
-                await self._send_batch(target, batch)
-
-        step = BATCH
-        await asyncio.gather(*(send(task_ids[i : i + step]) for i in range(0, len(task_ids), step)))
+        requests at a time. The tasks of a failed request stay pending (resent next pass)."""
+        failed = await in_batches(
+            task_ids, BATCH, IN_FLIGHT, lambda batch: self._send_batch(target, batch)
+        )
+        for batch, exc in failed:
+            self._log.warning("handoff_failed", to_node=target, tasks=len(batch), error=str(exc))
 
     async def _send_batch(self, target: str, task_ids: list[str]) -> None:
         items = []

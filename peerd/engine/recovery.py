@@ -25,6 +25,7 @@ from peerd.clock import Clock
 from peerd.coord.ledger import Ledger
 from peerd.core.budget import MAX_TXN_OPS
 from peerd.core.records import UNFINISHED, marked_lost, owner_lost_retry, rfc3339, run_key
+from peerd.engine.batches import in_batches
 from peerd.engine.lock import Lease
 from peerd.engine.registry import RunKey, RunRegistry
 from peerd.errors import PeerdError, ResourceExhausted, Unavailable
@@ -125,10 +126,7 @@ class OwnerLostRecovery:
                 self._wake.clear()
                 await self._wake.wait()
             if self._to_scan and self.can_claim():
-                try:
-                    await self._scan()
-                except PeerdError as exc:
-                    self._log.warning("orphan_scan_failed", error=str(exc))
+                await self._scan()  # a failed read keeps its tasks to scan
             for key, (rec, mod) in list(self._orphans.items()):
                 spec = self.owned_spec(rec.task_id)
                 if spec is None or self.registry.get(key) is not None:
@@ -149,19 +147,19 @@ class OwnerLostRecovery:
 
     async def _scan(self) -> None:
         """Read the newest records of every task to scan, :data:`MAX_TXN_OPS` tasks per read
-        (:meth:`Ledger.recent_of`), :data:`SCAN_IN_FLIGHT` reads at a time."""
+        (:meth:`Ledger.recent_of`), :data:`SCAN_IN_FLIGHT` reads at a time. The tasks of a
+        failed read stay to scan (next pass)."""
         ids = [t for t in self._to_scan if self.owned_spec(t) is not None]
         self._to_scan = set()
-        sem = asyncio.Semaphore(SCAN_IN_FLIGHT)
 
         async def scan(batch: list[str]) -> None:
-            async with sem:
-                found = await self.ledger.recent_of(batch, RECENT_SCAN)
+            found = await self.ledger.recent_of(batch, RECENT_SCAN)
             for recent in found.values():
                 self.note(recent)
 
-        step = MAX_TXN_OPS
-        await asyncio.gather(*(scan(ids[i : i + step]) for i in range(0, len(ids), step)))
+        for batch, exc in await in_batches(ids, MAX_TXN_OPS, SCAN_IN_FLIGHT, scan):
+            self._to_scan.update(batch)
+            self._log.warning("orphan_scan_failed", tasks=len(batch), error=str(exc))
 
     async def _resolve(self, spec: pb.TaskSpec, rec: pb.RunRecord, mod: int) -> None:
         now = self.clock.now()

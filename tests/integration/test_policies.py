@@ -60,7 +60,9 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
     with SchedulerClient(n1.address) as client:
         # Every 1 s; the sink holds every run until the test releases it, so n2 (started below)
         # takes the task over while n1's first run is certainly still in progress.
-        client.create_task(every(tid, 1, f"{sink.url}/f?hold=forbid", overlap=pb.OVERLAP_FORBID))
+        spec = every(tid, 1, f"{sink.url}/f?hold=forbid", overlap=pb.OVERLAP_FORBID)
+        spec.timeout.FromSeconds(120)  # the held run must outlast a slow machine's waits below
+        client.create_task(spec)
 
         def running_on_n1() -> None:
             assert any(
@@ -81,6 +83,7 @@ def test_forbid_holds_across_an_owner_change(nodes, sink: WebhookSink) -> None: 
             ), [(r.node_id, pb.RunStatus.Name(r.status), r.error) for r in runs[:8]]
 
         assert_eventually(n2_skipped_for_n1, timeout=20)
+        running_on_n1()  # still held: the overlap n2 skipped for is real
         sink.release("forbid")  # n1's run ends; n2 runs the next slot
 
         def both_succeeded() -> None:  # n1's held run, then a run of n2's

@@ -238,7 +238,7 @@ def test_owner_killed_across_9am_no_double_no_gap(
         assert_eventually(lambda: client.get_cluster().tzdata_version == "2040a", timeout=10)
     (n2,) = nodes(1, lease_ttl_s=LEASE_TTL_S, extra_args=["--tzdata", str(new_db)])
     # Zones are read when a task is compiled: write them now, 09:00 a few seconds ahead.
-    t_old = int(time.time()) + 10
+    t_old = int(time.time()) + 12  # time to create the tasks and see them owned first
     t_new = t_old + KILL_APART_S
     write_zone(old_db, ZONE, (rules_for(t_old), []))
     write_zone(new_db, ZONE, (rules_for(t_new), []))
