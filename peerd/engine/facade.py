@@ -16,6 +16,7 @@ module                   job
 ``handoff``              tasks moving to a new owner with their cursor, no gap
 ``backpressure``         the node-wide execution limit, adapted to the event loop's lag
 ``triggers``             manual runs and compensations: slot = now, claimed like any slot
+``batches``              bounded fan-out of rescans and handoffs; failed batches kept
 ``ports``                the narrow views of the node the engine takes (lease, tasks, executors)
 =======================  ==================================================================
 
