@@ -163,6 +163,9 @@ def test_runs_audit_clean_and_watch_sees_every_transition(nodes, sink: WebhookSi
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # SIGINT as at a terminal: a test run started in the background (bash `&`) ignores
+            # SIGINT, and its children would inherit that and never see the Ctrl-C below.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
 
