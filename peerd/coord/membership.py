@@ -28,16 +28,8 @@ from typing import Protocol
 import structlog
 
 from peerd.clock import Clock, wait_event
-from peerd.coord.etcd import (
-    KV,
-    Etcd,
-    Event,
-    cmp_create_revision,
-    op_get,
-    op_put,
-    retry_backoff,
-    txn_request,
-)
+from peerd.coord.etcd import KV, Etcd, Event, retry_backoff
+from peerd.coord.etcd_messages import cmp_create_revision, op_get, op_put, txn_request
 from peerd.coord.keys import Keys
 from peerd.coord.watch import list_then_watch
 from peerd.errors import DuplicateNode, PeerdError, Unavailable
