@@ -6,12 +6,16 @@ The messages are aetcd's generated protobuf classes (``aetcd.rpc``: etcd's own `
 so this module imports aetcd for those message types only: it opens no channel, calls nothing
 and raises nothing of aetcd's. :mod:`peerd.coord.etcd` sends what is built here (``Etcd.txn``)
 and is the one place that talks to etcd and translates its errors.
+
+Every compare peerd makes is one row of one table (:data:`_CREATED` ...): the functions
+(:func:`cmp_create_revision` ...) build a ``Compare`` on its own, :class:`TxnBuilder` fills one
+in place, both from the same row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from aetcd import rpc
 from google.protobuf import text_format
@@ -19,49 +23,61 @@ from google.protobuf import text_format
 from peerd.coord.etcd_values import KV, Alarm, MemberStatus, prefix_end
 
 
+class _Test(NamedTuple):
+    """One kind of compare: etcd's ``Compare.target`` and ``Compare.result``, and the name of the
+    ``Compare`` field that holds the operand."""
+
+    target: int
+    result: int
+    field: str
+
+
+# The compares peerd uses (etcd's rpc.proto ``Compare``): the one table of them.
+_CREATED = _Test(rpc.Compare.CREATE, rpc.Compare.EQUAL, "create_revision")
+_EXISTS = _Test(rpc.Compare.CREATE, rpc.Compare.GREATER, "create_revision")
+_MODIFIED = _Test(rpc.Compare.MOD, rpc.Compare.EQUAL, "mod_revision")
+_MODIFIED_BEFORE = _Test(rpc.Compare.MOD, rpc.Compare.LESS, "mod_revision")
+_ON_LEASE = _Test(rpc.Compare.LEASE, rpc.Compare.EQUAL, "lease")
+_OFF_LEASE = _Test(rpc.Compare.LEASE, rpc.Compare.NOT_EQUAL, "lease")
+_VALUE = _Test(rpc.Compare.VALUE, rpc.Compare.EQUAL, "value")
+
+
+def _compare(test: _Test, key: bytes, operand: int | bytes, range_end: bytes = b"") -> Any:
+    c = rpc.Compare(key=key, range_end=range_end, target=test.target, result=test.result)
+    setattr(c, test.field, operand)  # a oneof: set even when 0 (cmp_exists compares with 0)
+    return c
+
+
 def cmp_create_revision(key: bytes, revision: int) -> Any:
     """Compare: ``create_revision(key) == revision`` (0 = the key does not exist)."""
-    return rpc.Compare(
-        key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=revision
-    )
+    return _compare(_CREATED, key, revision)
 
 
 def cmp_mod_revision(key: bytes, revision: int) -> Any:
     """Compare: ``mod_revision(key) == revision``."""
-    return rpc.Compare(
-        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision
-    )
+    return _compare(_MODIFIED, key, revision)
 
 
 def cmp_unchanged_since(prefix: bytes, revision: int) -> Any:
     """Compare: no key under ``prefix`` was created or modified after ``revision`` (a range
     compare, etcd >= 3.3; keys deleted since are not seen)."""
-    return rpc.Compare(
-        key=prefix,
-        range_end=prefix_end(prefix),
-        target=rpc.Compare.MOD,
-        result=rpc.Compare.LESS,
-        mod_revision=revision + 1,
-    )
+    return _compare(_MODIFIED_BEFORE, prefix, revision + 1, prefix_end(prefix))
 
 
 def cmp_lease(key: bytes, lease_id: int, equal: bool = True) -> Any:
     """Compare: ``key`` exists and is attached to ``lease_id`` (``equal=False``: it is not —
     deleted, or attached to another lease)."""
-    result = rpc.Compare.EQUAL if equal else rpc.Compare.NOT_EQUAL
-    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=result, lease=lease_id)
+    return _compare(_ON_LEASE if equal else _OFF_LEASE, key, lease_id)
 
 
 def cmp_value(key: bytes, value: bytes) -> Any:
     """Compare: ``key``'s value equals ``value`` (false when the key does not exist)."""
-    return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=value)
+    return _compare(_VALUE, key, value)
 
 
 def cmp_exists(key: bytes) -> Any:
     """Compare: ``key`` exists (its create revision is above 0)."""
-    return rpc.Compare(
-        key=key, target=rpc.Compare.CREATE, result=rpc.Compare.GREATER, create_revision=0
-    )
+    return _compare(_EXISTS, key, 0)
 
 
 def range_request(
@@ -129,26 +145,26 @@ class TxnBuilder:
     def __init__(self, txn: Any = None) -> None:
         self.txn = rpc.TxnRequest() if txn is None else txn
 
-    def _compare(self, key: bytes, target: int, result: int) -> Any:
+    def _compare(self, test: _Test, key: bytes, operand: int) -> None:
         c = self.txn.compare.add()
-        c.key, c.target, c.result = key, target, result
-        return c
+        c.key, c.target, c.result = key, test.target, test.result
+        setattr(c, test.field, operand)
 
     def compare_create_revision(self, key: bytes, revision: int) -> None:
         """As :func:`cmp_create_revision`."""
-        self._compare(key, rpc.Compare.CREATE, rpc.Compare.EQUAL).create_revision = revision
+        self._compare(_CREATED, key, revision)
 
     def compare_mod_revision(self, key: bytes, revision: int) -> None:
         """As :func:`cmp_mod_revision`."""
-        self._compare(key, rpc.Compare.MOD, rpc.Compare.EQUAL).mod_revision = revision
+        self._compare(_MODIFIED, key, revision)
 
     def compare_lease(self, key: bytes, lease_id: int) -> None:
         """As :func:`cmp_lease` (``equal=True``)."""
-        self._compare(key, rpc.Compare.LEASE, rpc.Compare.EQUAL).lease = lease_id
+        self._compare(_ON_LEASE, key, lease_id)
 
     def compare_exists(self, key: bytes) -> None:
         """As :func:`cmp_exists`."""
-        self._compare(key, rpc.Compare.CREATE, rpc.Compare.GREATER).create_revision = 0
+        self._compare(_EXISTS, key, 0)
 
     def put(self, key: bytes, value: bytes, lease: int = 0, *, failure: bool = False) -> None:
         """As :func:`op_put`, on success (or on ``failure``)."""
