@@ -26,7 +26,7 @@ import argparse
 import time
 from datetime import UTC, datetime, timedelta
 
-from peerd.coord.etcd import TxnBuilder
+from peerd.coord.etcd_messages import TxnBuilder
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.core.ratelimit import TokenBucket

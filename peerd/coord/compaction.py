@@ -57,10 +57,8 @@ import structlog
 
 from peerd.clock import Clock, wait_event
 from peerd.coord.alarms import POLL_S, AlarmMonitor
-from peerd.coord.etcd import (
-    NOSPACE,
-    Etcd,
-    MemberStatus,
+from peerd.coord.etcd import NOSPACE, Etcd, MemberStatus
+from peerd.coord.etcd_messages import (
     cmp_create_revision,
     cmp_lease,
     cmp_value,

@@ -1,8 +1,8 @@
 """The gRPC channels to etcd: endpoints, TLS and the auth token on every call.
 
-:mod:`peerd.coord.etcd` (the only importer of aetcd) builds its channels here; nothing in this
-module speaks etcd's API, so the Authenticate call itself stays in ``etcd.py`` and reaches the
-interceptor as a function.
+:mod:`peerd.coord.etcd` (the one module that talks to etcd through aetcd) builds its channels
+here; nothing in this module speaks etcd's API, so the Authenticate call itself stays in
+``etcd.py`` and reaches the interceptor as a function.
 
 - **Endpoints**: with more than one, the target is ``ipv4:A:P1,B:P2,...`` and gRPC's
   ``pick_first`` fails over to the next when the connected one goes away.

@@ -51,8 +51,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from peerd.coord.etcd import (
-    Etcd,
+from peerd.coord.etcd import Etcd, prefix_end
+from peerd.coord.etcd_messages import (
     TxnBuilder,
     cmp_create_revision,
     cmp_lease,
@@ -62,7 +62,6 @@ from peerd.coord.etcd import (
     op_get,
     op_put,
     op_txn,
-    prefix_end,
     range_kvs,
     txn_request,
 )

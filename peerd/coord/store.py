@@ -27,19 +27,15 @@ from typing import TypeVar
 import structlog
 
 from peerd.clock import Clock, SystemClock
-from peerd.coord.etcd import (
-    KV,
-    Etcd,
-    Event,
+from peerd.coord.etcd import KV, Etcd, Event, prefix_end, retry_backoff
+from peerd.coord.etcd_messages import (
     cmp_create_revision,
     cmp_exists,
     cmp_mod_revision,
     op_delete,
     op_get,
     op_put,
-    prefix_end,
     range_kvs,
-    retry_backoff,
     txn_request,
 )
 from peerd.coord.keys import Keys

@@ -36,10 +36,8 @@ from collections.abc import Callable
 import structlog
 
 from peerd.clock import Clock
-from peerd.coord.etcd import (
-    KV,
-    Etcd,
-    Event,
+from peerd.coord.etcd import KV, Etcd, Event, retry_backoff
+from peerd.coord.etcd_messages import (
     cmp_create_revision,
     cmp_mod_revision,
     cmp_unchanged_since,
@@ -48,7 +46,6 @@ from peerd.coord.etcd import (
     op_get,
     op_put,
     op_txn,
-    retry_backoff,
     txn_request,
 )
 from peerd.coord.keys import Keys

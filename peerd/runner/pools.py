@@ -20,6 +20,12 @@ from peerd.config import NodeConfig
 from peerd.runner.executors import limits
 
 
+def check_limit(limit: int) -> None:
+    """Raise ``ValueError`` (naming the value) unless ``limit`` >= 1: a limiter's limit."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+
+
 @dataclass(order=True)
 class _Waiter:
     key: tuple[int, float, int]
@@ -41,17 +47,12 @@ class PriorityLimiter:
     """
 
     def __init__(self, limit: int) -> None:
-        self._check(limit)
+        check_limit(limit)
         self._limit = limit
         self._in_use = 0
         self._waiters: list[_Waiter] = []
         self._waiting = 0
         self._seq = itertools.count()
-
-    @staticmethod
-    def _check(limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
 
     @property
     def limit(self) -> int:
@@ -78,7 +79,7 @@ class PriorityLimiter:
         Raises:
             ValueError: ``limit`` < 1.
         """
-        self._check(limit)
+        check_limit(limit)
         self._limit = limit
         self._admit()
 
@@ -95,13 +96,20 @@ class PriorityLimiter:
         leaks) a slot, even if the slot was granted just before the cancellation arrived; the
         slot is released when the body exits, however it exits.
         """
-        await self._acquire(priority, fire_at_s)
+        await self.acquire(priority, fire_at_s)
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    async def _acquire(self, priority: int, fire_at_s: float) -> None:
+    async def acquire(self, priority: int, fire_at_s: float) -> None:
+        """Wait for a slot and take it (arguments as :meth:`slot`). Every caller that returns
+        from it holds one slot and must :meth:`release` it exactly once, however it ends.
+
+        For callers that hold slots of several limiters at once (:meth:`Pools.slot`), where one
+        context manager per limiter would cost a generator per run; everyone else uses
+        :meth:`slot`. Cancellation-safe as :meth:`slot`: cancelled while waiting, the caller
+        holds no slot (do not release one)."""
         if self._waiting == 0 and self._in_use < self._limit:
             self._in_use += 1
             return
@@ -113,13 +121,15 @@ class PriorityLimiter:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 # Granted (the slot was counted for us) but cancelled before we resumed.
-                self._release()
+                self.release()
             else:
                 future.cancel()  # left in the heap; _admit discards it
                 self._waiting -= 1
             raise
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`acquire` (once per acquire that returned), admitting
+        the best waiter if there is room. Only for callers of :meth:`acquire`."""
         self._in_use -= 1
         self._admit()
 
@@ -162,7 +172,7 @@ class Pools:
     def check(self, cfg: NodeConfig) -> None:
         """Raise ``ValueError`` (changing nothing) if :meth:`apply` would refuse ``cfg``."""
         for limit in (*self._kind_limits(cfg).values(), cfg.max_concurrent_runs):
-            PriorityLimiter._check(limit)
+            check_limit(limit)
 
     def apply(self, cfg: NodeConfig) -> None:
         """Take the limits of ``cfg`` (config reload); see :meth:`PriorityLimiter.set_limit`."""
@@ -197,16 +207,16 @@ class Pools:
             raise ValueError(
                 f"no executor pool for kind {kind!r}; expected one of {sorted(self.kinds)}"
             ) from None
-        # The limiters' own acquire/release rather than their ``slot`` context managers: the
-        # same steps, two generator-based context managers fewer per run (the fire path).
-        await pool._acquire(priority, fire_at_s)
+        # The limiters' acquire/release rather than their ``slot`` context managers: the same
+        # steps, two generator-based context managers fewer per run (the fire path).
+        await pool.acquire(priority, fire_at_s)
         try:
-            await self.node._acquire(priority, fire_at_s)
+            await self.node.acquire(priority, fire_at_s)
         except BaseException:
-            pool._release()
+            pool.release()
             raise
         try:
             yield
         finally:
-            self.node._release()
-            pool._release()
+            self.node.release()
+            pool.release()

@@ -27,7 +27,8 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from peerd.client import SchedulerClient
-from peerd.coord.etcd import Compacted, Etcd, op_delete, prefix_end, txn_request
+from peerd.coord.etcd import Compacted, Etcd, prefix_end
+from peerd.coord.etcd_messages import op_delete, txn_request
 from peerd.devtools.etcd_server import EmbeddedEtcd
 from peerd.devtools.sink import WebhookSink
 from peerd.errors import ResourceExhausted

@@ -12,7 +12,8 @@ from peerd.cli_output import cluster_text
 from peerd.client import exit_code_for_status
 from peerd.config import build_config
 from peerd.coord.compaction import space_hint
-from peerd.coord.etcd import Alarm, _map_error, _parse_alarm
+from peerd.coord.etcd import Alarm, _map_error
+from peerd.coord.etcd_messages import parse_alarm
 from peerd.errors import InvalidArgument, PeerdError, ResourceExhausted
 from peerd.exitcodes import EXIT_NO_SPACE, exit_code_for_error
 from peerd.rpc.errors import status_for
@@ -48,12 +49,12 @@ def test_space_hint_when_compaction_is_off() -> None:
 
 
 def test_alarms_parsed_from_status_errors() -> None:
-    assert _parse_alarm("memberID:10276657743932975437 alarm:NOSPACE ") == Alarm(
+    assert parse_alarm("memberID:10276657743932975437 alarm:NOSPACE ") == Alarm(
         10276657743932975437, "NOSPACE"
     )
-    assert _parse_alarm("memberID:7 alarm:CORRUPT") == Alarm(7, "CORRUPT")
-    assert _parse_alarm("etcdserver: no leader") is None
-    assert _parse_alarm("") is None
+    assert parse_alarm("memberID:7 alarm:CORRUPT") == Alarm(7, "CORRUPT")
+    assert parse_alarm("etcdserver: no leader") is None
+    assert parse_alarm("") is None
 
 
 def test_cluster_text_shows_alarms_and_database_size() -> None:

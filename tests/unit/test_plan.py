@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
+import peerd.core.plan
 from peerd.core.plan import (
     CATCH_UP_RUN_ALL,
     CATCH_UP_RUN_ONCE,
@@ -501,10 +502,11 @@ def reference(
     unschedulable: tuple[datetime, datetime] | None,
     max_fire: int,
     budget: int | None,
+    ahead: timedelta = timedelta(0),
 ) -> Plan:
     """The rules applied slot by slot (no closed forms): the specification the planner meets."""
     f = fire_at or (lambda x: x)
-    due = [x for x in s.slots_between(cursor, now, 1_000_000) if f(x) <= now]
+    due = [x for x in s.slots_between(cursor, now + ahead, 1_000_000) if f(x) <= now + ahead]
     on_time = [x for x in due if now - f(x) <= cu.misfire_threshold]
     missed = [x for x in due if now - f(x) > cu.misfire_threshold]
     if cu.policy == CATCH_UP_SKIP or (cu.policy == CATCH_UP_RUN_ONCE and on_time):
@@ -584,7 +586,17 @@ def call(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, obj
         max_fire=kw["max_fire"],  # type: ignore[arg-type]
         replay_budget=kw["budget"],  # type: ignore[arg-type]
         skip_record_limit=100_000,
+        ahead=kw.get("ahead", timedelta(0)),  # type: ignore[arg-type]
     )
+
+
+def general(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, object]) -> Plan:
+    """:func:`call` with plan_due's quick path (``_one_on_time``) turned off."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(peerd.core.plan, "_one_on_time", lambda *args: None)
+        p = call(s, cursor, now, kw)
+    assert not p.fire_instants  # only the quick path fills them: it was off
+    return p
 
 
 def expected(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str, object]) -> Plan:
@@ -599,35 +611,48 @@ def expected(s: CompiledSchedule, cursor: datetime, now: datetime, kw: dict[str,
         kw["unschedulable"],  # type: ignore[arg-type]
         kw["max_fire"],  # type: ignore[arg-type]
         kw["budget"],  # type: ignore[arg-type]
+        kw.get("ahead", timedelta(0)),  # type: ignore[arg-type]
     )
+
+
+def aheads(s: CompiledSchedule) -> list[timedelta]:
+    """The claim-ahead values the random tests try: none, the engine's 300 ms, and one gap of
+    ``s`` (two slots may then be due at once)."""
+    gap = next(g for c, g in SCHEDULES if c is s)
+    return [timedelta(0), 300 * MS, gap * MS]
 
 
 def test_matches_the_reference_model_on_random_cases() -> None:
     rng = random.Random(20260101)
-    for _ in range(400):
+    for i in range(400):
         s, kw, now = random_case(rng)
         cursor = now - MS * rng.randrange(0, 6 * 3_600_000)
+        kw["ahead"] = aheads(s)[i % 3]
         assert call(s, cursor, now, kw) == expected(s, cursor, now, kw), (cursor, now, kw)
 
 
 def test_one_due_slot_on_time_matches_the_reference_model() -> None:
     # The steady state (cursor at most a gap or two behind now) takes plan_due's quick path
-    # when exactly one slot is due and on time: it must plan what the rules say.
+    # when exactly one slot is due and on time: it must plan what the rules say, and what the
+    # general path plans, with and without claim-ahead.
     rng = random.Random(13)
-    quick = 0
+    quick = dict.fromkeys(range(3), 0)
     for _ in range(400):
         s, kw, now = random_case(rng)
         gap = next(g for c, g in SCHEDULES if c is s)
         cursor = now - MS * rng.randrange(0, 2 * gap)
         last = s.last_slots(cursor - D, cursor, 1)  # a slot, as the engine's cursors are
         cursor = last[-1] if last else cursor
-        p = call(s, cursor, now, kw)
-        assert p == expected(s, cursor, now, kw), (cursor, now, kw)
-        if p.fire_instants:
-            quick += 1
-            f = kw["fire_at"] or (lambda x: x)
-            assert p.fire_instants == [f(x) for x in p.fire]  # type: ignore[operator]
-    assert quick > 50  # the quick path was taken, not only the general one
+        for i, kw["ahead"] in enumerate(aheads(s)):
+            p = call(s, cursor, now, kw)
+            assert p == expected(s, cursor, now, kw), (cursor, now, kw)
+            assert p == general(s, cursor, now, kw), (cursor, now, kw)
+            if p.fire_instants:
+                quick[i] += 1
+                f = kw["fire_at"] or (lambda x: x)
+                assert p.fire_instants == [f(x) for x in p.fire]  # type: ignore[operator]
+    # the quick path was taken at every claim-ahead, not only the general one
+    assert min(quick.values()) > 50, quick
 
 
 def test_replanning_until_done_handles_every_due_slot_exactly_once() -> None:

@@ -1,8 +1,8 @@
-"""peerd.coord.etcd.TxnBuilder: requests built in place, the same bytes as the builders."""
+"""peerd.coord.etcd_messages.TxnBuilder: requests built in place, the same bytes as the builders."""
 
 from __future__ import annotations
 
-from peerd.coord.etcd import (
+from peerd.coord.etcd_messages import (
     TxnBuilder,
     cmp_create_revision,
     cmp_exists,
