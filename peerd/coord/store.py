@@ -292,7 +292,8 @@ class TaskCache:
     placement.Placement` is not the :data:`~peerd.core.placement.COMMON` one, that placement
     (shared objects): no tuple per task, so one object fewer per task for the garbage collector
     to track and 56 bytes less. :attr:`tasks` decodes a spec when it is asked for (the engine
-    keeps the decoded specs of the tasks it owns). The specs decoded here carry no ``revision``.
+    keeps the tasks it owns as bytes too, :class:`peerd.engine.planner.Owned`). The specs
+    decoded here carry no ``revision``.
 
     ``listener(task_id, spec_or_None)`` is called for each change (``None`` = deleted) and with
     ``("", None)`` after a full re-list.

@@ -182,6 +182,7 @@ class Engine:
             ledger,
             lease,
             self.registry,
+            lambda task_id: task_id in self.planner.owned,
             self._owned_spec,
             lambda: {n: m.lease_id for n, m in lease.view.items()},
             lease.claim_ready.is_set,
@@ -245,7 +246,7 @@ class Engine:
 
     def _owned_spec(self, task_id: str) -> pb.TaskSpec | None:
         o = self.planner.owned.get(task_id)
-        return o.spec if o is not None else None
+        return o.decode_spec() if o is not None else None
 
     def reconcile(self) -> None:
         """Recompute the owned set from the owning members and the task view (in steps, in
@@ -300,7 +301,7 @@ class Engine:
             self.reconcile()
             return
         owned = self.planner.owned.get(task_id)
-        if spec is not None and owned is not None and owned.spec != spec:
+        if spec is not None and owned is not None and not owned.holds(spec):
             self.planner.update(spec)
         self.reconciler.place(task_id)
         if spec is None:
@@ -313,7 +314,9 @@ class Engine:
         o = self.planner.owned.get(task_id)
         if o is None:
             return
-        placement = self.tasks.placements.get(task_id) or placement_of(o.spec)  # shared one
+        placement = self.tasks.placements.get(task_id)  # the shared one
+        if placement is None:
+            placement = placement_of(o.decode_spec())
         target = self.ownership.next_owner(task_id, placement) if to_peer else None
         if (
             target

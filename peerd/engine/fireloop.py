@@ -296,6 +296,7 @@ class FireLoop:
 
     def _claims_of(self, tp: TaskPlan, now: datetime) -> list[Claim]:
         o, plan = tp.owned, tp.plan
+        spec = o.decode_spec()  # once per planned task; the runs keep it, the planner does not
         lease_id = self.lease.lease_id
         out = []
         unlisted = plan.skipped_count - len(plan.skipped)
@@ -305,29 +306,30 @@ class FireLoop:
                 # The oldest listed record stands for the skipped slots not listed before it.
                 first = o.compiled.next_after(o.cursor)
                 covers = (first, unlisted + 1) if first is not None else None
-            rec = self._skipped(o, slot, reason, now, lease_id, covers)
-            out.append(Claim(o.spec, rec, None))
-        mode = first_mode(o.spec.overlap)
+            rec = self._skipped(o, spec.node_selector, slot, reason, now, lease_id, covers)
+            out.append(Claim(spec, rec, None))
+        mode = first_mode(o.overlap)
         known = plan.fire_instants if len(plan.fire_instants) == len(plan.fire) else None
         for i, slot in enumerate(plan.fire):
             version, local = o.rules_of(slot)
             rec = claim_record(
-                o.spec.id,
+                o.id,
                 slot,
                 self.node_id,
                 lease_id,
                 now,
                 fire_at=known[i] if known is not None else o.fire_at(slot),
-                priority=o.spec.priority,
+                priority=o.priority,
                 tzdata_version=version,
                 local_time=local,
             )
-            out.append(Claim(o.spec, rec, mode))
+            out.append(Claim(spec, rec, mode))
         return out
 
     def _skipped(
         self,
         o: Owned,
+        node_selector: str,
         slot: datetime,
         reason: str,
         now: datetime,
@@ -336,7 +338,7 @@ class FireLoop:
     ) -> pb.RunRecord:
         version, local = o.rules_of(slot)
         rec = skipped_record(
-            o.spec.id,
+            o.id,
             slot,
             o.fire_at(slot),
             reason,
@@ -347,7 +349,7 @@ class FireLoop:
             misfire_threshold=o.catch_up.misfire_threshold,
             window=o.catch_up.window,
             covers=covers,
-            node_selector=o.spec.node_selector,
+            node_selector=node_selector,
             tzdata_version=version,
             local_time=local,
         )
@@ -363,7 +365,7 @@ class FireLoop:
             o.claims_since_trim += settled
             if o.claims_since_trim >= TRIM_EVERY:
                 o.claims_since_trim = 0
-                self.writer.trim(o.spec.id)
+                self.writer.trim(o.id)
             if tp.plan.skipped_count and len(tp.settled) == len(tp.slots):
                 tasks_skipping += 1
                 for reason, n in tp.plan.skipped_counts.items():

@@ -49,8 +49,9 @@ schedule no longer moves the cursor.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -74,9 +75,16 @@ MAX_FIRE = 1000
 @dataclass(eq=False, slots=True)
 class Owned:
     """A task this node plans. ``cursor`` is the last slot handled (None until loaded);
-    ``next_at`` the fire instant (slot + jitter) of the next slot to plan."""
+    ``next_at`` the fire instant (slot + jitter) of the next slot to plan.
 
-    spec: pb.TaskSpec
+    The spec is kept as its serialized bytes (:attr:`stored`) with the few fields planning
+    reads every tick (:attr:`id`, :attr:`kind`, :attr:`priority`, :attr:`overlap`,
+    :attr:`paused_until`); :meth:`decode_spec` decodes the rest when a run needs it (at claim
+    time). A decoded ``pb.TaskSpec`` kept per owned task cost about 1.3 KiB of upb arena for a
+    100-byte spec (docs/performance.md, Part 2); the bytes cost their length plus 33 bytes.
+    """
+
+    spec: InitVar[pb.TaskSpec]
     compiled: TaskSchedule
     generation: int
     catch_up: CatchUp
@@ -87,19 +95,40 @@ class Owned:
     """When, before this node acquired the task, no live member was eligible for it (see
     :meth:`peerd.engine.ownership.OwnershipView.ineligible_window`): slots skipped from that
     period are recorded as ``unschedulable``."""
+    id: str = field(init=False)
+    stored: bytes = field(init=False)
+    """The spec, serialized deterministically (:meth:`holds` compares it)."""
+    kind: str = field(init=False)
+    """The executor kind (``TaskSpec.target``)."""
+    priority: int = field(init=False)
+    overlap: int = field(init=False)
+    """``TaskSpec.overlap`` (a ``pb.OverlapPolicy`` number)."""
+    paused_until: datetime | None = field(init=False)
+    """``TaskSpec.resumed_at``: slots before it were missed while the task was paused."""
 
-    @property
-    def kind(self) -> str:
-        """The executor kind (``TaskSpec.target``)."""
-        return self.spec.WhichOneof("target") or ""
+    def __post_init__(self, spec: pb.TaskSpec) -> None:
+        self.set_spec(spec)
 
-    @property
-    def paused_until(self) -> datetime | None:
-        return self.spec.resumed_at.ToDatetime(UTC) if self.spec.HasField("resumed_at") else None
+    def set_spec(self, spec: pb.TaskSpec) -> None:
+        """Keep ``spec`` (its bytes and the fields planning reads)."""
+        self.id = spec.id
+        self.stored = spec.SerializeToString(deterministic=True)
+        self.kind = sys.intern(spec.WhichOneof("target") or "")
+        self.priority = spec.priority
+        self.overlap = spec.overlap
+        self.paused_until = spec.resumed_at.ToDatetime(UTC) if spec.HasField("resumed_at") else None
+
+    def decode_spec(self) -> pb.TaskSpec:
+        """The spec, decoded from :attr:`stored` (a new message each call: a few µs)."""
+        return pb.TaskSpec.FromString(self.stored)
+
+    def holds(self, spec: pb.TaskSpec) -> bool:
+        """Whether ``spec`` is the spec kept (same serialized bytes)."""
+        return self.stored == spec.SerializeToString(deterministic=True)
 
     def fire_at(self, slot: datetime) -> datetime:
         """When ``slot`` fires: the slot plus its deterministic jitter."""
-        return self.compiled.fire_at(self.spec.id, slot)
+        return self.compiled.fire_at(self.id, slot)
 
     def rules_of(self, slot: datetime) -> tuple[str, str]:
         """What a record of ``slot`` says about the time-zone rules that computed it:
@@ -189,9 +218,9 @@ class Planner:
         self.invalid.pop(spec.id, None)
         self._generation += 1
         o = Owned(spec, compiled, self._generation, catch_up, unschedulable=unschedulable)
-        self.owned[spec.id] = o
+        self.owned[o.id] = o
         if cursor is None:
-            self.to_load.add(spec.id)
+            self.to_load.add(o.id)
         else:
             self.set_cursor(o, cursor)
         return o
@@ -207,14 +236,15 @@ class Planner:
         if self.kinds and kind not in self.kinds:
             self._refuse(spec.id, f"task.target: this node has no executor for {kind or 'none'!r}")
             return None
-        same = _slot_fields(o.spec) == _slot_fields(spec)
+        same = _slot_fields(o.decode_spec()) == _slot_fields(spec)
         try:
             compiled = o.compiled if same else task_schedule(spec, rules=self.rules)
             catch_up = catch_up_from_proto(spec, self.misfire_threshold)
         except (PeerdError, ValueError) as exc:
             self._refuse(spec.id, str(exc))
             return None
-        o.spec, o.catch_up = spec, catch_up
+        o.set_spec(spec)
+        o.catch_up = catch_up
         if same:
             return o
         o.compiled = compiled
@@ -258,16 +288,16 @@ class Planner:
         self.misfire_threshold = threshold
         for o in list(self.owned.values()):
             try:
-                o.catch_up = catch_up_from_proto(o.spec, threshold)
+                o.catch_up = catch_up_from_proto(o.decode_spec(), threshold)
             except (PeerdError, ValueError) as exc:
-                self._refuse(o.spec.id, str(exc))
+                self._refuse(o.id, str(exc))
 
     def set_cursor(self, o: Owned, cursor: datetime) -> None:
         """Place ``o`` at ``cursor`` (loaded, or handed over) and schedule its next slot."""
         o.cursor = cursor
         nxt = o.compiled.next_after(cursor)
         o.next_at = o.fire_at(nxt) if nxt is not None else None
-        self.to_load.discard(o.spec.id)
+        self.to_load.discard(o.id)
         self.push(o)
 
     def resume(self, o: Owned, cursor: datetime, newest: pb.RunRecord | None) -> datetime:
@@ -288,7 +318,7 @@ class Planner:
         if moved != cursor:
             self._log.info(
                 "tzdata_cursor_moved",
-                task_id=o.spec.id,
+                task_id=o.id,
                 cursor=cursor.isoformat(),
                 local_time=newest.local_time,
                 tzdata_was=newest.tzdata_version,
@@ -300,14 +330,14 @@ class Planner:
     def ahead_of(self, o: Owned) -> timedelta:
         """How long before a slot's fire instant ``o`` plans it: :attr:`claim_ahead`, or 0 for a
         task with an overlap lock (its lock must be taken when the run starts)."""
-        return timedelta(0) if needs_lock(o.spec.overlap) else self.claim_ahead
+        return timedelta(0) if needs_lock(o.overlap) else self.claim_ahead
 
     def push(self, o: Owned, at_s: float | None = None) -> None:
         """Schedule ``o`` for planning at its ``next_at`` less :meth:`ahead_of` (or at ``at_s``,
         epoch seconds)."""
         if o.next_at is not None:
             ts = (o.next_at - self.ahead_of(o)).timestamp() if at_s is None else at_s
-            heapq.heappush(self._heap, (ts, o.generation, o.spec.id))
+            heapq.heappush(self._heap, (ts, o.generation, o.id))
 
     def next_due_s(self) -> float | None:
         """Epoch seconds of the earliest entry not yet due-collected (may be stale), or None."""
@@ -336,7 +366,7 @@ class Planner:
             if o is None or o.generation != gen or o.cursor is None or task_id in self._queued:
                 continue
             self._queued.add(task_id)
-            rank = (-o.spec.priority, o.catch_up.policy == CATCH_UP_RUN_ALL, ts, gen, task_id)
+            rank = (-o.priority, o.catch_up.policy == CATCH_UP_RUN_ALL, ts, gen, task_id)
             heapq.heappush(self._backlog.setdefault(o.kind, []), rank)
 
     def _admit(self, kind: str, room: int) -> list[Owned]:
@@ -393,7 +423,7 @@ class Planner:
             unschedulable=o.unschedulable,
             # One lock-taking claim per task per round (see peerd.coord.ledger); the rest of
             # its due slots are planned at once in the next tick.
-            max_fire=min(room, 1 if needs_lock(o.spec.overlap) else MAX_FIRE),
+            max_fire=min(room, 1 if needs_lock(o.overlap) else MAX_FIRE),
             replay_budget=budget,
             # As many SKIPPED records as the ledger keeps, so an audit of what is kept finds no
             # gap; the count in the log is always exact.
@@ -408,7 +438,7 @@ class Planner:
             How many of its slots settled (for the trim cadence).
         """
         o, plan = tp.owned, tp.plan
-        if self.owned.get(o.spec.id) is not o or o.generation != tp.generation:
+        if self.owned.get(o.id) is not o or o.generation != tp.generation:
             return len(tp.settled)  # released, re-acquired or rescheduled while claiming
         slots = tp.slots
         done = 0

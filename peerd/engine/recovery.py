@@ -53,7 +53,9 @@ class OwnerLostRecovery:
         ledger: the run ledger.
         lease: this node's lease (take-overs are fenced on it).
         registry: this node's runs (never orphans).
-        owned_spec: ``(task_id) -> spec`` of an owned task, or None when not owned.
+        owns: ``(task_id) -> bool``, whether the task is owned here (no decode).
+        owned_spec: ``(task_id) -> spec`` of an owned task (decoded on each call), or None
+            when not owned.
         member_leases: ``() -> {node_id: lease_id}`` in this node's member view.
         can_claim: ``() -> bool``, whether this node may write claims now.
         retry: ``(spec, record)`` runs a taken-over record here (spawns it).
@@ -67,6 +69,7 @@ class OwnerLostRecovery:
         ledger: Ledger,
         lease: Lease,
         registry: RunRegistry,
+        owns: Callable[[str], bool],
         owned_spec: Callable[[str], pb.TaskSpec | None],
         member_leases: Callable[[], Mapping[str, int]],
         can_claim: Callable[[], bool],
@@ -78,6 +81,7 @@ class OwnerLostRecovery:
         self.ledger = ledger
         self.lease = lease
         self.registry = registry
+        self.owns = owns
         self.owned_spec = owned_spec
         self.member_leases = member_leases
         self.can_claim = can_claim
@@ -128,11 +132,14 @@ class OwnerLostRecovery:
             if self._to_scan and self.can_claim():
                 await self._scan()  # a failed read keeps its tasks to scan
             for key, (rec, mod) in list(self._orphans.items()):
-                spec = self.owned_spec(rec.task_id)
-                if spec is None or self.registry.get(key) is not None:
+                if not self.owns(rec.task_id) or self.registry.get(key) is not None:
                     self._orphans.pop(key, None)  # not ours to resolve, or ours after all
                     continue
                 if self.claimant_alive(rec) or not self.can_claim():
+                    continue
+                spec = self.owned_spec(rec.task_id)
+                if spec is None:
+                    self._orphans.pop(key, None)
                     continue
                 try:
                     await self._resolve(spec, rec, mod)
@@ -149,7 +156,7 @@ class OwnerLostRecovery:
         """Read the newest records of every task to scan, :data:`MAX_TXN_OPS` tasks per read
         (:meth:`Ledger.recent_of`), :data:`SCAN_IN_FLIGHT` reads at a time. The tasks of a
         failed read stay to scan (next pass)."""
-        ids = [t for t in self._to_scan if self.owned_spec(t) is not None]
+        ids = [t for t in self._to_scan if self.owns(t)]
         self._to_scan = set()
 
         async def scan(batch: list[str]) -> None:

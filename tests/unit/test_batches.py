@@ -81,6 +81,7 @@ def test_rescan_keeps_the_tasks_of_a_failed_read() -> None:
         cast(Any, ledger),
         cast(Any, None),
         RunRegistry(),
+        owned.__contains__,
         lambda t: pb.TaskSpec(id=t) if t in owned else None,
         dict,
         lambda: True,

@@ -60,20 +60,20 @@ def test_admission_plans_only_what_fits_and_keeps_the_rest_due() -> None:
     settle_all(p, plans, now)
     rest = plan(p, now, {"http": 100})
     assert len(rest) == 7 and p.backlog == 0
-    assert {tp.owned.spec.id for tp in plans + rest} == {f"t{i}" for i in range(10)}
+    assert {tp.owned.id for tp in plans + rest} == {f"t{i}" for i in range(10)}
 
 
 def test_backlog_admits_higher_priority_first_then_earlier_due() -> None:
     p = planner_with(spec("low"), spec("high", priority=50), spec("mid", priority=10))
     plans = plan(p, T0 + S, {"http": 1})
-    assert [tp.owned.spec.id for tp in plans] == ["high"]
-    assert [tp.owned.spec.id for tp in plan(p, T0 + S, {"http": 1})] == ["mid"]
+    assert [tp.owned.id for tp in plans] == ["high"]
+    assert [tp.owned.id for tp in plan(p, T0 + S, {"http": 1})] == ["mid"]
 
 
 def test_admission_is_per_executor_kind() -> None:
     p = planner_with(spec("h1"), spec("h2"), spec("p1", kind="python"))
     plans = plan(p, T0 + S, {"http": 0, "python": 5})
-    assert [tp.owned.spec.id for tp in plans] == ["p1"]
+    assert [tp.owned.id for tp in plans] == ["p1"]
     assert p.backlog == 2
 
 
@@ -128,7 +128,7 @@ def test_dropped_tasks_leave_the_backlog() -> None:
     p.collect_due(T0 + S)
     p.drop("a")
     plans = p.plan(T0 + S, {"http": 10}, bucket(), 0.0, 100)
-    assert [tp.owned.spec.id for tp in plans] == ["b"] and p.backlog == 0
+    assert [tp.owned.id for tp in plans] == ["b"] and p.backlog == 0
 
 
 def test_a_task_of_an_executor_kind_this_node_lacks_is_refused_not_left_due() -> None:
@@ -136,7 +136,7 @@ def test_a_task_of_an_executor_kind_this_node_lacks_is_refused_not_left_due() ->
     assert p.acquire(spec("py", kind="python"), cursor=T0) is None
     assert "no executor" in p.invalid["py"]
     assert p.acquire(spec("h"), cursor=T0) is not None
-    assert [tp.owned.spec.id for tp in plan(p, T0 + S, {"http": 5})] == ["h"]
+    assert [tp.owned.id for tp in plan(p, T0 + S, {"http": 5})] == ["h"]
     assert p.backlog == 0
 
 
@@ -172,19 +172,19 @@ def test_an_update_that_keeps_the_schedule_keeps_the_cursor_and_uses_the_new_spe
     p = planner_with(spec("t"))
     settle_all(p, plan(p, T0 + 2 * S, {"http": 100}), T0 + 2 * S)
     o = p.owned["t"]
-    new = updated(o.spec, T0 + 2 * S, description="changed")
+    new = updated(o.decode_spec(), T0 + 2 * S, description="changed")
     new.http.url = "http://127.0.0.1:2/new"
     assert p.update(new) is o
-    assert o.cursor == T0 + 2 * S and o.spec.http.url.endswith("/new")
+    assert o.cursor == T0 + 2 * S and o.decode_spec().http.url.endswith("/new")
     [tp] = plan(p, T0 + 3 * S, {"http": 100})
-    assert tp.plan.fire == [T0 + 3 * S] and tp.owned.spec is new
+    assert tp.plan.fire == [T0 + 3 * S] and tp.owned.decode_spec() == new
 
 
 def test_slots_of_the_old_schedule_due_before_the_change_still_fire() -> None:
     p = planner_with(every_spec("t", 2))
     settle_all(p, plan(p, T0 + 4 * S, {"http": 100}), T0 + 4 * S)  # 2s, 4s done
     change = T0 + 9 * S + 500 * timedelta(milliseconds=1)  # owner lagging: 6s, 8s pending
-    p.update(updated(p.owned["t"].spec, change, every_s=3))
+    p.update(updated(p.owned["t"].decode_spec(), change, every_s=3))
     [tp] = plan(p, T0 + 10 * S, {"http": 100})
     assert tp.plan.fire == [T0 + 6 * S, T0 + 8 * S]  # not 9s: the new schedule's, before it
     settle_all(p, [tp], T0 + 10 * S)
@@ -195,7 +195,7 @@ def test_old_slots_claimed_after_the_change_move_the_cursor_back_to_it() -> None
     p = planner_with(every_spec("t", 2))
     settle_all(p, plan(p, T0 + 14 * S, {"http": 100}), T0 + 14 * S)  # up to 14s, old spec
     change = T0 + 10 * S + 500 * timedelta(milliseconds=1)  # the watch was late
-    p.update(updated(p.owned["t"].spec, change, every_s=3))
+    p.update(updated(p.owned["t"].decode_spec(), change, every_s=3))
     assert p.owned["t"].cursor == change
     [tp] = plan(p, T0 + 15 * S, {"http": 100})
     assert tp.plan.fire == [T0 + 12 * S, T0 + 15 * S]  # 12s: a lost race if claimed already
@@ -205,7 +205,7 @@ def test_a_plan_in_flight_under_the_old_schedule_does_not_move_the_cursor() -> N
     p = planner_with(every_spec("t", 2))
     [tp] = plan(p, T0 + 4 * S, {"http": 100})
     change = T0 + 3 * S
-    p.update(updated(p.owned["t"].spec, change, every_s=3))
+    p.update(updated(p.owned["t"].decode_spec(), change, every_s=3))
     tp.settled.update(slot_ms(s) for s in tp.slots)  # 2s and 4s settle after the update
     p.commit(tp, T0 + 4 * S, lambda: 0.0)
     assert p.owned["t"].cursor == T0  # the new generation plans again from its own cursor
@@ -216,7 +216,7 @@ def test_a_plan_in_flight_under_the_old_schedule_does_not_move_the_cursor() -> N
 def test_a_handed_cursor_planned_under_the_old_spec_is_moved_back_to_the_change() -> None:
     p = planner_with(every_spec("t", 2))
     change = T0 + 10 * S + 500 * timedelta(milliseconds=1)
-    o = p.update(updated(p.owned["t"].spec, change, every_s=3))
+    o = p.update(updated(p.owned["t"].decode_spec(), change, every_s=3))
     assert o is not None
     assert p.handed_cursor(o, T0 + 14 * S) == change
     assert p.handed_cursor(o, T0 + 15 * S) == T0 + 15 * S
@@ -226,7 +226,8 @@ def test_a_handed_cursor_planned_under_the_old_spec_is_moved_back_to_the_change(
 def test_a_stale_backlog_entry_does_not_unqueue_the_current_one() -> None:
     p = planner_with(every_spec("t", 2))
     p.collect_due(T0 + 2 * S)  # queued under generation g
-    p.update(updated(p.owned["t"].spec, T0 + S, every_s=3))  # generation g+1, requeued below
+    # generation g+1, requeued below
+    p.update(updated(p.owned["t"].decode_spec(), T0 + S, every_s=3))
     p.collect_due(T0 + 3 * S)
     assert p.backlog == 1
     plans = p.plan(T0 + 3 * S, {"http": 10}, bucket(), 0.0, 100)
@@ -242,8 +243,22 @@ def test_claim_ahead_enters_the_heap_early_only_without_an_overlap_lock() -> Non
     early = T0 + S - timedelta(milliseconds=300)
     assert p.next_due_s() == early.timestamp() and p.next_is_early()
     plans = plan(p, early, {"http": 10})
-    assert [(tp.owned.spec.id, tp.plan.fire) for tp in plans] == [("allow", [T0 + S])]
+    assert [(tp.owned.id, tp.plan.fire) for tp in plans] == [("allow", [T0 + S])]
     settle_all(p, plans, early)
     assert p.next_due_s() == (T0 + S).timestamp() and not p.next_is_early()  # forbid, at 00:01
     plans = plan(p, T0 + S, {"http": 10})
-    assert [(tp.owned.spec.id, tp.plan.fire) for tp in plans] == [("forbid", [T0 + S])]
+    assert [(tp.owned.id, tp.plan.fire) for tp in plans] == [("forbid", [T0 + S])]
+
+
+def test_an_owned_task_keeps_its_spec_as_bytes_not_as_a_message() -> None:
+    s = spec("t", priority=3, overlap=pb.OVERLAP_FORBID)
+    s.resumed_at.FromDatetime(T0 + S)
+    p = planner_with(s)
+    o = p.owned["t"]
+    held = [getattr(o, name) for name in type(o).__slots__]
+    assert not [v for v in held if isinstance(v, pb.TaskSpec | pb.Schedule)]
+    assert (o.id, o.kind, o.priority, o.overlap) == ("t", "http", 3, pb.OVERLAP_FORBID)
+    assert o.paused_until == T0 + S
+    assert o.decode_spec() == s and o.holds(s)
+    s.description = "changed"
+    assert not o.holds(s)
