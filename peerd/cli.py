@@ -62,7 +62,7 @@ from peerd.cli_spec import (
 from peerd.cli_tasks import UPDATE_EXAMPLES
 from peerd.cli_tasks import register as register_task_commands
 from peerd.client import SchedulerClient, describe_rpc_error, rpc_status
-from peerd.config import DEFAULT_LISTEN, SETTINGS, build_config, tzdata_rules
+from peerd.config import build_config, tzdata_rules
 from peerd.core.labels import compile_selector
 from peerd.errors import InvalidArgument, PeerdError
 from peerd.exitcodes import (
@@ -76,6 +76,7 @@ from peerd.exitcodes import (
     EXIT_UNAVAILABLE,
     exit_code_for_error,
 )
+from peerd.node_config import DEFAULT_LISTEN, SETTINGS
 from peerd.v1 import scheduler_pb2 as pb
 
 DEFAULT_RPC_TIMEOUT_S = 10.0

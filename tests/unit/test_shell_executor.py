@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from peerd.core.redact import REDACTED
-from peerd.runner import base
-from peerd.runner import process_group
+from peerd.runner import base, process_group
 from peerd.runner import shell as shell_mod
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
 from peerd.runner.secrets import SecretStore
