@@ -5,6 +5,16 @@ command's pid is also its process group id and it can never leave that group (a 
 cannot change its group). :func:`supervise` waits for the command under a timeout while its
 output is read; on timeout or cancellation :func:`kill_group` ends the whole group, whatever the
 command spawned included.
+
+Reaping. asyncio's child watcher is the one reaper of the child: on Python 3.11 the default
+``ThreadedChildWatcher`` blocks a thread in ``waitpid(pid, 0)`` and tells the loop the exit
+status, which ``Process.returncode`` then shows. Nothing here may reap it first. That rules out
+``Process.send_signal``/``terminate``/``kill``: they call ``Popen.send_signal``, which since
+Python 3.9 polls first (``waitpid(pid, WNOHANG)``, bpo-38630) and so reaps a child that has just
+died before the watcher's thread gets to it. The watcher's ``waitpid`` then fails, it logs
+``Unknown child process pid N, will report returncode 255`` and the run's exit code (``-9``, a
+signal) becomes 255. So the group is signalled with :func:`os.killpg` only, and the transport is
+closed (which may poll too) only once the watcher has reported the exit.
 """
 
 from __future__ import annotations
@@ -67,13 +77,14 @@ def _live_members_in_proc(pgid: int) -> bool:
 
 
 def signal_group(proc: asyncio.subprocess.Process, signum: int) -> None:
-    """Send ``signum`` to the process group led by ``proc`` (and to ``proc`` itself, in case it
-    left the group)."""
+    """Send ``signum`` to the process group ``proc`` leads (``proc`` included).
+
+    Only :func:`os.killpg`, never ``proc.send_signal``: that would reap ``proc`` behind
+    asyncio's child watcher (see the module docstring). A group that is gone, or whose members
+    we may not signal, is left alone.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signum)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
 
 
 async def kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -152,10 +163,20 @@ async def supervise(
 
 def _close_output(proc: asyncio.subprocess.Process) -> None:
     """Close our end of the output pipe even if a leftover background process still holds the
-    other end (``asyncio.subprocess.Process`` has no public ``close()``)."""
-    transport = getattr(proc, "_transport", None)
-    if transport is not None:
+    other end (``asyncio.subprocess.Process`` has no public ``close()``).
+
+    The whole transport is closed only once the watcher has reported the exit: before that,
+    ``close()`` polls the child (``Popen.poll``) and could reap it behind the watcher.
+    """
+    transport: asyncio.SubprocessTransport | None = getattr(proc, "_transport", None)
+    if transport is None:
+        return
+    if proc.returncode is not None:
         transport.close()
+        return
+    pipe = transport.get_pipe_transport(1)
+    if pipe is not None:
+        pipe.close()
 
 
 async def _wait_exit(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
