@@ -90,6 +90,10 @@ Handler = Callable[[argparse.Namespace, Mapping[str, str]], int]
 # Parsing
 
 
+Add = Callable[["argparse._SubParsersAction[Parser]", str, Handler, str], Parser]
+"""``add(group, name, handler, help)``: a subcommand that takes the common options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argparse tree. ``-o/--output`` and ``--server`` are accepted before and after the
     subcommand; ``--timeout`` before it is the RPC deadline (after ``task create`` it is the
@@ -128,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    _add_serve(sub, add)
+    task = sub.add_parser("task", parents=[common], help="manage tasks")
+    tsub = task.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
+    _add_task_commands(tsub, add)
+    register_runs(sub, tsub, add)
+    register_cluster(sub, common, add)
+    register_apply(sub, add)
+    _add_import_crontab(sub, add)
+    add_auth_commands(sub, common)
+    _add_dev(sub, add)
+    return parser
+
+
+def _add_serve(sub: argparse._SubParsersAction[Parser], add: Add) -> None:
+    """``peerd serve``: one flag per node setting (:data:`peerd.node_config.SETTINGS`)."""
     serve = add(sub, "serve", _cmd_serve, "run a node until SIGTERM/SIGINT")
     serve.epilog = (
         "Flags win over the PEERD_* environment variables, which win over the --config file. "
@@ -149,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reloadable ones",
     )
 
-    task = sub.add_parser("task", parents=[common], help="manage tasks")
-    tsub = task.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
+
+def _add_task_commands(tsub: argparse._SubParsersAction[Parser], add: Add) -> None:
+    """``peerd task create|update|edit|history|list|get|delete|resume|trigger|pause``."""
     create = add(tsub, "create", _cmd_task_create, "create a task")
     create.formatter_class = argparse.RawDescriptionHelpFormatter
     create.epilog = CREATE_EXAMPLES
@@ -181,10 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     pause.add_argument(
         "--note", default="", metavar="TEXT", help="why (<= 1024 characters; shown by task get)"
     )
-    register_runs(sub, tsub, add)
-    register_cluster(sub, common, add)
-    register_apply(sub, add)
 
+
+def _add_import_crontab(sub: argparse._SubParsersAction[Parser], add: Add) -> None:
     imp = add(sub, "import-crontab", import_crontab, "create tasks from a crontab file")
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--id-prefix", default="", metavar="P")
@@ -202,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--skip-invalid", action="store_true")
     imp.add_argument("--dry-run", action="store_true")
 
-    add_auth_commands(sub, common)
 
+def _add_dev(sub: argparse._SubParsersAction[Parser], add: Add) -> None:
     dev = add(sub, "dev", _cmd_dev, "run etcd and N nodes locally")
     dev.add_argument("--nodes", type=int, default=3, metavar="N")
     dev.add_argument("--base-port", type=int, default=7070, metavar="P")
@@ -217,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="a throw-away CA, mutual TLS, an auth policy and an admin token; prints the "
         "PEERD_* a client needs",
     )
-    return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
