@@ -3,10 +3,11 @@
 :class:`NodeProc` runs one node with a stable id, address and log file across restarts
 (optionally inside a network namespace, through ``ip netns exec``, which execs in place so the
 pid is the node's). :class:`EtcdHandle` gives the fault injector one interface over
-:class:`peerd.devtools.etcd_server.EmbeddedEtcd` and the (lazily imported) ``EtcdCluster``.
+:class:`peerd.devtools.etcd_server.EmbeddedEtcd` and the (lazily imported)
+:class:`peerd.devtools.etcd_cluster.EtcdCluster`.
 
 Every child runs in its own session and gets SIGKILL if the harness dies
-(:func:`peerd.devtools.etcd_server.parent_death_preexec`); spawn from the main thread.
+(:func:`peerd.devtools.spawn.parent_death_preexec`); spawn from the main thread.
 """
 
 from __future__ import annotations
@@ -186,11 +187,8 @@ class EtcdHandle:
 
 def _make_cluster(members: int, host: str, root: Path) -> Any:
     """Build an ``EtcdCluster``, passing only the keyword arguments its signature accepts."""
-    from peerd.devtools import etcd_server
+    from peerd.devtools.etcd_cluster import EtcdCluster as cls
 
-    cls = getattr(etcd_server, "EtcdCluster", None)
-    if cls is None:
-        raise ImportError("peerd.devtools.etcd_server has no EtcdCluster yet")
     params = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
     if "host" in params:

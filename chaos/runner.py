@@ -28,8 +28,8 @@ from chaos.faults import FaultInjector
 from chaos.netns import BRIDGE_IP, ETCD_IP, NetnsError, NetnsLab, availability, node_ip
 from chaos.profiles import RunConfig
 from chaos.report import format_table, scan_log, write_outputs
-from peerd.devtools.etcd_server import free_port
 from peerd.devtools.sink import WebhookSink
+from peerd.devtools.spawn import free_port
 
 EXIT_PASS = 0
 EXIT_VIOLATION = 1

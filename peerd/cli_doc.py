@@ -35,10 +35,11 @@ in name order.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from peerd.cli_output import (
     DST_NONEXISTENT_NAMES,
     OVERLAP_NAMES,
     RETRY_ON_NAMES,
+    to_json,
 )
 from peerd.cli_spec import (
     TASK_ID_RE,
@@ -362,6 +364,17 @@ def to_yaml(msg: Message) -> str:
         return dump_yaml([spec_to_doc(t) for t in msg.tasks])
     data = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def print_result(args: argparse.Namespace, msg: object, text: Callable[[], str]) -> None:
+    """Print an API answer as ``-o/--output`` (``args.output``) asks: ``json`` (proto field
+    names), ``yaml`` (task documents, :func:`to_yaml`), else ``text()``, the table for people."""
+    if args.output == "json" and isinstance(msg, Message):
+        print(to_json(msg))
+    elif args.output == "yaml" and isinstance(msg, Message):
+        print(to_yaml(msg), end="")
+    else:
+        print(text())
 
 
 def dump_json(doc: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """Rendering of API messages for the CLI: aligned tables for people, JSON for programs (pure).
 
 Timestamps are shown as RFC 3339 UTC with milliseconds, durations compactly ("12ms", "1.5s",
-"1m30s"), unset values as "-".
+"1m30s"), unset values as "-". This module holds the primitives (tables, ``key: value`` lines,
+JSON, times) and the tasks; runs, previews and audits are rendered by
+:mod:`peerd.cli_output_runs`, the cluster view by :mod:`peerd.cli_output_cluster`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from peerd.core.durations import format_duration
-from peerd.core.labels import format_labels, selector_matches
+from peerd.core.labels import format_labels
 from peerd.core.records import rfc3339
 from peerd.core.schedule_spec import PB_DST_AMBIGUOUS, PB_DST_NONEXISTENT
 from peerd.v1 import scheduler_pb2 as pb
@@ -47,6 +49,12 @@ def format_kv(pairs: Sequence[tuple[str, str]]) -> str:
         lines.append(f"{(key + ':').ljust(width)}  {first}".rstrip())
         lines.extend(" " * (width + 2) + line for line in rest)
     return "\n".join(lines)
+
+
+def format_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """Cells padded to fixed ``widths`` (0 = unpadded), two spaces apart; no trailing spaces.
+    A longer cell pushes the rest of its line right."""
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
 def to_json(msg: Message, compact: bool = False) -> str:
@@ -160,13 +168,6 @@ DEFAULT_RETRY_ON = (
     pb.RETRY_ON_EXCEPTION,
 )
 """What an empty ``RetryPolicy.retry_on`` means (proto comment)."""
-SKIP_REASON_NAMES = {
-    pb.SKIP_MISFIRE: "misfire",
-    pb.SKIP_CATCH_UP_WINDOW: "catch-up window",
-    pb.SKIP_OVERLAP: "overlap",
-    pb.SKIP_PAUSED: "paused",
-    pb.SKIP_UNSCHEDULABLE: "unschedulable",
-}
 OWNER_LOST_NAMES = {pb.OWNER_LOST_RETRY: "retry", pb.OWNER_LOST_MARK_LOST: "mark-lost"}
 
 
@@ -303,311 +304,6 @@ def task_detail(t: pb.TaskSpec, scheduling: str | None = None) -> str:
     return format_kv(pairs)
 
 
-def _result(r: pb.RunRecord) -> str:
-    if r.HasField("exit_code"):
-        return f"exit {r.exit_code}"
-    if r.http_status:
-        return f"http {r.http_status}"
-    return NONE
-
-
-def _took(r: pb.RunRecord) -> str:
-    if not (r.HasField("started_at") and r.HasField("finished_at")):
-        return NONE
-    return fmt_td(r.finished_at.ToDatetime() - r.started_at.ToDatetime())
-
-
-def _status(r: pb.RunRecord) -> str:
-    name = pb.RunStatus.Name(r.status)
-    if r.skip_reason:
-        name += f" ({SKIP_REASON_NAMES.get(r.skip_reason, str(r.skip_reason))})"
-    return name
-
-
-def _note(r: pb.RunRecord) -> str:
-    parts = []
-    if r.HasField("next_attempt_at"):
-        parts.append(f"next attempt {fmt_ts(r.next_attempt_at)}")
-    if r.error:
-        parts.append(r.error)
-    return "; ".join(parts)
-
-
-RUN_HEADERS = ("SCHEDULED", "STATUS", "NODE", "ATTEMPT", "LATENESS", "TOOK", "RESULT", "ERROR")
-"""Columns of :func:`runs_table` and :func:`run_line`."""
-RUN_WIDTHS = (24, 18, 8, 7, 8, 6, 8, 0)
-"""Fixed column widths of :func:`run_line` (a followed stream cannot measure its rows)."""
-
-
-def run_row(r: pb.RunRecord) -> list[str]:
-    """The cells of one run (see :data:`RUN_HEADERS`): the slot (``(manual)``, ``(on-failure)``
-    marked), status with the skip reason, node, attempt, lateness, duration, result, error
-    (with the next attempt's time while a retry waits)."""
-    slot = fmt_ts(r.scheduled_at)
-    if r.manual:
-        slot += " (manual)"
-    if r.HasField("cause"):
-        slot += " (on-failure)"
-    return [
-        slot,
-        _status(r),
-        r.node_id or NONE,
-        str(r.attempt),
-        fmt_duration(r.lateness, r.HasField("lateness")),
-        _took(r),
-        _result(r),
-        truncate(_note(r), 50) or NONE,
-    ]
-
-
-def runs_table(runs: Sequence[pb.RunRecord]) -> str:
-    """One row per run (:func:`run_row`), columns aligned."""
-    return format_table(RUN_HEADERS, [run_row(r) for r in runs])
-
-
-def format_row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    """Cells padded to fixed ``widths`` (0 = unpadded), two spaces apart; no trailing spaces.
-    A longer cell pushes the rest of its line right."""
-    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-
-def run_line(r: pb.RunRecord, task: bool = False) -> str:
-    """One run as a fixed-width line for a followed stream (``peerd runs ID --follow``); with
-    ``task`` the task id comes first."""
-    line = format_row(run_row(r), RUN_WIDTHS)
-    return f"{r.task_id}  {line}" if task else line
-
-
-def run_header(task: bool = False) -> str:
-    """The header line matching :func:`run_line`."""
-    line = format_row(RUN_HEADERS, RUN_WIDTHS)
-    return f"TASK  {line}" if task else line
-
-
-def run_detail(r: pb.RunRecord) -> str:
-    """Every field of one run record as ``key: value`` lines (output tail last)."""
-    pairs = [
-        ("task_id", r.task_id),
-        ("scheduled_at", fmt_ts(r.scheduled_at)),
-        ("status", _status(r)),
-        ("node_id", r.node_id or NONE),
-        ("attempt", str(r.attempt)),
-        ("manual", "yes" if r.manual else "no"),
-        ("fencing_token", str(r.fencing_token)),
-        ("idempotency_key", r.idempotency_key or NONE),
-    ]
-    if r.HasField("fire_at"):
-        pairs.append(("fire_at", fmt_ts(r.fire_at)))
-    if r.tzdata_version:
-        pairs.append(("local_time", f"{r.local_time or NONE} (tzdata {r.tzdata_version})"))
-    pairs += [
-        ("claimed_at", fmt_ts(r.claimed_at)),
-        ("started_at", fmt_ts(r.started_at)),
-        ("finished_at", fmt_ts(r.finished_at)),
-        ("lateness", fmt_duration(r.lateness, r.HasField("lateness"))),
-        ("result", _result(r)),
-    ]
-    if r.priority:
-        pairs.append(("priority", str(r.priority)))
-    if r.HasField("next_attempt_at"):
-        pairs.append(("next_attempt_at", fmt_ts(r.next_attempt_at)))
-    for a in r.history:
-        took = (
-            fmt_td(a.finished_at.ToDatetime() - a.started_at.ToDatetime())
-            if a.HasField("started_at") and a.HasField("finished_at")
-            else NONE
-        )
-        pairs.append(
-            (
-                f"attempt {a.attempt}",
-                f"{pb.RunStatus.Name(a.status)} on {a.node_id or NONE} at "
-                f"{fmt_ts(a.started_at)} took {took} token {a.fencing_token}"
-                + (f": {a.error}" if a.error else ""),
-            )
-        )
-    if r.HasField("cause"):
-        c = r.cause
-        pairs.append(
-            (
-                "cause",
-                f"{c.task_id} {fmt_ts(c.scheduled_at)} {pb.RunStatus.Name(c.status)}"
-                + (f": {c.error}" if c.error else ""),
-            )
-        )
-    if r.error:
-        pairs.append(("error", r.error))
-    if r.output_tail:
-        pairs.append(("output", r.output_tail))
-    return format_kv(pairs)
-
-
-def preview_table(resp: pb.PreviewScheduleResponse) -> str:
-    """SCHEDULED (UTC), LOCAL (the schedule's zone), FIRE AT (only when some slot is jittered),
-    NOTE (DST policy applied)."""
-    jittered = any(s.HasField("fire_at") and s.fire_at != s.scheduled_at for s in resp.slots)
-    headers = ["SCHEDULED (UTC)", "LOCAL", *(["FIRE AT"] if jittered else []), "NOTE"]
-    rows = []
-    for s in resp.slots:
-        fire = [fmt_ts(s.fire_at)] if jittered else []
-        rows.append([fmt_ts(s.scheduled_at), s.local_time or NONE, *fire, s.note or NONE])
-    rules = f"time-zone rules: tzdata {resp.tzdata_version or NONE} ({resp.tzdata_source or NONE})"
-    if not rows:
-        return f"no slots (time zone {resp.time_zone or 'UTC'}): the schedule has ended\n{rules}"
-    return f"{format_table(headers, rows)}\n{rules}"
-
-
-def _le(le_ms: int) -> str:
-    return "+inf" if le_ms < 0 else fmt_td(timedelta(milliseconds=le_ms))
-
-
-def audit_text(a: pb.AuditTaskResponse, max_gaps: int = 20) -> str:
-    """Summary of an audit: window, expected slots, gaps (the first ``max_gaps`` listed),
-    multi-claims (all listed), counts by status and the lateness histogram."""
-    window = f"({fmt_ts(a.since)}, {fmt_ts(a.until)}]"
-    if a.truncated:
-        window += " (cut to the oldest record kept; older ones were trimmed)"
-    started = sum(b.count for b in a.lateness)
-    pairs = [
-        ("task", a.task_id),
-        ("window", window),
-        ("expected slots", str(a.expected_slots)),
-        ("gaps", str(a.gap_count)),
-        ("multi-claims", str(len(a.multi_claims))),
-        (
-            "by status",
-            ", ".join(f"{k} {v}" for k, v in sorted(a.by_status.items())) or NONE,
-        ),
-        (
-            "lateness",
-            (
-                f"p50 {fmt_duration(a.lateness_p50)}, p99 {fmt_duration(a.lateness_p99)}, "
-                f"max {fmt_duration(a.lateness_max)} ({started} started runs)"
-            )
-            if started
-            else "no started runs",
-        ),
-    ]
-    parts = [format_kv(pairs)]
-    if a.gaps:
-        shown = [fmt_ts(g) for g in a.gaps[:max_gaps]]
-        more = a.gap_count - len(shown)
-        parts.append("gaps:\n" + "\n".join(f"  {g}" for g in shown))
-        if more > 0:
-            parts[-1] += f"\n  ... and {more} more"
-    if a.multi_claims:
-        rows = [
-            [fmt_ts(m.scheduled_at), ",".join(map(str, m.fencing_tokens)) or NONE, m.detail]
-            for m in a.multi_claims
-        ]
-        parts.append(format_table(["MULTI-CLAIMED SLOT", "TOKENS", "DETAIL"], rows))
-    if started:
-        rows = [[_le(b.le_ms), str(b.count)] for b in a.lateness]
-        parts.append(format_table(["LATENESS <=", "RUNS"], rows))
-    return "\n\n".join(parts)
-
-
-def _member_state(m: pb.Member) -> str:
-    return "dead" if m.suspected_dead else "draining" if m.draining else "alive"
-
-
-def cluster_text(c: pb.GetClusterResponse) -> str:
-    """Summary line, etcd's database size and alarms, the time-zone rules (:func:`tzdata_lines`),
-    then one row per member: node, address, state (alive, draining, or dead as confirmed by the
-    answering node's failure detector while the lease still holds), started, version, tzdata,
-    owned tasks, and its labels when any member has some; then the unschedulable tasks, one line
-    each."""
-    head = (
-        f"cluster {c.cluster}: {len(c.members)} members, {c.task_count} tasks "
-        f"(answered by {c.node_id}, revision {c.revision})"
-    )
-    labelled = any(m.labels for m in c.members)
-    rows = [
-        [
-            m.node_id,
-            m.address,
-            _member_state(m),
-            fmt_ts(m.started_at),
-            m.version or NONE,
-            m.tzdata_version or NONE,
-            str(m.owned_tasks),
-            *([format_labels(m.labels) or NONE] if labelled else []),
-        ]
-        for m in sorted(c.members, key=lambda m: m.node_id)
-    ]
-    headers = ["NODE", "ADDRESS", "STATE", "STARTED", "VERSION", "TZDATA", "OWNED TASKS"]
-    table = format_table(headers + (["LABELS"] if labelled else []), rows)
-    return "\n".join([head, *_etcd_lines(c), *tzdata_lines(c), table, *_unschedulable_lines(c)])
-
-
-def tzdata_lines(c: pb.GetClusterResponse) -> list[str]:
-    """The agreed tzdata version (pinned or agreed) and, when members run another one, the
-    mismatch: those members claim no slot of a task whose schedule depends on time-zone rules."""
-    how = "pinned" if c.tzdata_pinned else "agreed"
-    agreed = c.tzdata_version
-    lines = [f"tzdata: {agreed} ({how})" if agreed else "tzdata: no version agreed yet"]
-    other: dict[str, list[str]] = {}
-    for m in sorted(c.members, key=lambda m: m.node_id):
-        if m.tzdata_version != agreed:
-            other.setdefault(m.tzdata_version or "unknown", []).append(m.node_id)
-    for version, nodes in sorted(other.items()):
-        lines.append(
-            f"tzdata MISMATCH: {', '.join(nodes)} run{'s' if len(nodes) == 1 else ''} {version}, "
-            f"not {agreed or 'an agreed version'}: no slot of a task whose schedule depends on "
-            "time-zone rules is claimed there (docs/scheduling.md, 'Time-zone rules')"
-        )
-    return lines
-
-
-def _unschedulable_lines(c: pb.GetClusterResponse) -> list[str]:
-    """``task ID: unschedulable: REASON`` per unschedulable task (and how many more)."""
-    lines = [f"task {u.task_id}: unschedulable: {u.reason}" for u in c.unschedulable_tasks]
-    more = c.unschedulable_count - len(c.unschedulable_tasks)
-    if more > 0:
-        lines.append(f"... and {more} more unschedulable tasks")
-    return lines
-
-
-def scheduling_text(t: pb.TaskSpec, c: pb.GetClusterResponse) -> str:
-    """Where task ``t`` (with a node selector) may run in the cluster view ``c``: the
-    ``unschedulable: REASON`` of the answering node, else the live members its selector
-    matches."""
-    for u in c.unschedulable_tasks:
-        if u.task_id == t.id:
-            return f"unschedulable: {u.reason}"
-    matching = [
-        m.node_id
-        for m in c.members
-        if _member_state(m) == "alive"
-        and not m.not_claiming
-        and selector_matches(t.node_selector, m.labels)
-    ]
-    if matching:
-        return f"{len(matching)} live node(s) match: {', '.join(sorted(matching))}"
-    if c.unschedulable_count > len(c.unschedulable_tasks):
-        return "unknown (more unschedulable tasks than one cluster view lists)"
-    return "no live node in the answering node's member list matches"
-
-
-def _etcd_lines(c: pb.GetClusterResponse) -> list[str]:
-    """The etcd line (database size, compactor) and one line per alarm in force."""
-    lines = []
-    if c.etcd_db_size_bytes:
-        mib = 1024 * 1024
-        lines.append(
-            f"etcd: database {c.etcd_db_size_bytes / mib:.1f} MiB "
-            f"({c.etcd_db_size_in_use_bytes / mib:.1f} MiB in use), "
-            f"compactor {c.etcd_compactor or NONE}"
-        )
-    for a in c.etcd_alarms:
-        what = (
-            "etcd is out of space: writes are refused and no node claims; see docs/operations.md"
-            if a.alarm == "NOSPACE"
-            else "see etcd's documentation"
-        )
-        lines.append(f"ALARM {a.alarm} on etcd member {a.member_id:x}: {what}")
-    return lines
-
-
 def import_table(tasks: Sequence[pb.TaskSpec]) -> str:
     """One row per imported task: id, schedule, time zone, user, command."""
     rows = []
@@ -630,11 +326,9 @@ __all__ = [
     "CATCH_UP_NAMES",
     "DST_AMBIGUOUS_NAMES",
     "DST_NONEXISTENT_NAMES",
+    "NONE",
     "OVERLAP_NAMES",
     "RETRY_ON_NAMES",
-    "RUN_HEADERS",
-    "audit_text",
-    "cluster_text",
     "describe_retry",
     "describe_schedule",
     "describe_target",
@@ -645,13 +339,6 @@ __all__ = [
     "format_row",
     "format_table",
     "import_table",
-    "preview_table",
-    "run_detail",
-    "run_header",
-    "run_line",
-    "run_row",
-    "runs_table",
-    "scheduling_text",
     "secret_ref",
     "task_detail",
     "tasks_table",

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from peerd.config import DEFAULT_LISTEN
 from peerd.errors import InvalidArgument
+from peerd.node_config import DEFAULT_LISTEN
 from peerd.security.tls import ClientTls
 
 DEFAULT_TIMEOUT_S = 3.0

@@ -8,7 +8,7 @@ What the harness relies on (the engine facade, :class:`peerd.engine.Engine`; the
 first written against the engine before it, ``peerd/runner/engine.py``, and failed there):
 
 1. **Construction**: ``Engine(cfg, lease, tasks, ledger, ownership, executors, send_handoff,
-   clock, supervisor)`` with a :class:`peerd.config.NodeConfig`, a
+   clock, supervisor)`` with a :class:`peerd.node_config.NodeConfig`, a
    :class:`peerd.coord.membership.Membership` (registered on a real lease before the engine
    starts), a :class:`peerd.coord.store.TaskCache`, a ledger (here a
    :class:`tests.faults.FaultyLedger` around the real ``Ledger``), an
@@ -51,7 +51,6 @@ from typing import Any
 import structlog
 
 from peerd.clock import SystemClock
-from peerd.config import NodeConfig
 from peerd.coord.etcd import Etcd
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
@@ -60,6 +59,7 @@ from peerd.coord.store import TaskCache, TaskStore
 from peerd.core.records import slot_ms
 from peerd.engine import Engine
 from peerd.engine.ownership import OwnershipView
+from peerd.node_config import NodeConfig
 from peerd.runner.base import Execution, Outcome
 from peerd.runner.executors import Executors
 from peerd.runner.shell import ShellExecutor

@@ -28,8 +28,9 @@ from types import FrameType
 from typing import Any
 
 from peerd.core.policy import token_sha256
-from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled, free_port
+from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdNotInstalled
 from peerd.devtools.process import PeerdProcess, ProcessError, stop_all
+from peerd.devtools.spawn import free_port
 from peerd.errors import PeerdError
 from peerd.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE
 from peerd.security.authn import new_token

@@ -18,7 +18,7 @@ the pid is still the node's).
 
 Process hygiene: the child runs in its own session (a Ctrl-C in the terminal reaches only the
 parent, which stops its nodes in order) and, on Linux, gets SIGKILL when the thread that started
-it dies (:func:`peerd.devtools.etcd_server.parent_death_preexec`): start from a long-lived
+it dies (:func:`peerd.devtools.spawn.parent_death_preexec`): start from a long-lived
 thread. stdout and stderr are appended to ``workdir/<node_id>.log``.
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import peerd
-from peerd.devtools.etcd_server import free_port, parent_death_preexec
+from peerd.devtools.spawn import free_port, parent_death_preexec
 from peerd.healthcheck import check
 from peerd.security.tls import ClientTls
 

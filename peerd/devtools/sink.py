@@ -40,9 +40,11 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import IO, Any, Self
+from types import FrameType
+from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
+
+from peerd.devtools.spawn import StartStop, host_port
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 FENCING_HEADER = "peerd-fencing-token"
@@ -218,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class WebhookSink:
+class WebhookSink(StartStop):
     """An HTTP server in a background thread that records every request (thread-safe).
 
     Args:
@@ -261,8 +263,7 @@ class WebhookSink:
         """
         if self._server is None:
             raise RuntimeError("sink not started")
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"http://{host_port(self._host, self._port)}"
 
     @property
     def port(self) -> int:
@@ -325,18 +326,6 @@ class WebhookSink:
             if self._jsonl is not None:
                 self._jsonl.close()
                 self._jsonl = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def deliveries(self) -> list[Delivery]:
         """A snapshot of every delivery so far, oldest first."""

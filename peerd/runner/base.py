@@ -19,7 +19,7 @@ from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
     from peerd.clock import Clock
-    from peerd.config import NodeConfig
+    from peerd.node_config import NodeConfig
 
 FAILURE_HTTP_5XX = "http_5xx"
 FAILURE_HTTP_429 = "http_429"
@@ -183,7 +183,7 @@ class Executor(Protocol):
 
     Attributes:
         kind: the ``TaskSpec.target`` oneof field it runs (``"http"``), also its pool's name.
-        limit_setting: the :class:`~peerd.config.NodeConfig` field capping its concurrent runs.
+        limit_setting: the :class:`~peerd.node_config.NodeConfig` field capping its concurrent runs.
     """
 
     kind: ClassVar[str]

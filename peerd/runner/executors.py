@@ -19,7 +19,7 @@ from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
     from peerd.clock import Clock
-    from peerd.config import NodeConfig
+    from peerd.node_config import NodeConfig
 
 EXECUTOR_TYPES: tuple[type[Executor], ...] = (HttpExecutor, ShellExecutor, PythonExecutor)
 """Every executor a node has, one per ``TaskSpec.target`` kind."""

@@ -58,7 +58,7 @@ from peerd.runner.secrets import MissingSecret, SecretStore
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
-    from peerd.config import NodeConfig
+    from peerd.node_config import NodeConfig
 
 log = structlog.get_logger(__name__)
 

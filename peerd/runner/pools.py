@@ -3,8 +3,8 @@
 A saturated node does not start runs in arrival order: a waiting run with a higher task priority
 (``TaskSpec.priority``, -100..100) starts first, then the one with the earlier fire time, then
 the one that asked first. :class:`PriorityLimiter` is that queue; :class:`Pools` holds one per
-executor kind plus the node-wide one, with limits from :class:`~peerd.config.NodeConfig` that can
-change while the node runs (SIGHUP).
+executor kind plus the node-wide one, with limits from :class:`~peerd.node_config.NodeConfig`
+that can change while the node runs (SIGHUP).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from peerd.config import NodeConfig
+from peerd.node_config import NodeConfig
 from peerd.runner.executors import limits
 
 

@@ -2,15 +2,15 @@
 
 Shell execution is off on a node unless the node allow-lists command lines with
 ``--allow-shell PATTERN``. Each run gets its own session/process group so a timeout or a
-cancellation can kill the command together with everything it spawned. Run failures never
-raise; they are reported in the returned :class:`~peerd.runner.base.Outcome` with a failure class
-(:data:`~peerd.runner.base.FAILURE_CLASSES`).
+cancellation can kill the command together with everything it spawned
+(:mod:`peerd.runner.process_group` waits for it, reads its output and kills the group). Run
+failures never raise; they are reported in the returned :class:`~peerd.runner.base.Outcome`
+with a failure class (:data:`~peerd.runner.base.FAILURE_CLASSES`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import os
 import pwd
@@ -36,25 +36,14 @@ from peerd.runner.base import (
     Outcome,
     OutputTail,
 )
+from peerd.runner.process_group import supervise
 from peerd.runner.secrets import MissingSecret, SecretStore
 from peerd.v1 import scheduler_pb2 as pb
 
 if TYPE_CHECKING:
-    from peerd.config import NodeConfig
+    from peerd.node_config import NodeConfig
 
 log = structlog.get_logger(__name__)
-
-KILL_GRACE_SECONDS = 2.0
-"""Seconds between SIGTERM and SIGKILL when a process group is killed."""
-
-DRAIN_GRACE_SECONDS = 1.0
-"""Seconds to keep reading output after the command exited, while a background process it
-left behind still holds the output pipe open. After that the pipe is closed (the leftover
-process is not killed)."""
-
-_READ_CHUNK = 64 * 1024
-_POLL_SECONDS = 0.05
-_EXIT_POLL_SECONDS = 0.1
 
 
 class ShellAllowList:
@@ -123,52 +112,6 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether process group ``pgid`` still has a live (non-zombie) member.
-
-    Zombies count as dead: without a reaping init (e.g. a container whose PID 1 is not an init)
-    orphaned members stay zombies forever, yet ``killpg(pgid, 0)`` still succeeds for them.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # members exist but run as a user we cannot signal
-        pass
-    return _live_members_in_proc(pgid)
-
-
-def _live_members_in_proc(pgid: int) -> bool:
-    """Scan ``/proc`` for a non-zombie process in group ``pgid`` (True if ``/proc`` is absent)."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _signal_group(proc: asyncio.subprocess.Process, signum: int) -> None:
-    """Send ``signum`` to the process group led by ``proc`` (and to ``proc`` itself, in case it
-    left the group)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signum)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
 
 
 class ShellExecutor:
@@ -264,7 +207,8 @@ class ShellExecutor:
         ``target.run_as`` switches user (plus its primary and supplementary groups, and
         ``HOME``/``USER``/``LOGNAME``) only when the node runs as root; otherwise such a run
         fails. ``execution.timeout`` bounds the run: on expiry the process group gets SIGTERM,
-        then SIGKILL after :data:`KILL_GRACE_SECONDS`.
+        then SIGKILL after :data:`~peerd.runner.process_group.KILL_GRACE_SECONDS`
+        (:func:`~peerd.runner.process_group.supervise`).
 
         Success means exit code 0. Never raises for a failed run: those are returned as
         ``Outcome(succeeded=False, error=..., failure=...)`` with ``failure``
@@ -393,38 +337,11 @@ class ShellExecutor:
         hidden: list[str],
     ) -> Outcome:
         """Wait for ``proc`` (bounded by ``execution.timeout``) while collecting its output
-        (``hidden`` redacted)."""
-        assert proc.stdout is not None
+        (``hidden`` redacted), and report how it ended."""
         out = OutputTail(secrets=hidden)
-        reader = asyncio.create_task(self._pump(proc.stdout, out))
         seconds = execution.timeout.total_seconds()
-        timed_out = False
-        try:
-            try:
-                async with asyncio.timeout(seconds):
-                    await self._wait_exit(proc, reader)
-            except TimeoutError:
-                timed_out = True
-                log.warning(
-                    "shell.timeout", task_id=execution.task_id, pid=proc.pid, seconds=seconds
-                )
-                await self._kill_group(proc)
-            await self._drain(reader, execution)
-        except BaseException:
-            # Cancellation (or anything unexpected): never leave the command running.
-            await self._kill_group(proc)
-            raise
-        finally:
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-            # Close our end of the output pipe even if a leftover background process still
-            # holds the other end (asyncio.subprocess.Process has no public close()).
-            transport = getattr(proc, "_transport", None)
-            if transport is not None:
-                transport.close()
-
+        run_log = log.bind(task_id=execution.task_id, trace_id=execution.trace_id)
+        timed_out = await supervise(proc, out, seconds, run_log)
         code = proc.returncode
         assert code is not None
         failure = FAILURE_NONZERO_EXIT
@@ -440,60 +357,6 @@ class ShellExecutor:
         return self._outcome(
             started, error=error, failure=failure, exit_code=code, output=out.text()
         )
-
-    @staticmethod
-    async def _wait_exit(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
-        """Return once ``proc`` has exited.
-
-        ``Process.wait()`` only returns after the output pipe is closed, which a background
-        process left behind by the command can delay indefinitely; so while the pipe is open
-        this watches ``returncode`` instead.
-        """
-        while proc.returncode is None:
-            if reader.done():  # output closed: wait() now returns as soon as the process exits
-                await proc.wait()
-                return
-            await asyncio.wait({reader}, timeout=_EXIT_POLL_SECONDS)
-
-    @staticmethod
-    async def _pump(stream: asyncio.StreamReader, out: OutputTail) -> None:
-        while chunk := await stream.read(_READ_CHUNK):
-            out.add(chunk)
-
-    @staticmethod
-    async def _drain(reader: asyncio.Task[None], execution: Execution) -> None:
-        """Let the reader reach end of output, for at most :data:`DRAIN_GRACE_SECONDS`."""
-        done, _ = await asyncio.wait({reader}, timeout=DRAIN_GRACE_SECONDS)
-        if not done:
-            log.warning(
-                "shell.output_pipe_held", task_id=execution.task_id, trace_id=execution.trace_id
-            )
-
-    @staticmethod
-    async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the process group, wait up to :data:`KILL_GRACE_SECONDS` for the leader to be
-        reaped and the group to empty, then SIGKILL whatever is left and wait for the leader.
-
-        SIGKILL is sent even if this coroutine is itself cancelled during the grace period.
-        """
-        pgid = proc.pid
-        _signal_group(proc, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + KILL_GRACE_SECONDS
-        gone = False
-        try:
-            while loop.time() < deadline:
-                if proc.returncode is not None and not _group_alive(pgid):
-                    gone = True
-                    return
-                await asyncio.sleep(_POLL_SECONDS)
-        finally:
-            if not gone:
-                _signal_group(proc, signal.SIGKILL)
-        # Not proc.wait(): that also waits for the output pipe, which a process that escaped
-        # the group (setsid) may hold open.
-        while proc.returncode is None:
-            await asyncio.sleep(_POLL_SECONDS)
 
     def _outcome(
         self,

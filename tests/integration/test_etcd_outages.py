@@ -19,7 +19,8 @@ import grpc
 import pytest
 
 from peerd.client import SchedulerClient
-from peerd.devtools.etcd_server import EmbeddedEtcd, EtcdCluster, find_etcd_binary
+from peerd.devtools.etcd_cluster import EtcdCluster
+from peerd.devtools.etcd_server import EmbeddedEtcd, find_etcd_binary
 from peerd.devtools.sink import Delivery, WebhookSink
 from peerd.v1 import scheduler_pb2 as pb
 from tests.conftest import _STARTED_NODES

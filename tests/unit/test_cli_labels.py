@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from peerd import cli
-from peerd.cli_output import cluster_text, runs_table, scheduling_text, task_detail, tasks_table
+from peerd.cli_output import task_detail, tasks_table
+from peerd.cli_output_cluster import cluster_text, scheduling_text
+from peerd.cli_output_runs import runs_table
 from peerd.v1 import scheduler_pb2 as pb
 from tests.unit.test_cli import closed_port, run, spec_of
 

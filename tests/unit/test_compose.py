@@ -26,9 +26,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
-from peerd.config import NODE_ID_RE, build_config
-from peerd.devtools.etcd_server import free_port
+from peerd.config import build_config
+from peerd.devtools.spawn import free_port
 from peerd.healthcheck import default_address
+from peerd.node_config import NODE_ID_RE
 from tests.conftest import NodesFactory
 from tests.helpers import REPO_ROOT, health_server
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from peerd.config import RELOADABLE, NodeConfig, build_config, changed_fields, reload_config
+from peerd.config import build_config, changed_fields, reload_config
 from peerd.errors import InvalidArgument
+from peerd.node_config import RELOADABLE, NodeConfig
 
 FLAGS: dict[str, Any] = {"node_id": "n1"}
 
@@ -319,8 +320,8 @@ def test_node_without_reload_source_rejects_reload(monkeypatch: pytest.MonkeyPat
 
 
 def test_max_http_runs_is_capped_by_the_http_clients_in_flight_limit() -> None:
-    from peerd.config import MAX_HTTP_IN_FLIGHT, build_config
     from peerd.errors import InvalidArgument
+    from peerd.node_config import MAX_HTTP_IN_FLIGHT
     from peerd.runner.http import MAX_IN_FLIGHT
 
     assert MAX_HTTP_IN_FLIGHT == MAX_IN_FLIGHT

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from peerd.cli import build_parser, main, parse_args, serve_flags
-from peerd.config import RELOADABLE, SETTINGS, NodeConfig, build_config, reload_config
+from peerd.config import build_config, reload_config
 from peerd.errors import InvalidArgument
+from peerd.node_config import RELOADABLE, SETTINGS, NodeConfig
 from peerd.settings import INTEGER, Setting, markdown_table, replace_table, setting, settings_of
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"

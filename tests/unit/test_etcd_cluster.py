@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from peerd.coord.etcd import Etcd
-from peerd.devtools.etcd_server import EtcdCluster
+from peerd.devtools.etcd_cluster import EtcdCluster
 from peerd.errors import PeerdError, Unavailable
 from tests.helpers import REPO_ROOT, assert_eventually
 from tests.unit.test_etcd_server import _gone, needs_etcd
@@ -184,7 +184,7 @@ def test_members_die_with_their_parent() -> None:
     script = textwrap.dedent(
         """
         import time
-        from peerd.devtools.etcd_server import EtcdCluster
+        from peerd.devtools.etcd_cluster import EtcdCluster
         c = EtcdCluster(3)
         c.start()
         print(" ".join(str(m.pid) for m in c.members), c.root, flush=True)

@@ -22,8 +22,8 @@ from peerd.devtools.etcd_server import (
     EmbeddedEtcd,
     EtcdNotInstalled,
     find_etcd_binary,
-    free_port,
 )
+from peerd.devtools.spawn import free_port
 from peerd.errors import PeerdError
 from tests.helpers import REPO_ROOT, assert_eventually
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from peerd.cli_output import cluster_text
+from peerd.cli_output_cluster import cluster_text
 from peerd.client import exit_code_for_status
 from peerd.config import build_config
 from peerd.coord.compaction import space_hint

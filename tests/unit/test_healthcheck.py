@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from grpc_health.v1 import health, health_pb2
 
-from peerd.devtools.etcd_server import free_port
+from peerd.devtools.spawn import free_port
 from peerd.healthcheck import check, check_async
 from tests.helpers import health_server
 

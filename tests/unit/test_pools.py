@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from peerd.config import NodeConfig
+from peerd.node_config import NodeConfig
 from peerd.runner.pools import Pools, PriorityLimiter
 from tests.helpers import run_async
 

@@ -14,8 +14,8 @@ import pytest
 
 from peerd.cli import parse_args, serve_flags
 from peerd.config import build_config
-from peerd.devtools.etcd_server import free_port
 from peerd.devtools.process import PeerdProcess, ProcessError, setting_args, stop_all
+from peerd.devtools.spawn import free_port
 from tests.helpers import REPO_ROOT, assert_eventually
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from peerd.core.redact import REDACTED
-from peerd.runner import base
+from peerd.runner import base, process_group
 from peerd.runner import shell as shell_mod
 from peerd.runner.base import OUTPUT_TAIL_BYTES, Execution, Outcome
 from peerd.runner.secrets import SecretStore
@@ -317,7 +317,7 @@ def test_timeout_escalates_to_sigkill_when_sigterm_ignored(tmp_path: Path) -> No
     assert wait_gone(int(pidfile.read_text()))
     # The lower bound is the grace period; the upper one only tells SIGKILL from the child's own
     # end (`sleep 100`), wide enough for a busy machine.
-    assert 1.5 + shell_mod.KILL_GRACE_SECONDS <= elapsed < 60.0
+    assert 1.5 + process_group.KILL_GRACE_SECONDS <= elapsed < 60.0
 
 
 def test_cancellation_kills_process_group_and_reraises(tmp_path: Path) -> None:
@@ -350,7 +350,7 @@ def test_background_child_holding_output_does_not_hang_run(tmp_path: Path) -> No
 
     assert out.succeeded, out.error
     assert out.output_tail == "bye\n"
-    assert elapsed < shell_mod.DRAIN_GRACE_SECONDS + 2.0
+    assert elapsed < process_group.DRAIN_GRACE_SECONDS + 2.0
 
 
 # --- run_as ------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from peerd.devtools.etcd_server import free_port
 from peerd.devtools.sink import Delivery, WebhookSink, format_delivery
+from peerd.devtools.spawn import free_port
 from tests.helpers import REPO_ROOT, assert_eventually
 
 

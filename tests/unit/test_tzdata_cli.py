@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from peerd.cli import main
-from peerd.cli_output import cluster_text, preview_table, run_detail
+from peerd.cli_output_cluster import cluster_text
+from peerd.cli_output_runs import preview_table, run_detail
 from peerd.v1 import scheduler_pb2 as pb
 from tests.helpers import RULES
 from tests.tzfiles import write_database
