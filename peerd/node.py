@@ -1,4 +1,6 @@
-"""One peerd node: the composition root. Every component is built and wired here, and only here.
+"""One peerd node: the composition root. Every component is built and wired here, and only here
+(with :mod:`peerd.node_servers`, which puts the components behind the node's ports, and
+:mod:`peerd.node_reload`, SIGHUP).
 
 Start-up order matters:
 
@@ -38,28 +40,24 @@ start (``serve_plaintext_on_network``, ``serve_without_auth_policy``).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import os
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from peerd import __version__
 from peerd.clock import Clock, SystemClock
 from peerd.cluster import ClusterView
-from peerd.config import NodeConfig, changed_fields, check_security, reload_config
+from peerd.config import NodeConfig, check_security
 from peerd.coord.alarms import AlarmMonitor
 from peerd.coord.compaction import Compactor, space_hint
 from peerd.coord.etcd import Etcd, retry_backoff
-from peerd.coord.etcd_channel import EtcdSecurity, host_of
+from peerd.coord.etcd_channel import EtcdSecurity
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
 from peerd.coord.membership import Membership
@@ -80,34 +78,30 @@ from peerd.exitcodes import (
 )
 from peerd.gctune import Freezer, GcPauses
 from peerd.healthcheck import check_async
-from peerd.log import set_level
+from peerd.node_reload import ReloadSource, reload_node
+from peerd.node_servers import (
+    grpc_server,
+    http_server,
+    metric_sources,
+    otel_export,
+    server_tls,
+    warn_if_exposed,
+)
 from peerd.peer.client import PeerClient
 from peerd.peer.detection import PeerLayer
-from peerd.rpc.auth import AuthInterceptor
-from peerd.rpc.guard import ApiGuard, RateLimiter
-from peerd.rpc.peer_service import PeerService
-from peerd.rpc.service import SchedulerService
 from peerd.runner.executors import Executors
 from peerd.security.authn import Authenticator
-from peerd.security.tls import ServerTls
 from peerd.supervise import Supervisor
 from peerd.v1 import peer_pb2 as ppb
-from peerd.v1 import peer_pb2_grpc as ppb_grpc
 from peerd.v1 import scheduler_pb2 as pb
-from peerd.v1 import scheduler_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:  # imported when --http-listen (aiohttp: ~0.3 s per start) or --otel-endpoint
     # (the OpenTelemetry SDK) is set
-    from peerd.http.metrics import EtcdView, MetricSources, NodeMetrics
+    from peerd.http.metrics import NodeMetrics
     from peerd.http.rest import LoopbackSocket
     from peerd.http.server import HttpServer
-    from peerd.observe.otel import OtelExport
 
 log = structlog.get_logger("peerd.node")
-
-ReloadSource = tuple[Mapping[str, Any], Mapping[str, str], Path | None]
-"""What a node's configuration was built from: ``(flags, env, config_file)`` as passed to
-:func:`peerd.config.build_config`; SIGHUP re-reads it (:func:`peerd.config.reload_config`)."""
 
 LOOPS_HEALTH = health.LOOPS
 """grpc.health.v1 service name whose status is NOT_SERVING while a supervised loop is degraded
@@ -115,24 +109,6 @@ LOOPS_HEALTH = health.LOOPS
 HEALTH_REFRESH_S = 0.5
 """Seconds between two refreshes of the grpc.health.v1 statuses (a lease loss or an etcd alarm
 shows within this; a degraded loop shows at once)."""
-
-
-def _loopback(listen: str) -> bool:
-    """Whether ``HOST:PORT`` binds only a loopback address."""
-    host = host_of(listen)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _server_tls(cfg: NodeConfig) -> ServerTls | None:
-    if not cfg.tls_cert:
-        return None
-    client_ca = Path(cfg.tls_client_ca) if cfg.tls_client_ca else None
-    return ServerTls(Path(cfg.tls_cert), Path(cfg.tls_key), client_ca)
 
 
 class Node:
@@ -158,9 +134,9 @@ class Node:
         self.cfg = cfg
         self._reload_source = reload_source
         self.clock: Clock = clock or SystemClock()
-        self._log = log.bind(node_id=cfg.node_id)
+        self.logger = log.bind(node_id=cfg.node_id)
         check_security(cfg)
-        self.tls = _server_tls(cfg)
+        self.tls = server_tls(cfg)
         self.authn = Authenticator(Path(cfg.auth_policy) if cfg.auth_policy else None)
         interval, retention = cfg.etcd_compaction_interval, cfg.etcd_compaction_retention
         security = EtcdSecurity.from_settings(
@@ -170,7 +146,7 @@ class Node:
         if cfg.http_listen:
             from peerd.http.metrics import NodeMetrics
 
-            self.metrics = NodeMetrics(self._metric_sources(), per_task=cfg.metrics_per_task)
+            self.metrics = NodeMetrics(metric_sources(self), per_task=cfg.metrics_per_task)
         self.etcd = Etcd(
             cfg.etcd,
             space_hint=space_hint(interval, retention),
@@ -193,7 +169,7 @@ class Node:
         self.cache = TaskCache(self.etcd, keys, self.clock)
         self.ledger = Ledger(self.etcd, keys)
         self.runs = RunsView(self.etcd, keys, self.clock)
-        self.loops = Supervisor(self.clock, fatal=(DuplicateNode,), logger=self._log)
+        self.loops = Supervisor(self.clock, fatal=(DuplicateNode,), logger=self.logger)
         self.peer_client = PeerClient(cfg.node_id, self._address_of, self._peer_credentials)
         self.peers = PeerLayer(cfg.node_id, self.membership, self.peer_client, self.clock)
         self.ownership = OwnershipView(cfg.node_id, self.membership, self.peers)
@@ -217,7 +193,7 @@ class Node:
             self.executors,
             self.peer_client.handoff,
             self.clock,
-            Supervisor(self.clock, logger=self._log),
+            Supervisor(self.clock, logger=self.logger),
             self.alarms.space_ok,
             rules=self.rules,
             tz_fence=self.tzdata.fence,
@@ -256,60 +232,8 @@ class Node:
             self.engine.registry.on_finish(self.metrics.run_finished)
             self.engine.claims.on_transaction(self.metrics.claim_done)
             self.peers.on_verdict(self.metrics.verdict)
-            self.http = self._http_server(cfg)
-        self._otel_export(cfg)
-
-    def _http_server(self, cfg: NodeConfig) -> HttpServer:
-        """The HTTP port: metrics, health and the HTTP/JSON API, whose gateway calls this
-        node's gRPC server on :attr:`loopback` (docs/http-api.md)."""
-        from peerd.http.rest import LoopbackSocket, RestGateway
-        from peerd.http.server import HttpServer
-
-        assert self.metrics is not None
-        https = self.tls.https_context() if self.tls is not None and cfg.http_tls else None
-        mutual = self.tls is not None and self.tls.mutual
-        self.loopback = LoopbackSocket()
-        return HttpServer(
-            cfg.http_listen,
-            self.metrics,
-            self.health_facts,
-            cfg.node_id,
-            rest=RestGateway(self.loopback, client_cert_required=mutual),
-            ssl_context=https,
-            # JSON spells a message out at up to a few times its protobuf size.
-            max_body_bytes=4 * cfg.max_message_size,
-        )
-
-    def _otel_export(self, cfg: NodeConfig) -> None:
-        """Spans of claims, runs and records to ``--otel-endpoint`` (docs/observability.md);
-        the SDK is imported only then."""
-        self.otel: OtelExport | None = None
-        if cfg.otel_endpoint:
-            from peerd.observe.otel import OtelExport
-
-            self.otel = OtelExport(cfg.node_id, cfg.otel_endpoint, self.clock, os.environ)
-            self.engine.claims.on_transaction(self.otel.claim_transaction)
-            self.engine.registry.on_finish(self.otel.run_finished)
-            self.engine.registry.on_recorded(self.otel.run_recorded)
-
-    def _metric_sources(self) -> MetricSources:
-        from peerd.http.metrics import EtcdView, MetricSources
-
-        def etcd_view() -> EtcdView | None:
-            status = self.alarms.status
-            if not self.compactor.holding or status is None:
-                return None
-            kinds = tuple(a.kind for a in self.alarms.alarms)
-            return EtcdView(status.db_size, status.db_size_in_use, kinds)
-
-        return MetricSources(
-            engine=lambda: self.engine.stats,
-            degraded_loops=lambda: len(self.loops.failures) + len(self.engine.supervisor.failures),
-            ready=lambda: not health.readiness_problems(self.health_facts()),
-            members=lambda: len(self.membership.view),
-            etcd=etcd_view,
-            leader=lambda: self.compactor.holding,
-        )
+            self.http, self.loopback = http_server(self)
+        self.otel = otel_export(self)
 
     def health_facts(self) -> health.HealthFacts:
         """What the health checks are computed from, now (:mod:`peerd.core.health`)."""
@@ -378,112 +302,14 @@ class Node:
         self._stop.set()
 
     def reload(self) -> bool:
-        """Re-read the configuration and apply its reloadable fields (SIGHUP; runs on the loop).
-
-        Re-reads the config file with the flags and environment the node started with (they keep
-        precedence). Everything is checked before anything changes: the engine and executors
-        take the new values all together, or the reload is rejected and nothing changes. Logs
-        ``config_reloaded`` with the names of the changed fields (never their values), and one
-        ``config_reload_restart_needed`` per non-reloadable field that changed in the file.
+        """Re-read the configuration, the TLS files and the auth policy (SIGHUP; runs on the
+        loop); see :func:`peerd.node_reload.reload_node`.
 
         Returns:
-            True when the new configuration is in force; False when it was rejected (logged as
-            ``config_reload_rejected`` with the reason) and the old one is kept.
+            True when the new configuration is in force; False when it was rejected and the old
+            one is kept.
         """
-        self._reload_security()
-        if self._reload_source is None:
-            self._log.error(
-                "config_reload_rejected", reason="node was started without a reloadable source"
-            )
-            return False
-        flags, env, config_file = self._reload_source
-        try:
-            new, warnings = reload_config(self.cfg, flags, env, config_file)
-        except InvalidArgument as exc:
-            self._log.error("config_reload_rejected", reason=str(exc), file=str(config_file))
-            return False
-        try:
-            self.engine.apply_config(new)  # checks everything first: all or nothing
-        except Exception as exc:
-            self._log.error(
-                "config_reload_rejected",
-                reason=f"engine refused it: {type(exc).__name__}: {exc}",
-                file=str(config_file),
-            )
-            return False
-        for warning in warnings:
-            self._log.warning("config_reload_restart_needed", detail=warning)
-        changed = changed_fields(self.cfg, new)
-        self.cfg = new
-        set_level(new.log_level)
-        self.compactor.set_interval(new.etcd_compaction_interval)
-        self.etcd.space_hint = space_hint(
-            new.etcd_compaction_interval, new.etcd_compaction_retention
-        )
-        self._log.info("config_reloaded", changed=changed, file=str(config_file))
-        return True
-
-    def _reload_security(self) -> None:
-        """Re-read the TLS files and the auth policy (SIGHUP), each all or nothing; logs
-        ``tls_reloaded``/``tls_reload_rejected`` and ``auth_policy_reloaded``/
-        ``auth_policy_reload_rejected`` (file names and reasons, never contents)."""
-        if self.tls is not None:
-            try:
-                self.tls.reload()
-            except InvalidArgument as exc:
-                self._log.error("tls_reload_rejected", reason=str(exc))
-            else:
-                self.peer_client.reset()
-                self._log.info("tls_reloaded", not_after=self.tls.pair.not_after.isoformat())
-        if self.authn.policy_file is not None:
-            try:
-                self.authn.reload()
-            except InvalidArgument as exc:
-                self._log.error("auth_policy_reload_rejected", reason=str(exc))
-            else:
-                self._log.info("auth_policy_reloaded", file=str(self.authn.policy_file))
-
-    def _server(self) -> grpc.aio.Server:
-        mutual = self.tls is not None and self.tls.mutual
-        limiter = RateLimiter(
-            lambda: self.cfg.api_rate_limit, lambda: self.cfg.api_burst, self.clock
-        )
-        server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", self.cfg.max_message_size),
-            ],
-            # Authentication first: the rate limit then counts per authenticated principal.
-            interceptors=[
-                AuthInterceptor(self.authn, self.store, node_certs=mutual),
-                ApiGuard(limiter),
-            ],
-        )
-        scheduler = SchedulerService(
-            self.store,
-            self.ledger,
-            self.runs,
-            self.executors,
-            self.engine,
-            self.cluster,
-            lambda: self.cfg,
-            self.clock,
-            self.rules,
-            self.tzdata,
-        )
-        pb_grpc.add_SchedulerServicer_to_server(scheduler, server)
-        ppb_grpc.add_PeerServicer_to_server(PeerService(self, self.peers, self.engine), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                pb.DESCRIPTOR.services_by_name["Scheduler"].full_name,
-                ppb.DESCRIPTOR.services_by_name["Peer"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        return server
+        return reload_node(self, self._reload_source)
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
@@ -494,7 +320,7 @@ class Node:
                 self.loopback.remove()
 
     async def _run(self) -> int:
-        server = self._server()
+        server = grpc_server(self)
         try:
             if self.tls is not None:
                 server.add_secure_port(self.cfg.listen, self.tls.server_credentials())
@@ -504,7 +330,7 @@ class Node:
                 server.add_insecure_port(self.loopback.target)  # the REST gateway's
         except RuntimeError as exc:
             return _fatal(f"cannot listen on {self.cfg.listen}: {exc}", EXIT_ERROR)
-        self._warn_if_exposed()
+        warn_if_exposed(self.cfg, self.tls, self.authn, self.logger)
         if self.http is not None:
             try:
                 await self.http.start()
@@ -519,7 +345,7 @@ class Node:
         await self._refresh_health()
         await server.start()
         self._serving = True
-        self._log.info(
+        self.logger.info(
             "node_listening",
             listen=self.cfg.listen,
             address=self.cfg.address,
@@ -555,11 +381,11 @@ class Node:
         for t in (stop, fatal, ready):
             t.cancel()
         await self._shutdown(server, drain=code == EXIT_OK)
-        self._log.info("node_stopped", exit_code=code)
+        self.logger.info("node_stopped", exit_code=code)
         return code
 
     async def _shutdown(self, server: grpc.aio.Server, drain: bool) -> None:
-        self._log.info("node_stopping")
+        self.logger.info("node_stopping")
         self._draining = True
         await self.health.enter_graceful_shutdown()
         await self.compactor.release()  # the next node takes compaction over at once
@@ -578,33 +404,6 @@ class Node:
         if self.otel is not None:
             await self.otel.close()
 
-    def _warn_if_exposed(self) -> None:
-        """Say at start what anyone who reaches a non-loopback port could do."""
-        http = self.cfg.http_listen
-        if http and self.tls is not None and not self.cfg.http_tls and not _loopback(http):
-            self._log.warning(
-                "http_plaintext_with_tls",
-                listen=http,
-                detail="the HTTP port serves plaintext: bearer tokens sent to its /v1/ API "
-                "cross the network readable; give --http-tls (docs/http-api.md)",
-            )
-        if _loopback(self.cfg.listen):
-            return
-        if self.tls is None:
-            self._log.warning(
-                "serve_plaintext_on_network",
-                listen=self.cfg.listen,
-                detail="no --tls-cert: API calls, tokens and peer traffic cross the network in "
-                "plaintext; anyone on the path can read or forge them (docs/security.md)",
-            )
-        if self.authn.policy is None:
-            self._log.warning(
-                "serve_without_auth_policy",
-                listen=self.cfg.listen,
-                detail="no --auth-policy: whoever reaches this port may create, change, run "
-                "and delete every task (docs/security.md)",
-            )
-
     async def _register(self) -> tuple[str, int] | None:
         """Register this node, retrying while etcd is unreachable; on failure the reason and
         the exit code."""
@@ -621,7 +420,7 @@ class Node:
                 return str(exc), EXIT_INVALID
             except Unavailable as exc:
                 delay_s = backoff.next_delay_s()
-                self._log.warning("waiting_for_etcd", error=str(exc), retry_in_s=delay_s)
+                self.logger.warning("waiting_for_etcd", error=str(exc), retry_in_s=delay_s)
                 await self.clock.sleep(delay_s)
         return "stopped before registering", EXIT_ALREADY_EXISTS
 
@@ -629,7 +428,9 @@ class Node:
         await self.membership.view_ready.wait()
         await self.cache.ready.wait()
         await self._refresh_health()
-        self._log.info("node_ready", members=self.membership.members(), tasks=len(self.cache.tasks))
+        self.logger.info(
+            "node_ready", members=self.membership.members(), tasks=len(self.cache.tasks)
+        )
 
 
 def _fatal(message: str, code: int) -> int:

@@ -19,7 +19,7 @@ from peerd.client import open_channel
 from peerd.config import build_config, check_security
 from peerd.core.policy import UNRESTRICTED, Permission, token_sha256
 from peerd.errors import InvalidArgument, Unauthenticated
-from peerd.node import _loopback
+from peerd.node_servers import is_loopback
 from peerd.rpc.auth import SCHEDULER
 from peerd.security.authn import Authenticator, bearer_token, new_token
 from peerd.security.certs import node_uri, write_set
@@ -221,9 +221,11 @@ def test_client_options_and_plaintext_tokens(pki: Path) -> None:
 
 
 def test_loopback_detection() -> None:
-    assert _loopback("127.0.0.1:7070") and _loopback("localhost:1") and _loopback("[::1]:7070")
-    assert not _loopback("0.0.0.0:7070") and not _loopback("10.0.0.5:7070")
-    assert not _loopback("node-a.example:7070")
+    assert (
+        is_loopback("127.0.0.1:7070") and is_loopback("localhost:1") and is_loopback("[::1]:7070")
+    )
+    assert not is_loopback("0.0.0.0:7070") and not is_loopback("10.0.0.5:7070")
+    assert not is_loopback("node-a.example:7070")
 
 
 def test_every_scheduler_method_has_an_authorisation_rule() -> None:
