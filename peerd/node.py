@@ -241,6 +241,7 @@ class Node:
             lambda: len(self.cache.placements) + len(self.engine.planner.owned),
             lambda: self.cache.ready.is_set() and not self.engine.reconciler.busy,
             self.clock,
+            added=lambda: self.engine.planner.acquired,
         )
         self._tune_gc = False
         self.health = HealthServicer()
