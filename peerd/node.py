@@ -239,7 +239,7 @@ class Node:
         self.gc_pauses = GcPauses()
         self.freezer = Freezer(
             lambda: len(self.cache.placements) + len(self.engine.planner.owned),
-            lambda: self.cache.ready.is_set() and not self.engine.reconciler.busy,
+            self.cache.ready.is_set,
             self.clock,
             added=lambda: self.engine.planner.acquired,
         )

@@ -251,16 +251,19 @@ class Etcd:
         descending: bool = False,
         keys_only: bool = False,
         count_only: bool = False,
+        revision: int = 0,
     ) -> tuple[list[KV], int, int]:
-        """Read ``[key, range_end)`` (just ``key`` when ``range_end`` is empty), sorted by key.
+        """Read ``[key, range_end)`` (just ``key`` when ``range_end`` is empty), sorted by key,
+        as of ``revision`` (0: the newest; a compacted one raises).
 
         Returns:
             ``(kvs, count, revision)``: at most ``limit`` key-values (0 = no limit), the total
-            number of keys in the range, and the store revision the read was served at.
+            number of keys in the range, and the store revision the read was served at (the
+            newest, also when reading an older ``revision``).
         """
         req = range_request(
             key, range_end, limit=limit, descending=descending, keys_only=keys_only,
-            count_only=count_only,
+            count_only=count_only, revision=revision,
         )  # fmt: skip
         resp = await self._call("kv", "Range", req)
         return [kv_of(m) for m in resp.kvs], resp.count, resp.header.revision
