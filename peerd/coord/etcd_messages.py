@@ -88,16 +88,13 @@ def range_request(
     descending: bool = False,
     keys_only: bool = False,
     count_only: bool = False,
-    revision: int = 0,
 ) -> Any:
     """An ``rpc.RangeRequest`` for ``[key, range_end)`` (just ``key`` when ``range_end`` is
-    empty), sorted by key, at most ``limit`` key-values (0 = no limit), as of ``revision``
-    (0 = the newest)."""
+    empty), sorted by key, at most ``limit`` key-values (0 = no limit)."""
     return rpc.RangeRequest(
         key=key,
         range_end=range_end,
         limit=limit,
-        revision=revision,
         sort_order=rpc.RangeRequest.DESCEND if descending else rpc.RangeRequest.ASCEND,
         sort_target=rpc.RangeRequest.KEY,
         keys_only=keys_only,

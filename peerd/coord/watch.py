@@ -2,7 +2,7 @@
 
 The loop, run until cancelled::
 
-    +--> range(prefix) in pages, all at revision R -> on_list(kvs, R)
+    +--> range(prefix): kvs at revision R -------> on_list(kvs, R)
     |          | error                                   |
     |          v                                         v
     |    sleep backoff <------ stream broke ------ watch from R + 1 --> on_event(e), each change
@@ -52,11 +52,13 @@ STEP_S = 0.02
 """Most time spent handling watch events (or a list, in a consumer that steps) before yielding
 to the event loop (seconds): peers probe with a 250 ms deadline, and a stalled loop looks dead."""
 
-LIST_PAGE = 5000
-"""Most keys one read of a list returns. Every key read becomes a :class:`KV` in one go (4 µs
-each): the 100,000 tasks of ``bench/scale.py`` in one read took 0.4 s on an idle machine and
-stalled a restarted node's loop for a second on a busy one, so long that its peers took it for
-dead (docs/performance.md, Part 2, fourth round); a page of 5,000 takes about 20 ms."""
+LIST_CHUNK = 5000
+"""Key-values of a list converted to :class:`KV` between two yields to the event loop (4 µs
+each: about 20 ms). In one go, the 100,000 tasks of ``bench/scale.py`` took 0.4 s on an idle
+machine and stalled a restarted node's loop for a second on a busy one, so long that its peers
+took it for dead (docs/performance.md, Part 2, fourth round). One read, not pages: with 20
+pages of 5,000 keys the restarted node took 6.4 and 11 s to be ready in two runs (2.2 s in
+the run before), each page waiting behind a busy etcd."""
 
 OnList = Callable[[list[KV], int], Awaitable[None] | None]
 """``on_list(kvs, revision)``: the whole prefix as of ``revision`` (awaited when it returns an
@@ -110,23 +112,14 @@ async def list_then_watch(
             await clock.sleep(delay_s)
 
 
-async def list_prefix(etcd: Etcd, prefix: bytes, page: int = LIST_PAGE) -> tuple[list[KV], int]:
-    """Every key under ``prefix`` in key order, as of one revision: ``(kvs, revision)``. Read
-    in pages of at most ``page`` keys, each after the last key of the one before and at the
-    revision of the first (a consistent snapshot, as one read would be).
+async def list_prefix(etcd: Etcd, prefix: bytes, chunk: int = LIST_CHUNK) -> tuple[list[KV], int]:
+    """Every key under ``prefix`` in key order, as of one revision: ``(kvs, revision)``, from
+    one read whose key-values are converted ``chunk`` at a time (:meth:`Etcd.range_all`).
 
     Raises:
-        PeerdError: a read failed (e.g. :class:`Unavailable`; the revision was compacted
-            between two pages: then a new list is needed).
+        PeerdError: the read failed (e.g. :class:`Unavailable`).
     """
-    end = prefix_end(prefix)
-    kvs, count, revision = await etcd.range(prefix, end, limit=page)
-    while count > page:  # count: the keys from this page's first on
-        more, count, _ = await etcd.range(kvs[-1].key + b"\0", end, limit=page, revision=revision)
-        if not more:
-            break
-        kvs.extend(more)
-    return kvs, revision
+    return await etcd.range_all(prefix, prefix_end(prefix), chunk)
 
 
 async def _follow(

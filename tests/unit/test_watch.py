@@ -363,43 +363,20 @@ def test_task_cache_keeps_placements_of_listed_and_changed_tasks(
     run(main)
 
 
-class WriteBetweenPages(Etcd):
-    """The real client, plus a put of one more key under the prefix (and a change of the first
-    key) after the first page of a list: writes a consistent list must not see."""
-
-    def __init__(self, endpoints: list[str], prefix: bytes) -> None:
-        super().__init__(endpoints)
-        self.prefix = prefix
-        self.reads: list[int] = []
-        """The ``revision`` argument of every range read."""
-
-    async def range(
-        self, key: bytes, range_end: bytes = b"", **kw: Any
-    ) -> tuple[list[KV], int, int]:
-        found = await super().range(key, range_end, **kw)
-        self.reads.append(kw.get("revision", 0))
-        if len(self.reads) == 1:
-            await self.put(self.prefix + b"zz-late", b"late")
-            await self.put(self.prefix + b"k00", b"changed")
-        return found
-
-
-def test_a_list_in_pages_is_one_snapshot_in_key_order(
+def test_a_list_converted_in_chunks_is_the_whole_prefix_in_key_order(
     etcd_endpoint: str, cluster_name: str
 ) -> None:
-    prefix = f"/peerd/{cluster_name}/paged/".encode()
+    prefix = f"/peerd/{cluster_name}/chunked/".encode()
 
     async def main() -> None:
-        async with connected(WriteBetweenPages([etcd_endpoint], prefix)) as e:
+        async with connected(Etcd([etcd_endpoint])) as e:
             for i in range(23):
-                await Etcd.put(e, prefix + f"k{i:02d}".encode(), f"v{i}".encode())
-            _, _, before = await Etcd.range(e, b"\0", count_only=True)
-            kvs, revision = await list_prefix(e, prefix, page=5)
-            assert revision == before
+                await e.put(prefix + f"k{i:02d}".encode(), f"v{i}".encode())
+            await e.put(prefix[:-1] + b"0", b"outside")  # just past the prefix
+            kvs, revision = await list_prefix(e, prefix, chunk=5)
+            whole, _, at = await e.range(prefix, prefix_end(prefix))
+            assert revision == at and kvs == whole
             assert [kv.key for kv in kvs] == [prefix + f"k{i:02d}".encode() for i in range(23)]
             assert [kv.value for kv in kvs] == [f"v{i}".encode() for i in range(23)]
-            assert e.reads == [0, before, before, before, before]  # 5 pages at one revision
-            listed, now = await list_prefix(e, prefix, page=100)  # one page: the newest
-            assert now == before + 2 and len(listed) == 24 and listed[0].value == b"changed"
 
     run(main)
