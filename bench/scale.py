@@ -29,6 +29,7 @@ Prints the table with each figure's ratio to its target (issue 13), and exits 0.
         [--firing 0.0] [--rate 500] [--rate-seconds 10] [--lease-ttl 10]
     .venv/bin/python bench/scale.py --tasks 20000           # quick run
     .venv/bin/python bench/scale.py ... --peerd-src /tmp/peerd-old   # nodes from another tree
+    .venv/bin/python bench/scale.py ... --profile /tmp/prof   # py-spy on every node from the kill
 """
 
 from __future__ import annotations

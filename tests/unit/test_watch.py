@@ -366,6 +366,7 @@ def test_task_cache_keeps_placements_of_listed_and_changed_tasks(
 def test_a_list_converted_in_chunks_is_the_whole_prefix_in_key_order(
     etcd_endpoint: str, cluster_name: str
 ) -> None:
+    """list_prefix yields to the loop between chunks and still gives exactly one read."""
     prefix = f"/peerd/{cluster_name}/chunked/".encode()
 
     async def main() -> None:
