@@ -25,7 +25,7 @@ it (a bulk create, an acquisition after a membership change), looked at every :d
 (freezing is a constant-time list splice). When the set shrinks (tasks handed off), growing back
 counts as growth again, and so do tasks acquired while as many were let go between two checks
 (a ring change in one pass): in a 100,000-task run the objects of such acquisitions stayed
-unfrozen, and full collections of them took 100-1,100 ms (docs/performance.md, Part 2, fourth
+unfrozen, and full collections of them took 50-1,140 ms (docs/performance.md, Part 2, fourth
 round). Before freezing it runs a collection of the young
 generations (a few milliseconds), so short-lived cycles are collected rather than frozen.
 
