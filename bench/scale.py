@@ -29,6 +29,7 @@ Prints the table with each figure's ratio to its target (issue 13), and exits 0.
         [--firing 0.0] [--rate 500] [--rate-seconds 10] [--lease-ttl 10]
     .venv/bin/python bench/scale.py --tasks 20000           # quick run
     .venv/bin/python bench/scale.py ... --peerd-src /tmp/peerd-old   # nodes from another tree
+    .venv/bin/python bench/scale.py ... --profile /tmp/prof   # py-spy on every node from the kill
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ import argparse
 import asyncio
 import contextlib
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -77,6 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-ttl", type=int, default=10)
     p.add_argument("--peerd-src", type=Path, default=None, help="run the nodes from this tree")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
+    p.add_argument(
+        "--profile", type=Path, default=None,
+        help="py-spy (raw, 50 Hz) every node from the kill to the end, into this directory",
+    )  # fmt: skip
+    p.add_argument(
+        "--node-path", type=Path, action="append", default=[],
+        help="more directories on the nodes' PYTHONPATH (e.g. a diagnostic sitecustomize)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -147,6 +159,34 @@ class StallProbe(threading.Thread):
         """Stop after the current call."""
         self._halt.set()
         self.join(10)
+
+
+class Profiler:
+    """py-spy sampling of node processes into ``directory`` (``<name>-<pid>.txt``, collapsed
+    stacks), started per process and stopped together (SIGINT: py-spy writes its file)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def sample(self, name: str, pid: int | None) -> None:
+        """Start sampling ``pid`` (nothing without a directory)."""
+        if self.directory is None or pid is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        out = self.directory / f"{name}-{pid}.txt"
+        cmd = [str(spy), "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(out)]
+        self._procs.append(subprocess.Popen([*cmd, "--pid", str(pid)], stdout=subprocess.DEVNULL))
+        print(f"profiling {name} (pid {pid}) into {out}", flush=True)
+
+    def stop(self) -> None:
+        """Stop every sampler and wait for its file."""
+        for proc in self._procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self._procs:
+            proc.wait(30)
+        self._procs = []
 
 
 def create_all(bench: Bench, ids: list[str], batch: int, clients: int, firing: float) -> float:
@@ -260,9 +300,11 @@ def settle(bench: Bench, total: int) -> float:
     )
 
 
-def kill_and_restart(bench: Bench, fig: Figures, total: int, ttl_s: int) -> None:
+def kill_and_restart(
+    bench: Bench, fig: Figures, total: int, ttl_s: int, profiler: Profiler
+) -> None:
     """Phases 5 and 6 (module docstring): kill -9 the last node, restart it, with a stall
-    probe on every survivor."""
+    probe on every survivor (and py-spy on every node when ``profiler`` has a directory)."""
     names = list(bench.procs)
     victim, survivors = names[-1], names[:-1]
     probes = [StallProbe(bench.procs[n].address) for n in survivors]
@@ -271,6 +313,8 @@ def kill_and_restart(bench: Bench, fig: Figures, total: int, ttl_s: int) -> None
     t_idle = time.time()
     time.sleep(3)
     before = owned_counts(bench, names)
+    for name in survivors:
+        profiler.sample(name, bench.procs[name].pid)
     t_kill = time.time()
     fig.stall_idle_s = max(p.worst(t_idle, t_kill) for p in probes)
     bench.procs[victim].kill()
@@ -281,6 +325,7 @@ def kill_and_restart(bench: Bench, fig: Figures, total: int, ttl_s: int) -> None
     fig.moved_kill = sum(abs(after[n] - before[n]) for n in survivors)
     time.sleep(max(0.0, t_kill + ttl_s + 1 - time.time()))  # its old lease has expired
     bench.procs[victim].start(wait=False)
+    profiler.sample(victim, bench.procs[victim].pid)
     share = before[victim]
     fig.restart_s = wait_for(
         lambda: (owned(bench.procs[victim]) or 0) >= 0.95 * share, SETTLE_TIMEOUT_S, "restart"
@@ -315,7 +360,9 @@ def run(args: argparse.Namespace) -> Figures:
     bench = Bench(
         args.nodes, args.lease_ttl, args.peerd_src, keep=args.keep, with_receiver=False,
         with_recorder=False, with_prober=False, http=True, settings={"api_rate_limit": 0},
+        python_path=args.node_path,
     )  # fmt: skip
+    profiler = Profiler(args.profile)
     fig = Figures(tasks=args.tasks, nodes=args.nodes)
     try:
         bench.start()
@@ -341,10 +388,11 @@ def run(args: argparse.Namespace) -> Figures:
         )
         total = args.tasks + len(fig.single)
         settle(bench, total)
-        kill_and_restart(bench, fig, total, args.lease_ttl)
+        kill_and_restart(bench, fig, total, args.lease_ttl, profiler)
     except Exception:  # report what was measured before the failure
         traceback.print_exc()
     finally:
+        profiler.stop()
         bench.stop()
         bench.cleanup()
     return fig

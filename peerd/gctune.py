@@ -17,11 +17,16 @@ reference goes; only garbage *cycles* among them stay until :func:`gc.unfreeze`:
 generations are collected before each freeze, so what a freeze keeps is cyclic garbage that had
 already reached the oldest generation (the RSS per task did not grow in the benchmark).
 
-:class:`Freezer` freezes when the long-lived set grew: after the node's first full view (task
-list and first ownership pass), and after a batch that added at least :data:`FREEZE_GROWTH` of
+:class:`Freezer` freezes when the long-lived set grew: once the node has listed the tasks (also
+while its first ownership pass still runs: a restarted node at 100,000 tasks whose pass was
+restarted by ring changes froze nothing for 8 s, and ran full collections of 140-220 ms
+meanwhile), and after a batch that added at least :data:`FREEZE_GROWTH` of
 it (a bulk create, an acquisition after a membership change), looked at every :data:`CHECK_S`
 (freezing is a constant-time list splice). When the set shrinks (tasks handed off), growing back
-counts as growth again. Before freezing it runs a collection of the young
+counts as growth again, and so do tasks acquired while as many were let go between two checks
+(a ring change in one pass): in a 100,000-task run the objects of such acquisitions stayed
+unfrozen, and full collections of them took 50-1,140 ms (docs/performance.md, Part 2, fourth
+round). Before freezing it runs a collection of the young
 generations (a few milliseconds), so short-lived cycles are collected rather than frozen.
 
 :class:`GcPauses` measures every collection through :data:`gc.callbacks` and logs those longer
@@ -109,15 +114,16 @@ class GcPauses:
     def report(self) -> int:
         """Log the long collections seen since the last report as ``gc_pause`` (generation,
         milliseconds, objects collected, objects frozen). Returns how many were logged."""
+        if not self.pending:
+            return 0
+        # Counted once per report: gc.get_freeze_count() walks the whole permanent generation
+        # (5 ms for 400,000 objects on an idle machine), and up to PENDING_MAX are kept.
+        frozen = gc.get_freeze_count()
         n = 0
         while self.pending:
             gen, pause_ms, collected = self.pending.popleft()
             log.warning(
-                "gc_pause",
-                generation=gen,
-                pause_ms=pause_ms,
-                collected=collected,
-                frozen=gc.get_freeze_count(),
+                "gc_pause", generation=gen, pause_ms=pause_ms, collected=collected, frozen=frozen
             )
             n += 1
         return n
@@ -134,10 +140,14 @@ class Freezer:
 
     Args:
         size: the size of the long-lived set now (e.g. tasks known plus tasks owned).
-        ready: whether the node has its first full view (nothing is frozen before).
+        ready: whether the node has listed the tasks (nothing is frozen before).
         clock: what :meth:`run` sleeps on.
         growth: share of growth that triggers a freeze (:data:`FREEZE_GROWTH`).
         minimum: least growth that triggers one (:data:`FREEZE_MIN`).
+        added: ``() -> how many members the set has gained since start`` (never decreases;
+            e.g. tasks acquired), so that a set that lost and regained as many members between
+            two checks (a ring change handing tasks off and acquiring others in one pass)
+            counts as grown; None: only :data:`size` counts.
     """
 
     def __init__(
@@ -147,26 +157,33 @@ class Freezer:
         clock: Clock,
         growth: float = FREEZE_GROWTH,
         minimum: int = FREEZE_MIN,
+        added: Callable[[], int] | None = None,
     ) -> None:
         self._size = size
         self._ready = ready
         self.clock = clock
         self.growth = growth
         self.minimum = minimum
+        self._added = added
         self.frozen_at = 0
         """The size at the last freeze, or the least size since if it shrank (0: never)."""
+        self.added_at = 0
+        """``added()`` at the last freeze."""
         self.freezes = 0
 
     def check(self) -> bool:
-        """Freeze now if the node is ready and the set grew enough since the last freeze.
-        Returns whether it froze."""
+        """Freeze now if the node is ready and the set grew enough since the last freeze (in
+        size, or by members added). Returns whether it froze."""
         size = self._size()
+        added = self._added() if self._added is not None else 0
         self.frozen_at = min(self.frozen_at, size)  # shrunk: growing back is growth again
-        if not self._ready() or size - self.frozen_at < max(self.minimum, self.growth * size):
+        grown = max(size - self.frozen_at, added - self.added_at)
+        if not self._ready() or grown < max(self.minimum, self.growth * size):
             return False
         gc.collect(1)  # young cycles are collected, not frozen
         gc.freeze()
         self.frozen_at = size
+        self.added_at = added
         self.freezes += 1
         log.info("gc_frozen", size=size, frozen=gc.get_freeze_count())
         return True

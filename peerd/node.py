@@ -215,8 +215,9 @@ class Node:
         self.gc_pauses = GcPauses()
         self.freezer = Freezer(
             lambda: len(self.cache.placements) + len(self.engine.planner.owned),
-            lambda: self.cache.ready.is_set() and not self.engine.reconciler.busy,
+            self.cache.ready.is_set,
             self.clock,
+            added=lambda: self.engine.planner.acquired,
         )
         self._tune_gc = False
         self.health = HealthServicer()

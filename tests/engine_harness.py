@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -268,6 +269,14 @@ class EngineHarness:
         shell = self._executors.get("shell") if self._executors is not None else None
         assert isinstance(shell, ShellExecutor)
         return AppliedConfig(engine.cfg, shell.allow_list.patterns, limits)
+
+    def cursors(self) -> dict[str, datetime | None] | None:
+        """Each owned task's cursor (None: not loaded yet), or None while some cursor of an
+        owned task is still to be read from the ledger."""
+        planner = self._running().planner
+        if planner.to_load:
+            return None
+        return {task_id: o.cursor for task_id, o in planner.owned.items()}
 
     # -- tear-down ---------------------------------------------------------------------------
 

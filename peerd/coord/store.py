@@ -423,6 +423,12 @@ class _View(Mapping[str, _V]):
     def __getitem__(self, task_id: str) -> _V:
         return self._pick(task_id, self._entries[task_id])
 
+    def get(self, task_id: str, default: _V | None = None) -> _V | None:  # type: ignore[override]
+        """The entry of ``task_id``, else ``default`` (one call: :meth:`Mapping.get` goes
+        through ``__getitem__`` and an exception, and ownership looks up every task)."""
+        value = self._entries.get(task_id)
+        return default if value is None else self._pick(task_id, value)
+
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._entries
 

@@ -52,6 +52,14 @@ STEP_S = 0.02
 """Most time spent handling watch events (or a list, in a consumer that steps) before yielding
 to the event loop (seconds): peers probe with a 250 ms deadline, and a stalled loop looks dead."""
 
+LIST_CHUNK = 5000
+"""Key-values of a list converted to :class:`KV` between two yields to the event loop (4 µs
+each: about 20 ms). In one go, the 100,000 tasks of ``bench/scale.py`` took 0.4 s on an idle
+machine and stalled a restarted node's loop for a second on a busy one, so long that its peers
+took it for dead (docs/performance.md, Part 2, fourth round). One read, not pages: with 20
+pages of 5,000 keys the restarted node took 6.4 and 11 s to be ready in two runs (2.2 s in
+the run before), each page waiting behind a busy etcd."""
+
 OnList = Callable[[list[KV], int], Awaitable[None] | None]
 """``on_list(kvs, revision)``: the whole prefix as of ``revision`` (awaited when it returns an
 awaitable: a large list is then processed in steps, and the watch starts after it)."""
@@ -86,7 +94,7 @@ async def list_then_watch(
     logger = logger if logger is not None else log
     while True:
         try:
-            kvs, _, revision = await etcd.range(prefix, prefix_end(prefix))
+            kvs, revision = await list_prefix(etcd, prefix)
             listed = on_list(kvs, revision)
             if inspect.isawaitable(listed):
                 await listed
@@ -102,6 +110,16 @@ async def list_then_watch(
             delay_s = backoff.next_delay_s()
             logger.warning(f"{log_name}_watch_broken", error=str(exc), retry_in_s=delay_s)
             await clock.sleep(delay_s)
+
+
+async def list_prefix(etcd: Etcd, prefix: bytes, chunk: int = LIST_CHUNK) -> tuple[list[KV], int]:
+    """Every key under ``prefix`` in key order, as of one revision: ``(kvs, revision)``, from
+    one read whose key-values are converted ``chunk`` at a time (:meth:`Etcd.range_all`).
+
+    Raises:
+        PeerdError: the read failed (e.g. :class:`Unavailable`).
+    """
+    return await etcd.range_all(prefix, prefix_end(prefix), chunk)
 
 
 async def _follow(

@@ -32,10 +32,12 @@ from peerd.clock import Clock, wait_event
 from peerd.config import NodeConfig
 from peerd.coord.ledger import ClaimResult, Ledger
 from peerd.core.backoff import Backoff
+from peerd.core.budget import MAX_TXN_OPS
 from peerd.core.overlap import first_mode
 from peerd.core.plan import SKIP_REASON_PB
 from peerd.core.ratelimit import TokenBucket, share
 from peerd.core.records import claim_record, from_ms, run_key, skipped_record, ts_ms
+from peerd.engine.batches import in_batches
 from peerd.engine.claims import Claim, Claims
 from peerd.engine.planner import Owned, Planner, TaskPlan
 from peerd.engine.recovery import RECENT_SCAN, OwnerLostRecovery
@@ -47,8 +49,14 @@ from peerd.v1 import scheduler_pb2 as pb
 
 log = structlog.get_logger("peerd.engine")
 
-LOAD_BATCH = 1000
-"""Most cursors one pass of the loop loads (32 reads in flight); the rest in the next passes."""
+LOAD_BATCH = 1024
+"""Most cursors one pass of the loop loads; the rest in the next passes (a restarted node's
+share at 100,000 tasks is 33,000 cursors: loaded all at once, they stalled its event loop)."""
+LOAD_IN_FLIGHT = 4
+"""Cursor reads (of :data:`~peerd.core.budget.MAX_TXN_OPS` tasks each) in flight at a time. One
+range read per task, 32 in flight, made a restarted node and its peers send 33,000 reads at
+100,000 tasks, which etcd and the nodes' gRPC clients served on the same two cores as
+everything else (docs/performance.md, Part 2, fourth round); batched, 1/128 of the calls."""
 
 TRIM_EVERY = 20
 """Trim a task's ledger after this many of its slots settled."""
@@ -229,33 +237,42 @@ class FireLoop:
             await wait_event(self.clock, self._wake, delay)
 
     async def _load_cursors(self) -> None:
-        # At most LOAD_BATCH per call (the loop comes back while some are left): gathering the
-        # 33,000 loads of a restarted node's share at once stalled the event loop for 0.3 s.
+        """Load the cursors of up to :data:`LOAD_BATCH` owned tasks from the ledger, in reads of
+        :data:`~peerd.core.budget.MAX_TXN_OPS` tasks, :data:`LOAD_IN_FLIGHT` at a time. Tasks
+        of a failed read stay to load; the first failure is raised after the others settled
+        (the loop backs off as for a failed claim)."""
         ids = list(itertools.islice(self.planner.to_load, LOAD_BATCH))
-        sem = asyncio.Semaphore(32)
 
-        async def load(task_id: str) -> None:
-            async with sem:
-                recent = await self.ledger.recent(task_id, RECENT_SCAN)
-            o = self.planner.owned.get(task_id)
-            if o is None or task_id not in self.planner.to_load:
-                return
-            # Manual runs (TriggerTask: slot = the time of the trigger) are not schedule slots:
-            # the cursor is the newest scheduled one. With none among the records read, the
-            # floor is safe: slots already claimed are lost races, never run twice.
-            newest = next((r for r, _ in recent if not r.manual), None)
-            self.recovery.note(recent)
-            # Slots missed while the task was paused are planned like any missed slot: the
-            # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED). The newest
-            # slot may have been claimed under an older spec of the task (see handed_cursor), or
-            # computed with other time-zone rules (see resume).
-            cursor = o.compiled.floor
-            if newest is not None:
-                slot = from_ms(newest.scheduled_at.ToMilliseconds())
-                cursor = self.planner.resume(o, self.planner.handed_cursor(o, slot), newest)
-            self.planner.set_cursor(o, cursor)
+        async def load(batch: list[str]) -> None:
+            found = await self.ledger.recent_of(batch, RECENT_SCAN)
+            for task_id in batch:
+                self._loaded(task_id, found.get(task_id, []))
 
-        await asyncio.gather(*(load(t) for t in ids))
+        failed = await in_batches(ids, MAX_TXN_OPS, LOAD_IN_FLIGHT, load)
+        if failed:
+            raise failed[0][1]
+
+    def _loaded(self, task_id: str, recent: list[tuple[pb.RunRecord, int]]) -> None:
+        """Place an owned task at the cursor its newest records give (``recent``: newest
+        first, with mod revisions); nothing when it is no longer owned or already placed (a
+        handoff's cursor came first)."""
+        o = self.planner.owned.get(task_id)
+        if o is None or task_id not in self.planner.to_load:
+            return
+        # Manual runs (TriggerTask: slot = the time of the trigger) are not schedule slots:
+        # the cursor is the newest scheduled one. With none among the records read, the
+        # floor is safe: slots already claimed are lost races, never run twice.
+        newest = next((r for r, _ in recent if not r.manual), None)
+        self.recovery.note(recent)
+        # Slots missed while the task was paused are planned like any missed slot: the
+        # catch-up policy decides (skipped ones are recorded with SKIP_PAUSED). The newest
+        # slot may have been claimed under an older spec of the task (see handed_cursor), or
+        # computed with other time-zone rules (see resume).
+        cursor = o.compiled.floor
+        if newest is not None:
+            slot = from_ms(newest.scheduled_at.ToMilliseconds())
+            cursor = self.planner.resume(o, self.planner.handed_cursor(o, slot), newest)
+        self.planner.set_cursor(o, cursor)
 
     async def tick(self) -> None:
         """One pass: plan what is due and fits, claim it, start what was claimed."""

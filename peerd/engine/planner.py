@@ -192,6 +192,8 @@ class Planner:
         self._backlog: dict[str, list[tuple[int, bool, float, int, str]]] = {}
         self._queued: set[str] = set()
         self._generation = 0
+        self.acquired = 0
+        """Tasks acquired since start (a count that never decreases)."""
         self._log = log.bind(node_id=node_id)
 
     # -- owning ----------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class Planner:
             return None
         self.invalid.pop(spec.id, None)
         self._generation += 1
+        self.acquired += 1
         o = Owned(spec, compiled, self._generation, catch_up, unschedulable=unschedulable)
         self.owned[o.id] = o
         if cursor is None:

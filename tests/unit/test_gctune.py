@@ -60,3 +60,19 @@ def test_freezes_only_once_ready_and_grown() -> None:
     assert not freezer.check() and freezer.frozen_at == 40_000
     size[0] = 45_000  # taken back: 5,000 new long-lived tasks' objects
     assert freezer.check() and freezer.frozen_at == 45_000
+
+
+def test_a_set_that_lost_and_regained_as_many_members_counts_as_grown() -> None:
+    """A ring change can hand 5,000 tasks off and acquire 5,000 others between two checks: the
+    size is the same, but the acquired tasks' objects are new and unfrozen."""
+    size, acquired = [50_000], [0]
+    freezer = Freezer(
+        lambda: size[0], lambda: True, SystemClock(), growth=0.1, minimum=1000,
+        added=lambda: acquired[0],
+    )  # fmt: skip
+    assert freezer.check() and freezer.added_at == 0  # the first full view
+    acquired[0] = 4000  # fewer than 10 % of 50,000
+    assert not freezer.check()
+    acquired[0] = 5000
+    assert freezer.check() and freezer.added_at == 5000 and freezer.frozen_at == 50_000
+    assert not freezer.check()

@@ -111,3 +111,21 @@ def test_place_releases_a_task_gone_from_the_view() -> None:
     del rec.placements["t00003"]  # type: ignore[attr-defined]
     assert rec.place("t00003") is False
     assert "t00003" not in owned and "t00003" not in rec.owners
+
+
+def test_a_pass_ends_with_the_tasks_created_and_deleted_during_it() -> None:
+    async def go() -> None:
+        rec, _, owned = setup(INLINE_TASKS * 3, "a")
+        rec.request()
+        await asyncio.sleep(0)  # the first step placed some tasks
+        placements = rec.placements
+        first = next(t for t in placements if t in owned)
+        del placements[first]  # type: ignore[attr-defined]  # deleted, its event not seen
+        placements["new"] = Placement()  # type: ignore[index]  # created, its event placed it
+        assert rec.place("new")
+        await settle(rec)
+        assert rec.passes == 1
+        assert first not in owned and first not in rec.owners  # released at the end
+        assert "new" in owned and rec.owners["new"] == "a"  # not in the pass, still known
+
+    asyncio.run(go())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from hashlib import blake2b
 
 from peerd.core.ring import owned_by, owner, ranked, weight
 
@@ -59,3 +60,17 @@ def test_weight_is_stable_across_processes() -> None:
     assert weight("node-0", "task-0") == 9562284794742610736
     assert weight("n1", "t1") != weight("n2", "t1")
     assert ranked("t1", ["n1", "n2", "n3"])[0] == owner("t1", ["n3", "n2", "n1"])
+
+
+def test_weights_and_owners_are_keyed_blake2b_of_the_task_id() -> None:
+    """The copied keyed state gives what keying BLAKE2b afresh for every weight gives (the
+    definition in the module docstring), for ids long and short and members of any name."""
+    members = ["n1", "node-2", "x" * 70, "é"]  # a key over 64 bytes is cut to 64
+    for task_id in [*TASKS[:2000], "", "t" * 300]:
+        expected = {
+            m: blake2b(task_id.encode(), digest_size=8, key=m.encode()[:64]).digest()
+            for m in members
+        }
+        for m in members:
+            assert weight(m, task_id) == int.from_bytes(expected[m], "big")
+        assert owner(task_id, members) == max(members, key=lambda m: (expected[m], m))

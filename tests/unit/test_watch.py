@@ -19,7 +19,7 @@ from peerd.clock import FakeClock
 from peerd.coord.etcd import KV, Etcd, Event, prefix_end
 from peerd.coord.keys import Keys
 from peerd.coord.store import TaskCache, TaskStore
-from peerd.coord.watch import list_then_watch
+from peerd.coord.watch import list_prefix, list_then_watch
 from peerd.core.backoff import Backoff
 from peerd.core.placement import COMMON
 from peerd.devtools.etcd_server import EmbeddedEtcd
@@ -359,5 +359,25 @@ def test_task_cache_keeps_placements_of_listed_and_changed_tasks(
                 await until(lambda: len(heard) == 4, POLL_S)
             assert sorted(cache.placements) == ["a"] and "b" not in cache.placements
             assert dict(cache.placements) == {"a": COMMON}
+
+    run(main)
+
+
+def test_a_list_converted_in_chunks_is_the_whole_prefix_in_key_order(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    """list_prefix yields to the loop between chunks and still gives exactly one read."""
+    prefix = f"/peerd/{cluster_name}/chunked/".encode()
+
+    async def main() -> None:
+        async with connected(Etcd([etcd_endpoint])) as e:
+            for i in range(23):
+                await e.put(prefix + f"k{i:02d}".encode(), f"v{i}".encode())
+            await e.put(prefix[:-1] + b"0", b"outside")  # just past the prefix
+            kvs, revision = await list_prefix(e, prefix, chunk=5)
+            whole, _, at = await e.range(prefix, prefix_end(prefix))
+            assert revision == at and kvs == whole
+            assert [kv.key for kv in kvs] == [prefix + f"k{i:02d}".encode() for i in range(23)]
+            assert [kv.value for kv in kvs] == [f"v{i}".encode() for i in range(23)]
 
     run(main)
