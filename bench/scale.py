@@ -37,18 +37,21 @@ import argparse
 import asyncio
 import contextlib
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import Bench, pct
+from harness import Bench, cpu_s, pct
 
 from peerd.coord.etcd import Etcd, prefix_end
 from peerd.devtools.process import PeerdProcess
@@ -61,6 +64,9 @@ YEARLY = "17 3 1 1 *"
 PROBE_EVERY_S = 0.01
 """How often the stall probe asks each surviving node for its health (seconds)."""
 SETTLE_TIMEOUT_S = 300.0
+PHASES = ("create", "single", "restart")
+"""What ``--stop-after`` may name: the bulk create, the open loop, the kill and restart."""
+PY_SPY = Path(sys.executable).with_name("py-spy")
 _OWNED = re.compile(rb"^peerd_owned_tasks(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
 
 
@@ -77,6 +83,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-ttl", type=int, default=10)
     p.add_argument("--peerd-src", type=Path, default=None, help="run the nodes from this tree")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
+    p.add_argument(
+        "--stop-after",
+        choices=PHASES,
+        default="restart",
+        help="the last phase to run: create (2-3), single (4) or restart (5-6, every phase)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy (50 Hz, raw) every node during phases 2 and 4 into DIR/<phase>-<node>.txt",
+    )
     return p.parse_args(argv)
 
 
@@ -223,6 +242,8 @@ class Figures:
     list_s: float = 0.0
     """One range read of every task (what a node lists at start), as a node does it."""
     list_mib: float = 0.0
+    cpu: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
+    """Phase -> (wall seconds, CPU seconds by process: each node, ``etcd``, ``bench``)."""
 
     def kib_per_task(self) -> float:
         """The largest (loaded - idle) RSS of a node, per task held, in KiB (0: not measured)."""
@@ -245,6 +266,42 @@ async def _list_tasks(endpoint: str) -> tuple[float, float]:
         return took, sum(len(kv.key) + len(kv.value) for kv in kvs) / MiB
     finally:
         await etcd.close()
+
+
+@contextlib.contextmanager
+def phase(bench: Bench, fig: Figures, name: str, profile: Path | None) -> Iterator[None]:
+    """Measure one phase: the CPU seconds of every node, etcd and this process, and the wall
+    time, into ``fig.cpu[name]``; with ``profile``, py-spy samples every node meanwhile
+    (``profile/<name>-<node>.txt``, raw collapsed stacks)."""
+    spies = []
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        for node, proc in bench.procs.items():
+            out = profile / f"{name}-{node}.txt"
+            spies.append(subprocess.Popen(
+                [str(PY_SPY), "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(out),
+                 "--pid", str(proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        time.sleep(1)  # py-spy attaches
+    pids = {n: p.pid for n, p in bench.procs.items()} | {"etcd": bench.etcd.pid}
+    before = {n: cpu_s(pid) for n, pid in pids.items()}
+    self_before, start = time.process_time(), time.monotonic()
+    try:
+        yield
+    finally:
+        wall = time.monotonic() - start
+        used = {n: cpu_s(pid) - before[n] for n, pid in pids.items()}
+        used["bench"] = time.process_time() - self_before
+        fig.cpu[name] = (wall, used)
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
 
 
 def owned_counts(bench: Bench, names: list[str]) -> dict[str, int]:
@@ -323,9 +380,12 @@ def run(args: argparse.Namespace) -> Figures:
         fig.rss_idle = {n: rss_mib(p.pid) for n, p in bench.procs.items()}
         in_use = bench.client.get_cluster().etcd_db_size_in_use_bytes
         ids = [f"scale-{i:06d}" for i in range(args.tasks)]
-        fig.create_per_s = create_all(bench, ids, args.batch, args.clients, args.firing)
-        print(f"created {len(ids)} tasks: {fig.create_per_s:,.0f}/s", flush=True)
-        fig.settle_s = settle(bench, args.tasks)
+        with phase(bench, fig, "create", args.profile):
+            fig.create_per_s = create_all(bench, ids, args.batch, args.clients, args.firing)
+            print(f"created {len(ids)} tasks: {fig.create_per_s:,.0f}/s", flush=True)
+            fig.settle_s = settle(bench, args.tasks)
+        if args.stop_after == "create":
+            return fig
         time.sleep(2)
         fig.rss_loaded = {n: rss_mib(p.pid) for n, p in bench.procs.items()}
         time.sleep(1.5)  # the nodes poll etcd's status once a second
@@ -336,11 +396,14 @@ def run(args: argparse.Namespace) -> Figures:
         fig.list_s, fig.list_mib = asyncio.run(_list_tasks(bench.etcd.endpoint))
         addresses = [p.address for p in bench.procs.values()]
         print(f"open loop: {args.rate:.0f} CreateTask/s for {args.rate_seconds:.0f} s", flush=True)
-        fig.single, fig.single_failed = asyncio.run(
-            _open_loop(addresses, args.rate, args.rate_seconds)
-        )
+        with phase(bench, fig, "single", args.profile):
+            fig.single, fig.single_failed = asyncio.run(
+                _open_loop(addresses, args.rate, args.rate_seconds)
+            )
         total = args.tasks + len(fig.single)
         settle(bench, total)
+        if args.stop_after == "single":
+            return fig
         kill_and_restart(bench, fig, total, args.lease_ttl)
     except Exception:  # report what was measured before the failure
         traceback.print_exc()
@@ -388,6 +451,9 @@ def report(fig: Figures, args: argparse.Namespace) -> None:
     print(f"{'figure':<56} {'value':>22} {'target':>9} {'ratio':>6}")
     for name, value, target, ratio in rows:
         print(f"{name:<56} {value:>22} {target:>9} {ratio:>6}")
+    for name, (wall, used) in fig.cpu.items():
+        shares = ", ".join(f"{who} {100 * s / wall:.0f} %" for who, s in used.items())
+        print(f"CPU during {name} ({wall:.1f} s, % of one core): {shares}")
 
 
 def _mean(values: dict[str, float]) -> float:
