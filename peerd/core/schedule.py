@@ -311,8 +311,8 @@ class CompiledSchedule:
         if self._at is not None:
             return self._at if self._at > after else None
         assert self._cron is not None
-        s = self._cron.next_slot(after // 1000)
-        return None if s is None else s * 1000
+        found = self._cron.next_slot(after // 1000)
+        return None if found is None else found * 1000
 
     def _raw_count(self, lo: int, hi: int) -> int:
         if hi <= lo:
