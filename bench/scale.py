@@ -23,10 +23,15 @@ each node with an HTTP port for ``/metrics`` and no API rate limit), then, in or
    10 ms: the node answers it on its event loop, so the slowest answer, minus the slowest one
    while idle, is the longest **event-loop stall** of a membership change.
 
-Prints the table with each figure's ratio to its target (issue 13), and exits 0.
+Prints the table with each figure's ratio to its target (issue 13), then the CPU each node,
+etcd and the benchmark itself used during phases 2-3 and 4 (% of one core over the phase's wall
+time, from ``/proc/<pid>/stat``), and exits 0. ``--stop-after create|single`` ends the run
+after phase 3 or 4; ``--profile DIR`` runs py-spy (50 Hz, raw collapsed stacks) on every node
+during those phases.
 
     .venv/bin/python bench/scale.py [--tasks 100000] [--nodes 3] [--batch 100] [--clients 4]
         [--firing 0.0] [--rate 500] [--rate-seconds 10] [--lease-ttl 10]
+        [--stop-after create|single|restart] [--profile DIR]
     .venv/bin/python bench/scale.py --tasks 20000           # quick run
     .venv/bin/python bench/scale.py ... --peerd-src /tmp/peerd-old   # nodes from another tree
 """
