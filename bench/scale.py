@@ -23,13 +23,18 @@ each node with an HTTP port for ``/metrics`` and no API rate limit), then, in or
    10 ms: the node answers it on its event loop, so the slowest answer, minus the slowest one
    while idle, is the longest **event-loop stall** of a membership change.
 
-Prints the table with each figure's ratio to its target (issue 13), and exits 0.
+Prints the table with each figure's ratio to its target (issue 13), then the CPU each node,
+etcd and the benchmark itself used during phases 2-3 and 4 (% of one core over the phase's wall
+time, from ``/proc/<pid>/stat``), and exits 0. ``--stop-after create|single`` ends the run
+after phase 3 or 4; ``--profile DIR`` runs py-spy (50 Hz, raw collapsed stacks) on every node
+during phases 2 and 4, and from the kill to the end.
 
     .venv/bin/python bench/scale.py [--tasks 100000] [--nodes 3] [--batch 100] [--clients 4]
         [--firing 0.0] [--rate 500] [--rate-seconds 10] [--lease-ttl 10]
+        [--stop-after create|single|restart] [--profile DIR]
     .venv/bin/python bench/scale.py --tasks 20000           # quick run
     .venv/bin/python bench/scale.py ... --peerd-src /tmp/peerd-old   # nodes from another tree
-    .venv/bin/python bench/scale.py ... --profile /tmp/prof   # py-spy on every node from the kill
+    .venv/bin/python bench/scale.py ... --profile /tmp/prof   # py-spy on every node
 """
 
 from __future__ import annotations
@@ -45,14 +50,14 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import Bench, pct
+from harness import Bench, cpu_s, pct
 
 from peerd.coord.etcd import Etcd, prefix_end
 from peerd.devtools.process import PeerdProcess
@@ -65,6 +70,8 @@ YEARLY = "17 3 1 1 *"
 PROBE_EVERY_S = 0.01
 """How often the stall probe asks each surviving node for its health (seconds)."""
 SETTLE_TIMEOUT_S = 300.0
+PHASES = ("create", "single", "restart")
+"""What ``--stop-after`` may name: the bulk create, the open loop, the kill and restart."""
 _OWNED = re.compile(rb"^peerd_owned_tasks(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
 
 
@@ -82,13 +89,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peerd-src", type=Path, default=None, help="run the nodes from this tree")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
     p.add_argument(
-        "--profile", type=Path, default=None,
-        help="py-spy (raw, 50 Hz) every node from the kill to the end, into this directory",
+        "--profile", type=Path, default=None, metavar="DIR",
+        help="py-spy (raw, 50 Hz) every node during phases 2 and 4 (DIR/<phase>-<node>-<pid>.txt)"
+        " and from the kill to the end (DIR/<node>-<pid>.txt)",
     )  # fmt: skip
     p.add_argument(
         "--node-path", type=Path, action="append", default=[],
         help="more directories on the nodes' PYTHONPATH (e.g. a diagnostic sitecustomize)",
     )  # fmt: skip
+    p.add_argument(
+        "--stop-after",
+        choices=PHASES,
+        default="restart",
+        help="the last phase to run: create (2-3), single (4) or restart (5-6, every phase)",
+    )
     return p.parse_args(argv)
 
 
@@ -161,6 +175,9 @@ class StallProbe(threading.Thread):
         self.join(10)
 
 
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
 class Profiler:
     """py-spy sampling of node processes into ``directory`` (``<name>-<pid>.txt``, collapsed
     stacks), started per process and stopped together (SIGINT: py-spy writes its file)."""
@@ -174,9 +191,8 @@ class Profiler:
         if self.directory is None or pid is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        spy = Path(sys.executable).with_name("py-spy")
         out = self.directory / f"{name}-{pid}.txt"
-        cmd = [str(spy), "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(out)]
+        cmd = [str(PY_SPY), "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(out)]
         self._procs.append(subprocess.Popen([*cmd, "--pid", str(pid)], stdout=subprocess.DEVNULL))
         print(f"profiling {name} (pid {pid}) into {out}", flush=True)
 
@@ -185,7 +201,11 @@ class Profiler:
         for proc in self._procs:
             proc.send_signal(signal.SIGINT)
         for proc in self._procs:
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self._procs = []
 
 
@@ -263,6 +283,8 @@ class Figures:
     list_s: float = 0.0
     """One range read of every task (what a node lists at start), as a node does it."""
     list_mib: float = 0.0
+    cpu: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
+    """Phase -> (wall seconds, CPU seconds by process: each node, ``etcd``, ``bench``)."""
 
     def kib_per_task(self) -> float:
         """The largest (loaded - idle) RSS of a node, per task held, in KiB (0: not measured)."""
@@ -285,6 +307,29 @@ async def _list_tasks(endpoint: str) -> tuple[float, float]:
         return took, sum(len(kv.key) + len(kv.value) for kv in kvs) / MiB
     finally:
         await etcd.close()
+
+
+@contextlib.contextmanager
+def phase(bench: Bench, fig: Figures, name: str, profile: Path | None) -> Iterator[None]:
+    """Measure one phase: the CPU seconds of every node, etcd and this process, and the wall
+    time, into ``fig.cpu[name]``; with ``profile``, py-spy samples every node meanwhile
+    (``profile/<name>-<node>-<pid>.txt``, raw collapsed stacks)."""
+    spies = Profiler(profile)
+    if profile is not None:
+        for node, proc in bench.procs.items():
+            spies.sample(f"{name}-{node}", proc.pid)
+        time.sleep(1)  # py-spy attaches
+    pids = {n: p.pid for n, p in bench.procs.items()} | {"etcd": bench.etcd.pid}
+    before = {n: cpu_s(pid) for n, pid in pids.items()}
+    self_before, start = time.process_time(), time.monotonic()
+    try:
+        yield
+    finally:
+        wall = time.monotonic() - start
+        used = {n: cpu_s(pid) - before[n] for n, pid in pids.items()}
+        used["bench"] = time.process_time() - self_before
+        fig.cpu[name] = (wall, used)
+        spies.stop()
 
 
 def owned_counts(bench: Bench, names: list[str]) -> dict[str, int]:
@@ -370,9 +415,12 @@ def run(args: argparse.Namespace) -> Figures:
         fig.rss_idle = {n: rss_mib(p.pid) for n, p in bench.procs.items()}
         in_use = bench.client.get_cluster().etcd_db_size_in_use_bytes
         ids = [f"scale-{i:06d}" for i in range(args.tasks)]
-        fig.create_per_s = create_all(bench, ids, args.batch, args.clients, args.firing)
-        print(f"created {len(ids)} tasks: {fig.create_per_s:,.0f}/s", flush=True)
-        fig.settle_s = settle(bench, args.tasks)
+        with phase(bench, fig, "create", args.profile):
+            fig.create_per_s = create_all(bench, ids, args.batch, args.clients, args.firing)
+            print(f"created {len(ids)} tasks: {fig.create_per_s:,.0f}/s", flush=True)
+            fig.settle_s = settle(bench, args.tasks)
+        if args.stop_after == "create":
+            return fig
         time.sleep(2)
         fig.rss_loaded = {n: rss_mib(p.pid) for n, p in bench.procs.items()}
         time.sleep(1.5)  # the nodes poll etcd's status once a second
@@ -383,11 +431,14 @@ def run(args: argparse.Namespace) -> Figures:
         fig.list_s, fig.list_mib = asyncio.run(_list_tasks(bench.etcd.endpoint))
         addresses = [p.address for p in bench.procs.values()]
         print(f"open loop: {args.rate:.0f} CreateTask/s for {args.rate_seconds:.0f} s", flush=True)
-        fig.single, fig.single_failed = asyncio.run(
-            _open_loop(addresses, args.rate, args.rate_seconds)
-        )
+        with phase(bench, fig, "single", args.profile):
+            fig.single, fig.single_failed = asyncio.run(
+                _open_loop(addresses, args.rate, args.rate_seconds)
+            )
         total = args.tasks + len(fig.single)
         settle(bench, total)
+        if args.stop_after == "single":
+            return fig
         kill_and_restart(bench, fig, total, args.lease_ttl, profiler)
     except Exception:  # report what was measured before the failure
         traceback.print_exc()
@@ -436,6 +487,9 @@ def report(fig: Figures, args: argparse.Namespace) -> None:
     print(f"{'figure':<56} {'value':>22} {'target':>9} {'ratio':>6}")
     for name, value, target, ratio in rows:
         print(f"{name:<56} {value:>22} {target:>9} {ratio:>6}")
+    for name, (wall, used) in fig.cpu.items():
+        shares = ", ".join(f"{who} {100 * s / wall:.0f} %" for who, s in used.items())
+        print(f"CPU during {name} ({wall:.1f} s, % of one core): {shares}")
 
 
 def _mean(values: dict[str, float]) -> float:

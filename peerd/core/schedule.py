@@ -311,7 +311,8 @@ class CompiledSchedule:
         if self._at is not None:
             return self._at if self._at > after else None
         assert self._cron is not None
-        return next((s * 1000 for s in self._cron.iter(after // 1000)), None)
+        found = self._cron.next_slot(after // 1000)
+        return None if found is None else found * 1000
 
     def _raw_count(self, lo: int, hi: int) -> int:
         if hi <= lo:

@@ -116,9 +116,16 @@ def validate_task(
     compile_selector(spec.node_selector, f"{field}.node_selector")
 
 
+_ENUM_NUMBERS: dict[str, frozenset[int]] = {}
+"""Enum full name -> its numbers (``EnumTypeWrapper.values()`` builds a list on each call)."""
+
+
 def _enum(value: int, enum: Any, name: str, field: str) -> None:
     # proto3 enums are open: an unknown number survives parsing, so check it explicitly.
-    if value not in enum.values():
+    numbers = _ENUM_NUMBERS.get(enum.DESCRIPTOR.full_name)
+    if numbers is None:
+        numbers = _ENUM_NUMBERS[enum.DESCRIPTOR.full_name] = frozenset(enum.values())
+    if value not in numbers:
         raise InvalidArgument(field, f"unknown {name} {value}")
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from peerd.clock import Clock
 from peerd.coord.store import TaskStore, TaskUpdate
+from peerd.core.records import set_time
 from peerd.core.redact import redact_spec, restore_redacted
 from peerd.core.taskspec import (
     SERVER_FIELDS,
@@ -88,10 +89,10 @@ class TaskWrites:
         self.targets.check(spec, field)
         for name in SERVER_FIELDS:
             spec.ClearField(name)
-        spec.created_at.FromDatetime(now)
-        spec.updated_at.FromDatetime(now)
+        set_time(spec.created_at, now)
+        spec.updated_at.CopyFrom(spec.created_at)
         if spec.paused:
-            spec.paused_at.FromDatetime(now)
+            spec.paused_at.CopyFrom(spec.created_at)
         return spec
 
     def _prepare_update(

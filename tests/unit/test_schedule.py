@@ -186,6 +186,22 @@ def test_dst_is_deterministic_and_counts_match_enumeration(expr: str) -> None:
         assert s.last_slots(lo, hi, 5) == all_slots[-5:]
 
 
+@pytest.mark.parametrize("ambiguous", ["first", "last", "both"])
+def test_next_after_in_any_order_matches_enumeration(ambiguous: str) -> None:
+    # The calendar memoises its last answer (CronCalendar.next_slot), and calendars are shared
+    # by every schedule with the same fields and zone: asking forwards, backwards and again,
+    # from instants inside and outside the memoised interval, gives the enumerated answer.
+    lo, hi = z(2026, 10, 24, 20), z(2026, 10, 25, 6)
+    all_slots = cron("*/20 * * * *", "Europe/Berlin", dst_ambiguous=ambiguous).slots_between(
+        lo, hi, 1000
+    )
+    queries = [lo + timedelta(minutes=7 * i, seconds=i % 3) for i in range(80)]
+    queries = queries + queries[::-1] + queries[::3] + queries[1::2][::-1]
+    for t in queries:
+        s = cron("*/20 * * * *", "Europe/Berlin", dst_ambiguous=ambiguous)
+        assert s.next_after(t) == next(x for x in all_slots if x > t), t
+
+
 @pytest.mark.parametrize(
     "expr",
     [
