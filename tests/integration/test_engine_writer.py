@@ -16,10 +16,10 @@ from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger, UpdateResult
 from peerd.core.records import claim_record
 from peerd.engine.registry import Run, RunRegistry
-from peerd.engine.writer import GATHER_S, PROGRESS_DELAY_S, RecordWriter
+from peerd.engine.writer import GATHER_S, PROGRESS_DELAY_S, TRIM_INTERVAL_S, RecordWriter
 from peerd.errors import Unavailable
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import run_async
+from tests.helpers import assert_eventually_async, run_async
 from tests.integration.test_ledger import member
 
 pytestmark = pytest.mark.integration
@@ -36,6 +36,7 @@ class CountingLedger(Ledger):
         self.updates: list[list[pb.RunStatus.ValueType]] = []
         self.down = False
         self.refused = 0
+        self.trims: list[list[str]] = []
 
     async def update(self, records: Sequence[pb.RunRecord]) -> UpdateResult:
         if self.down:
@@ -43,6 +44,10 @@ class CountingLedger(Ledger):
             raise Unavailable("etcd unavailable (test)")
         self.updates.append([r.status for r in records])
         return await super().update(records)
+
+    async def trim(self, task_ids: list[str], keep: int, before_ms: int = 0) -> int:
+        self.trims.append(sorted(task_ids))
+        return await super().trim(task_ids, keep, before_ms)
 
 
 async def drive(clock: FakeClock, cond: Callable[[], bool]) -> None:
@@ -175,5 +180,30 @@ def test_updates_wait_out_an_etcd_outage_and_nothing_is_lost(
         for i in range(3):
             stored = await ledger.get("t", (4000 + i) * 1000)
             assert stored is not None and stored.status == pb.SUCCEEDED
+
+    scenario(etcd_endpoint, cluster_name, body)
+
+
+def test_trims_asked_for_within_the_interval_go_out_in_one_pass(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    """Ledgers asked for between trim passes are trimmed together, one call for all of them, at
+    most every TRIM_INTERVAL_S (before: one call per ledger, as soon as it was asked for)."""
+
+    async def body(
+        ledger: CountingLedger, registry: RunRegistry, writer: RecordWriter, clock: FakeClock,
+        lease_id: int,
+    ) -> None:  # fmt: skip
+        writer.trim("a")
+        await assert_eventually_async(lambda: ledger.trims == [["a"]])
+        writer.trim("b")
+        # the writer either trimmed b at once or waits for the next pass (at TRIM_INTERVAL_S)
+        await assert_eventually_async(
+            lambda: ledger.trims == [["a"], ["b"]] or TRIM_INTERVAL_S in clock.deadlines()
+        )
+        writer.trim("c")
+        clock.advance(TRIM_INTERVAL_S)
+        await assert_eventually_async(lambda: len(ledger.trims) >= 2)
+        assert ledger.trims == [["a"], ["b", "c"]]
 
     scenario(etcd_endpoint, cluster_name, body)
