@@ -112,23 +112,17 @@ def op_delete(key: bytes, range_end: bytes = b"") -> Any:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
 
 
-def op_get(
-    key: bytes,
-    range_end: bytes = b"",
-    *,
-    limit: int = 0,
-    descending: bool = False,
-    keys_only: bool = False,
-    count_only: bool = False,
-) -> Any:
+def op_get(key: bytes, range_end: bytes = b"", *, limit: int = 0, descending: bool = False) -> Any:
     """A range read inside a transaction (shows what made a compare fail; with ``limit`` and
-    ``descending``, e.g. the newest key under a prefix), sorted by key (see
-    :func:`range_request`)."""
-    req = range_request(
-        key, range_end, limit=limit, descending=descending, keys_only=keys_only,
-        count_only=count_only,
-    )  # fmt: skip
+    ``descending``, e.g. the newest key under a prefix), sorted by key."""
+    req = range_request(key, range_end, limit=limit, descending=descending)
     return rpc.RequestOp(request_range=req)
+
+
+def op_range(request: Any) -> Any:
+    """A range read built by :func:`range_request` (keys only, counts) as an operation of a
+    transaction."""
+    return rpc.RequestOp(request_range=request)
 
 
 def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:

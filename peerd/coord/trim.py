@@ -23,7 +23,15 @@ from __future__ import annotations
 from typing import Any
 
 from peerd.coord.etcd import Etcd, prefix_end
-from peerd.coord.etcd_messages import cmp_mod_revision, op_delete, op_get, op_txn, txn_request
+from peerd.coord.etcd_messages import (
+    cmp_mod_revision,
+    op_delete,
+    op_get,
+    op_range,
+    op_txn,
+    range_request,
+    txn_request,
+)
 from peerd.coord.keys import Keys
 from peerd.core.budget import MAX_TXN_OPS, pack
 from peerd.core.records import FINAL
@@ -78,10 +86,13 @@ async def _spans(
     ops: list[Any] = []
     for task_id in ids:
         prefix = keys.runs(task_id)
-        ops.append(op_get(prefix, prefix_end(prefix), limit=keep + 1, descending=True,
-                          keys_only=True))  # fmt: skip
+        newest = range_request(
+            prefix, prefix_end(prefix), limit=keep + 1, descending=True, keys_only=True
+        )
+        ops.append(op_range(newest))
         if before_ms > 0:
-            ops.append(op_get(prefix, keys.run(task_id, before_ms), count_only=True))
+            aged = range_request(prefix, keys.run(task_id, before_ms), count_only=True)
+            ops.append(op_range(aged))
     resp = await etcd.txn(txn_request([], ops))
     step = 2 if before_ms > 0 else 1
     out = []
