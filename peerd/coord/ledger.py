@@ -430,7 +430,7 @@ class Ledger:
         token = str(self.keys.slot_of(kvs[page_size - 1].key)) if len(kvs) > page_size else ""
         return runs, token
 
-    async def trim(self, task_ids: list[str], keep: int, before_ms: int = 0) -> int:
+    async def trim(self, task_ids: Sequence[str], keep: int, before_ms: int = 0) -> int:
         """Delete finished records of each task of ``task_ids``: all but the newest ``keep``, and
         those of slots before ``before_ms`` (epoch ms; 0 = no age limit), in a few transactions
         for all the tasks (:func:`peerd.coord.trim.trim_ledgers`).
@@ -442,6 +442,8 @@ class Ledger:
 
         Returns:
             How many records were deleted.
+        Raises:
+            TypeError: ``task_ids`` is one ``str``.
         """
         return await trim_ledgers(self.etcd, self.keys, task_ids, keep, before_ms)
 

@@ -20,6 +20,7 @@ was read fails its compare and stays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from peerd.coord.etcd import Etcd, prefix_end
@@ -47,16 +48,19 @@ _TASKS_PER_COUNT = MAX_TXN_OPS // 2
 
 
 async def trim_ledgers(
-    etcd: Etcd, keys: Keys, task_ids: list[str], keep: int, before_ms: int = 0
+    etcd: Etcd, keys: Keys, task_ids: Sequence[str], keep: int, before_ms: int = 0
 ) -> int:
     """Delete the finished records of each of ``task_ids`` beyond the newest ``keep`` and those
     of slots before ``before_ms`` (epoch ms; 0 = no age limit), in the steps of the module
     docstring. Returns how many records were deleted.
 
     Raises:
+        TypeError: ``task_ids`` is one ``str`` (a sequence of task ids is expected).
         Unavailable: etcd did not answer (what was deleted before stays deleted; the rest is
             trimmed by a later pass).
     """
+    if isinstance(task_ids, str):
+        raise TypeError("task_ids: a sequence of task ids, not one str")
     ids = list(dict.fromkeys(task_ids))
     spans: list[tuple[bytes, bytes, int]] = []
     for start in range(0, len(ids), _TASKS_PER_COUNT):
@@ -70,8 +74,8 @@ async def trim_ledgers(
                 if pb.RunRecord.FromString(kv.value).status in FINAL:
                     done.append((bytes(kv.key), int(kv.mod_revision)))
     deleted = 0
-    for batch in pack([1] * len(done), MAX_TXN_OPS):
-        part = done[batch.start : batch.stop]
+    for deletes in pack([1] * len(done), MAX_TXN_OPS):
+        part = done[deletes.start : deletes.stop]
         ops = [op_txn([cmp_mod_revision(key, rev)], [op_delete(key)]) for key, rev in part]
         resp = await etcd.txn(txn_request([], ops))
         deleted += sum(bool(op.response_txn.succeeded) for op in resp.responses)

@@ -45,7 +45,7 @@ class CountingLedger(Ledger):
         self.updates.append([r.status for r in records])
         return await super().update(records)
 
-    async def trim(self, task_ids: list[str], keep: int, before_ms: int = 0) -> int:
+    async def trim(self, task_ids: Sequence[str], keep: int, before_ms: int = 0) -> int:
         self.trims.append(sorted(task_ids))
         return await super().trim(task_ids, keep, before_ms)
 
