@@ -412,9 +412,10 @@ class Engine:
     # -- the planning loop -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the supervised loops (planning, writer, handoff, recovery); they run until
+        """Start the supervised loops (planning, writer, trims, handoff, recovery); they run until
         :meth:`stop`."""
         self.supervisor.spawn("engine.writer", self.writer.run)
+        self.supervisor.spawn("engine.trims", self.writer.trims)
         self.supervisor.spawn("engine.handoff", self.handoffs.run)
         self.supervisor.spawn("engine.recovery", self.recovery.run)
         self.supervisor.spawn("engine.planner", self.fire.run)
