@@ -55,8 +55,10 @@ transaction rather than ~4 with 10 ms; a final record reaches etcd up to 25 ms l
 TRIMS_PER_PASS = 128
 """Task ledgers trimmed per pass at most: the ledgers of tasks created together come due
 together (every :data:`peerd.engine.fireloop.TRIM_EVERY` slots), and a sweep asks for every
-owned task; such a wave is spread over passes a second apart (a node firing 330 slots/s asks for
-~17 a second)."""
+owned task; such a wave is spread over passes a second apart. 128 a second is what a node asks
+for at 2,560 fires/s (one per ``TRIM_EVERY`` = 20 slots; 17 at 330 fires/s); a sweep of 33,000
+owned tasks takes ~4.5 minutes, within the sweep's interval unless ``runs_max_age`` is under
+45 minutes (then ledgers keep a few minutes' records more than they should, until the pass)."""
 TRIM_INTERVAL_S = 1.0
 """Trim passes start at most this often (seconds): the ledgers asked for meanwhile are trimmed
 together, in a few etcd calls (:func:`peerd.coord.trim.trim_ledgers`) instead of one or two per
