@@ -119,6 +119,12 @@ def op_get(key: bytes, range_end: bytes = b"", *, limit: int = 0, descending: bo
     return rpc.RequestOp(request_range=req)
 
 
+def op_range(request: Any) -> Any:
+    """A range read built by :func:`range_request` (keys only, counts) as an operation of a
+    transaction."""
+    return rpc.RequestOp(request_range=request)
+
+
 def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
     """A nested transaction as an operation of an outer transaction (etcd >= 3.3)."""
     return rpc.RequestOp(request_txn=txn_request(compare, success, failure))

@@ -67,9 +67,10 @@ from peerd.coord.etcd_messages import (
 )
 from peerd.coord.etcd_values import KV
 from peerd.coord.keys import Keys
+from peerd.coord.trim import trim_ledgers
 from peerd.core.budget import MAX_TXN_OPS, pack
 from peerd.core.overlap import CLAIM_MODES, LOCK, QUEUE, REPLACE
-from peerd.core.records import FINAL, lock_value, ts_ms
+from peerd.core.records import lock_value, ts_ms
 from peerd.errors import LeaseLost
 from peerd.v1 import scheduler_pb2 as pb
 
@@ -81,8 +82,6 @@ _COMPARES = {None: 1, LOCK: 2, QUEUE: 2, REPLACE: 1}
 """Compares of a claim's nested transaction by claim mode (before the tzdata fence)."""
 UPDATE_COST = 2
 """Size of an update's nested transaction: two compares (lease, existence)."""
-TRIM_READ_LIMIT = 256
-"""Oldest records read per trim call; a longer backlog is trimmed over several calls."""
 CLAIM_TIMEOUT_S = 0.5
 """Deadline of a claim transaction (seconds; a healthy etcd answers a 64-claim batch in ~8 ms,
 bench/claims.py). Short, so an etcd leader change (writes forwarded to a dead leader hang ~7 s)
@@ -431,37 +430,22 @@ class Ledger:
         token = str(self.keys.slot_of(kvs[page_size - 1].key)) if len(kvs) > page_size else ""
         return runs, token
 
-    async def trim(self, task_id: str, keep: int, before_ms: int = 0) -> int:
-        """Delete finished records of a task: all but the newest ``keep``, and those of slots
-        before ``before_ms`` (epoch ms; 0 = no age limit).
+    async def trim(self, task_ids: Sequence[str], keep: int, before_ms: int = 0) -> int:
+        """Delete finished records of each task of ``task_ids``: all but the newest ``keep``, and
+        those of slots before ``before_ms`` (epoch ms; 0 = no age limit), in a few transactions
+        for all the tasks (:func:`peerd.coord.trim.trim_ledgers`).
 
         Records still CLAIMED or RUNNING are never deleted, whatever their age or rank, and each
         delete is compared on the mod revision read, so a record updated meanwhile stays. At
-        most :data:`TRIM_READ_LIMIT` of the oldest records are examined per call.
+        most :data:`~peerd.coord.trim.TRIM_READ_LIMIT` of the oldest records of a task are
+        examined per call.
 
         Returns:
             How many records were deleted.
+        Raises:
+            TypeError: ``task_ids`` is one ``str``.
         """
-        prefix = self.keys.runs(task_id)
-        end = self.keys.run(task_id, before_ms) if before_ms > 0 else prefix
-        kvs, count, _ = await self.etcd.range(
-            prefix, prefix_end(prefix), limit=keep + 1, descending=True, keys_only=True
-        )
-        if count > keep:
-            end = max(end, kvs[keep].key + b"\0")  # delete up to and including the (keep+1)th
-        if end <= prefix:
-            return 0
-        old, _, _ = await self.etcd.range(prefix, end, limit=TRIM_READ_LIMIT)
-        done = [kv for kv in old if pb.RunRecord.FromString(kv.value).status in FINAL]
-        deleted = 0
-        for batch in pack([1] * len(done), MAX_TXN_OPS):
-            ops = [
-                op_txn([cmp_mod_revision(kv.key, kv.mod_revision)], [op_delete(kv.key)])
-                for kv in done[batch.start : batch.stop]
-            ]
-            resp = await self.etcd.txn(txn_request([], ops))
-            deleted += sum(bool(op.response_txn.succeeded) for op in resp.responses)
-        return deleted
+        return await trim_ledgers(self.etcd, self.keys, task_ids, keep, before_ms)
 
 
 def _sendable(record: pb.RunRecord, tz_fence: int | None) -> bool:

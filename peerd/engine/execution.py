@@ -154,7 +154,11 @@ class Execution:
         per_attempt = duration_of(spec.timeout) if spec.HasField("timeout") else DEFAULT_TIMEOUT
         early_s = (fire_at - self.clock.now()).total_seconds()
         if early_s > 0:  # claimed ahead (peerd.engine.planner, "Claim-ahead"): wait to fire
-            await self.clock.sleep(early_s)
+            self.registry.waiting_instant(run, True)  # takes no room meanwhile (fireloop)
+            try:
+                await self.clock.sleep(early_s)
+            finally:
+                self.registry.waiting_instant(run, False)
         cause_json = ""
         if rec.HasField("cause"):
             cause_json = json_format.MessageToJson(

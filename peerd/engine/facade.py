@@ -30,9 +30,10 @@ the injected clock.
 
 **Backpressure.** A node claims only what it can run soon: each executor pool admits as many new
 runs as it has slots plus as many waiting to start (:data:`peerd.engine.fireloop.QUEUE_FACTOR`),
-counting every run in the registry (claimed, running, or waiting for its final record to be
-written, so a slow etcd also slows claiming), and the node-wide limit follows the event loop's
-lag (:mod:`peerd.engine.backpressure`). Due tasks beyond that wait in the planner's backlog,
+counting every run in flight (due, running, or waiting for its final record to be written, so a
+slow etcd also slows claiming; runs claimed ahead that wait for their fire instant count only
+against the configured room), and the node-wide limit follows the event loop's lag
+(:mod:`peerd.engine.backpressure`). Due tasks beyond that wait in the planner's backlog,
 unclaimed; their slots grow late and their catch-up policy decides once they pass the misfire
 threshold. The node is *saturated* while its backlog is not empty: it logs ``node_saturated``
 once (and ``node_saturation_cleared``), and peers see it in its Ping answers (``peerd
@@ -416,9 +417,10 @@ class Engine:
     # -- the planning loop -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the supervised loops (planning, writer, handoff, recovery); they run until
+        """Start the supervised loops (planning, writer, trims, handoff, recovery); they run until
         :meth:`stop`."""
         self.supervisor.spawn("engine.writer", self.writer.run)
+        self.supervisor.spawn("engine.trims", self.writer.trims)
         self.supervisor.spawn("engine.handoff", self.handoffs.run)
         self.supervisor.spawn("engine.recovery", self.recovery.run)
         self.supervisor.spawn("engine.planner", self.fire.run)

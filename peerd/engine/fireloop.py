@@ -13,8 +13,14 @@ lets past its quota). Errors: a rejected lease re-registers, an unreachable etcd
 and checks the lease, anything else backs off; the loop itself never stops.
 
 Room: a pool admits runs up to :data:`QUEUE_FACTOR` times its limit (its slots, plus as many
-waiting to start), counting every run in the registry; the node-wide limit adapts to the event
-loop's lag (:mod:`peerd.engine.backpressure`).
+waiting to start), counting the runs *in flight* (due, running, or waiting for their final
+record); the node-wide limit adapts to the event loop's lag (:mod:`peerd.engine.backpressure`).
+Runs claimed ahead that wait for their fire instant take no room: they hold no slot and no CPU,
+and a node firing 330 slots/s holds ~90 of them (300 ms of claim-ahead), which, counted, kept
+the node-wide room (2 x the adaptive limit, lowered to 50-60 by a busy loop) at the edge and
+the node saturated on and off at 1,000 webhooks/s (issue 13, third round: the lateness tail).
+Every run in the registry counts against the node's configured room
+(:data:`QUEUE_FACTOR` x ``max_concurrent_runs``), so the runs claimed ahead stay bounded.
 """
 
 from __future__ import annotations
@@ -173,10 +179,16 @@ class FireLoop:
         return QUEUE_FACTOR * self.pools.node.limit
 
     def room_per_kind(self) -> dict[str, int]:
-        """New runs each executor kind may admit now."""
-        node_room = QUEUE_FACTOR * self.pools.node.limit - self.registry.active()
+        """New runs each executor kind may admit now: the room of the pools (their limits
+        times :data:`QUEUE_FACTOR`) left by the runs in flight, within the configured room of
+        the node left by every run in the registry (see the module docstring)."""
+        registry = self.registry
+        node_room = min(
+            QUEUE_FACTOR * self.pools.node.limit - registry.in_flight(),
+            QUEUE_FACTOR * self.settings().max_concurrent_runs - registry.active(),
+        )
         return {
-            kind: max(0, min(node_room, QUEUE_FACTOR * pool.limit - self.registry.active(kind)))
+            kind: max(0, min(node_room, QUEUE_FACTOR * pool.limit - registry.in_flight(kind)))
             for kind, pool in self.pools.kinds.items()
         }
 

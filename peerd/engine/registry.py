@@ -59,6 +59,8 @@ class Run:
     state: RunState | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     cancel_reason: str | None = None
+    ahead: bool = False
+    """Claimed ahead and waiting for its fire instant (:meth:`RunRegistry.waiting_instant`)."""
     key: RunKey = field(init=False, repr=False)
     """``(task_id, slot_ms)`` of :attr:`record` (fixed for the run's life)."""
 
@@ -92,6 +94,7 @@ class RunRegistry:
     def __init__(self) -> None:
         self._runs: dict[RunKey, Run] = {}
         self._kinds: Counter[str] = Counter()
+        self._ahead: Counter[str] = Counter()
         self._listeners: list[Callable[[], None]] = []
         self._finish_listeners: list[Callable[[Run], None]] = []
         self._recorded_listeners: list[Callable[[Run, bool], None]] = []
@@ -114,6 +117,21 @@ class RunRegistry:
     def active(self, kind: str | None = None) -> int:
         """Runs in the registry (claimed, running or being recorded), of ``kind`` or of all."""
         return len(self._runs) if kind is None else self._kinds[kind]
+
+    def in_flight(self, kind: str | None = None) -> int:
+        """Runs in the registry (of ``kind`` or of all) less those claimed ahead that wait for
+        their fire instant: the runs due, running, or waiting for their final record."""
+        if kind is None:
+            return len(self._runs) - self._ahead.total()
+        return self._kinds[kind] - self._ahead[kind]
+
+    def waiting_instant(self, run: Run, waiting: bool) -> None:
+        """Mark ``run`` (claimed ahead, :mod:`peerd.engine.planner`) as waiting for its fire
+        instant, or no longer; a run not in the registry is left alone."""
+        if run.ahead == waiting or self._runs.get(run.key) is not run:
+            return
+        run.ahead = waiting
+        self._ahead[run.kind] += 1 if waiting else -1
 
     def on_leave(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` whenever a run leaves the registry (capacity was freed)."""
@@ -165,6 +183,7 @@ class RunRegistry:
             for recorded in self._recorded_listeners:
                 recorded(run, event == "written")
         if run.state is RunState.DONE and self._runs.get(run.key) is run:
+            self.waiting_instant(run, False)
             del self._runs[run.key]
             self._kinds[run.kind] -= 1
             for fn in self._listeners:

@@ -19,11 +19,14 @@ then lets the run go.
 
 Trims delete finished records beyond ``runs_keep`` per task and older than ``runs_max_age``
 (:meth:`peerd.coord.ledger.Ledger.trim`; records still CLAIMED or RUNNING are never deleted).
+The ledgers asked for are trimmed together, at most every :data:`TRIM_INTERVAL_S`, by a loop
+of their own (:meth:`RecordWriter.trims`), so a trim never holds up record updates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,9 +52,18 @@ GATHER_S = 0.025
 """After the first due update, the writer waits this long for more, so records of runs that end
 together share a transaction (runs ending at a steady 400/s on a node: ~10 records per
 transaction rather than ~4 with 10 ms; a final record reaches etcd up to 25 ms later)."""
-TRIMS_PER_PASS = 64
-"""Task ledgers trimmed per pass of the loop at most (a sweep of every owned task is spread over
-several passes, between record flushes)."""
+TRIMS_PER_PASS = 128
+"""Task ledgers trimmed per pass at most: the ledgers of tasks created together come due
+together (every :data:`peerd.engine.fireloop.TRIM_EVERY` slots), and a sweep asks for every
+owned task; such a wave is spread over passes a second apart. 128 a second is what a node asks
+for at 2,560 fires/s (one per ``TRIM_EVERY`` = 20 slots; 17 at 330 fires/s); a sweep of 33,000
+owned tasks takes ~4.5 minutes, within the sweep's interval unless ``runs_max_age`` is under
+45 minutes (then ledgers keep a few minutes' records more than they should, until the pass)."""
+TRIM_INTERVAL_S = 1.0
+"""Trim passes start at most this often (seconds): the ledgers asked for meanwhile are trimmed
+together, in a few etcd calls (:func:`peerd.coord.trim.trim_ledgers`) instead of one or two per
+ledger (a node firing 330 slots/s asks for ~17 a second). A ledger may hold up to this long's
+worth of records beyond ``runs_keep``."""
 
 
 @dataclass
@@ -94,6 +106,10 @@ class RecordWriter:
         self._idle.set()
         self._backoff = Backoff(0.1, 2.0)
         self._gathered = False
+        self._trim_wake = asyncio.Event()
+        self._asleep_until = -math.inf
+        """Monotonic time the loop sleeps until (-inf while it is awake: it looks at every
+        pending update before it sleeps again)."""
         self._log = log.bind(node_id=node_id)
 
     @property
@@ -111,26 +127,32 @@ class RecordWriter:
         current = self._pending.get(key)
         if current is not None and current.run is not None:
             return  # a final record is pending: never go back
-        self._pending[key] = _Pending(copy(rec), min(current.due_s, due) if current else due, None)
-        self._kick()
+        due = min(current.due_s, due) if current else due
+        self._pending[key] = _Pending(copy(rec), due, None)
+        self._kick(due)
 
     def final(self, run: Run, rec: pb.RunRecord) -> None:
         """Write the final record of ``run`` as soon as possible; the registry lets the run go
         once it is written (or fenced off)."""
-        self._pending[run.key] = _Pending(copy(rec), self.clock.monotonic(), run)
-        self._kick()
+        now = self.clock.monotonic()
+        self._pending[run.key] = _Pending(copy(rec), now, run)
+        self._kick(now)
 
     def trim(self, task_id: str) -> None:
-        """Trim ``task_id``'s ledger at the next flush."""
+        """Trim ``task_id``'s ledger at the next trim pass (:meth:`trims`)."""
         self._trims.add(task_id)
-        self._kick()
+        self._trim_wake.set()
 
-    def _kick(self) -> None:
+    def _kick(self, due_s: float) -> None:
+        """Something is due at ``due_s`` (monotonic): wake the loop if it sleeps past that (a
+        RUNNING record due in a second does not wake a writer that wakes before then anyway:
+        one wake-up of the loop fewer per run started)."""
         self._idle.clear()
-        self._wake.set()
+        if due_s < self._asleep_until:
+            self._wake.set()
 
     async def run(self) -> None:
-        """Flush due updates and trims until cancelled (supervised by the engine)."""
+        """Flush due updates until cancelled (supervised by the engine)."""
         while True:
             now = self.clock.monotonic()
             due = [k for k, p in self._pending.items() if p.due_s <= now][:MAX_BATCH]
@@ -139,17 +161,19 @@ class RecordWriter:
                 await self.clock.sleep(GATHER_S)
                 continue
             self._gathered = False
-            if not due and not self._trims:
+            if not due:
                 if not self._pending:
                     self._idle.set()
                 self._wake.clear()
                 wait = min((p.due_s for p in self._pending.values()), default=now + 60.0) - now
-                await wait_event(self.clock, self._wake, max(0.0, wait))
+                self._asleep_until = now + wait
+                try:
+                    await wait_event(self.clock, self._wake, max(0.0, wait))
+                finally:
+                    self._asleep_until = -math.inf
                 continue
             try:
-                if due:
-                    await self._flush(due)
-                await self._trim_all()
+                await self._flush(due)
                 self._backoff.reset()
             except Unavailable as exc:
                 delay = self._backoff.next_delay_s()
@@ -213,23 +237,46 @@ class RecordWriter:
         if p.run is not None:
             self.registry.transition(p.run, "written" if written else "dropped")
 
+    async def trims(self) -> None:
+        """Trim the ledgers asked for (:meth:`trim`), all of them in one pass at most every
+        :data:`TRIM_INTERVAL_S`, until cancelled (supervised by the engine). A loop of its own:
+        a pass never holds up the record updates (before, the writer trimmed between flushes,
+        one ledger at a time, and the ledgers of tasks created together all came due together:
+        a second or more without a flush, the finished runs filling the node's room)."""
+        backoff = Backoff(0.1, 2.0)
+        while True:
+            self._trim_wake.clear()
+            if not self._trims:
+                await self._trim_wake.wait()
+            try:
+                await self._trim_all()
+                backoff.reset()
+            except Unavailable as exc:
+                delay = backoff.next_delay_s()
+                self._log.warning("ledger_trim_failed_retrying", error=str(exc), retry_in_s=delay)
+                await self.clock.sleep(delay)
+                continue
+            await self.clock.sleep(TRIM_INTERVAL_S)
+
     async def _trim_all(self) -> None:
         trims = [self._trims.pop() for _ in range(min(TRIMS_PER_PASS, len(self._trims)))]
         keep, max_age_s = self.retention()
         before_ms = round((self.clock.now().timestamp() - max_age_s) * 1000) if max_age_s else 0
-        for task_id in trims:
-            try:
-                await self.ledger.trim(task_id, keep, before_ms)
-            except Unavailable:
-                self._trims.add(task_id)
-                raise
-            except PeerdError as exc:
-                self._log.error("ledger_trim_failed", task_id=task_id, error=str(exc))
+        try:
+            await self.ledger.trim(trims, keep, before_ms)
+        except Unavailable:
+            self._trims.update(trims)
+            raise
+        except PeerdError as exc:
+            self._log.error(
+                "ledger_trim_failed", task_ids=trims[:10], tasks=len(trims), error=str(exc)
+            )
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every pending update is written, at most ``timeout_s``; returns whether
         nothing is pending any more. Progress records become due at once."""
+        now = self.clock.monotonic()
         for p in self._pending.values():
-            p.due_s = min(p.due_s, self.clock.monotonic())
-        self._kick()
+            p.due_s = min(p.due_s, now)
+        self._kick(now)
         return await wait_event(self.clock, self._idle, timeout_s)

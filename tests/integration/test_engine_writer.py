@@ -16,10 +16,10 @@ from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger, UpdateResult
 from peerd.core.records import claim_record
 from peerd.engine.registry import Run, RunRegistry
-from peerd.engine.writer import GATHER_S, PROGRESS_DELAY_S, RecordWriter
+from peerd.engine.writer import GATHER_S, PROGRESS_DELAY_S, TRIM_INTERVAL_S, RecordWriter
 from peerd.errors import Unavailable
 from peerd.v1 import scheduler_pb2 as pb
-from tests.helpers import run_async
+from tests.helpers import assert_eventually_async, run_async
 from tests.integration.test_ledger import member
 
 pytestmark = pytest.mark.integration
@@ -36,6 +36,9 @@ class CountingLedger(Ledger):
         self.updates: list[list[pb.RunStatus.ValueType]] = []
         self.down = False
         self.refused = 0
+        self.trims: list[list[str]] = []
+        self.hold_trims: asyncio.Event | None = None
+        """Set: trims wait for this event (a slow trim pass)."""
 
     async def update(self, records: Sequence[pb.RunRecord]) -> UpdateResult:
         if self.down:
@@ -43,6 +46,12 @@ class CountingLedger(Ledger):
             raise Unavailable("etcd unavailable (test)")
         self.updates.append([r.status for r in records])
         return await super().update(records)
+
+    async def trim(self, task_ids: Sequence[str], keep: int, before_ms: int = 0) -> int:
+        self.trims.append(sorted(task_ids))
+        if self.hold_trims is not None:
+            await self.hold_trims.wait()
+        return await super().trim(task_ids, keep, before_ms)
 
 
 async def drive(clock: FakeClock, cond: Callable[[], bool]) -> None:
@@ -66,12 +75,14 @@ def scenario(etcd_endpoint: str, cluster: str, body: Body) -> None:
         registry = RunRegistry()
         writer = RecordWriter(ledger, registry, clock, lambda: (100, 0.0), "a")
         loop = asyncio.create_task(writer.run())
+        trims = asyncio.create_task(writer.trims())
         try:
             m = await member(etcd, keys, "a")
             await body(ledger, registry, writer, clock, m.lease_id)
         finally:
             loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
+            trims.cancel()
+            await asyncio.gather(loop, trims, return_exceptions=True)
             await etcd.close()
 
     run_async(main, timeout_s=30)
@@ -175,5 +186,53 @@ def test_updates_wait_out_an_etcd_outage_and_nothing_is_lost(
         for i in range(3):
             stored = await ledger.get("t", (4000 + i) * 1000)
             assert stored is not None and stored.status == pb.SUCCEEDED
+
+    scenario(etcd_endpoint, cluster_name, body)
+
+
+def test_trims_asked_for_within_the_interval_go_out_in_one_pass(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    """Ledgers asked for between trim passes are trimmed together, one call for all of them, at
+    most every TRIM_INTERVAL_S (before: one call per ledger, as soon as it was asked for)."""
+
+    async def body(
+        ledger: CountingLedger, registry: RunRegistry, writer: RecordWriter, clock: FakeClock,
+        lease_id: int,
+    ) -> None:  # fmt: skip
+        writer.trim("a")
+        await assert_eventually_async(lambda: ledger.trims == [["a"]])
+        writer.trim("b")
+        # the writer either trimmed b at once or waits for the next pass (at TRIM_INTERVAL_S)
+        await assert_eventually_async(
+            lambda: ledger.trims == [["a"], ["b"]] or TRIM_INTERVAL_S in clock.deadlines()
+        )
+        writer.trim("c")
+        clock.advance(TRIM_INTERVAL_S)
+        await assert_eventually_async(lambda: len(ledger.trims) >= 2)
+        assert ledger.trims == [["a"], ["b", "c"]]
+
+    scenario(etcd_endpoint, cluster_name, body)
+
+
+def test_a_trim_pass_never_holds_up_record_updates(etcd_endpoint: str, cluster_name: str) -> None:
+    """A final record is written while a trim pass is still waiting for etcd (before, the
+    writer trimmed between flushes: ledgers of tasks created together came due together and
+    held the final records back, and the finished runs filled the node's room)."""
+
+    async def body(
+        ledger: CountingLedger, registry: RunRegistry, writer: RecordWriter, clock: FakeClock,
+        lease_id: int,
+    ) -> None:  # fmt: skip
+        ledger.hold_trims = asyncio.Event()
+        writer.trim("t")
+        await assert_eventually_async(lambda: ledger.trims == [["t"]])  # the pass is under way
+        run = await claimed_run(ledger, registry, lease_id, 3000)
+        run.record.status = pb.SUCCEEDED
+        registry.transition(run, "finish")
+        writer.final(run, run.record)
+        await drive(clock, lambda: len(registry) == 0)  # released once written
+        assert ledger.updates == [[pb.SUCCEEDED]]
+        ledger.hold_trims.set()
 
     scenario(etcd_endpoint, cluster_name, body)

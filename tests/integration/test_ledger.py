@@ -115,16 +115,16 @@ def test_trim_and_paging(etcd_endpoint: str, cluster_name: str) -> None:
             rec.claim_lease_id = a.lease_id
         await ledger.claim(a.member_key, a.lease_id, recs)
         # Unfinished records are never trimmed, however old; finished ones are.
-        assert await ledger.trim("t", 10) == 0
+        assert await ledger.trim(["t"], 10) == 0
         for rec in recs:
             rec.status = pb.SUCCEEDED if rec.scheduled_at.ToMilliseconds() != 3000 else pb.RUNNING
         assert len((await ledger.update(recs)).written) == 30
-        assert await ledger.trim("t", 10) == 19  # 1..20 s minus the RUNNING one at 3 s
-        assert await ledger.trim("t", 10) == 0
+        assert await ledger.trim(["t"], 10) == 19  # 1..20 s minus the RUNNING one at 3 s
+        assert await ledger.trim(["t"], 10) == 0
         assert await ledger.get("t", 3000) is not None
         # By age: slots before the cutoff go, whatever the count.
-        assert await ledger.trim("t", 100, before_ms=22_000) == 1  # 21 s (3 s is RUNNING)
-        await ledger.trim("t", 10)
+        assert await ledger.trim(["t"], 100, before_ms=22_000) == 1  # 21 s (3 s is RUNNING)
+        await ledger.trim(["t"], 10)
         page1, token = await ledger.list("t", 4, "")
         assert [r.scheduled_at.ToMilliseconds() for r in page1] == [30_000, 29_000, 28_000, 27_000]
         seen = [r.scheduled_at.ToMilliseconds() for r in page1]
@@ -132,6 +132,38 @@ def test_trim_and_paging(etcd_endpoint: str, cluster_name: str) -> None:
             page, token = await ledger.list("t", 4, token)
             seen += [r.scheduled_at.ToMilliseconds() for r in page]
         assert seen == [1000 * i for i in range(30, 21, -1)] + [3000]
+
+    run(etcd_endpoint, cluster_name, body)
+
+
+def test_trim_of_many_tasks_in_one_pass(etcd_endpoint: str, cluster_name: str) -> None:
+    """One trim call covers more tasks than one counting transaction holds (64), each trimmed
+    as it would be alone: by count, by age, unfinished records kept, untouched tasks left."""
+
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        tasks = [f"t{i:03d}" for i in range(70)]
+        for i, task in enumerate(tasks):
+            recs = [record(task, 1000 * s, status=pb.SUCCEEDED) for s in range(1, 1 + i % 7 + 3)]
+            recs[0].status = pb.RUNNING if i % 5 == 0 else pb.SUCCEEDED
+            for rec in recs:
+                rec.claim_lease_id = a.lease_id
+            await ledger.claim(a.member_key, a.lease_id, recs)
+        # keep 4, and nothing of slots before 2 s: task i has i % 7 + 3 records (3..9)
+        deleted = await ledger.trim(tasks, 4, before_ms=2000)
+        expected = 0
+        for i, task in enumerate(tasks):
+            n = i % 7 + 3
+            gone = set(range(1, n - 4 + 1)) | {1}  # beyond the newest 4, and the 1 s slot
+            if i % 5 == 0:
+                gone.discard(1)  # RUNNING: never trimmed
+            expected += len(gone)
+            left = sorted(r.scheduled_at.ToMilliseconds() // 1000 for r, _ in
+                          await ledger.recent(task, 20))  # fmt: skip
+            assert left == sorted(set(range(1, n + 1)) - gone), task
+        assert deleted == expected
+        assert await ledger.trim(tasks, 4, before_ms=2000) == 0
 
     run(etcd_endpoint, cluster_name, body)
 

@@ -1,0 +1,76 @@
+"""The fire loop's room (:meth:`peerd.engine.fireloop.FireLoop.room_per_kind`): runs claimed
+ahead that wait for their fire instant take no room of the pools, and every run counts against
+the node's configured room."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from peerd.clock import FakeClock
+from peerd.config import NodeConfig
+from peerd.core.records import claim_record
+from peerd.engine.fireloop import QUEUE_FACTOR, FireLoop
+from peerd.engine.registry import Run, RunRegistry
+from peerd.runner.pools import Pools
+from peerd.v1 import scheduler_pb2 as pb
+
+T0 = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+def fire_loop(cfg: NodeConfig, registry: RunRegistry) -> FireLoop:
+    """A fire loop with the parts the room needs (settings, pools, registry); none other used."""
+    unused = cast(Any, None)
+    return FireLoop(
+        "n1", lambda: cfg, unused, unused, unused, registry, Pools(cfg), unused, unused, unused,
+        unused, asyncio.Event(), FakeClock(T0),
+    )  # fmt: skip
+
+
+def python_runs(registry: RunRegistry, n: int) -> list[Run]:
+    """``n`` python runs registered (their execution does nothing)."""
+
+    async def idle(_: Run) -> None:
+        return None
+
+    runs = []
+    for i in range(n):
+        rec = claim_record(f"t{i}", T0, "n1", 7, T0)
+        run = Run(pb.TaskSpec(id=f"t{i}"), rec, kind="python")
+        registry.spawn(run, idle)
+        runs.append(run)
+    return runs
+
+
+def test_runs_waiting_for_their_fire_instant_take_no_room() -> None:
+    async def body() -> None:
+        registry = RunRegistry()
+        loop = fire_loop(NodeConfig(node_id="n1", max_python_runs=4), registry)
+        full = QUEUE_FACTOR * 4
+        runs = python_runs(registry, full)
+        assert loop.room_per_kind()["python"] == 0  # all due: the pool's room is taken
+        for run in runs:
+            registry.waiting_instant(run, True)
+        assert loop.room_per_kind()["python"] == full  # all claimed ahead: none taken
+        for run in runs[:3]:
+            registry.waiting_instant(run, False)  # their fire instant came
+        assert loop.room_per_kind()["python"] == full - 3
+        assert registry.in_flight("python") == registry.in_flight() == 3
+        registry.transition(runs[0], "abandon")  # leaves: counted once, never below zero
+        registry.transition(runs[5], "abandon")
+        assert registry.in_flight() == 2 and registry.active() == full - 2
+
+    asyncio.run(body())
+
+
+def test_every_run_counts_against_the_configured_room_of_the_node() -> None:
+    async def body() -> None:
+        registry = RunRegistry()
+        cfg = NodeConfig(node_id="n1", max_python_runs=64, max_concurrent_runs=5)
+        loop = fire_loop(cfg, registry)
+        for run in python_runs(registry, 7):
+            registry.waiting_instant(run, True)
+        assert loop.room_per_kind()["python"] == QUEUE_FACTOR * 5 - 7
+
+    asyncio.run(body())
