@@ -391,8 +391,9 @@ class Engine:
         self.reconcile()
 
     def load(self) -> Load:
-        """How busy this node is (for Ping answers and ``peerd cluster``)."""
-        return Load(len(self.registry), self.fire.capacity, self.planner.backlog)
+        """How busy this node is (for Ping answers and ``peerd cluster``; see
+        :meth:`FireLoop.load`)."""
+        return self.fire.load()
 
     @property
     def stats(self) -> EngineStats:

@@ -48,6 +48,7 @@ from peerd.engine.claims import Claim, Claims
 from peerd.engine.planner import Owned, Planner, TaskPlan
 from peerd.engine.recovery import RECENT_SCAN, OwnerLostRecovery
 from peerd.engine.registry import RunRegistry
+from peerd.engine.stats import Load
 from peerd.engine.writer import RecordWriter
 from peerd.errors import LeaseLost, PeerdError, Unavailable
 from peerd.runner.pools import Pools
@@ -177,6 +178,12 @@ class FireLoop:
     def capacity(self) -> int:
         """Runs the node admits at most now (the adaptive node limit times the factor)."""
         return QUEUE_FACTOR * self.pools.node.limit
+
+    def load(self) -> Load:
+        """How busy this node is: the runs in flight (those that count against
+        :attr:`capacity`; runs claimed ahead that wait for their fire instant do not), the
+        capacity, and the due tasks waiting for room."""
+        return Load(self.registry.in_flight(), self.capacity, self.planner.backlog)
 
     def room_per_kind(self) -> dict[str, int]:
         """New runs each executor kind may admit now: the room of the pools (their limits
@@ -411,7 +418,8 @@ class FireLoop:
             self._log.warning(
                 "node_saturated",
                 backlog=backlog,
-                active_runs=len(self.registry),
+                active_runs=self.registry.in_flight(),
+                claimed_ahead=len(self.registry) - self.registry.in_flight(),
                 capacity=self.capacity,
             )
         elif not backlog and self._saturated_since is not None:

@@ -57,7 +57,9 @@ class EngineStats:
 
 @dataclass(frozen=True)
 class Load:
-    """How busy the node is: runs in the registry, the admission limit, due tasks waiting."""
+    """How busy the node is: runs in flight (due, running or being recorded; not those claimed
+    ahead that wait for their fire instant), the admission limit they count against, and due
+    tasks waiting for room."""
 
     active: int
     capacity: int

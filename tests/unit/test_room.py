@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 from peerd.clock import FakeClock
@@ -72,5 +73,27 @@ def test_every_run_counts_against_the_configured_room_of_the_node() -> None:
         for run in python_runs(registry, 7):
             registry.waiting_instant(run, True)
         assert loop.room_per_kind()["python"] == QUEUE_FACTOR * 5 - 7
+
+    asyncio.run(body())
+
+
+def test_load_counts_the_runs_that_count_against_capacity() -> None:
+    """``peerd cluster`` and Ping answers show active runs against the capacity: runs claimed
+    ahead that wait for their fire instant are in neither, so active never exceeds capacity
+    while the node is not saturated (before, every run in the registry was shown)."""
+
+    async def body() -> None:
+        registry = RunRegistry()
+        cfg = NodeConfig(node_id="n1", max_python_runs=4, max_concurrent_runs=4)
+        loop = fire_loop(cfg, registry)
+        loop.planner = cast(Any, SimpleNamespace(backlog=0))
+        runs = python_runs(registry, QUEUE_FACTOR * 4 + 6)
+        for run in runs:
+            registry.waiting_instant(run, True)
+        for run in runs[:2]:
+            registry.waiting_instant(run, False)
+        load = loop.load()
+        assert (load.active, load.backlog) == (2, 0)
+        assert load.active <= load.capacity < len(registry)
 
     asyncio.run(body())
