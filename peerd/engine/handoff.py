@@ -41,6 +41,9 @@ IN_FLIGHT = 4
 than :data:`HANDOFF_TIMEOUT_S` on a busy machine, and 1,108 tasks were dropped unacked (their new
 owner then read their cursor from the ledger) in a ``bench/scale.py`` run at 20,000 tasks."""
 
+LOGGED_IDS = 5
+"""Task ids named in a ``handoff_timed_out`` line (the line counts them all)."""
+
 SendHandoff = Callable[[str, ppb.HandoffRequest], Awaitable[list[str]]]
 """``send(node_id, request) -> accepted task ids`` (the peer client; [] on failure)."""
 
@@ -105,17 +108,32 @@ class Handoffs:
                 self._wake.clear()
                 await self._wake.wait()
             by_target: dict[str, list[str]] = {}
+            expired: dict[str, list[str]] = {}
             now = self.clock.monotonic()
             for task_id, (target, since) in list(self.handing.items()):
                 if now - since > HANDOFF_TIMEOUT_S:
-                    self._log.warning("handoff_timed_out", task_id=task_id, to_node=target)
-                    self.timed_out += 1
+                    expired.setdefault(target, []).append(task_id)
                     self.drop(task_id)
                 else:
                     by_target.setdefault(target, []).append(task_id)
+            self._log_expired(expired)
             await asyncio.gather(*(self._send(t, ids) for t, ids in by_target.items()))
             if self.handing:
                 await self.clock.sleep(RESEND_S)
+
+    def _log_expired(self, expired: dict[str, list[str]]) -> None:
+        """Count the tasks given up unacked and log one line per target (the count and the
+        first :data:`LOGGED_IDS` ids). A line per task was 13,600 lines in one callback when a
+        restarted node's share timed out at 100,000 tasks: a 480 ms stall of the sender's
+        event loop (docs/performance.md, Part 2, restart timeline at 100,000)."""
+        for target, task_ids in expired.items():
+            self.timed_out += len(task_ids)
+            self._log.warning(
+                "handoff_timed_out",
+                to_node=target,
+                tasks=len(task_ids),
+                task_ids=task_ids[:LOGGED_IDS],
+            )
 
     async def _send(self, target: str, task_ids: list[str]) -> None:
         """Hand ``task_ids`` to ``target``, :data:`BATCH` tasks per request, :data:`IN_FLIGHT`
