@@ -172,13 +172,21 @@ class Freezer:
         self.freezes = 0
 
     def check(self) -> bool:
-        """Freeze now if the node is ready and the set grew enough since the last freeze (in
-        size, or by members added). Returns whether it froze."""
+        """Freeze now if the node is ready and it never froze, or the set grew enough since the
+        last freeze (in size, or by members added). Returns whether it froze.
+
+        The first freeze does not wait for growth: what a node holds at start, whatever its
+        task count, is mostly the modules it imported (about 60,000 tracked objects, a full
+        collection of 55 ms on an idle machine and 70-125 ms in the chaos set-up). Unfrozen,
+        those collections lowered the adaptive execution limit of nodes holding a few hundred
+        tasks, which then logged ``node_saturated`` (docs/performance.md, Part 1)."""
         size = self._size()
         added = self._added() if self._added is not None else 0
         self.frozen_at = min(self.frozen_at, size)  # shrunk: growing back is growth again
         grown = max(size - self.frozen_at, added - self.added_at)
-        if not self._ready() or grown < max(self.minimum, self.growth * size):
+        if not self._ready():
+            return False
+        if self.freezes and grown < max(self.minimum, self.growth * size):
             return False
         gc.collect(1)  # young cycles are collected, not frozen
         gc.freeze()

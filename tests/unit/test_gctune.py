@@ -76,3 +76,15 @@ def test_a_set_that_lost_and_regained_as_many_members_counts_as_grown() -> None:
     acquired[0] = 5000
     assert freezer.check() and freezer.added_at == 5000 and freezer.frozen_at == 50_000
     assert not freezer.check()
+
+
+def test_the_first_freeze_does_not_wait_for_growth() -> None:
+    """A node holding a few tasks still freezes what it imported, once it is ready (unfrozen,
+    its full collections lowered the execution limit in the chaos set-up)."""
+    size, ready = [200], [False]
+    freezer = Freezer(lambda: size[0], lambda: ready[0], SystemClock(), growth=0.1, minimum=1000)
+    assert not freezer.check()  # not ready
+    ready[0] = True
+    assert freezer.check() and freezer.freezes == 1 and gc.get_freeze_count() > 0
+    size[0] = 400  # then growth decides, as before
+    assert not freezer.check() and freezer.freezes == 1
