@@ -4,13 +4,13 @@ One trim pass covers many tasks in a few etcd calls, whatever their number (a no
 slots/s trims ~17 ledgers a second; one call or two per ledger cost each one grpc.aio's Python
 layer, measured in issue 13's third round, docs/performance.md):
 
-    1. read-only txn, 2 ops per task (up to 64 tasks):
+    1. read-only txn, 2 ops per task (up to 64 tasks, fewer when keep is large):
          range runs/<task>/ descending, keys only, limit keep+1   -> count, the (keep+1)th newest
          range [runs/<task>/, runs/<task>/<cutoff>), count only   -> records older than the cutoff
     2. read-only txn, one range per task with something to delete (up to TRIM_ROWS_PER_READ
        records per txn): [runs/<task>/, end) ascending, at most TRIM_READ_LIMIT records, where
        end = past the (keep+1)th newest key, or the cutoff, whichever is later
-    3. delete txns: each finished record read, compared on its mod revision (127 per txn)
+    3. delete txns: each finished record read, compared on its mod revision (128 per txn)
 
 Safety is the single-task trim's: the range of each task is bounded by a *key* read in step 1,
 never by a count, so records another trimmer deleted meanwhile cannot shift the bound into the
@@ -44,7 +44,11 @@ TRIM_ROWS_PER_READ = 1024
 """Records read per read transaction of step 2 at most (bounds the answer's size: a record is
 ~200-400 bytes), unless one task alone has more (its own transaction)."""
 _TASKS_PER_COUNT = MAX_TXN_OPS // 2
-"""Tasks per counting transaction (step 1: two range reads each)."""
+"""Tasks per counting transaction at most (step 1: two range reads each)."""
+COUNT_KEYS_PER_READ = 8192
+"""Keys a counting transaction reads at most (``keep + 1`` per task; a key is ~40-60 bytes):
+with a large ``runs_keep`` fewer tasks go in each, down to one, so the answer stays far below
+the client's message limit (64 tasks x 100,001 keys would be ~300 MB)."""
 
 
 async def trim_ledgers(
@@ -63,8 +67,9 @@ async def trim_ledgers(
         raise TypeError("task_ids: a sequence of task ids, not one str")
     ids = list(dict.fromkeys(task_ids))
     spans: list[tuple[bytes, bytes, int]] = []
-    for start in range(0, len(ids), _TASKS_PER_COUNT):
-        spans += await _spans(etcd, keys, ids[start : start + _TASKS_PER_COUNT], keep, before_ms)
+    per_count = max(1, min(_TASKS_PER_COUNT, COUNT_KEYS_PER_READ // (keep + 1)))
+    for start in range(0, len(ids), per_count):
+        spans += await _spans(etcd, keys, ids[start : start + per_count], keep, before_ms)
     done: list[tuple[bytes, int]] = []
     for batch in _read_batches([rows for _, _, rows in spans]):
         ops = [op_get(first, end, limit=TRIM_READ_LIMIT) for first, end, _ in spans[batch]]

@@ -20,7 +20,10 @@ and a node firing 330 slots/s holds ~90 of them (300 ms of claim-ahead), which, 
 the node-wide room (2 x the adaptive limit, lowered to 50-60 by a busy loop) at the edge and
 the node saturated on and off at 1,000 webhooks/s (issue 13, third round: the lateness tail).
 Every run in the registry counts against the node's configured room
-(:data:`QUEUE_FACTOR` x ``max_concurrent_runs``), so the runs claimed ahead stay bounded.
+(:data:`QUEUE_FACTOR` x ``max_concurrent_runs``), and the runs of a kind claimed ahead have a
+budget of their own, as large as the kind's room: a burst of slots due at one instant is claimed
+ahead no faster than the kind's pool can queue them, and the rest wait in the backlog, where the
+misfire threshold and the catch-up policy apply (a run claimed ahead is not checked again).
 """
 
 from __future__ import annotations
@@ -187,17 +190,19 @@ class FireLoop:
 
     def room_per_kind(self) -> dict[str, int]:
         """New runs each executor kind may admit now: the room of the pools (their limits
-        times :data:`QUEUE_FACTOR`) left by the runs in flight, within the configured room of
-        the node left by every run in the registry (see the module docstring)."""
+        times :data:`QUEUE_FACTOR`) left by the runs in flight, and by the runs of the kind
+        claimed ahead (a budget of the same size, apart), within the configured room of the node
+        left by every run in the registry (see the module docstring)."""
         registry = self.registry
         node_room = min(
             QUEUE_FACTOR * self.pools.node.limit - registry.in_flight(),
             QUEUE_FACTOR * self.settings().max_concurrent_runs - registry.active(),
         )
-        return {
-            kind: max(0, min(node_room, QUEUE_FACTOR * pool.limit - registry.in_flight(kind)))
-            for kind, pool in self.pools.kinds.items()
-        }
+        room = {}
+        for kind, pool in self.pools.kinds.items():
+            taken = max(registry.in_flight(kind), registry.ahead(kind))
+            room[kind] = max(0, min(node_room, QUEUE_FACTOR * pool.limit - taken))
+        return room
 
     async def sweep(self) -> None:
         """Trim every owned task's ledger by age, now and then (supervised by the engine)."""

@@ -125,6 +125,10 @@ class RunRegistry:
             return len(self._runs) - self._ahead.total()
         return self._kinds[kind] - self._ahead[kind]
 
+    def ahead(self, kind: str) -> int:
+        """Runs of ``kind`` claimed ahead that wait for their fire instant."""
+        return self._ahead[kind]
+
     def waiting_instant(self, run: Run, waiting: bool) -> None:
         """Mark ``run`` (claimed ahead, :mod:`peerd.engine.planner`) as waiting for its fire
         instant, or no longer; a run not in the registry is left alone."""

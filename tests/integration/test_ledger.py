@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from peerd.clock import SystemClock
+from peerd.coord import trim
 from peerd.coord.etcd import Etcd
 from peerd.coord.keys import Keys
 from peerd.coord.ledger import Ledger
@@ -164,6 +165,30 @@ def test_trim_of_many_tasks_in_one_pass(etcd_endpoint: str, cluster_name: str) -
             assert left == sorted(set(range(1, n + 1)) - gone), task
         assert deleted == expected
         assert await ledger.trim(tasks, 4, before_ms=2000) == 0
+
+    run(etcd_endpoint, cluster_name, body)
+
+
+def test_trim_with_a_large_keep_counts_fewer_tasks_per_read(
+    etcd_endpoint: str, cluster_name: str
+) -> None:
+    """With ``runs_keep`` of 5,000 a counting read holds one task (it reads keep + 1 keys each,
+    :data:`peerd.coord.trim.COUNT_KEYS_PER_READ`); every task is still trimmed by age."""
+
+    async def body(etcd: Etcd, keys: Keys) -> None:
+        a = await member(etcd, keys, "a")
+        ledger = Ledger(etcd, keys)
+        tasks = ["x1", "x2", "x3"]
+        for task in tasks:
+            recs = [record(task, 1000 * s, status=pb.SUCCEEDED) for s in (1, 2, 3)]
+            for rec in recs:
+                rec.claim_lease_id = a.lease_id
+            await ledger.claim(a.member_key, a.lease_id, recs)
+        assert trim.COUNT_KEYS_PER_READ // (5000 + 1) == 1
+        assert await ledger.trim(tasks, 5000, before_ms=2500) == 6  # slots 1 s and 2 s
+        for task in tasks:
+            left = [r.scheduled_at.ToMilliseconds() for r, _ in await ledger.recent(task, 10)]
+            assert left == [3000], task
 
     run(etcd_endpoint, cluster_name, body)
 

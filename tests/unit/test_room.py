@@ -29,14 +29,14 @@ def fire_loop(cfg: NodeConfig, registry: RunRegistry) -> FireLoop:
     )  # fmt: skip
 
 
-def python_runs(registry: RunRegistry, n: int) -> list[Run]:
-    """``n`` python runs registered (their execution does nothing)."""
+def python_runs(registry: RunRegistry, n: int, first: int = 0) -> list[Run]:
+    """``n`` python runs registered, of tasks ``t<first>``... (their execution does nothing)."""
 
     async def idle(_: Run) -> None:
         return None
 
     runs = []
-    for i in range(n):
+    for i in range(first, first + n):
         rec = claim_record(f"t{i}", T0, "n1", 7, T0)
         run = Run(pb.TaskSpec(id=f"t{i}"), rec, kind="python")
         registry.spawn(run, idle)
@@ -53,10 +53,12 @@ def test_runs_waiting_for_their_fire_instant_take_no_room() -> None:
         assert loop.room_per_kind()["python"] == 0  # all due: the pool's room is taken
         for run in runs:
             registry.waiting_instant(run, True)
-        assert loop.room_per_kind()["python"] == full  # all claimed ahead: none taken
+        # All claimed ahead: none of the in-flight room is taken, but the kind's budget for
+        # runs claimed ahead (the same size) is.
+        assert loop.room_per_kind()["python"] == 0
         for run in runs[:3]:
             registry.waiting_instant(run, False)  # their fire instant came
-        assert loop.room_per_kind()["python"] == full - 3
+        assert loop.room_per_kind()["python"] == full - 5  # 3 in flight, 5 still ahead
         assert registry.in_flight("python") == registry.in_flight() == 3
         registry.transition(runs[0], "abandon")  # leaves: counted once, never below zero
         registry.transition(runs[5], "abandon")
@@ -95,5 +97,26 @@ def test_load_counts_the_runs_that_count_against_capacity() -> None:
         load = loop.load()
         assert (load.active, load.backlog) == (2, 0)
         assert load.active <= load.capacity < len(registry)
+
+    asyncio.run(body())
+
+
+def test_a_burst_claims_ahead_no_more_than_the_pool_can_queue() -> None:
+    """Runs claimed ahead of one kind are bounded by that kind's room (:data:`QUEUE_FACTOR` x
+    its limit), not only by the node's: 400 shell tasks due at one instant with 4 shell slots
+    are claimed 8 at a time, and the rest wait in the backlog, where the misfire threshold and
+    the catch-up policy apply (a run claimed ahead is never checked again; it would queue behind
+    4 slots and start arbitrarily late)."""
+
+    async def body() -> None:
+        registry = RunRegistry()
+        cfg = NodeConfig(node_id="n1", max_python_runs=4, max_concurrent_runs=200)
+        loop = fire_loop(cfg, registry)
+        claimed = 0
+        while (room := loop.room_per_kind()["python"]) > 0 and claimed < 400:
+            for run in python_runs(registry, room, first=claimed):
+                registry.waiting_instant(run, True)
+            claimed += room
+        assert claimed == QUEUE_FACTOR * 4
 
     asyncio.run(body())
