@@ -294,7 +294,7 @@ class FireLoop:
         # computed with other time-zone rules (see resume).
         cursor = o.compiled.floor
         if newest is not None:
-            slot = from_ms(newest.scheduled_at.ToMilliseconds())
+            slot = from_ms(ts_ms(newest.scheduled_at))
             cursor = self.planner.resume(o, self.planner.handed_cursor(o, slot), newest)
         self.planner.set_cursor(o, cursor)
 
@@ -424,7 +424,7 @@ class FireLoop:
                 "node_saturated",
                 backlog=backlog,
                 active_runs=self.registry.in_flight(),
-                claimed_ahead=len(self.registry) - self.registry.in_flight(),
+                claimed_ahead=self.registry.ahead(),
                 capacity=self.capacity,
             )
         elif not backlog and self._saturated_since is not None:

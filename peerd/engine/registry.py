@@ -121,13 +121,11 @@ class RunRegistry:
     def in_flight(self, kind: str | None = None) -> int:
         """Runs in the registry (of ``kind`` or of all) less those claimed ahead that wait for
         their fire instant: the runs due, running, or waiting for their final record."""
-        if kind is None:
-            return len(self._runs) - self._ahead.total()
-        return self._kinds[kind] - self._ahead[kind]
+        return self.active(kind) - self.ahead(kind)
 
-    def ahead(self, kind: str) -> int:
-        """Runs of ``kind`` claimed ahead that wait for their fire instant."""
-        return self._ahead[kind]
+    def ahead(self, kind: str | None = None) -> int:
+        """Runs claimed ahead that wait for their fire instant, of ``kind`` or of all."""
+        return self._ahead.total() if kind is None else self._ahead[kind]
 
     def waiting_instant(self, run: Run, waiting: bool) -> None:
         """Mark ``run`` (claimed ahead, :mod:`peerd.engine.planner`) as waiting for its fire
