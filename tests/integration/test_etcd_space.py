@@ -98,9 +98,10 @@ def holder(endpoint: str, cluster: str) -> str | None:
     return etcd_call(endpoint, get)
 
 
-def fill_until_nospace(endpoint: str) -> int:
+def fill_until_nospace(endpoint: str, history_only: bool = False) -> int:
     """Put 64 KiB values under :data:`FILLER` until etcd refuses with NOSPACE; returns how many
-    went in."""
+    went in. With ``history_only`` each value is deleted once the next one is in, so the file
+    fills with history alone: whenever a compactor acts on the alarm, compacting frees it."""
 
     async def fill(etcd: Etcd) -> int:
         value = os.urandom(64 * 1024)
@@ -109,6 +110,8 @@ def fill_until_nospace(endpoint: str) -> int:
                 await etcd.put(FILLER + b"%06d" % i, value)
             except ResourceExhausted:
                 return i
+            if history_only and i:
+                await etcd.txn(txn_request([], [op_delete(FILLER + b"%06d" % (i - 1))]))
         raise AssertionError("etcd never refused a write")
 
     return etcd_call(endpoint, fill)
@@ -237,8 +240,11 @@ def test_compactor_recovers_from_nospace_by_itself(
         client.create_task(every_second("tick", sink.url + "/tick"))
     assert_eventually(lambda: delivered_after(sink, 0), timeout=20)
 
-    fill_until_nospace(ep)
-    etcd_call(ep, delete_filler)  # history only now, but the file is full and the alarm is on
+    # History only (the filler deleted as it goes), the file full and the alarm on. Filling
+    # first and deleting after raced the compactor: on a busy machine it could recover from the
+    # alarm before the delete, while the filler was still live, and leave the file full.
+    fill_until_nospace(ep, history_only=True)
+    etcd_call(ep, delete_filler)  # the last value
     full = etcd_call(ep, lambda etcd: etcd.status())
     assert full.alarms and full.db_size >= QUOTA_BYTES * 0.9
 
